@@ -1,0 +1,35 @@
+# Every target sets itself up: a fresh machine needs only python3 (3.11) and the package registries.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench-asap clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)  ## train, evaluate and score the demo items end to end (a few minutes on 2 cores)
+	$(BIN)/scoreplex demo --out build/demo
+
+test: $(STAMP)  ## lint + the whole test suite
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+
+bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-SAS items; about an hour on 2 cores)
+	$(BIN)/python benchmarks/asap_sas.py --out docs/results
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,244 @@
+"""Real-data benchmark: full fine-tuning vs LoRA vs head-only on the 10 ASAP-SAS items, side by side in one run.
+
+    python benchmarks/asap_sas.py --out docs/results            # all 10 items, 3 methods (about 1 h on 2 cores)
+    python benchmarks/asap_sas.py --items 1,2 --methods lora    # a subset
+
+Models are selected (early stopping) on a seeded stratified 10% validation split of train.tsv; test.tsv is used
+once, for the final figures. Suites are written under ``--work`` and the run resumes where it stopped: finished
+tasks are skipped, an interrupted task continues from its last epoch. Writes ``asap-sas.json``, ``asap-sas.md`` and
+``asap-sas.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scoreplex.data.asap_sas import load_asap_sas
+from scoreplex.data.splits import train_val_split
+from scoreplex.encoding import token_lengths
+from scoreplex.methods import MethodSettings
+from scoreplex.metrics import human_agreement, paired_t_test
+from scoreplex.pipeline import Backbone, SuiteScorer, TrainOptions, evaluate_suite, pick_max_length, train_suite
+from scoreplex.suite import Suite, write_json_atomic
+from scoreplex.training import TrainConfig
+
+METHOD_CONFIGS = {
+    # 001 paper: AdamW, 5 epochs, patience 2; the head gets its own larger rate (it starts from random).
+    "full": TrainConfig(epochs=4, lr=5e-5, head_lr=1e-3, patience=2, batch_size=32),
+    "lora": TrainConfig(epochs=6, lr=1e-3, patience=2, batch_size=32),
+    "head": TrainConfig(epochs=40, lr=2e-3, patience=5, batch_size=32),
+}
+METHOD_SETTINGS = {
+    "full": MethodSettings(),
+    "lora": MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"),
+    "head": MethodSettings(head_hidden=256),
+}
+LABELS = {"full": "full fine-tune", "lora": "LoRA r8 + head", "head": "head only"}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="docs/results", help="folder for asap-sas.{json,md,png}")
+    ap.add_argument("--work", default="runs/asap-sas", help="folder for the trained suites (resumable)")
+    ap.add_argument("--methods", default="full,lora,head", help="comma-separated: full, lora, head")
+    ap.add_argument("--items", default="", help="comma-separated item numbers (default: all 10)")
+    ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
+    ap.add_argument("--backbone", default="minilm")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    items = [int(i) for i in args.items.split(",") if i.strip()] or None
+    train_all = load_asap_sas(args.data, split="train", items=items)
+    test_all = load_asap_sas(args.data, split="test", items=items)
+    splits = {tid: train_val_split(d, val_fraction=0.1, seed=args.seed) for tid, d in train_all.items()}
+    train_sets = {tid: s[0] for tid, s in splits.items()}
+    val_sets = {tid: s[1] for tid, s in splits.items()}
+
+    bb = Backbone.load(args.backbone)
+    max_length, trunc_train = pick_max_length(bb, train_sets)
+    test_lengths = np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in test_all.values()])
+    trunc_test = float((test_lengths > max_length).mean())
+    print(f"max_length={max_length} (99th percentile of train lengths); truncated: train {trunc_train:.2%}, "
+          f"test {trunc_test:.2%}", flush=True)
+
+    results: dict = {"items": {}, "methods": {}}
+    for method in methods:
+        t0 = time.perf_counter()
+        options = TrainOptions(
+            method=method, backbone=args.backbone, pooling="mean", max_length=max_length,
+            config=METHOD_CONFIGS[method], settings=METHOD_SETTINGS[method],
+        )
+        suite = train_suite(
+            train_sets, Path(args.work) / method, options, val_sets=val_sets, backbone=bb,
+            on_task_done=lambda r, m=method: print(
+                f"[{m}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
+                f"({r.fit.seconds:.0f} s)", flush=True),
+        )
+        scorer = SuiteScorer(suite, backbone=args.backbone)
+        evaluation = evaluate_suite(scorer, test_all)
+        per_task = {}
+        for tid in train_sets:
+            info = suite.task_info(tid)
+            per_task[tid] = {
+                "test_qwk": evaluation["tasks"][tid]["qwk"],
+                "test_accuracy": evaluation["tasks"][tid]["accuracy"],
+                "val_qwk": info["summary"]["metrics"]["validation"]["qwk"],
+                "train_seconds": info["summary"]["train"]["seconds"],
+                "epochs_run": info["summary"]["train"]["epochs_run"],
+                "best_epoch": info["summary"]["train"]["best_epoch"],
+                "module_bytes": suite.task_bytes(tid),
+            }
+        results["methods"][method] = {
+            "label": LABELS[method],
+            "config": METHOD_CONFIGS[method].to_dict(),
+            "settings": {k: v for k, v in METHOD_SETTINGS[method].__dict__.items() if k != "extra"},
+            "mean_test_qwk": evaluation["mean_qwk"],
+            "suite_bytes": Suite.open(suite.root, verify=False).total_bytes,
+            "mean_train_seconds_per_task": float(np.mean([p["train_seconds"] for p in per_task.values()])),
+            "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
+            "tasks": per_task,
+        }
+        print(f"[{method}] mean test QWK {evaluation['mean_qwk']:.4f}", flush=True)
+
+    backbone_bytes = sum(f.stat().st_size for f in Path(bb.info.path).glob("*.safetensors"))
+    for tid, data in train_all.items():
+        human = human_agreement(data.spec, data.labels, data.second)
+        row = {"human_qwk": human.get("qwk"), "n_train": len(train_sets[tid]), "n_val": len(val_sets[tid]),
+               "n_test": len(test_all[tid])}
+        for method in methods:
+            row[f"{method}_qwk"] = results["methods"][method]["tasks"][tid]["test_qwk"]
+        results["items"][tid] = row
+    summary = {f"{m}_mean_qwk": results["methods"][m]["mean_test_qwk"] for m in methods}
+    summary["human_mean_qwk"] = float(np.mean([r["human_qwk"] for r in results["items"].values()]))
+    if "lora" in methods and "full" in methods:
+        summary["lora_minus_full"] = summary["lora_mean_qwk"] - summary["full_mean_qwk"]
+        a = [results["items"][t]["lora_qwk"] for t in results["items"]]
+        b = [results["items"][t]["full_qwk"] for t in results["items"]]
+        if len(a) >= 2:
+            summary["lora_vs_full_ttest"] = paired_t_test(a, b)
+        full_sep = sum(p["module_bytes"] for p in results["methods"]["full"]["tasks"].values())
+        lora_suite = results["methods"]["lora"]["suite_bytes"]
+        summary["storage"] = {
+            "full_separate_bytes": full_sep,
+            "lora_suite_bytes": lora_suite,
+            "backbone_bytes": backbone_bytes,
+            "lora_suite_plus_backbone_bytes": lora_suite + backbone_bytes,
+            "full_vs_lora_plus_backbone_ratio": full_sep / (lora_suite + backbone_bytes),
+            "full_vs_lora_modules_ratio": full_sep / lora_suite,
+        }
+    report = {
+        **summary,
+        "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/asap_sas.py", *argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+        "backbone": bb.info.to_dict(),
+        "max_length": max_length,
+        "truncated_share_train": trunc_train,
+        "truncated_share_test": trunc_test,
+        **results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "asap-sas.json", report)
+    (out / "asap-sas.md").write_text(markdown(report, methods), encoding="utf-8")
+    plot(report, methods, out / "asap-sas.png")
+    print(f"wrote {out / 'asap-sas.json'}, {out / 'asap-sas.md'}, {out / 'asap-sas.png'}")
+    return report
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
+
+
+def markdown(r: dict, methods: list[str]) -> str:
+    lines = [
+        "# ASAP-SAS: full fine-tuning vs LoRA vs head-only (all-MiniLM-L6-v2)",
+        "",
+        f"Reproduce: `{r['command']}` ({r['date']}; {r['machine']}).",
+        "",
+        f"Test QWK per item (test.tsv, used once); models selected by early stopping on a seeded stratified 10% "
+        f"validation split of train.tsv. Max sequence length {r['max_length']} tokens (99th percentile of training "
+        f"lengths): {r['truncated_share_train']:.2%} of training and {r['truncated_share_test']:.2%} of test "
+        "responses truncated. Human–human QWK is Score1 vs Score2 on train.tsv (test has one score).",
+        "",
+        "| item | n train/val/test | human | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for tid, row in r["items"].items():
+        cells = " | ".join(f"{row[f'{m}_qwk']:.3f}" for m in methods)
+        lines.append(f"| {tid} | {row['n_train']}/{row['n_val']}/{row['n_test']} | {row['human_qwk']:.3f} | {cells} |")
+    means = " | ".join(f"**{r[f'{m}_mean_qwk']:.3f}**" for m in methods)
+    lines.append(f"| **mean** | | {r['human_mean_qwk']:.3f} | {means} |")
+    lines += ["", "| method | mean test QWK | train s / task (median) | bytes / task | suite bytes | settings |",
+              "|---|---|---|---|---|---|"]
+    for m in methods:
+        mm = r["methods"][m]
+        secs = np.median([t["train_seconds"] for t in mm["tasks"].values()])
+        per = np.median([t["module_bytes"] for t in mm["tasks"].values()])
+        cfg = mm["config"]
+        lr = f"lr {cfg['lr']:g}" + (f", head lr {cfg['head_lr']:g}" if cfg.get("head_lr") else "")
+        lines.append(f"| {LABELS[m]} | {mm['mean_test_qwk']:.4f} | {secs:.0f} | {_mb(per)} | {_mb(mm['suite_bytes'])} "
+                     f"| {lr}, ≤{cfg['epochs']} epochs, patience {cfg['patience']} |")
+    if "lora_minus_full" in r:
+        st = r["storage"]
+        tt = r.get("lora_vs_full_ttest", {})
+        lines += [
+            "",
+            f"LoRA − full: **{r['lora_minus_full']:+.4f}** mean QWK (paired t-test over items: t = {tt.get('t', 0):.2f},"
+            f" p = {tt.get('p', 1):.3f}).",
+            "",
+            f"Storage for {len(r['items'])} tasks: separate full models {_mb(st['full_separate_bytes'])}; LoRA suite "
+            f"{_mb(st['lora_suite_bytes'])} + one shared backbone {_mb(st['backbone_bytes'])} = "
+            f"{_mb(st['lora_suite_plus_backbone_bytes'])} → **{st['full_vs_lora_plus_backbone_ratio']:.1f}× smaller** "
+            f"({st['full_vs_lora_modules_ratio']:.0f}× counting task modules alone).",
+        ]
+    lines += ["", "![per-item test QWK](asap-sas.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(r: dict, methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = list(r["items"])
+    series = [("human", "human–human")] + [(m, LABELS[m]) for m in methods]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    x = np.arange(len(items))
+    for i, (key, label) in enumerate(series):
+        vals = [r["items"][t][f"{key}_qwk"] for t in items]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=label)
+    ax.set_xticks(x, [t.replace("asap-", "item ") for t in items])
+    ax.set_ylabel("QWK (test)")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,743 @@
+"""Read and write tables of scored responses: CSV, TSV, JSON Lines and Parquet.
+
+:func:`read_table` turns a file into string records with the row number a person would look up for each;
+:func:`read_responses` maps columns onto tasks (:class:`ColumnMap`) and returns one :class:`TaskData` per task,
+joined by response id; :func:`write_table` writes records atomically.
+
+Row numbers in every message are what a person sees when they open the file:
+
+* CSV / TSV: 1-based line numbers in the file, the header is line 1, so the first record is row 2 (a record whose
+  quoted text spans several lines is numbered by the line it starts on; blank lines are skipped but counted);
+* JSON Lines: 1-based line numbers (blank lines are skipped but counted);
+* Parquet: a file has no lines, so the row number is the 0-based record index + 1 (the first record is row 1).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import math
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scoreplex.data.dataset import MISSING, TaskData
+from scoreplex.errors import ConfigError, DataError, ScoreplexError
+from scoreplex.tasks import Dimension, TaskSpec, check_id
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+"""Formats :func:`read_table` and :func:`write_table` understand."""
+
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".txt": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+"""File extension -> format, used when ``fmt`` is not given."""
+
+QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
+"""``quoting=`` values for CSV/TSV: ``minimal`` honours ``"quoted"`` fields, ``none`` reads quotes as text."""
+
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
+_INTEGER = re.compile(r"^[+-]?\d+(\.0*)?$")  # "3", "+3", "3.0" (spreadsheets write integral scores as floats)
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that did not decode, kept by errors="surrogateescape"
+_ENCODING_FIX = "re-save the file as UTF-8, or pass encoding='latin-1' (--encoding latin-1 on the command line)."
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which columns of a response table hold what.
+
+    Defaults fit a file with columns ``id``, ``task``, ``text`` and one score column per rubric dimension, named
+    like the dimension (a single-dimension task may call it ``score`` or ``label`` instead).
+    """
+
+    text: str = "text"
+    """Column holding the response text."""
+    task: str | None = "task"
+    """Column holding the task id of each row; ``None`` for a single-task file (then give ``task_id``)."""
+    task_id: str | None = None
+    """Fixed task id of every row of a single-task file. Setting it with ``task`` left at its default means the
+    file has no task column (``task`` becomes ``None``); naming both a task column and a task id is an error."""
+    labels: Mapping[str, str] | None = None
+    """Rubric dimension name -> score column. Dimensions not named here are read from a column named like the
+    dimension, or for a single-dimension task from ``score`` or ``label``."""
+    id: str | None = "id"
+    """Column holding unique response ids. When the default ``id`` column is absent (or this is ``None``), ids are
+    generated as ``f"{file_stem}:{row}"``; a column named explicitly here must exist."""
+    second: Mapping[str, str] | None = None
+    """Rubric dimension name -> second-rater score column (an empty cell means no second score)."""
+
+    def __post_init__(self) -> None:
+        for name in ("text", "task", "id"):
+            value = getattr(self, name)
+            if value is None and name != "text":
+                continue
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"ColumnMap.{name} is {value!r}; expected a non-empty column name.")
+        if self.task_id is not None:
+            check_id(self.task_id, "ColumnMap.task_id")
+            if self.task == "task":  # the default: the user means a single-task file
+                object.__setattr__(self, "task", None)
+            elif self.task is not None:
+                raise ConfigError(
+                    f"ColumnMap names both a task column ({self.task!r}) and a fixed task_id ({self.task_id!r}); "
+                    "give task=None for a single-task file or drop task_id for a multi-task file."
+                )
+        elif self.task is None:
+            raise ConfigError(
+                "ColumnMap has task=None but no task_id: name the task column (task='...') or give the fixed "
+                "task id of a single-task file (task_id='...')."
+            )
+        for name in ("labels", "second"):
+            mapping = getattr(self, name)
+            if mapping is None:
+                continue
+            if not isinstance(mapping, Mapping) or not mapping:
+                raise ConfigError(
+                    f"ColumnMap.{name} is {mapping!r}; expected a non-empty mapping of dimension name -> column, "
+                    f"e.g. {{'score': 'Score1'}}, or None."
+                )
+            for dim, col in mapping.items():
+                if not isinstance(dim, str) or not dim or not isinstance(col, str) or not col:
+                    raise ConfigError(
+                        f"ColumnMap.{name} maps {dim!r} -> {col!r}; dimension names and columns must be non-empty "
+                        "strings."
+                    )
+            cols = list(mapping.values())
+            dupes = sorted({c for c in cols if cols.count(c) > 1})
+            if dupes:
+                raise ConfigError(f"ColumnMap.{name} reads columns {dupes} for more than one dimension.")
+            object.__setattr__(self, name, dict(mapping))
+        if self.labels is not None and self.second is not None:
+            shared = sorted(set(self.labels.values()) & set(self.second.values()))
+            if shared:
+                raise ConfigError(f"ColumnMap uses columns {shared} for both first and second rater scores.")
+
+
+class Table(list[dict[str, str]]):
+    """The records of a file (a ``list[dict[str, str]]``), with the row number of each and the file's columns.
+
+    ``rows[i]`` is the row number of ``self[i]`` (see the module docstring); ``header_row`` is the header's row
+    (1 for CSV/TSV, ``None`` for formats without a header line).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[dict[str, str]],
+        rows: Sequence[int],
+        columns: Sequence[str],
+        file: str,
+        fmt: str,
+        header_row: int | None,
+    ) -> None:
+        super().__init__(records)
+        self.rows = list(rows)
+        self.columns = list(columns)
+        self.file = file
+        self.fmt = fmt
+        self.header_row = header_row
+
+
+def resolve_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
+    """The table format of ``path``: ``fmt`` if given, else from the file extension."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ConfigError(f"fmt={fmt!r} is not a supported table format; choose one of: {', '.join(FORMATS)}.")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    exts = ", ".join(EXTENSIONS)
+    raise DataError(
+        f"cannot tell the table format from the extension {suffix or '(none)'!r}; supported extensions: {exts}.",
+        file=str(path),
+        fix=f"rename the file or pass fmt= one of {', '.join(FORMATS)} (--format on the command line).",
+    )
+
+
+def read_table(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+    quoting: str = "minimal",
+) -> Table:
+    """Read a CSV, TSV, JSON Lines or Parquet file into string records.
+
+    Returns a :class:`Table`: a list of ``{column: cell}`` dicts whose ``rows`` attribute gives each record's row
+    number (module docstring). Every cell is a string: JSON/Parquet ``null`` and NaN become ``""``, booleans ``"1"``
+    / ``"0"``, integral floats ``"3"``, nested values their JSON text; a JSON line lacking a key gets ``""``.
+    A UTF-8 byte-order mark is accepted. ``quoting="none"`` reads quote characters as ordinary text (needed for
+    files whose texts hold stray quotes, such as ASAP-SAS). Raises :class:`DataError` for unreadable input.
+    """
+    file = str(path)
+    fmt = resolve_format(path, fmt)
+    if quoting not in QUOTING:
+        raise ConfigError(f"quoting={quoting!r} is not supported; choose one of: {', '.join(QUOTING)}.")
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError as exc:
+        raise ConfigError(f"unknown encoding {encoding!r}; use e.g. 'utf-8', 'latin-1' or 'cp1252'.") from exc
+    if not Path(path).is_file():
+        raise DataError("file not found (or not a file).", file=file, fix="check the path.")
+    if fmt == "parquet":
+        return _read_parquet(path, file, encoding)
+
+    data = Path(path).read_bytes()
+    codec = "utf-8-sig" if codec == "utf-8" else encoding
+    bad: UnicodeDecodeError | None = None
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        bad = exc  # parse anyway with the bad bytes escaped, to name the row and column that hold them
+        text = data.decode(codec, errors="surrogateescape")
+    try:
+        if fmt == "jsonl":
+            table = _parse_jsonl(text, file)
+        else:
+            table = _parse_delimited(text, file, fmt, QUOTING[quoting])
+    except DataError:
+        if bad is None:
+            raise
+        table = None
+    if bad is not None:
+        raise _decode_error(bad, data, file, encoding, codec, table)
+    return table
+
+
+def _decode_error(
+    exc: UnicodeDecodeError, data: bytes, file: str, encoding: str, codec: str, table: Table | None
+) -> DataError:
+    start = exc.start
+    if codec == "utf-8-sig" and data.startswith(codecs.BOM_UTF8):
+        start += len(codecs.BOM_UTF8)  # the utf-8-sig decoder counts from after the BOM
+    line = data.count(b"\n", 0, start) + 1
+    column = None
+    for record in table or []:
+        column = next((c for c, v in record.items() if _SURROGATE.search(v)), None)
+        if column is not None:
+            break
+    return DataError(
+        f"byte {data[start]:#04x} at line {line} cannot be decoded as {encoding} (the encoding tried).",
+        file=file,
+        row=line,
+        column=column,
+        fix=_ENCODING_FIX,
+    )
+
+
+def _parse_delimited(text: str, file: str, fmt: str, quoting: int) -> Table:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_DELIMITERS[fmt], quoting=quoting)
+    header: list[str] | None = None
+    records: list[dict[str, str]] = []
+    rows: list[int] = []
+    previous = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataError(
+                f"cannot parse the {fmt.upper()} text ({exc}).",
+                file=file,
+                row=reader.line_num,
+                fix="check the quotes near this line; if texts hold stray quote characters pass quoting='none'.",
+            ) from exc
+        start, previous = previous + 1, reader.line_num
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
+            continue  # blank line
+        if header is None:
+            header = fields
+            dupes = sorted({c for c in header if header.count(c) > 1})
+            if dupes:
+                raise DataError(
+                    f"the header repeats column names {dupes}.",
+                    file=file,
+                    row=start,
+                    column=dupes[0],
+                    fix="give every column a unique name.",
+                )
+            continue
+        if len(fields) != len(header):
+            hint = (
+                "a text probably holds the delimiter; quote that field"
+                if quoting == csv.QUOTE_NONE
+                else "a text probably holds a stray quote or the delimiter; pass quoting='none' if texts hold "
+                "stray quotes, or quote that field"
+            )
+            raise DataError(
+                f"this record has {len(fields)} fields but the header has {len(header)} ({', '.join(header)}).",
+                file=file,
+                row=start,
+                fix=hint + ".",
+            )
+        records.append(dict(zip(header, fields, strict=True)))
+        rows.append(start)
+    if header is None:
+        raise DataError("the file is empty: no header line.", file=file, fix="write a header row of column names.")
+    return Table(records, rows, header, file, fmt, header_row=1)
+
+
+def _parse_jsonl(text: str, file: str) -> Table:
+    records: list[dict[str, str]] = []
+    rows: list[int] = []
+    columns: dict[str, None] = {}  # ordered set
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"malformed JSON ({exc.msg} at character {exc.colno}).",
+                file=file,
+                row=lineno,
+                fix=f'make line {lineno} one complete JSON object ({{"text": ..., ...}}) or remove it.',
+            ) from exc
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"expected a JSON object, got {type(obj).__name__}.",
+                file=file,
+                row=lineno,
+                fix='write one object per line, e.g. {"id": "r1", "text": "...", "score": 2}.',
+            )
+        record = {str(k): _cell(v) for k, v in obj.items()}
+        columns.update(dict.fromkeys(record))
+        records.append(record)
+        rows.append(lineno)
+    for record in records:
+        for col in columns:
+            record.setdefault(col, "")
+    return Table(records, rows, list(columns), file, "jsonl", header_row=None)
+
+
+def _read_parquet(path: str | os.PathLike[str], file: str, encoding: str) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"cannot read the file as Parquet ({exc}).", file=file, fix="check that it is a Parquet file or pass fmt="
+        ) from exc
+    records: list[dict[str, str]] = []
+    for i, raw in enumerate(table.to_pylist()):
+        record = {}
+        for col, value in raw.items():
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode(encoding)
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        f"binary cell cannot be decoded as {encoding} (the encoding tried).",
+                        file=file,
+                        row=i + 1,
+                        column=col,
+                        fix="store texts as a string column, or pass encoding='latin-1'.",
+                    ) from exc
+            record[col] = _cell(value)
+        records.append(record)
+    return Table(records, range(1, len(records) + 1), table.column_names, file, "parquet", header_row=None)
+
+
+def _cell(value: Any) -> str:
+    """A JSON / Parquet value as the string a person would type in a CSV cell."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def read_responses(
+    path: str | os.PathLike[str],
+    columns: ColumnMap | None = None,
+    tasks: Mapping[str, TaskSpec] | None = None,
+    *,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+    quoting: str = "minimal",
+    require_labels: bool = True,
+    infer_max_score: bool = True,
+) -> dict[str, TaskData]:
+    """Read a table of responses and group its rows into one :class:`TaskData` per task.
+
+    ``tasks`` maps each task id *as written in the file* to its spec; the result is keyed by ``spec.id`` (so a
+    loader may map ASAP's ``"1"`` to a spec with id ``"asap-1"``). Scores are checked against the declared classes
+    ``0..num_classes-1``. Without ``tasks``, one ordinal spec per task is inferred (needs ``infer_max_score``): its
+    dimensions are the keys of ``columns.labels`` (or one ``score``), each with ``num_classes = max observed + 1``
+    (at least 2) over both raters.
+
+    With ``require_labels=False`` an empty score cell becomes :data:`MISSING`, and a task whose score columns are
+    all absent from the file gets ``labels=None``. Second-rater cells may always be empty (``MISSING``). Texts are
+    kept exactly as read; rows keep file order within a task. Raises :class:`DataError` naming file, row, column and
+    task for a missing column, an empty text, a non-integer or out-of-range score, a missing score, a duplicate
+    response id or an unknown task id.
+    """
+    columns = ColumnMap() if columns is None else columns
+    if not isinstance(columns, ColumnMap):
+        raise ConfigError(f"columns must be a ColumnMap, got {type(columns).__name__}.")
+    if tasks is None and not infer_max_score:
+        raise ConfigError("no task specs given and infer_max_score=False: pass tasks= (task id -> TaskSpec).")
+    table = read_table(path, fmt=fmt, encoding=encoding, quoting=quoting)
+    return _Reader(table, columns, tasks, require_labels).read()
+
+
+class _Reader:
+    """The steps of :func:`read_responses` over one table."""
+
+    def __init__(
+        self, table: Table, columns: ColumnMap, tasks: Mapping[str, TaskSpec] | None, require_labels: bool
+    ) -> None:
+        self.table, self.cmap, self.tasks, self.require = table, columns, tasks, require_labels
+        self.file = table.file
+        self.present = set(table.columns)
+        if tasks is not None:
+            self._check_specs(tasks)
+
+    def _check_specs(self, tasks: Mapping[str, TaskSpec]) -> None:
+        ids: dict[str, str] = {}
+        for key, spec in tasks.items():
+            if not isinstance(spec, TaskSpec):
+                raise ConfigError(f"tasks[{key!r}] is a {type(spec).__name__}; expected a TaskSpec.")
+            if spec.id in ids:
+                raise ConfigError(f"tasks {ids[spec.id]!r} and {key!r} both map to a spec with id {spec.id!r}.")
+            ids[spec.id] = key
+        known = {d for spec in tasks.values() for d in spec.dimension_names}
+        for option in ("labels", "second"):
+            mapping = getattr(self.cmap, option) or {}
+            unknown = sorted(set(mapping) - known)
+            if unknown:
+                raise ConfigError(
+                    f"ColumnMap.{option} names dimensions {unknown}, but the task specs have dimensions "
+                    f"{sorted(known)}; use the dimension names as keys."
+                )
+
+    # -- columns -----------------------------------------------------------------------------------------------
+
+    def missing_column(self, column: str, fix: str, task: str | None = None) -> DataError:
+        have = ", ".join(self.table.columns) or "(none)"
+        return DataError(
+            f"column {column!r} not found; the file has columns: {have}.",
+            file=self.file,
+            row=self.table.header_row,
+            column=column,
+            task=task,
+            fix=fix,
+        )
+
+    def label_column(self, dim: str, single: bool) -> str | None:
+        """The column holding dimension ``dim`` (``None`` if the file has none); raises if an explicit one is absent."""
+        mapped = (self.cmap.labels or {}).get(dim)
+        if mapped is not None:
+            if mapped not in self.present:
+                raise self.missing_column(mapped, f"name the right column with ColumnMap(labels={{{dim!r}: ...}}).")
+            return mapped
+        candidates = [dim] + (["score", "label"] if single else [])
+        return next((c for c in candidates if c in self.present), None)
+
+    # -- rows ----------------------------------------------------------------------------------------------------
+
+    def read(self) -> dict[str, TaskData]:
+        cmap, table = self.cmap, self.table
+        if cmap.text not in self.present:
+            raise self.missing_column(cmap.text, "name the text column with ColumnMap(text=...).")
+        if cmap.task is not None and cmap.task not in self.present:
+            raise self.missing_column(
+                cmap.task,
+                "name the task column with ColumnMap(task=...), or for a single-task file give "
+                "ColumnMap(task=None, task_id='...').",
+            )
+        id_col = cmap.id if cmap.id is not None and cmap.id in self.present else None
+        if cmap.id is not None and id_col is None and cmap.id != "id":
+            raise self.missing_column(cmap.id, "name the id column with ColumnMap(id=...), or id=None to generate ids.")
+        if not table:
+            raise DataError("the file has no responses (no rows after the header).", file=self.file, fix="add rows.")
+
+        stem = Path(self.file).stem
+        groups: dict[str, list[int]] = {}
+        ids: list[str] = []
+        seen: dict[str, int] = {}
+        for i, (record, row) in enumerate(zip(table, table.rows, strict=True)):
+            key = self.task_of(record, row)
+            if id_col is None:
+                rid = f"{stem}:{row}"
+            else:
+                rid = record[id_col]
+                if not rid.strip():
+                    raise DataError(
+                        "the response id is empty.",
+                        file=self.file,
+                        row=row,
+                        column=id_col,
+                        task=key,
+                        fix="give every row a unique id, or pass ColumnMap(id=None) to generate ids.",
+                    )
+            if rid in seen:
+                raise DataError(
+                    f"response id {rid!r} appears twice: at rows {seen[rid]} and {row}.",
+                    file=self.file,
+                    row=row,
+                    column=id_col,
+                    task=key,
+                    fix="give every response a unique id (ids join scores, predictions and splits).",
+                )
+            seen[rid] = row
+            ids.append(rid)
+            if not record[cmap.text].strip():
+                raise DataError(
+                    "the response text is empty or only whitespace.",
+                    file=self.file,
+                    row=row,
+                    column=cmap.text,
+                    task=key,
+                    fix="remove the row or fill in the text (an empty answer is best scored by a rule, not a model).",
+                )
+            groups.setdefault(key, []).append(i)
+
+        out: dict[str, TaskData] = {}
+        for key, index in groups.items():
+            data = self.task_data(key, index, ids)
+            out[data.spec.id] = data
+        return out
+
+    def task_of(self, record: dict[str, str], row: int) -> str:
+        cmap = self.cmap
+        if cmap.task is None:
+            key = cmap.task_id or ""
+        else:
+            key = record[cmap.task].strip()
+            if not key:
+                raise DataError(
+                    "the task id is empty.",
+                    file=self.file,
+                    row=row,
+                    column=cmap.task,
+                    fix="fill in the task id of every row.",
+                )
+        if self.tasks is not None and key not in self.tasks:
+            raise DataError(
+                f"unknown task id {key!r}; known task ids: {', '.join(sorted(self.tasks))}.",
+                file=self.file,
+                row=row,
+                column=cmap.task,
+                task=key,
+                fix="correct the task id, or add a spec for it to tasks=.",
+            )
+        return key
+
+    def task_data(self, key: str, index: list[int], ids: list[str]) -> TaskData:
+        table, cmap = self.table, self.cmap
+        spec = self.tasks[key] if self.tasks is not None else None
+        dims = spec.dimension_names if spec is not None else list(cmap.labels or {"score": ""})
+        classes = spec.class_counts if spec is not None else None
+        single = len(dims) == 1
+
+        label_cols = [self.label_column(d, single) for d in dims]
+        absent = [d for d, c in zip(dims, label_cols, strict=True) if c is None]
+        labels: np.ndarray | None = None
+        if absent and (self.require or len(absent) < len(dims)):
+            dim = absent[0]
+            alt = " (or 'score' / 'label')" if single else ""
+            raise self.missing_column(
+                dim,
+                f"add a score column named {dim!r}{alt}, or map it with ColumnMap(labels={{{dim!r}: '<column>'}})"
+                + ("" if not self.require else ", or pass require_labels=False for unscored data")
+                + ".",
+                task=spec.id if spec is not None else key,
+            )
+        task_name = spec.id if spec is not None else key
+        if not absent:
+            labels = self.scores(index, label_cols, classes, task_name, required=self.require)
+
+        second: np.ndarray | None = None
+        if cmap.second:
+            second_cols: list[str | None] = []
+            for d in dims:
+                col = cmap.second.get(d)
+                if col is not None and col not in self.present:
+                    raise self.missing_column(
+                        col, f"name the second-rater column with ColumnMap(second={{{d!r}: ...}}).", task=task_name
+                    )
+                second_cols.append(col)
+            if any(c is not None for c in second_cols):
+                second = self.scores(index, second_cols, classes, task_name, required=False)
+
+        if spec is None:
+            spec = self.infer_spec(key, dims, labels, second, index)
+        return TaskData(
+            spec=spec,
+            ids=[ids[i] for i in index],
+            texts=[table[i][cmap.text] for i in index],
+            labels=labels,
+            second=second,
+            source=self.file,
+        )
+
+    def scores(
+        self, index: list[int], cols: list[str | None], classes: list[int] | None, task: str, required: bool
+    ) -> np.ndarray:
+        """Parse score cells into ``(N, D)`` int64; ``MISSING`` for an empty cell or an unread dimension."""
+        table = self.table
+        out = np.full((len(index), len(cols)), MISSING, dtype=np.int64)  # (N, D)
+        for j, col in enumerate(cols):
+            if col is None:
+                continue
+            for n, i in enumerate(index):
+                cell, row = table[i][col], table.rows[i]
+                where = {"file": self.file, "row": row, "column": col, "task": task}
+                value = cell.strip()
+                if not value:
+                    if required:
+                        raise DataError(
+                            "the score is missing (empty cell).",
+                            **where,
+                            fix="fill in the score, drop the row, or pass require_labels=False (it becomes MISSING).",
+                        )
+                    continue
+                if not _INTEGER.match(value):
+                    raise DataError(
+                        f"score {cell!r} is not an integer.",
+                        **where,
+                        fix="write scores as whole numbers 0..K (map letter grades or fractions to classes first).",
+                    )
+                score = int(float(value)) if "." in value else int(value)
+                if classes is not None and not 0 <= score < classes[j]:
+                    raise DataError(
+                        f"score {score} is outside the declared range 0..{classes[j] - 1}.",
+                        **where,
+                        fix="correct the score, or declare more classes in the task spec.",
+                    )
+                if score < 0:
+                    raise DataError(
+                        f"score {score} is negative; scores are classes 0..K.",
+                        **where,
+                        fix="shift the scale so that the lowest score is 0.",
+                    )
+                out[n, j] = score
+        return out
+
+    def infer_spec(
+        self, key: str, dims: list[str], labels: np.ndarray | None, second: np.ndarray | None, index: list[int]
+    ) -> TaskSpec:
+        row = self.table.rows[index[0]]
+        stacked = [a for a in (labels, second) if a is not None]
+        if not stacked or all((a == MISSING).all() for a in stacked):
+            raise DataError(
+                "cannot infer the score range: the task has no scores.",
+                file=self.file,
+                row=row,
+                task=key,
+                fix="pass tasks= with a TaskSpec for this task.",
+            )
+        top = np.concatenate(stacked, axis=0).max(axis=0)  # (D,)
+        try:
+            return TaskSpec(
+                id=key,
+                dimensions=tuple(Dimension(d, "ordinal", max(int(m), 1) + 1) for d, m in zip(dims, top, strict=True)),
+            )
+        except ScoreplexError as exc:
+            raise DataError(
+                f"cannot build a task spec for task {key!r}: {exc}",
+                file=self.file,
+                row=row,
+                column=self.cmap.task,
+                task=key,
+                fix="use task ids of letters, digits, '.', '_' or '-' (or map ids with tasks=), and scores 0..99.",
+            ) from exc
+
+
+def write_table(
+    path: str | os.PathLike[str],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fmt: str | None = None,
+    columns: Sequence[str] | None = None,
+) -> Path:
+    """Write records to a CSV, TSV, JSON Lines or Parquet file atomically; return the path.
+
+    The file is written to a temporary file in the same folder and moved into place with :func:`os.replace`, so a
+    reader never sees half a file. ``columns`` fixes the column order (default: keys in first-seen order); a
+    record lacking a column gets an empty cell (``null`` in JSON/Parquet). Parent folders are created.
+    """
+    target = Path(path)
+    fmt = resolve_format(target, fmt)
+    if columns is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+        columns = list(seen)
+    columns = list(columns)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = str(target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp")
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file (mkstemp would force 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        if fmt == "parquet":
+            os.close(fd)
+            _write_parquet(tmp, rows, columns, str(target))
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                if fmt == "jsonl":
+                    for row in rows:
+                        obj = {c: _plain(row.get(c)) for c in columns}
+                        fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                else:
+                    writer = csv.writer(fh, delimiter=_DELIMITERS[fmt], lineterminator="\n")
+                    writer.writerow(columns)
+                    for row in rows:
+                        writer.writerow(["" if row.get(c) is None else _plain(row.get(c)) for c in columns])
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _write_parquet(tmp: str, rows: Sequence[Mapping[str, Any]], columns: list[str], file: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pa.Table.from_pylist([{c: _plain(row.get(c)) for c in columns} for row in rows])
+        if not rows:
+            table = pa.table({c: pa.array([], type=pa.string()) for c in columns})
+    except (pa.ArrowException, TypeError) as exc:
+        raise DataError(
+            f"cannot store these values as Parquet ({exc}).",
+            file=file,
+            fix="give each column one type (all strings or all numbers).",
+        ) from exc
+    pq.write_table(table, tmp)
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars as Python values (JSON and Arrow want those)."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,82 @@
+"""Tokenisation once per data set, and length-aware batches padded only to the longest row in each batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Encoded:
+    """Token ids of every response (unpadded), with labels ``(N, D)`` or None."""
+
+    input_ids: list[list[int]]
+    labels: np.ndarray | None
+    pad_id: int
+    truncated: int = 0
+    """How many responses were cut at max_length."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int, labels: np.ndarray | None = None) -> Encoded:
+    """Tokenise ``texts`` with special tokens, truncating to ``max_length``; counts what was truncated."""
+    full = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    truncated = sum(len(x) > max_length for x in full)
+    ids = [x if len(x) <= max_length else x[: max_length - 1] + [x[-1]] for x in full]  # keep the [SEP]
+    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated)
+
+
+def token_lengths(tokenizer, texts: Sequence[str]) -> np.ndarray:
+    """Length in tokens (with special tokens) of each text, untruncated."""
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    return np.array([len(x) for x in ids], dtype=np.int64)
+
+
+def choose_max_length(lengths: np.ndarray, *, quantile: float = 0.99, multiple: int = 8, cap: int = 512) -> int:
+    """Smallest multiple of ``multiple`` covering ``quantile`` of the lengths, capped at ``cap``."""
+    q = float(np.quantile(lengths, quantile)) if len(lengths) else 16.0
+    return int(min(cap, max(multiple, int(np.ceil(q / multiple)) * multiple)))
+
+
+def collate(enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Pad the rows ``index`` to their own longest length."""
+    rows = [enc.input_ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), enc.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if enc.labels is not None:
+        batch["labels"] = torch.as_tensor(enc.labels[np.asarray(index)], dtype=torch.long)
+    return batch
+
+
+def train_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths: shuffle, sort within pools of ``pool`` batches, shuffle the batches."""
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    span = batch_size * pool
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches in length order (least padding); callers scatter results back by index."""
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]

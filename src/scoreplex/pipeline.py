@@ -1,0 +1,296 @@
+"""Train a suite of tasks with any method, score with it, and evaluate it: the library behind the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scoreplex.backbone import DEFAULT_BACKBONE, backbone_fingerprint, describe_backbone, load_encoder, resolve_backbone
+from scoreplex.data.dataset import TaskData
+from scoreplex.encoding import Encoded, choose_max_length, encode_texts, train_batches, collate
+from scoreplex.errors import ConfigError, DataError
+from scoreplex.heads import balanced_class_weights, rubric_loss
+from scoreplex.methods import MethodSettings, TaskModel, get_method
+from scoreplex.metrics import evaluate_task, human_agreement
+from scoreplex.scoring import Predictions, decode, embed_all, predict_logits
+from scoreplex.suite import Suite
+from scoreplex.training import FitResult, TrainConfig, fit
+
+DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "head": 2e-3}
+"""Learning rates that suit each method on MiniLM (LoRA and heads need larger steps than full fine-tuning)."""
+
+
+@dataclass
+class Backbone:
+    """A loaded encoder + tokenizer with its identity."""
+
+    encoder: Any
+    tokenizer: Any
+    info: Any
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE) -> Backbone:
+        encoder, tokenizer = load_encoder(name_or_path)
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        return cls(encoder, tokenizer, describe_backbone(name_or_path))
+
+    @property
+    def hidden(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.encoder.config, "max_position_embeddings", 512))
+
+
+@dataclass
+class TrainOptions:
+    """Everything `train_suite` needs beyond the data."""
+
+    method: str = "lora"
+    backbone: str = DEFAULT_BACKBONE
+    pooling: str = "mean"
+    max_length: int | None = None
+    """Token cap per response; None picks the 99th percentile of the training lengths."""
+    val_fraction: float = 0.1
+    config: TrainConfig = field(default_factory=TrainConfig)
+    settings: MethodSettings = field(default_factory=MethodSettings)
+    progress: bool = True
+
+
+@dataclass
+class TaskResult:
+    task_id: str
+    fit: FitResult
+    val_metrics: dict[str, Any]
+    n_train: int
+    n_val: int
+    module_bytes: int
+
+
+def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int):
+    y = torch.as_tensor(labels, dtype=torch.long)
+
+    def make(rng: np.random.Generator):
+        order = rng.permutation(len(features))
+        for i in range(0, len(order), batch_size):
+            idx = torch.as_tensor(order[i : i + batch_size])
+            yield {"features": features[idx], "labels": y[idx]}
+
+    return make
+
+
+def _token_batches(enc: Encoded, batch_size: int):
+    lengths = enc.lengths
+
+    def make(rng: np.random.Generator):
+        for idx in train_batches(lengths, batch_size, rng):
+            yield collate(enc, idx)
+
+    return make
+
+
+def train_task(
+    bb: Backbone,
+    train: TaskData,
+    val: TaskData,
+    *,
+    method: str,
+    pooling: str,
+    max_length: int,
+    config: TrainConfig,
+    settings: MethodSettings,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> tuple[TaskModel, FitResult, dict[str, Any]]:
+    """Train one task's module with ``method``; returns the model (best validation state), the fit, val metrics."""
+    spec = train.spec
+    if not train.has_labels or not val.has_labels:
+        raise DataError("training needs scored responses (labels) for train and validation.", task=spec.id)
+    m = get_method(method)
+    torch.manual_seed(config.seed)
+    model = m.build(bb.encoder, bb.hidden, spec, settings, pooling)
+    enc_train = encode_texts(bb.tokenizer, train.texts, max_length, train.labels)
+    enc_val = encode_texts(bb.tokenizer, val.texts, max_length, val.labels)
+    weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
+
+    if m.uses_features:
+        probe = TaskModel(bb.encoder, model.head, pooling)
+        f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
+        make_batches = _features_batches(f_train, train.labels, config.batch_size)
+
+        def val_logits(mdl):
+            return mdl(features=f_val)
+    else:
+        make_batches = _token_batches(enc_train, config.batch_size)
+
+        def val_logits(mdl):
+            return predict_logits(mdl, enc_val)
+
+    def objective(mdl, batch):
+        logits = mdl(**{k: v for k, v in batch.items() if k != "labels"})
+        return rubric_loss(logits, batch["labels"], spec.class_counts, weights)
+
+    def validate(mdl) -> float:
+        pred = decode(spec, val.ids, val_logits(mdl))
+        return float(evaluate_task(spec, val.labels, pred.labels)["qwk"])
+
+    steps = (len(train) + config.batch_size - 1) // config.batch_size
+    result = fit(
+        model, make_batches, steps, objective, validate, config,
+        checkpoint_dir=checkpoint_dir, description=f"{method} {spec.id}", progress=progress,
+    )
+    val_pred = decode(spec, val.ids, val_logits(model))
+    return model, result, evaluate_task(spec, val.labels, val_pred.labels)
+
+
+def pick_max_length(bb: Backbone, datasets: Mapping[str, TaskData]) -> tuple[int, float]:
+    """Max length covering 99% of all training responses, and the share of responses it truncates."""
+    from scoreplex.encoding import token_lengths
+
+    lengths = np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in datasets.values()])
+    max_len = min(choose_max_length(lengths), bb.max_positions)
+    return max_len, float((lengths > max_len).mean())
+
+
+def train_suite(
+    datasets: Mapping[str, TaskData],
+    out_dir: str | os.PathLike[str],
+    options: TrainOptions = TrainOptions(),
+    *,
+    val_sets: Mapping[str, TaskData] | None = None,
+    backbone: Backbone | None = None,
+    on_task_done: Callable[[TaskResult], None] | None = None,
+) -> Suite:
+    """Train every task in ``datasets`` into one suite folder; resumes an interrupted run in the same folder.
+
+    Tasks already in the suite are skipped; a task interrupted mid-training continues from its last epoch checkpoint
+    (kept under ``out_dir/.checkpoints/<task>`` and removed once the task is saved). Validation data is ``val_sets``
+    when given, else a seeded stratified ``val_fraction`` split of each task's data.
+    """
+    from scoreplex.data.splits import train_val_split
+
+    if not datasets:
+        raise ConfigError("no tasks to train: the data held no responses.")
+    get_method(options.method)  # fail fast on an unknown name
+    bb = backbone or Backbone.load(options.backbone)
+    max_length = options.max_length
+    truncated = None
+    if max_length is None:
+        max_length, truncated = pick_max_length(bb, datasets)
+    suite = Suite.create(
+        out_dir, method=options.method, backbone=bb.info.to_dict(), pooling=options.pooling, max_length=max_length
+    )
+    if truncated is not None:
+        suite.manifest["truncated_share"] = truncated
+    root = Path(out_dir)
+    for task_id, data in datasets.items():
+        if suite.has_task(task_id):
+            continue
+        if val_sets is not None and task_id in val_sets:
+            train, val = data, val_sets[task_id]
+        else:
+            train, val = train_val_split(data, val_fraction=options.val_fraction, seed=options.config.seed)
+        ckpt = root / ".checkpoints" / task_id
+        model, result, val_metrics = train_task(
+            bb, train, val, method=options.method, pooling=options.pooling, max_length=max_length,
+            config=options.config, settings=options.settings, checkpoint_dir=ckpt, progress=options.progress,
+        )
+        m = get_method(options.method)
+        summary = {
+            "metrics": {"validation": val_metrics},
+            "train": {
+                "n_train": len(train), "n_val": len(val), "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2), "history": result.history,
+                "config": options.config.to_dict(),
+            },
+        }
+        suite.add_task(train.spec, m.module_state(model), m.module_config(model, options.settings), summary)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if on_task_done is not None:
+            on_task_done(TaskResult(task_id, result, val_metrics, len(train), len(val), suite.task_bytes(task_id)))
+    ckpt_root = root / ".checkpoints"
+    if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
+        ckpt_root.rmdir()
+    return suite
+
+
+class SuiteScorer:
+    """Score responses with a suite: one shared backbone, task modules loaded on demand (most recent kept)."""
+
+    def __init__(self, suite: Suite | str | os.PathLike[str], backbone: str | os.PathLike[str] | None = None,
+                 *, cache_size: int = 2) -> None:
+        self.suite = suite if isinstance(suite, Suite) else Suite.open(suite)
+        name = backbone
+        if name is None:
+            stored = self.suite.manifest["backbone"]
+            name = stored["path"] if Path(stored["path"]).is_dir() else stored["name"]
+        path = resolve_backbone(name)
+        self.suite.check_backbone(backbone_fingerprint(path), str(name))
+        self.bb = Backbone.load(path)
+        self.max_length = int(self.suite.manifest["max_length"])
+        self.pooling = self.suite.manifest["pooling"]
+        self._cache: dict[str, TaskModel] = {}
+        self._cache_size = cache_size
+
+    def model(self, task_id: str) -> TaskModel:
+        if task_id in self._cache:
+            self._cache[task_id] = self._cache.pop(task_id)  # most recent last
+            return self._cache[task_id]
+        info, tensors = self.suite.load_module(task_id)
+        spec = self.suite.spec(task_id)
+        model = get_method(self.suite.method).load(
+            self.bb.encoder, self.bb.hidden, spec, info["config"], tensors, self.pooling
+        )
+        self._cache[task_id] = model
+        while len(self._cache) > self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        return model
+
+    def predict(self, task_id: str, texts: list[str], ids: list[str] | None = None) -> Predictions:
+        model = self.model(task_id)
+        enc = encode_texts(self.bb.tokenizer, texts, self.max_length)
+        ids = ids if ids is not None else [str(i) for i in range(len(texts))]
+        return decode(self.suite.spec(task_id), ids, predict_logits(model, enc))
+
+
+def evaluate_suite(
+    scorer: SuiteScorer, datasets: Mapping[str, TaskData], *, progress: bool = True
+) -> dict[str, Any]:
+    """Metrics per task (and human-human agreement where a second score exists), plus means over tasks."""
+    from scoreplex.errors import UnknownTaskError
+
+    per_task: dict[str, Any] = {}
+    for task_id, data in datasets.items():
+        if not scorer.suite.has_task(task_id):
+            raise UnknownTaskError(
+                f"the data has task {task_id!r} but the suite does not; suite tasks: {', '.join(scorer.suite.task_ids)}."
+            )
+        if not data.has_labels:
+            raise DataError("evaluation needs scored responses.", task=task_id, file=data.source or None)
+        t0 = time.perf_counter()
+        pred = scorer.predict(task_id, data.texts, data.ids)
+        metrics = evaluate_task(data.spec, data.labels, pred.labels)
+        metrics["seconds"] = round(time.perf_counter() - t0, 3)
+        if data.second is not None:
+            human = human_agreement(data.spec, data.labels, data.second)
+            if human:
+                metrics["human"] = human
+        per_task[task_id] = metrics
+    summary = {
+        "tasks": per_task,
+        "mean_qwk": float(np.mean([m["qwk"] for m in per_task.values()])) if per_task else float("nan"),
+    }
+    humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
+    if humans:
+        summary["human_mean_qwk"] = float(np.mean(humans))
+    return summary

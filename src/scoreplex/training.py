@@ -1,0 +1,267 @@
+"""ONE training loop for every method (full fine-tune, LoRA, head-only; later objectives plug in).
+
+AdamW, linear warm-up then linear decay, gradient clipping, early stopping on a validation score (higher is
+better), seeded, progress bars, and resumable: after every epoch the trainable tensors, the optimiser state and the
+loop's counters are written atomically to a checkpoint folder; a re-run with the same folder continues after the
+last finished epoch and gives the same result as an uninterrupted run (the batch order and dropout of epoch e are
+seeded by ``seed + e``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from scoreplex.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by all methods."""
+
+    epochs: int = 5
+    """Maximum number of passes over the training data."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW (after warm-up)."""
+    batch_size: int = 32
+    """Responses per optimisation step."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (not applied to biases and LayerNorm weights)."""
+    warmup_ratio: float = 0.1
+    """Share of all steps spent warming the learning rate up linearly from 0."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    patience: int = 2
+    """Stop after this many epochs without a better validation score (0 disables early stopping)."""
+    seed: int = 0
+    """Seeds batch order, dropout and head initialisation."""
+    class_weighting: bool = False
+    """Weight the cross-entropy by inverse class frequency ('balanced')."""
+    head_lr: float | None = None
+    """Learning rate of the freshly initialised head (parameters named ``head.*``); None means ``lr``. A new head
+    learns slowly at the small rate that suits a pretrained encoder, so full fine-tuning gives it its own."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs", "at least 1"),
+            (self.lr > 0, "lr", "positive, e.g. 5e-5 for full fine-tuning, 5e-4 for LoRA"),
+            (self.batch_size >= 1, "batch_size", "at least 1"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio", "in [0, 1)"),
+            (self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)"),
+            (self.patience >= 0, "patience", ">= 0 (0 disables early stopping)"),
+            (self.head_lr is None or self.head_lr > 0, "head_lr", "positive or None"),
+        ]
+        for ok, name, want in checks:
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid; it must be {want}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: (body | head) x (decay | no decay); ``lr_scale`` carries the head's own learning rate."""
+    head_scale = (config.head_lr or config.lr) / config.lr
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((name.startswith("head."), no_decay), []).append(p)
+    return [
+        {"params": ps, "weight_decay": 0.0 if nd else config.weight_decay, "lr_scale": head_scale if head else 1.0}
+        for (head, nd), ps in sorted(groups.items())
+    ]
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t)
+
+
+def _save_checkpoint(folder: Path, model, optimizer, best_state, counters: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    opt_tensors: dict[str, torch.Tensor] = {}
+    opt_state = optimizer.state_dict()
+    for pid, st in opt_state["state"].items():
+        for k, v in st.items():
+            opt_tensors[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    files = {
+        "trainable.safetensors": {k: v.contiguous() for k, v in _trainable_state(model).items()},
+        "best.safetensors": {k: v.contiguous() for k, v in best_state.items()},
+        "optimizer.safetensors": {k: v.contiguous() for k, v in opt_tensors.items()},
+    }
+    for name, tensors in files.items():
+        tmp = folder / f".{name}.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, folder / name)
+    tmp = folder / ".state.json.tmp"
+    tmp.write_text(json.dumps(counters, indent=1), encoding="utf-8")
+    os.replace(tmp, folder / "state.json")  # written last: its presence means the checkpoint is whole
+
+
+def _load_checkpoint(folder: Path, model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    from safetensors.torch import load_file
+
+    if not (folder / "state.json").is_file():
+        return None
+    counters = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    _load_trainable(model, load_file(str(folder / "trainable.safetensors")))
+    best = load_file(str(folder / "best.safetensors"))
+    opt_flat = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in opt_flat.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+    return best, counters
+
+
+def fit(
+    model: nn.Module,
+    make_batches: Callable[[np.random.Generator], Iterable[dict[str, torch.Tensor]]],
+    steps_per_epoch: int,
+    objective: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    validate: Callable[[nn.Module], float],
+    config: TrainConfig,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    description: str = "training",
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model``'s parameters that require grad; restore the best validation state at the end.
+
+    ``make_batches(rng)`` yields one epoch of batches; ``objective(model, batch)`` returns the scalar loss (task
+    loss, distillation, load balance: the objective is what varies between methods, never the loop);
+    ``validate(model)`` returns the validation score to maximise (e.g. mean QWK).
+    """
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
+    total = max(1, steps_per_epoch * config.epochs)
+    warm = int(config.warmup_ratio * total)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return config.lr * (step + 1) / warm
+        return config.lr * max(0.0, (total - step) / max(1, total - warm))
+
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    start_epoch, step, best_score, best_epoch, bad, history = 0, 0, -math.inf, -1, 0, []
+    best_state = _trainable_state(model)
+    if ckpt is not None:
+        loaded = _load_checkpoint(ckpt, model, optimizer)
+        if loaded is not None:
+            best_state, c = loaded
+            start_epoch, step, best_score = c["epoch"] + 1, c["step"], c["best_score"]
+            best_epoch, bad, history = c["best_epoch"], c["bad_epochs"], c["history"]
+            if c.get("stopped"):
+                start_epoch = config.epochs
+    t0 = time.perf_counter()
+    seconds_before = sum(h.get("seconds", 0.0) for h in history)
+    bar = _progress(progress)
+    with bar:
+        task = bar.add_task(description, total=steps_per_epoch * config.epochs, completed=step)
+        for epoch in range(start_epoch, config.epochs):
+            te = time.perf_counter()
+            torch.manual_seed(config.seed + epoch)
+            rng = np.random.default_rng(config.seed + epoch)
+            model.train()
+            losses = []
+            for batch in make_batches(rng):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step) * group["lr_scale"]
+                loss = objective(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], config.grad_clip
+                    )
+                optimizer.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                bar.update(task, advance=1, description=f"{description} e{epoch + 1} loss {np.mean(losses):.3f}")
+            model.eval()
+            with torch.no_grad():
+                score = float(validate(model))
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch, bad = score, epoch, 0
+                best_state = _trainable_state(model)
+            else:
+                bad += 1
+            history.append(
+                {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else 0.0, "val": score,
+                 "seconds": time.perf_counter() - te}
+            )
+            stopped = config.patience > 0 and bad >= config.patience
+            if ckpt is not None:
+                counters = {"epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch,
+                            "bad_epochs": bad, "history": history, "stopped": stopped}
+                _save_checkpoint(ckpt, model, optimizer, best_state, counters)
+            if stopped:
+                break
+    _load_trainable(model, best_state)
+    model.eval()
+    return FitResult(
+        best_score=best_score,
+        best_epoch=best_epoch + 1,
+        epochs_run=len(history),
+        seconds=seconds_before + time.perf_counter() - t0,
+        history=history,
+    )
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        transient=True,
+    )
