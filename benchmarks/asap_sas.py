@@ -12,12 +12,12 @@ tasks are skipped, an interrupted task continues from its last epoch. Writes ``a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,9 @@ from scoreplex.training import TrainConfig
 
 METHOD_CONFIGS = {
     # 001 paper: AdamW, 5 epochs, patience 2; the head gets its own larger rate (it starts from random).
-    "full": TrainConfig(epochs=4, lr=5e-5, head_lr=1e-3, patience=2, batch_size=32),
-    "lora": TrainConfig(epochs=6, lr=1e-3, patience=2, batch_size=32),
+    "full": TrainConfig(epochs=5, lr=5e-5, head_lr=1e-3, patience=2, batch_size=32),
+    # LoRA needs a larger rate; the head is first fitted on frozen features (3 cheap epochs), then head + adapter.
+    "lora": TrainConfig(epochs=6, lr=2e-3, patience=2, batch_size=32, head_warmup_epochs=3),
     "head": TrainConfig(epochs=40, lr=2e-3, patience=5, batch_size=32),
 }
 METHOD_SETTINGS = {
@@ -55,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--max-epochs", type=int, default=0, help="cap every method's epochs (smoke runs only)")
     return ap.parse_args(argv)
 
 
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    configs = {
+        m: replace(c, epochs=min(c.epochs, args.max_epochs)) if args.max_epochs else c
+        for m, c in METHOD_CONFIGS.items()
+    }
     items = [int(i) for i in args.items.split(",") if i.strip()] or None
     train_all = load_asap_sas(args.data, split="train", items=items)
     test_all = load_asap_sas(args.data, split="test", items=items)
@@ -77,21 +83,34 @@ def main(argv: list[str] | None = None) -> dict:
     max_length, trunc_train = pick_max_length(bb, train_sets)
     test_lengths = np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in test_all.values()])
     trunc_test = float((test_lengths > max_length).mean())
-    print(f"max_length={max_length} (99th percentile of train lengths); truncated: train {trunc_train:.2%}, "
-          f"test {trunc_test:.2%}", flush=True)
+    print(
+        f"max_length={max_length} (99th percentile of train lengths); truncated: train {trunc_train:.2%}, "
+        f"test {trunc_test:.2%}",
+        flush=True,
+    )
 
     results: dict = {"items": {}, "methods": {}}
     for method in methods:
         t0 = time.perf_counter()
         options = TrainOptions(
-            method=method, backbone=args.backbone, pooling="mean", max_length=max_length,
-            config=METHOD_CONFIGS[method], settings=METHOD_SETTINGS[method],
+            method=method,
+            backbone=args.backbone,
+            pooling="mean",
+            max_length=max_length,
+            config=configs[method],
+            settings=METHOD_SETTINGS[method],
         )
         suite = train_suite(
-            train_sets, Path(args.work) / method, options, val_sets=val_sets, backbone=bb,
+            train_sets,
+            Path(args.work) / method,
+            options,
+            val_sets=val_sets,
+            backbone=bb,
             on_task_done=lambda r, m=method: print(
                 f"[{m}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
-                f"({r.fit.seconds:.0f} s)", flush=True),
+                f"({r.fit.seconds:.0f} s)",
+                flush=True,
+            ),
         )
         scorer = SuiteScorer(suite, backbone=args.backbone)
         evaluation = evaluate_suite(scorer, test_all)
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         results["methods"][method] = {
             "label": LABELS[method],
-            "config": METHOD_CONFIGS[method].to_dict(),
+            "config": configs[method].to_dict(),
             "settings": {k: v for k, v in METHOD_SETTINGS[method].__dict__.items() if k != "extra"},
             "mean_test_qwk": evaluation["mean_qwk"],
             "suite_bytes": Suite.open(suite.root, verify=False).total_bytes,
@@ -122,8 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
     backbone_bytes = sum(f.stat().st_size for f in Path(bb.info.path).glob("*.safetensors"))
     for tid, data in train_all.items():
         human = human_agreement(data.spec, data.labels, data.second)
-        row = {"human_qwk": human.get("qwk"), "n_train": len(train_sets[tid]), "n_val": len(val_sets[tid]),
-               "n_test": len(test_all[tid])}
+        row = {
+            "human_qwk": human.get("qwk"),
+            "n_train": len(train_sets[tid]),
+            "n_val": len(val_sets[tid]),
+            "n_test": len(test_all[tid]),
+        }
         for method in methods:
             row[f"{method}_qwk"] = results["methods"][method]["tasks"][tid]["test_qwk"]
         results["items"][tid] = row
@@ -150,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/asap_sas.py", *argv]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads",
         "backbone": bb.info.to_dict(),
         "max_length": max_length,
         "truncated_share_train": trunc_train,
@@ -189,23 +212,30 @@ def markdown(r: dict, methods: list[str]) -> str:
         lines.append(f"| {tid} | {row['n_train']}/{row['n_val']}/{row['n_test']} | {row['human_qwk']:.3f} | {cells} |")
     means = " | ".join(f"**{r[f'{m}_mean_qwk']:.3f}**" for m in methods)
     lines.append(f"| **mean** | | {r['human_mean_qwk']:.3f} | {means} |")
-    lines += ["", "| method | mean test QWK | train s / task (median) | bytes / task | suite bytes | settings |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| method | mean test QWK | train s / task (median) | bytes / task | suite bytes | settings |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in methods:
         mm = r["methods"][m]
         secs = np.median([t["train_seconds"] for t in mm["tasks"].values()])
         per = np.median([t["module_bytes"] for t in mm["tasks"].values()])
         cfg = mm["config"]
         lr = f"lr {cfg['lr']:g}" + (f", head lr {cfg['head_lr']:g}" if cfg.get("head_lr") else "")
-        lines.append(f"| {LABELS[m]} | {mm['mean_test_qwk']:.4f} | {secs:.0f} | {_mb(per)} | {_mb(mm['suite_bytes'])} "
-                     f"| {lr}, ≤{cfg['epochs']} epochs, patience {cfg['patience']} |")
+        if cfg.get("head_warmup_epochs"):
+            lr += f", head warm-up {cfg['head_warmup_epochs']} epochs on frozen features"
+        lines.append(
+            f"| {LABELS[m]} | {mm['mean_test_qwk']:.4f} | {secs:.0f} | {_mb(per)} | {_mb(mm['suite_bytes'])} "
+            f"| {lr}, ≤{cfg['epochs']} epochs, patience {cfg['patience']} |"
+        )
     if "lora_minus_full" in r:
         st = r["storage"]
         tt = r.get("lora_vs_full_ttest", {})
         lines += [
             "",
-            f"LoRA − full: **{r['lora_minus_full']:+.4f}** mean QWK (paired t-test over items: t = {tt.get('t', 0):.2f},"
-            f" p = {tt.get('p', 1):.3f}).",
+            f"LoRA − full: **{r['lora_minus_full']:+.4f}** mean QWK (paired t-test over items: "
+            f"t = {tt.get('t', 0):.2f}, p = {tt.get('p', 1):.3f}).",
             "",
             f"Storage for {len(r['items'])} tasks: separate full models {_mb(st['full_separate_bytes'])}; LoRA suite "
             f"{_mb(st['lora_suite_bytes'])} + one shared backbone {_mb(st['backbone_bytes'])} = "

@@ -39,6 +39,7 @@ def test_missing_folder_names_where_it_looked(tmp_path, monkeypatch):
         load_asap_sas(tmp_path)
 
 
+@pytest.mark.realdata
 def test_train_counts_and_ranges(train, stats):
     assert list(train) == [f"asap-{i}" for i in range(1, 11)]
     assert sum(len(d) for d in train.values()) == 17026
@@ -52,6 +53,7 @@ def test_train_counts_and_ranges(train, stats):
         assert data.spec.rubric and data.spec.prompt.startswith("Data Set")
 
 
+@pytest.mark.realdata
 def test_test_split(root, stats):
     test = load_asap_sas(root, split="test")
     assert sum(len(d) for d in test.values()) == 5224
@@ -61,6 +63,7 @@ def test_test_split(root, stats):
         assert 0 <= data.labels.min() and data.labels.max() <= max(item["scores"])
 
 
+@pytest.mark.realdata
 def test_ids_prefixed_and_unique(train):
     ids = [i for d in train.values() for i in d.ids]
     assert len(ids) == len(set(ids)) and all(i.startswith("asap-") for i in ids)
@@ -68,6 +71,7 @@ def test_ids_prefixed_and_unique(train):
     assert not any(MISSING in d.labels for d in train.values())
 
 
+@pytest.mark.realdata
 def test_items_selection(root):
     picked = load_asap_sas(root, items=[3, "asap-1"])
     assert list(picked) == ["asap-3", "asap-1"]

@@ -121,7 +121,8 @@ def describe_backbone(name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE) -
 def load_encoder(name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE):
     """Load ``(encoder, tokenizer)`` from a local folder, offline. The encoder is in eval mode."""
     _offline_env()
-    from transformers import AutoModel, AutoTokenizer, logging as hf_logging
+    from transformers import AutoModel, AutoTokenizer
+    from transformers import logging as hf_logging
 
     path = resolve_backbone(name_or_path)
     hf_logging.set_verbosity_error()
@@ -213,7 +214,9 @@ def tiny_bert(tmp_dir: str | os.PathLike[str], *, hidden: int = 32, layers: int 
 
     words += [w for w in vocabulary_words() if w not in words]
     (out / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    # transformers 5 builds a fast tokenizer from `vocab` (a vocab_file alone is ignored: every word became [UNK])
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = BertTokenizerFast(vocab=vocab, vocab_file=str(out / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(str(out))
     torch.manual_seed(seed)
     cfg = BertConfig(

@@ -14,12 +14,17 @@ import torch.nn.functional as F
 
 
 class ScoringHead(nn.Module):
-    """Dropout -> (optional hidden layer) -> linear to the concatenated logits of every rubric dimension."""
+    """LayerNorm -> dropout -> (optional hidden layer) -> linear to the concatenated logits of every dimension.
+
+    The LayerNorm matters: mean-pooled sentence-encoder features have a small, uneven scale (MiniLM's pooled vectors
+    have per-feature std ~0.1), on which a freshly initialised linear head learns very slowly; normalising them first
+    lets LoRA and head-only training converge in a few epochs.
+    """
 
     def __init__(self, in_dim: int, class_counts: Sequence[int], *, hidden: int = 0, dropout: float = 0.1) -> None:
         super().__init__()
         self.class_counts = [int(k) for k in class_counts]
-        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        layers: list[nn.Module] = [nn.LayerNorm(in_dim), nn.Dropout(dropout)]
         if hidden > 0:
             layers += [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout)]
             in_dim = hidden

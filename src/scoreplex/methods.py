@@ -12,6 +12,7 @@ Every method produces a :class:`TaskModel` that maps a token batch to logits, tr
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,13 @@ class Method:
 
     @staticmethod
     def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-        missing, unexpected = module.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # strict=False still raises on a shape mismatch
+            raise SuiteError(
+                f"{what} do not fit their model ({exc}). The module file and task.json disagree; retrain or restore "
+                "the suite."
+            ) from exc
         if missing or unexpected:
             raise SuiteError(
                 f"{what} does not fit its model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}. "
@@ -123,7 +130,9 @@ class LoRA(Method):
         from peft import LoraConfig, get_peft_model
 
         cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-        return get_peft_model(copy.deepcopy(encoder), cfg)
+        with warnings.catch_warnings():  # peft 0.21 calls a transformers API that transformers 5 deprecates
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(copy.deepcopy(encoder), cfg)
 
     def build(self, encoder, hidden, spec, settings, pooling):
         targets = lora_target_modules(encoder, settings.lora_targets)
@@ -149,7 +158,10 @@ class LoRA(Method):
         from peft import set_peft_model_state_dict
 
         enc = self._wrap(encoder, config["lora_r"], config["lora_alpha"], 0.0, list(config["lora_targets"]))
-        result = set_peft_model_state_dict(enc, self._split(state, "lora."))
+        try:
+            result = set_peft_model_state_dict(enc, self._split(state, "lora."))
+        except RuntimeError as exc:  # a shape mismatch (e.g. another rank)
+            raise SuiteError(f"LoRA weights do not fit the backbone or task.json ({exc}).") from exc
         bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if bad:
             raise SuiteError(f"LoRA weights do not fit the backbone: unexpected {bad[:5]}.")

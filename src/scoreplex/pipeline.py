@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 
 from scoreplex.backbone import DEFAULT_BACKBONE, backbone_fingerprint, describe_backbone, load_encoder, resolve_backbone
 from scoreplex.data.dataset import TaskData
-from scoreplex.encoding import Encoded, choose_max_length, encode_texts, train_batches, collate
+from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts, train_batches
 from scoreplex.errors import ConfigError, DataError
 from scoreplex.heads import balanced_class_weights, rubric_loss
 from scoreplex.methods import MethodSettings, TaskModel, get_method
@@ -123,33 +123,57 @@ def train_task(
     enc_val = encode_texts(bb.tokenizer, val.texts, max_length, val.labels)
     weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
 
-    if m.uses_features:
-        probe = TaskModel(bb.encoder, model.head, pooling)
-        f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
-        make_batches = _features_batches(f_train, train.labels, config.batch_size)
-
-        def val_logits(mdl):
-            return mdl(features=f_val)
-    else:
-        make_batches = _token_batches(enc_train, config.batch_size)
-
-        def val_logits(mdl):
-            return predict_logits(mdl, enc_val)
-
     def objective(mdl, batch):
         logits = mdl(**{k: v for k, v in batch.items() if k != "labels"})
         return rubric_loss(logits, batch["labels"], spec.class_counts, weights)
 
-    def validate(mdl) -> float:
-        pred = decode(spec, val.ids, val_logits(mdl))
-        return float(evaluate_task(spec, val.labels, pred.labels)["qwk"])
+    def validator(val_logits):
+        def validate(mdl) -> float:
+            pred = decode(spec, val.ids, val_logits(mdl))
+            return float(evaluate_task(spec, val.labels, pred.labels)["qwk"])
+
+        return validate
 
     steps = (len(train) + config.batch_size - 1) // config.batch_size
+    if m.uses_features or config.head_warmup_epochs > 0:
+        # The head on frozen pooled features: the whole of head-only training, or the warm-up before full / LoRA
+        # (`probe` shares `model.head`; the base encoder is frozen, so only the head trains).
+        probe = TaskModel(bb.encoder, model.head, pooling)
+        f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
+        feature_batches = _features_batches(f_train, train.labels, config.batch_size)
+        feature_logits = lambda mdl: mdl(features=f_val)  # noqa: E731
+        resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
+        if m.uses_features:
+            make_batches, val_logits = feature_batches, feature_logits
+        elif not resuming:  # a resumed run restores the warmed-up head from its checkpoint
+            warm = replace(config, epochs=config.head_warmup_epochs, lr=config.head_warmup_lr, head_lr=None, patience=0)
+            fit(
+                probe,
+                feature_batches,
+                steps,
+                objective,
+                validator(feature_logits),
+                warm,
+                description=f"head warm-up {spec.id}",
+                progress=progress,
+            )
+    if not m.uses_features:
+        make_batches = _token_batches(enc_train, config.batch_size)
+        val_logits = lambda mdl: predict_logits(mdl, enc_val)  # noqa: E731
+
     result = fit(
-        model, make_batches, steps, objective, validate, config,
-        checkpoint_dir=checkpoint_dir, description=f"{method} {spec.id}", progress=progress,
+        model,
+        make_batches,
+        steps,
+        objective,
+        validator(val_logits),
+        config,
+        checkpoint_dir=checkpoint_dir,
+        description=f"{method} {spec.id}",
+        progress=progress,
     )
-    val_pred = decode(spec, val.ids, val_logits(model))
+    with torch.no_grad():
+        val_pred = decode(spec, val.ids, val_logits(model))
     return model, result, evaluate_task(spec, val.labels, val_pred.labels)
 
 
@@ -202,15 +226,27 @@ def train_suite(
             train, val = train_val_split(data, val_fraction=options.val_fraction, seed=options.config.seed)
         ckpt = root / ".checkpoints" / task_id
         model, result, val_metrics = train_task(
-            bb, train, val, method=options.method, pooling=options.pooling, max_length=max_length,
-            config=options.config, settings=options.settings, checkpoint_dir=ckpt, progress=options.progress,
+            bb,
+            train,
+            val,
+            method=options.method,
+            pooling=options.pooling,
+            max_length=max_length,
+            config=options.config,
+            settings=options.settings,
+            checkpoint_dir=ckpt,
+            progress=options.progress,
         )
         m = get_method(options.method)
         summary = {
             "metrics": {"validation": val_metrics},
             "train": {
-                "n_train": len(train), "n_val": len(val), "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run, "seconds": round(result.seconds, 2), "history": result.history,
+                "n_train": len(train),
+                "n_val": len(val),
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "seconds": round(result.seconds, 2),
+                "history": result.history,
                 "config": options.config.to_dict(),
             },
         }
@@ -227,8 +263,13 @@ def train_suite(
 class SuiteScorer:
     """Score responses with a suite: one shared backbone, task modules loaded on demand (most recent kept)."""
 
-    def __init__(self, suite: Suite | str | os.PathLike[str], backbone: str | os.PathLike[str] | None = None,
-                 *, cache_size: int = 2) -> None:
+    def __init__(
+        self,
+        suite: Suite | str | os.PathLike[str],
+        backbone: str | os.PathLike[str] | None = None,
+        *,
+        cache_size: int = 2,
+    ) -> None:
         self.suite = suite if isinstance(suite, Suite) else Suite.open(suite)
         name = backbone
         if name is None:
@@ -263,9 +304,7 @@ class SuiteScorer:
         return decode(self.suite.spec(task_id), ids, predict_logits(model, enc))
 
 
-def evaluate_suite(
-    scorer: SuiteScorer, datasets: Mapping[str, TaskData], *, progress: bool = True
-) -> dict[str, Any]:
+def evaluate_suite(scorer: SuiteScorer, datasets: Mapping[str, TaskData], *, progress: bool = True) -> dict[str, Any]:
     """Metrics per task (and human-human agreement where a second score exists), plus means over tasks."""
     from scoreplex.errors import UnknownTaskError
 
@@ -273,7 +312,8 @@ def evaluate_suite(
     for task_id, data in datasets.items():
         if not scorer.suite.has_task(task_id):
             raise UnknownTaskError(
-                f"the data has task {task_id!r} but the suite does not; suite tasks: {', '.join(scorer.suite.task_ids)}."
+                f"the data has task {task_id!r} but the suite does not; "
+                f"suite tasks: {', '.join(scorer.suite.task_ids)}."
             )
         if not data.has_labels:
             raise DataError("evaluation needs scored responses.", task=task_id, file=data.source or None)

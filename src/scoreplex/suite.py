@@ -68,7 +68,13 @@ class Suite:
     # -- creating -----------------------------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, root: str | os.PathLike[str], *, method: str, backbone: dict[str, Any], pooling: str, max_length: int,
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        method: str,
+        backbone: dict[str, Any],
+        pooling: str,
+        max_length: int,
         exist_ok: bool = True,
     ) -> Suite:
         """Start a suite folder, or reopen a compatible unfinished one (so training can resume)."""
@@ -210,6 +216,4 @@ class Suite:
     @property
     def total_bytes(self) -> int:
         """Bytes of the whole folder (manifest and every task), excluding training checkpoints."""
-        return sum(
-            f.stat().st_size for f in self.root.rglob("*") if f.is_file() and ".checkpoints" not in f.parts
-        )
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file() and ".checkpoints" not in f.parts)

@@ -47,6 +47,12 @@ class TrainConfig:
     """Seeds batch order, dropout and head initialisation."""
     class_weighting: bool = False
     """Weight the cross-entropy by inverse class frequency ('balanced')."""
+    head_warmup_epochs: int = 0
+    """Before training the encoder (full / LoRA), fit the fresh head alone on frozen pooled features for this many
+    epochs ("linear probing, then fine-tuning", Kumar et al. 2022): cheap (one encoder pass), and the encoder
+    updates then start from a useful head instead of a random one."""
+    head_warmup_lr: float = 2e-3
+    """Learning rate of the head warm-up."""
     head_lr: float | None = None
     """Learning rate of the freshly initialised head (parameters named ``head.*``); None means ``lr``. A new head
     learns slowly at the small rate that suits a pretrained encoder, so full fine-tuning gives it its own."""
@@ -61,6 +67,8 @@ class TrainConfig:
             (self.grad_clip >= 0, "grad_clip", ">= 0 (0 disables clipping)"),
             (self.patience >= 0, "patience", ">= 0 (0 disables early stopping)"),
             (self.head_lr is None or self.head_lr > 0, "head_lr", "positive or None"),
+            (self.head_warmup_epochs >= 0, "head_warmup_epochs", ">= 0 (0 disables the warm-up)"),
+            (self.head_warmup_lr > 0, "head_warmup_lr", "positive"),
         ]
         for ok, name, want in checks:
             if not ok:
@@ -204,9 +212,7 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], config.grad_clip
-                    )
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.grad_clip)
                 optimizer.step()
                 step += 1
                 losses.append(float(loss.detach()))
@@ -221,13 +227,24 @@ def fit(
             else:
                 bad += 1
             history.append(
-                {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else 0.0, "val": score,
-                 "seconds": time.perf_counter() - te}
+                {
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(losses)) if losses else 0.0,
+                    "val": score,
+                    "seconds": time.perf_counter() - te,
+                }
             )
             stopped = config.patience > 0 and bad >= config.patience
             if ckpt is not None:
-                counters = {"epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch,
-                            "bad_epochs": bad, "history": history, "stopped": stopped}
+                counters = {
+                    "epoch": epoch,
+                    "step": step,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad,
+                    "history": history,
+                    "stopped": stopped,
+                }
                 _save_checkpoint(ckpt, model, optimizer, best_state, counters)
             if stopped:
                 break
@@ -259,9 +276,20 @@ class _NullProgress:
 def _progress(enabled: bool):
     if not enabled:
         return _NullProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
         transient=True,
     )

@@ -30,14 +30,23 @@ class _Item:
 
 
 _FILLER_COMMON = [
-    "i think", "in my opinion", "this is because", "we learned this in class", "it is important",
-    "that is what happens", "as the text says", "i am not sure but", "basically", "so overall",
+    "i think",
+    "in my opinion",
+    "this is because",
+    "we learned this in class",
+    "it is important",
+    "that is what happens",
+    "as the text says",
+    "i am not sure but",
+    "basically",
+    "so overall",
 ]
 
 _ITEMS = [
     _Item(
         TaskSpec.ordinal(
-            "demo-photosynthesis", 3,
+            "demo-photosynthesis",
+            3,
             prompt="Explain how a plant makes its own food.",
             rubric="3: four or more key ideas (light energy, carbon dioxide, water, sugar, chlorophyll, oxygen); "
             "2: two or three; 1: one; 0: none. A misconception lowers the score by one.",
@@ -55,7 +64,8 @@ _ITEMS = [
     ),
     _Item(
         TaskSpec.ordinal(
-            "demo-food-web", 2,
+            "demo-food-web",
+            2,
             prompt="Predict what happens to the rabbits if the foxes disappear, and explain why.",
             rubric="2: predicts rabbits increase and explains with predation and a later limit (food or grass); "
             "1: correct prediction or one reason; 0: neither.",
@@ -70,7 +80,8 @@ _ITEMS = [
     ),
     _Item(
         TaskSpec.multilabel(
-            "demo-argument", ["claim", "evidence", "reasoning"],
+            "demo-argument",
+            ["claim", "evidence", "reasoning"],
             prompt="Does the mass of the ice change when it melts? Support your answer with the data.",
             rubric="claim: states the mass stays the same; evidence: cites the measured masses; reasoning: links "
             "to conservation of matter (particles are not created or destroyed).",
@@ -78,15 +89,18 @@ _ITEMS = [
         {
             "claim": ["the mass stays the same", "the mass does not change when it melts"],
             "evidence": ["the scale read 50 grams before and 50 grams after", "both measurements were 50 g"],
-            "reasoning": ["matter is conserved so no particles are lost",
-                          "the particles only change state they are not destroyed"],
+            "reasoning": [
+                "matter is conserved so no particles are lost",
+                "the particles only change state they are not destroyed",
+            ],
         },
         ["ice is cold", "water is wet", "the cup was on the table", "it melted in ten minutes"],
         ["the mass goes down because water is lighter", "melting makes the mass disappear"],
     ),
     _Item(
         TaskSpec.multilabel(
-            "demo-circuit", ["closed_loop", "energy_transfer"],
+            "demo-circuit",
+            ["closed_loop", "energy_transfer"],
             prompt="Why does the bulb light up when the switch is closed?",
             rubric="closed_loop: the circuit forms a complete path; energy_transfer: the battery's energy is "
             "transferred to light and heat in the bulb.",
@@ -207,4 +221,3 @@ def write_demo(folder: str | Path, *, n_train: int = 400, n_test: int = 150, see
 def demo_column_labels(specs: Sequence[TaskSpec]) -> dict[str, str]:
     """Dimension -> column mapping used by the demo CSVs (each dimension has a column of its own name)."""
     return {d.name: d.name for s in specs for d in s.dimensions}
-

@@ -1,0 +1,288 @@
+"""The ``scoreplex`` command line. No logic here: each command parses, calls one library function, prints.
+
+Heavy libraries (torch, transformers, peft) are imported inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="scoreplex: many automated-scoring models as one efficient deployment.\n\n"
+    "Train per-task LoRA adapters (or full fine-tunes, or heads) on one shared encoder, evaluate them, and score "
+    "files of student responses. Start with `scoreplex demo`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+TextCol = Annotated[str, typer.Option("--text-col", help="Column holding the response text.")]
+TaskCol = Annotated[str, typer.Option("--task-col", help="Column holding each row's task id.")]
+TaskId = Annotated[
+    str | None, typer.Option("--task-id", help="Fixed task id for a single-task file (then no task column is read).")
+]
+IdCol = Annotated[str, typer.Option("--id-col", help="Column of unique response ids (generated when absent).")]
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--label",
+        help="Score column per rubric dimension as DIM=COLUMN (repeatable), or just COLUMN for a single-score task. "
+        "Default: a column named like each dimension, or 'score'/'label'.",
+    ),
+]
+SecondOpt = Annotated[
+    list[str] | None, typer.Option("--second", help="Second-rater column as DIM=COLUMN (repeatable), or COLUMN.")
+]
+TasksOpt = Annotated[
+    Path | None,
+    typer.Option("--tasks", help="JSON file of task specs (ids, rubric dimensions). Default: inferred from scores."),
+]
+EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the input file.")]
+BackboneOpt = Annotated[
+    str, typer.Option("--backbone", help="'minilm' (packaged all-MiniLM-L6-v2) or a local Hugging Face folder.")
+]
+
+
+def _mapping(values: list[str] | None, default_dim: str = "score") -> dict[str, str] | None:
+    if not values:
+        return None
+    out = {}
+    for v in values:
+        dim, sep, col = v.partition("=")
+        if not sep:
+            dim, col = default_dim, v
+        out[dim.strip()] = col.strip()
+    return out
+
+
+def _columns(text_col, task_col, task_id, id_col, label, second):
+    from scoreplex.data.readers import ColumnMap
+
+    return ColumnMap(
+        text=text_col,
+        task=None if task_id else task_col,
+        task_id=task_id,
+        id=id_col,
+        labels=_mapping(label),
+        second=_mapping(second),
+    )
+
+
+def _fail(exc: Exception) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for h in header:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Scored responses: CSV, TSV, JSONL or Parquet.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Suite folder to write (re-running resumes it).")],
+    method: Annotated[str, typer.Option(help="lora (adapter + head), full (fine-tune per task) or head.")] = "lora",
+    tasks: TasksOpt = None,
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    task_id: TaskId = None,
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    second: SecondOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    backbone: BackboneOpt = "minilm",
+    pooling: Annotated[str, typer.Option(help="mean, cls or pooler.")] = "mean",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation QWK).")] = 5,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 5e-5 full, 1e-3 lora, 2e-3 head).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 32,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping (0: never).")] = 2,
+    max_length: Annotated[int | None, typer.Option(help="Token cap (default: 99th percentile of the data).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
+    lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
+    class_weighting: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train one module per task into a suite folder (resumable: re-run the same command after an interruption)."""
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.methods import MethodSettings
+        from scoreplex.pipeline import DEFAULT_LR, TrainOptions, train_suite
+        from scoreplex.training import TrainConfig
+        from scoreplex.workflows import read_dataset
+
+        cols = _columns(text_col, task_col, task_id, id_col, label, second)
+        datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
+        config = TrainConfig(
+            epochs=epochs,
+            lr=lr or DEFAULT_LR.get(method, 5e-5),
+            batch_size=batch_size,
+            patience=patience,
+            seed=seed,
+            class_weighting=class_weighting,
+            head_lr=1e-3 if method == "full" else None,
+        )
+        settings = MethodSettings(lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets)
+        options = TrainOptions(
+            method=method,
+            backbone=backbone,
+            pooling=pooling,
+            max_length=max_length,
+            val_fraction=val_fraction,
+            config=config,
+            settings=settings,
+        )
+        suite = train_suite(
+            datasets,
+            out,
+            options,
+            on_task_done=lambda r: typer.echo(
+                f"{r.task_id}: validation QWK {r.val_metrics['qwk']:.3f} ({r.fit.epochs_run} epochs, "
+                f"{r.fit.seconds:.0f} s, {r.module_bytes:,} bytes)"
+            ),
+        )
+    except ScoreplexError as exc:
+        _fail(exc)
+    typer.echo(f"suite written to {out} ({len(suite.task_ids)} tasks, {suite.total_bytes:,} bytes)")
+
+
+@app.command()
+def evaluate(
+    suite: Annotated[Path, typer.Argument(help="Suite folder.")],
+    data: Annotated[Path, typer.Argument(help="Scored responses to evaluate on.")],
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    task_id: TaskId = None,
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    second: SecondOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the full metrics as JSON here.")] = None,
+) -> None:
+    """QWK, accuracy, adjacent agreement, F1, exact match per task (and human-human agreement if a second score)."""
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.pipeline import SuiteScorer, evaluate_suite
+        from scoreplex.suite import Suite, write_json_atomic
+        from scoreplex.workflows import evaluation_table, read_dataset
+
+        s = Suite.open(suite)
+        specs = {tid: s.spec(tid) for tid in s.task_ids}
+        cols = _columns(text_col, task_col, task_id, id_col, label, second)
+        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding)
+        result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets)
+    except ScoreplexError as exc:
+        _fail(exc)
+    _table(
+        f"{suite}: mean QWK {result['mean_qwk']:.3f}",
+        ["task", "n", "QWK", "accuracy", "exact match", "human QWK"],
+        evaluation_table(result),
+    )
+    if report:
+        write_json_atomic(report, result)
+        typer.echo(f"metrics written to {report}")
+
+
+@app.command()
+def score(
+    suite: Annotated[Path, typer.Argument(help="Suite folder.")],
+    data: Annotated[Path, typer.Argument(help="Responses to score (CSV, TSV, JSONL or Parquet).")],
+    output: Annotated[Path, typer.Argument(help="Output file; its extension picks the format.")],
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    task_id: TaskId = None,
+    id_col: IdCol = "id",
+    encoding: EncodingOpt = "utf-8",
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
+) -> None:
+    """Write predicted scores, class probabilities and a confidence for every response of a file."""
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.workflows import score_file
+
+        cols = _columns(text_col, task_col, task_id, id_col, None, None)
+        result = score_file(suite, data, output, columns=cols, backbone=backbone, encoding=encoding)
+    except ScoreplexError as exc:
+        _fail(exc)
+    typer.echo(
+        f"scored {result['rows']} responses of {result['tasks']} tasks in {result['seconds']:.1f} s "
+        f"-> {result['output']}"
+    )
+
+
+@app.command()
+def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
+    """Show a suite's backbone, method, tasks, sizes and validation metrics (verifies every file's hash)."""
+    from scoreplex.errors import ScoreplexError
+    from scoreplex.suite import Suite
+
+    try:
+        s = Suite.open(suite)
+    except ScoreplexError as exc:
+        _fail(exc)
+    m = s.manifest
+    typer.echo(
+        f"method {m['method']}; backbone {m['backbone']['name']} ({m['backbone']['sha256'][:12]}); "
+        f"pooling {m['pooling']}; max_length {m['max_length']}"
+    )
+    rows = []
+    for tid in s.task_ids:
+        spec = s.spec(tid)
+        val = m["tasks"][tid].get("metrics", {}).get("validation", {})
+        dims = ", ".join(f"{d.name}:{d.kind}/{d.num_classes}" for d in spec.dimensions)
+        rows.append([tid, dims, f"{s.task_bytes(tid):,}", f"{val.get('qwk', float('nan')):.3f}"])
+    _table(f"{suite}: {len(rows)} tasks, {s.total_bytes:,} bytes", ["task", "dimensions", "bytes", "val QWK"], rows)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data, suite and scores.")] = Path(
+        "build/demo"
+    ),
+    backbone: BackboneOpt = "minilm",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per task.")] = 4,
+) -> None:
+    """Generate four demo items (two ordinal, two multi-label), train a LoRA suite, evaluate it, score a file."""
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.workflows import evaluation_table, run_demo
+
+        report = run_demo(out, backbone=backbone, epochs=epochs, log=typer.echo)
+    except ScoreplexError as exc:
+        _fail(exc)
+    _table(
+        f"held-out demo responses: mean QWK {report['mean_qwk']:.3f}",
+        ["task", "n", "QWK", "accuracy", "exact match", "human QWK"],
+        evaluation_table(report),
+    )
+    typer.echo(
+        f"suite: {report['suite']} ({report['suite_bytes']:,} bytes, trained in {report['train_seconds']:.0f} s);"
+        f" scores: {report['scores']}"
+    )
+    typer.echo("next: scoreplex info " + report["suite"])
+    (Path(out) / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

