@@ -27,17 +27,20 @@ from scoreplex.data.splits import train_val_split
 from scoreplex.encoding import token_lengths
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
-from scoreplex.pipeline import Backbone, SuiteScorer, TrainOptions, evaluate_suite, pick_max_length, train_suite
+from scoreplex.pipeline import (
+    Backbone,
+    SuiteScorer,
+    TrainOptions,
+    default_config,
+    evaluate_suite,
+    pick_max_length,
+    train_suite,
+)
 from scoreplex.suite import Suite, write_json_atomic
-from scoreplex.training import TrainConfig
 
-METHOD_CONFIGS = {
-    # 001 paper: AdamW, 5 epochs, patience 2; the head gets its own larger rate (it starts from random).
-    "full": TrainConfig(epochs=5, lr=5e-5, head_lr=1e-3, patience=2, batch_size=32),
-    # LoRA needs a larger rate; the head is first fitted on frozen features (3 cheap epochs), then head + adapter.
-    "lora": TrainConfig(epochs=6, lr=2e-3, patience=2, batch_size=32, head_warmup_epochs=3),
-    "head": TrainConfig(epochs=40, lr=2e-3, patience=5, batch_size=32),
-}
+METHOD_CONFIGS = {m: default_config(m) for m in ("full", "lora", "head")}
+"""scoreplex's defaults: full 5e-5 (head 1e-3) for <= 5 epochs as in the 001 paper; LoRA 2e-3 for <= 6 epochs after
+a 3-epoch head warm-up on frozen features; head-only 2e-3 for <= 40 epochs; early stopping on validation QWK."""
 METHOD_SETTINGS = {
     "full": MethodSettings(),
     "lora": MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"),

@@ -37,10 +37,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def demo_columns() -> ColumnMap:
+def _demo_columns() -> ColumnMap:
     """The ColumnMap of the demo CSVs, as `run_demo` builds it: a column per dimension, second rater `<dim>_rater2`."""
     labels = demo_column_labels(demo_specs())
     return ColumnMap(labels=labels, second={d: f"{d}_rater2" for d in labels})
+
+
+@pytest.fixture(scope="session")
+def demo_column_map() -> ColumnMap:
+    return _demo_columns()
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +76,7 @@ def demo_datasets(demo_files: dict[str, Path]) -> dict[str, TaskData]:
     from scoreplex.workflows import read_dataset
 
     specs = {s.id: s for s in demo_specs()}
-    return read_dataset(demo_files["train"], columns=demo_columns(), specs=specs)
+    return read_dataset(demo_files["train"], columns=_demo_columns(), specs=specs)
 
 
 @pytest.fixture(scope="session")

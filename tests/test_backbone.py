@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -33,7 +34,11 @@ def mpnet():
     from transformers import MPNetConfig, MPNetModel
 
     cfg = MPNetConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
         max_position_embeddings=40,
     )
     return MPNetModel(cfg)
@@ -143,15 +148,29 @@ def test_qv_targets_for_mpnet(mpnet):
     assert set(targets) <= linear_suffixes(mpnet)
 
 
+def _linear_names(model) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
 @pytest.mark.parametrize("model_name", ["bert", "mpnet"])
 def test_all_linear_covers_every_linear_layer_outside_the_pooler(model_name, bert, mpnet):
     model = bert[0] if model_name == "bert" else mpnet
-    assert set(lora_target_modules(model, "all-linear")) == linear_suffixes(model)
+    targets = set(lora_target_modules(model, "all-linear"))
+    assert targets == {n for n in _linear_names(model) if not n.startswith("pooler")}
 
 
-def test_attention_preset_is_a_subset_of_linear_layers(bert):
-    targets = set(lora_target_modules(bert[0], "attention"))
-    assert {"query", "key", "value"} <= targets <= linear_suffixes(bert[0])
+def test_attention_preset_names_only_attention_layers(bert):
+    from peft import LoraConfig, get_peft_model
+
+    model = bert[0]
+    targets = lora_target_modules(model, "attention")
+    assert all("attention" in t for t in targets)
+    suffixes = {t.rsplit(".", 1)[-1] for t in targets}
+    assert {"query", "key", "value"} <= suffixes
+    # PEFT must adapt exactly these modules: not the feed-forward or pooler layers that also end in "dense"
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=targets))
+    adapted = {n.removeprefix("base_model.model.") for n, m in wrapped.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == set(targets)
 
 
 def test_explicit_targets_are_used_as_given(bert):

@@ -43,8 +43,19 @@ def demo_csvs(tmp_path_factory) -> dict[str, Path]:
 def cli_suite(tmp_path_factory, demo_csvs, tiny_backbone_path) -> Path:
     out = tmp_path_factory.mktemp("cli") / "suite"
     result = invoke(
-        "train", demo_csvs["train"], "--out", out, "--backbone", tiny_backbone_path, "--epochs", 1,
-        "--tasks", demo_csvs["tasks"], "--batch-size", 16, *label_args(),
+        "train",
+        demo_csvs["train"],
+        "--out",
+        out,
+        "--backbone",
+        tiny_backbone_path,
+        "--epochs",
+        1,
+        "--tasks",
+        demo_csvs["tasks"],
+        "--batch-size",
+        16,
+        *label_args(),
     )
     assert result.exit_code == 0, result.output
     assert f"suite written to {out} (4 tasks" in flat(result.output)
@@ -138,8 +149,18 @@ def test_train_refuses_a_label_out_of_range_naming_row_and_column(tmp_path: Path
 
 def test_train_refuses_a_missing_text_column_naming_it(tmp_path: Path, tiny_backbone_path):
     data, tasks = write_single_task(tmp_path, ["1", "2", "2", "0"])
-    result = invoke("train", data, "--out", tmp_path / "s", "--tasks", tasks, "--text-col", "answer",
-                    "--backbone", tiny_backbone_path)
+    result = invoke(
+        "train",
+        data,
+        "--out",
+        tmp_path / "s",
+        "--tasks",
+        tasks,
+        "--text-col",
+        "answer",
+        "--backbone",
+        tiny_backbone_path,
+    )
     assert result.exit_code == 2
     out = flat(result.output)
     assert "column 'answer' not found" in out and "text" in out
@@ -147,8 +168,9 @@ def test_train_refuses_a_missing_text_column_naming_it(tmp_path: Path, tiny_back
 
 def test_train_refuses_an_unknown_method_listing_the_valid_ones(tmp_path: Path, tiny_backbone_path):
     data, tasks = write_single_task(tmp_path, ["1", "2", "3", "0"] * 3)
-    result = invoke("train", data, "--out", tmp_path / "s", "--tasks", tasks, "--method", "qlora",
-                    "--backbone", tiny_backbone_path)
+    result = invoke(
+        "train", data, "--out", tmp_path / "s", "--tasks", tasks, "--method", "qlora", "--backbone", tiny_backbone_path
+    )
     assert result.exit_code == 2
     assert "qlora" in result.output and "full, head, lora" in flat(result.output)
 

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from scoreplex.data.demo import generate_demo
-from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts, eval_batches, token_lengths, train_batches
+from scoreplex.encoding import (
+    Encoded,
+    choose_max_length,
+    collate,
+    encode_texts,
+    eval_batches,
+    token_lengths,
+    train_batches,
+)
 from scoreplex.heads import ScoringHead
 from scoreplex.methods import TaskModel
 from scoreplex.scoring import embed_all, predict_logits

@@ -148,7 +148,8 @@ def test_head_only_features_path_equals_token_path(tiny_bb, batch):
     with torch.no_grad():
         features = with_encoder.embed(batch["input_ids"], batch["attention_mask"])
         torch.testing.assert_close(
-            without(features=features), with_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            without(features=features),
+            with_encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
         )
 
 

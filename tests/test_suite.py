@@ -19,9 +19,11 @@ from scoreplex.backbone import backbone_fingerprint, tiny_bert
 from scoreplex.data.dataset import TaskData
 from scoreplex.data.splits import train_val_split
 from scoreplex.errors import BackboneMismatchError, ConfigError, DataError, SuiteError, UnknownTaskError
+from scoreplex.methods import MethodSettings, get_method
 from scoreplex.metrics import evaluate_task
 from scoreplex.pipeline import SuiteScorer, TrainOptions, evaluate_suite, pick_max_length, train_suite
 from scoreplex.suite import FORMAT_VERSION, MODULE_FILE, TASK_FILE, Suite, sha256_file
+from scoreplex.training import TrainConfig
 
 ORDINAL, MULTI = "demo-photosynthesis", "demo-argument"
 VAL_FRACTION = 0.25
@@ -35,7 +37,9 @@ def suites(tmp_path_factory, tiny_bb, demo_datasets, small_options) -> dict[str,
     for method, tasks in SUITE_TASKS.items():
         out[method] = root / method
         train_suite(
-            {t: demo_datasets[t] for t in tasks}, out[method], small_options(method, val_fraction=VAL_FRACTION),
+            {t: demo_datasets[t] for t in tasks},
+            out[method],
+            small_options(method, val_fraction=VAL_FRACTION),
             backbone=tiny_bb,
         )
     return out
@@ -268,8 +272,16 @@ def test_train_task_needs_labels(demo_datasets, tiny_bb, small_config):
     d = demo_datasets[ORDINAL]
     unscored = TaskData(d.spec, d.ids, d.texts)
     with pytest.raises(DataError, match=ORDINAL):
-        pipeline.train_task(tiny_bb, unscored, d, method="head", pooling="mean", max_length=32,
-                            config=small_config, settings=pipeline.MethodSettings())
+        pipeline.train_task(
+            tiny_bb,
+            unscored,
+            d,
+            method="head",
+            pooling="mean",
+            max_length=32,
+            config=small_config,
+            settings=MethodSettings(),
+        )
 
 
 # -- resuming ------------------------------------------------------------------------------------------------------
@@ -341,8 +353,14 @@ def test_explicit_validation_sets_are_used(tmp_path: Path, demo_datasets, tiny_b
     d = demo_datasets[ORDINAL]
     train, val = d.subset(range(40)), d.subset(range(40, 60))
     done = []
-    train_suite({ORDINAL: train}, tmp_path / "s", small_options("head"), val_sets={ORDINAL: val}, backbone=tiny_bb,
-                on_task_done=done.append)
+    train_suite(
+        {ORDINAL: train},
+        tmp_path / "s",
+        small_options("head"),
+        val_sets={ORDINAL: val},
+        backbone=tiny_bb,
+        on_task_done=done.append,
+    )
     assert (done[0].n_train, done[0].n_val) == (40, 20)
 
 
@@ -353,3 +371,77 @@ def test_pick_max_length_covers_most_responses(tiny_bb, demo_datasets):
     lengths = np.concatenate([token_lengths(tiny_bb.tokenizer, d.texts) for d in demo_datasets.values()])
     assert max_len % 8 == 0 and max_len <= tiny_bb.max_positions
     assert share == pytest.approx(float((lengths > max_len).mean())) and share <= 0.01
+
+
+# -- head warm-up and recommended configs ------------------------------------------------------------------------
+
+
+def train_lora_task(tiny_bb, data, config, checkpoint_dir=None):
+    train, val = train_val_split(data, val_fraction=VAL_FRACTION, seed=config.seed)
+    model, result, _ = pipeline.train_task(
+        tiny_bb, train, val, method="lora", pooling="mean", max_length=64, config=config,
+        settings=MethodSettings(), checkpoint_dir=checkpoint_dir, progress=False,
+    )  # fmt: skip
+    return {k: v.clone() for k, v in get_method("lora").module_state(model).items()}, result
+
+
+def test_head_warmup_moves_only_the_head_before_the_encoder_part_trains(tiny_bb, demo_datasets, monkeypatch):
+    seen = []
+    real_fit = pipeline.fit
+
+    def spy(model, *args, **kw):
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        seen.append((kw["description"], trainable))
+        return real_fit(model, *args, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", spy)
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=16, patience=0, head_warmup_epochs=2)
+    train_lora_task(tiny_bb, demo_datasets[MULTI], config)
+    (warm_desc, warm_params), (main_desc, main_params) = seen
+    assert warm_desc.startswith("head warm-up") and main_desc.startswith("lora")
+    assert warm_params and all(n.startswith("head.") for n in warm_params)
+    assert any("lora_" in n for n in main_params)
+
+
+def test_a_resumed_task_with_head_warmup_equals_an_uninterrupted_one(tiny_bb, demo_datasets, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=3, lr=1e-3, batch_size=16, patience=0, head_warmup_epochs=2)
+    reference, ref_result = train_lora_task(tiny_bb, demo_datasets[MULTI], config)
+
+    real_fit = pipeline.fit
+
+    def interrupted_fit(model, make, steps, objective, validate, cfg, **kw):
+        if kw.get("checkpoint_dir") is None:  # the warm-up
+            return real_fit(model, make, steps, objective, validate, cfg, **kw)
+        calls = []
+
+        def validate_then_stop(mdl):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt("simulated interruption in epoch 2")
+            return validate(mdl)
+
+        return real_fit(model, make, steps, objective, validate_then_stop, cfg, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train_lora_task(tiny_bb, demo_datasets[MULTI], config, checkpoint_dir=tmp_path / "ckpt")
+    monkeypatch.setattr(pipeline, "fit", real_fit)
+    resumed, result = train_lora_task(tiny_bb, demo_datasets[MULTI], config, checkpoint_dir=tmp_path / "ckpt")
+    assert resumed.keys() == reference.keys()
+    for k in reference:
+        assert np.array_equal(resumed[k].numpy(), reference[k].numpy()), k
+    assert [h["val"] for h in result.history] == [h["val"] for h in ref_result.history]
+
+
+def test_default_config_per_method_and_overrides():
+    lora = pipeline.default_config("lora")
+    assert lora.head_warmup_epochs > 0 and lora.lr == pipeline.DEFAULT_LR["lora"]
+    full = pipeline.default_config("full")
+    assert full.head_lr is not None and full.head_lr > full.lr and full.head_warmup_epochs == 0
+    assert pipeline.default_config("head").head_warmup_epochs == 0
+    tuned = pipeline.default_config("lora", epochs=1, lr=None, seed=4)
+    assert (tuned.epochs, tuned.lr, tuned.seed) == (1, lora.lr, 4)  # None means "the default"
+    with pytest.raises(KeyError, match="full, head, lora"):
+        pipeline.default_config("qlora")
+    with pytest.raises(ConfigError, match="epochs"):
+        pipeline.default_config("head", epochs=0)

@@ -118,7 +118,11 @@ def test_load_task_specs_reads_list_or_tasks_object(tmp_path: Path, wrapped: boo
 
 def test_load_task_specs_rejects_duplicate_ids(tmp_path: Path):
     path = tmp_path / "tasks.json"
-    items = [TaskSpec.ordinal("q1", 3).to_dict(), TaskSpec.ordinal("q2", 1).to_dict(), TaskSpec.ordinal("q1", 2).to_dict()]
+    items = [
+        TaskSpec.ordinal("q1", 3).to_dict(),
+        TaskSpec.ordinal("q2", 1).to_dict(),
+        TaskSpec.ordinal("q1", 2).to_dict(),
+    ]
     path.write_text(json.dumps(items), encoding="utf-8")
     with pytest.raises(ConfigError) as exc:
         load_task_specs(str(path))

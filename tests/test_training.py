@@ -168,7 +168,10 @@ def test_resumed_run_equals_an_uninterrupted_run(toy, tmp_path: Path, interrupt_
     with pytest.raises(KeyboardInterrupt):
         fit(interrupted, make, steps, objective, failing, CONFIG, checkpoint_dir=ckpt, progress=False)
     assert {p.name for p in ckpt.iterdir()} == {
-        "trainable.safetensors", "best.safetensors", "optimizer.safetensors", "state.json"
+        "trainable.safetensors",
+        "best.safetensors",
+        "optimizer.safetensors",
+        "state.json",
     }
 
     # a fresh process; another initialisation, so that only the checkpoint can make it match the reference
@@ -191,12 +194,28 @@ def test_a_finished_checkpoint_is_not_trained_again(toy, tmp_path: Path):
     x, y, _, _ = toy
     make, steps = batches_of(x, y)
     first = make_model()
-    fit(first, make, steps, objective, Scripted([0.1, 0.6, 0.2, 0.2, 0.2]), replace(CONFIG, epochs=5, patience=2),
-        checkpoint_dir=tmp_path, progress=False)
+    fit(
+        first,
+        make,
+        steps,
+        objective,
+        Scripted([0.1, 0.6, 0.2, 0.2, 0.2]),
+        replace(CONFIG, epochs=5, patience=2),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     again = make_model(seed=9)  # different init: everything must come from the checkpoint
     validate = Scripted([1.0] * 5)
-    result = fit(again, make, steps, objective, validate, replace(CONFIG, epochs=5, patience=2),
-                 checkpoint_dir=tmp_path, progress=False)
+    result = fit(
+        again,
+        make,
+        steps,
+        objective,
+        validate,
+        replace(CONFIG, epochs=5, patience=2),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
     assert validate.snapshots == []  # stopped early before: nothing left to run
     assert result.best_epoch == 2 and result.epochs_run == 4
     assert_same_params(params(again), params(first))
@@ -216,10 +235,18 @@ def test_head_lr_gives_the_head_its_own_rate():
     model = Net()
     x, y = torch.randn(16, 6), torch.randint(0, 2, (16, 1))
     before = params(model)
-    config = TrainConfig(epochs=1, lr=1e-3, head_lr=2e-2, warmup_ratio=0.0, weight_decay=0.0, grad_clip=0.0,
-                         batch_size=16, patience=0)
-    fit(model, lambda rng: [{"features": x, "labels": y}], 1, lambda m, b: rubric_loss(m(b["features"]), b["labels"],
-        [2]), lambda m: 1.0, config, progress=False)
+    config = TrainConfig(
+        epochs=1, lr=1e-3, head_lr=2e-2, warmup_ratio=0.0, weight_decay=0.0, grad_clip=0.0, batch_size=16, patience=0
+    )
+    fit(
+        model,
+        lambda rng: [{"features": x, "labels": y}],
+        1,
+        lambda m, b: rubric_loss(m(b["features"]), b["labels"], [2]),
+        lambda m: 1.0,
+        config,
+        progress=False,
+    )
     after = params(model)
     # Adam's first step moves every parameter (with a non-negligible gradient) by exactly its learning rate
     for name, lr in (("body.weight", 1e-3), ("body.bias", 1e-3), ("head.weight", 2e-2), ("head.bias", 2e-2)):
@@ -251,6 +278,8 @@ def test_param_groups_exempt_biases_and_norms_from_decay():
         ("grad_clip", -1.0),
         ("patience", -1),
         ("head_lr", 0.0),
+        ("head_warmup_epochs", -1),
+        ("head_warmup_lr", 0.0),
     ],
 )
 def test_train_config_rejects_invalid_values_naming_the_field(field, value):

@@ -158,7 +158,8 @@ def lora_target_modules(encoder, preset: str = "qv") -> list[str]:
     """Module-name suffixes LoRA should adapt in ``encoder``, independent of the architecture.
 
     Presets: ``qv`` (query and value projections, the LoRA paper's and 001's choice), ``attention`` (all attention
-    projections), ``all-linear`` (every nn.Linear inside the transformer layers, not the pooler). A comma-separated
+    projections), ``all-linear`` (every nn.Linear of the encoder except the pooler); these two give full module
+    names, since suffixes such as ``dense`` are shared by attention, feed-forward and pooler layers. A comma-separated
     list of names is used as given after checking each matches at least one nn.Linear.
     """
     import torch.nn as nn
@@ -170,11 +171,10 @@ def lora_target_modules(encoder, preset: str = "qv") -> list[str]:
         targets = _QV_TARGETS.get(model_type)
         if targets is None:  # heuristic: names that look like query / value projections
             targets = [s for s in suffixes if s.lower() in ("q", "v", "query", "value", "q_proj", "v_proj")]
-    elif preset == "attention":
-        attn = {n.rsplit(".", 1)[-1] for n in linear_names if "attention" in n or "attn" in n}
-        targets = sorted(attn)
+    elif preset == "attention":  # full module names: "dense" also names feed-forward and pooler layers
+        targets = [n for n in linear_names if "attention" in n or "attn" in n]
     elif preset == "all-linear":
-        targets = suffixes
+        targets = [n for n in linear_names if n.split(".")[0] != "pooler"]
     else:
         targets = [t.strip() for t in preset.split(",") if t.strip()]
         missing = [t for t in targets if t not in suffixes]

@@ -107,10 +107,17 @@ def train(
     encoding: EncodingOpt = "utf-8",
     backbone: BackboneOpt = "minilm",
     pooling: Annotated[str, typer.Option(help="mean, cls or pooler.")] = "mean",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation QWK).")] = 5,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 5e-5 full, 1e-3 lora, 2e-3 head).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Maximum epochs, early stopping on validation QWK (default: 5 full, 6 lora, 40 head)."),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 5e-5 full, 2e-3 lora, 2e-3 head).")] = None,
+    head_warmup_epochs: Annotated[
+        int | None,
+        typer.Option(help="Epochs fitting the head on frozen features first (default: 3 lora, 0 otherwise)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 32,
-    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping (0: never).")] = 2,
+    patience: Annotated[int | None, typer.Option(help="Epochs without improvement before stopping (0: never).")] = None,
     max_length: Annotated[int | None, typer.Option(help="Token cap (default: 99th percentile of the data).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
@@ -124,20 +131,20 @@ def train(
 
     try:
         from scoreplex.methods import MethodSettings
-        from scoreplex.pipeline import DEFAULT_LR, TrainOptions, train_suite
-        from scoreplex.training import TrainConfig
+        from scoreplex.pipeline import TrainOptions, default_config, train_suite
         from scoreplex.workflows import read_dataset
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
-        config = TrainConfig(
+        config = default_config(
+            method,
             epochs=epochs,
-            lr=lr or DEFAULT_LR.get(method, 5e-5),
+            lr=lr,
             batch_size=batch_size,
             patience=patience,
             seed=seed,
             class_weighting=class_weighting,
-            head_lr=1e-3 if method == "full" else None,
+            head_warmup_epochs=head_warmup_epochs,
         )
         settings = MethodSettings(lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets)
         options = TrainOptions(

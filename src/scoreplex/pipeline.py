@@ -21,11 +21,27 @@ from scoreplex.heads import balanced_class_weights, rubric_loss
 from scoreplex.methods import MethodSettings, TaskModel, get_method
 from scoreplex.metrics import evaluate_task, human_agreement
 from scoreplex.scoring import Predictions, decode, embed_all, predict_logits
-from scoreplex.suite import Suite
+from scoreplex.suite import Suite, write_json_atomic
 from scoreplex.training import FitResult, TrainConfig, fit
 
-DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "head": 2e-3}
+DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "head": 2e-3}
 """Learning rates that suit each method on MiniLM (LoRA and heads need larger steps than full fine-tuning)."""
+DEFAULT_HEAD_WARMUP = {"full": 0, "lora": 3, "head": 0}
+"""Epochs of head warm-up on frozen features before the encoder part trains (see TrainConfig.head_warmup_epochs)."""
+
+
+def default_config(method: str, **overrides: Any) -> TrainConfig:
+    """The TrainConfig scoreplex recommends for ``method`` (as used in the ASAP-SAS benchmark), with overrides."""
+    get_method(method)
+    base = {
+        "lr": DEFAULT_LR[method],
+        "head_warmup_epochs": DEFAULT_HEAD_WARMUP[method],
+        "head_lr": 1e-3 if method == "full" else None,
+        "epochs": {"full": 5, "lora": 6, "head": 40}[method],
+        "patience": 5 if method == "head" else 2,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**base)
 
 
 @dataclass
@@ -65,6 +81,15 @@ class TrainOptions:
     config: TrainConfig = field(default_factory=TrainConfig)
     settings: MethodSettings = field(default_factory=MethodSettings)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and not 8 <= self.max_length <= 8192:
+            raise ConfigError(
+                f"max_length={self.max_length!r}; give a token count in 8..8192, or None to pick the 99th "
+                "percentile of the training lengths."
+            )
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction!r}; it must be in (0, 1), e.g. 0.1.")
 
 
 @dataclass
@@ -135,17 +160,18 @@ def train_task(
         return validate
 
     steps = (len(train) + config.batch_size - 1) // config.batch_size
-    if m.uses_features or config.head_warmup_epochs > 0:
+    # a resumed run restores the warmed-up head from its checkpoint, so the warm-up is not repeated
+    resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
+    if m.uses_features or (config.head_warmup_epochs > 0 and not resuming):
         # The head on frozen pooled features: the whole of head-only training, or the warm-up before full / LoRA
         # (`probe` shares `model.head`; the base encoder is frozen, so only the head trains).
         probe = TaskModel(bb.encoder, model.head, pooling)
         f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
         feature_batches = _features_batches(f_train, train.labels, config.batch_size)
         feature_logits = lambda mdl: mdl(features=f_val)  # noqa: E731
-        resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
         if m.uses_features:
             make_batches, val_logits = feature_batches, feature_logits
-        elif not resuming:  # a resumed run restores the warmed-up head from its checkpoint
+        else:
             warm = replace(config, epochs=config.head_warmup_epochs, lr=config.head_warmup_lr, head_lr=None, patience=0)
             fit(
                 probe,
@@ -207,8 +233,11 @@ def train_suite(
         raise ConfigError("no tasks to train: the data held no responses.")
     get_method(options.method)  # fail fast on an unknown name
     bb = backbone or Backbone.load(options.backbone)
+    root = Path(out_dir)
     max_length = options.max_length
     truncated = None
+    if max_length is None and (root / "manifest.json").is_file():
+        max_length = int(Suite.open(root, verify=False).manifest["max_length"])  # adding tasks to a suite
     if max_length is None:
         max_length, truncated = pick_max_length(bb, datasets)
     suite = Suite.create(
@@ -216,7 +245,7 @@ def train_suite(
     )
     if truncated is not None:
         suite.manifest["truncated_share"] = truncated
-    root = Path(out_dir)
+        write_json_atomic(root / "manifest.json", suite.manifest)
     for task_id, data in datasets.items():
         if suite.has_task(task_id):
             continue

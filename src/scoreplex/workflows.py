@@ -72,8 +72,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Generate the demo items, train a LoRA suite on them, evaluate it on held-out responses, score a file."""
     from scoreplex.data.demo import demo_column_labels, demo_specs, write_demo
-    from scoreplex.pipeline import SuiteScorer, TrainOptions, evaluate_suite, train_suite
-    from scoreplex.training import TrainConfig
+    from scoreplex.pipeline import SuiteScorer, TrainOptions, default_config, evaluate_suite, train_suite
 
     out = Path(out)
     paths = write_demo(out / "data")
@@ -88,7 +87,7 @@ def run_demo(
     )
     t0 = time.perf_counter()
     options = TrainOptions(
-        method="lora", backbone=backbone, config=TrainConfig(epochs=epochs, lr=1e-3, patience=2), progress=progress
+        method="lora", backbone=backbone, config=default_config("lora", epochs=epochs), progress=progress
     )
     suite = train_suite(
         train,
