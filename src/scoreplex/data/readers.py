@@ -457,7 +457,10 @@ class _Reader:
         mapped = (self.cmap.labels or {}).get(dim)
         if mapped is not None:
             if mapped not in self.present:
-                raise self.missing_column(mapped, f"name the right column with ColumnMap(labels={{{dim!r}: ...}}).")
+                raise self.missing_column(
+                    mapped,
+                    f"name the right column with ColumnMap(labels={{{dim!r}: ...}}) (CLI: --label {dim}=COLUMN).",
+                )
             return mapped
         candidates = [dim] + (["score", "label"] if single else [])
         return next((c for c in candidates if c in self.present), None)
@@ -467,16 +470,18 @@ class _Reader:
     def read(self) -> dict[str, TaskData]:
         cmap, table = self.cmap, self.table
         if cmap.text not in self.present:
-            raise self.missing_column(cmap.text, "name the text column with ColumnMap(text=...).")
+            raise self.missing_column(cmap.text, "name the text column with ColumnMap(text=...) (CLI: --text-col).")
         if cmap.task is not None and cmap.task not in self.present:
             raise self.missing_column(
                 cmap.task,
                 "name the task column with ColumnMap(task=...), or for a single-task file give "
-                "ColumnMap(task=None, task_id='...').",
+                "ColumnMap(task=None, task_id='...') (CLI: --task-col, or --task-id).",
             )
         id_col = cmap.id if cmap.id is not None and cmap.id in self.present else None
         if cmap.id is not None and id_col is None and cmap.id != "id":
-            raise self.missing_column(cmap.id, "name the id column with ColumnMap(id=...), or id=None to generate ids.")
+            raise self.missing_column(
+                cmap.id, "name the id column with ColumnMap(id=...) (CLI: --id-col), or id=None to generate ids."
+            )
         if not table:
             raise DataError("the file has no responses (no rows after the header).", file=self.file, fix="add rows.")
 
@@ -583,7 +588,10 @@ class _Reader:
                 col = cmap.second.get(d)
                 if col is not None and col not in self.present:
                     raise self.missing_column(
-                        col, f"name the second-rater column with ColumnMap(second={{{d!r}: ...}}).", task=task_name
+                        col,
+                        f"name the second-rater column with ColumnMap(second={{{d!r}: ...}}) "
+                        f"(CLI: --second {d}=COLUMN).",
+                        task=task_name,
                     )
                 second_cols.append(col)
             if any(c is not None for c in second_cols):
