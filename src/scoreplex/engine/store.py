@@ -1,0 +1,373 @@
+"""Task modules of a suite, loaded on demand and kept in an LRU cache under a budget (task count and/or bytes).
+
+A module is read from disk the first time a task is used: its ``module.safetensors`` and ``task.json`` bytes are read
+once, checked against the SHA-256 in ``manifest.json``, and parsed from those same bytes (so what is checked is what
+is loaded, even if the file changes meanwhile; reading once also halves the disk work of "hash, then load"; memory
+mapping would gain nothing, since the hash check reads every byte and a module is a few hundred KB). A module
+that is missing, corrupt or does not fit fails with a :class:`~scoreplex.errors.SuiteError` naming its task; nothing is
+cached for it, so other tasks keep serving and a restored file is picked up by the next request.
+
+Tasks can be added, replaced and removed while the engine serves (all under one lock shared with the engine). A
+module in use by a running batch is *pinned*: it is never evicted under that batch; replacing or removing it retires
+it once the batch releases it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
+from scoreplex.heads import ScoringHead
+from scoreplex.methods import Method
+from scoreplex.suite import MODULE_FILE, TASK_FILE, Suite, write_json_atomic
+from scoreplex.tasks import TaskSpec
+
+from .multilora import lora_weights_from_peft
+
+
+@dataclass(eq=False)
+class TaskModule:
+    """One task's loaded module: its rubric, head and (for LoRA suites) adapter weights."""
+
+    task_id: str
+    spec: TaskSpec
+    config: dict[str, Any]
+    head: ScoringHead
+    lora: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    """``{encoder layer name: (A (r, in), B (out, r))}``; empty for head-only suites. The engine copies it into its
+    slot tables on load and then drops it here, so the adapter weights are held once."""
+    scaling: float
+    """``lora_alpha / lora_r`` (0 without LoRA)."""
+    rank: int
+    nbytes: int
+    """Bytes of the module's tensors (what counts against the store's byte budget)."""
+    load_seconds: float
+    """Wall time of the cold load: read, hash check, parse, head build and the engine's install."""
+    sha256: str
+    slot: int = -1
+    """Slot in the engine's MultiLoRA tables (-1: none)."""
+    key: str = ""
+    """Unique name of this loaded instance (``task#n``): a replaced task's old and new modules never share it."""
+    pins: int = field(default=0, repr=False)
+    retired: bool = field(default=False, repr=False)
+
+
+class AdapterStore:
+    """Lazily loaded task modules of one suite, in an LRU cache under ``max_tasks`` and/or ``max_bytes``.
+
+    ``on_load(module)`` runs after a module is parsed and before it is cached (the engine installs its adapters
+    there; an exception fails the load); ``on_evict(module)`` runs when a module leaves the cache. A single batch may
+    need more tasks than the budget holds: they are all kept (pinned) for that batch and the budget is restored as
+    soon as it ends. The module just handed out is never evicted by its own load, so one module larger than
+    ``max_bytes`` still serves (it leaves on the next load).
+    """
+
+    def __init__(
+        self,
+        suite: Suite | str | os.PathLike[str],
+        *,
+        hidden: int,
+        max_tasks: int | None = None,
+        max_bytes: int | None = None,
+        on_load: Callable[[TaskModule], None] | None = None,
+        on_evict: Callable[[TaskModule], None] | None = None,
+        lock: threading.RLock | None = None,
+    ) -> None:
+        if max_tasks is not None and (not isinstance(max_tasks, int) or max_tasks < 1):
+            raise ConfigError(f"max_tasks={max_tasks!r}; give a task count >= 1, or None for no count limit.")
+        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ConfigError(f"max_bytes={max_bytes!r}; give a positive byte count, or None for no byte limit.")
+        self.suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)
+        self.hidden = hidden
+        self.max_tasks = max_tasks
+        self.max_bytes = max_bytes
+        self.on_load = on_load
+        self.on_evict = on_evict
+        self.lock = lock or threading.RLock()
+        self._cache: OrderedDict[str, TaskModule] = OrderedDict()  # least recently used first
+        self.load_seconds: dict[str, list[float]] = {}
+        """Every cold-load time per task, in seconds (for cold-load latency figures)."""
+        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "failures": 0}
+        self._generation = itertools.count()
+
+    # -- what the suite holds ----------------------------------------------------------------------------------------
+    @property
+    def task_ids(self) -> list[str]:
+        return self.suite.task_ids
+
+    def __contains__(self, task_id: object) -> bool:
+        return isinstance(task_id, str) and self.suite.has_task(task_id)
+
+    def _require(self, task_id: str) -> dict[str, Any]:
+        if not self.suite.has_task(task_id):
+            raise UnknownTaskError(
+                f"task {task_id!r} is not in the suite at {self.suite.root}; it holds: "
+                f"{', '.join(self.suite.task_ids) or 'none'}. Add it with AdapterStore.add or import_task."
+            )
+        return self.suite.manifest["tasks"][task_id]
+
+    # -- the cache ---------------------------------------------------------------------------------------------------
+    @property
+    def resident(self) -> list[str]:
+        """Task ids in memory, least recently used first."""
+        with self.lock:
+            return list(self._cache)
+
+    @property
+    def resident_bytes(self) -> int:
+        with self.lock:
+            return sum(m.nbytes for m in self._cache.values())
+
+    def get(self, task_id: str) -> TaskModule:
+        """The task's module, loaded (and verified) on first use; marks it most recently used."""
+        with self.lock:
+            module = self._cache.get(task_id)
+            if module is not None:
+                self._cache.move_to_end(task_id)
+                self.counters["hits"] += 1
+                return module
+            self.counters["misses"] += 1
+            t0 = time.perf_counter()
+            try:
+                module = self._load(task_id)
+                module.key = f"{task_id}#{next(self._generation)}"
+                if self.on_load is not None:
+                    self.on_load(module)
+            except ScoreplexError:
+                self.counters["failures"] += 1
+                raise
+            module.load_seconds = time.perf_counter() - t0
+            self.load_seconds.setdefault(task_id, []).append(module.load_seconds)
+            module.lora = {}  # installed by on_load (or unused): keep the adapter weights once
+            self._cache[task_id] = module
+            module.pins += 1  # never evict the module being handed out (the most recent one always stays)
+            try:
+                self._evict_over_budget()
+            finally:
+                module.pins -= 1
+            return module
+
+    @contextmanager
+    def pinned(self, task_ids: Iterable[str], errors: dict[str, ScoreplexError] | None = None) -> Iterator[dict]:
+        """Load and pin ``task_ids`` for one batch: yields ``{task id: TaskModule}``.
+
+        A task that fails to load raises; with ``errors`` given, its error is recorded there instead and the task is
+        left out. The budget is enforced again when the block ends.
+        """
+        modules: dict[str, TaskModule] = {}
+        with self.lock:
+            try:
+                for task_id in dict.fromkeys(task_ids):
+                    try:
+                        module = self.get(task_id)
+                    except ScoreplexError as exc:
+                        if errors is None:
+                            raise
+                        errors[task_id] = exc
+                        continue
+                    module.pins += 1
+                    modules[task_id] = module
+            except BaseException:
+                self._unpin(modules.values())
+                raise
+        try:
+            yield modules
+        finally:
+            with self.lock:
+                self._unpin(modules.values())
+
+    def _unpin(self, modules: Iterable[TaskModule]) -> None:
+        for module in modules:
+            module.pins -= 1
+            if module.retired and module.pins == 0:
+                self._release(module)
+        self._evict_over_budget()
+
+    def _over_budget(self) -> bool:
+        return (self.max_tasks is not None and len(self._cache) > self.max_tasks) or (
+            self.max_bytes is not None and sum(m.nbytes for m in self._cache.values()) > self.max_bytes
+        )
+
+    def _evict_over_budget(self) -> None:
+        for task_id in list(self._cache):  # least recently used first
+            if not self._over_budget():
+                return
+            if self._cache[task_id].pins == 0:
+                self.evict(task_id)
+
+    def evict(self, task_id: str) -> bool:
+        """Drop a task's module from memory (it reloads on next use); False if it was not resident."""
+        with self.lock:
+            module = self._cache.pop(task_id, None)
+            if module is None:
+                return False
+            self.counters["evictions"] += 1
+            module.retired = True
+            if module.pins == 0:
+                self._release(module)
+            return True
+
+    def _release(self, module: TaskModule) -> None:
+        if self.on_evict is not None:
+            self.on_evict(module)
+
+    def clear(self) -> None:
+        with self.lock:
+            for task_id in list(self._cache):
+                self.evict(task_id)
+
+    # -- loading -----------------------------------------------------------------------------------------------------
+    def _read_verified(self, task_id: str, name: str, digest: str) -> bytes:
+        path = self.suite.root / "tasks" / task_id / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SuiteError(
+                f"task {task_id!r}: {path} is missing; restore the suite folder or retrain this task."
+            ) from None
+        except OSError as exc:
+            raise SuiteError(f"task {task_id!r}: cannot read {path} ({exc}).") from exc
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise SuiteError(
+                f"task {task_id!r}: {path} does not match its SHA-256 in manifest.json (corrupt or edited); "
+                "restore it or retrain this task."
+            )
+        return data
+
+    def _load(self, task_id: str) -> TaskModule:
+        files = self._require(task_id)["files"]
+        blob = self._read_verified(task_id, MODULE_FILE, files[MODULE_FILE])
+        info_bytes = self._read_verified(task_id, TASK_FILE, files[TASK_FILE])
+        try:
+            from safetensors.torch import load as load_safetensors
+
+            info = json.loads(info_bytes)
+            tensors = load_safetensors(blob)
+        except Exception as exc:  # the hash matched, so the file was written broken
+            raise SuiteError(f"task {task_id!r}: its module cannot be parsed ({exc}); retrain this task.") from exc
+        module = self.parse(task_id, info.get("spec", {}), info.get("config", {}), tensors)
+        module.sha256 = files[MODULE_FILE]
+        return module
+
+    def parse(self, task_id: str, spec: dict | TaskSpec, config: dict[str, Any], tensors: dict) -> TaskModule:
+        """Build a TaskModule from a task's spec, module config and tensors; SuiteError naming the task if they do
+        not fit (used on load, and on add before anything is written)."""
+        method = self.suite.method
+        try:
+            spec = spec if isinstance(spec, TaskSpec) else TaskSpec.from_dict(spec)
+            if spec.id != task_id:
+                raise SuiteError(f"its task.json describes task {spec.id!r}")
+            head = Method._head(self.hidden, spec, config.get("head_hidden", 0), config.get("head_dropout", 0.1))
+            Method._load_strict(head, {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, "head weights")
+            head.eval()
+            lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            scaling, rank = 0.0, 0
+            if method == "lora":
+                lora = lora_weights_from_peft({k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
+                rank, alpha = int(config["lora_r"]), float(config["lora_alpha"])
+                bad = {n: tuple(a.shape) for n, (a, _) in lora.items() if a.shape[0] != rank}
+                if bad or not lora:
+                    raise SuiteError(f"task.json says lora_r={rank} but the LoRA weights hold {bad or 'none'}")
+                scaling = alpha / rank
+            other = [k for k in tensors if not k.startswith(("head.", "lora."))]
+            if other:
+                raise SuiteError(f"its module holds tensors a {method!r} suite does not use: {other[:5]}")
+        except ScoreplexError as exc:
+            raise SuiteError(f"task {task_id!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SuiteError(f"task {task_id!r}: task.json or the module is incomplete ({exc!r}).") from exc
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        return TaskModule(task_id, spec, dict(config), head, lora, scaling, rank, nbytes, 0.0, "")
+
+    # -- changing the suite while serving ----------------------------------------------------------------------------
+    def add(
+        self,
+        spec: TaskSpec,
+        tensors: dict[str, torch.Tensor],
+        config: dict[str, Any],
+        summary: dict[str, Any] | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Write a task module into the suite (atomically) and serve it from the next request.
+
+        The module is checked before anything is written. An existing task is only overwritten with ``replace``.
+        """
+        with self.lock:
+            if self.suite.has_task(spec.id) and not replace:
+                raise ConfigError(f"task {spec.id!r} is already in the suite; pass replace=True to overwrite it.")
+            self.parse(spec.id, spec, config, tensors)
+            self.evict(spec.id)
+            self.suite.add_task(spec, tensors, config, summary or {})
+
+    def replace(self, spec: TaskSpec, tensors: dict[str, torch.Tensor], config: dict[str, Any], summary=None) -> None:
+        """Overwrite an existing task's module (UnknownTaskError if there is none)."""
+        with self.lock:
+            self._require(spec.id)
+            self.add(spec, tensors, config, summary, replace=True)
+
+    def import_task(self, source: Suite | str | os.PathLike[str], task_id: str, *, replace: bool = False) -> None:
+        """Copy one task from another suite trained on the same backbone with the same method and pooling."""
+        src = source if isinstance(source, Suite) else Suite.open(source, verify=False)
+        mine, theirs = self.suite.manifest, src.manifest
+        clash = {k: (theirs.get(k), mine.get(k)) for k in ("method", "pooling") if theirs.get(k) != mine.get(k)}
+        if theirs["backbone"]["sha256"] != mine["backbone"]["sha256"]:
+            clash["backbone"] = (theirs["backbone"]["name"], mine["backbone"]["name"])
+        if clash:
+            raise SuiteError(
+                f"task {task_id!r} of {src.root} cannot join the suite at {self.suite.root}: {clash} (theirs, ours) "
+                "differ. Retrain the task with this suite's backbone, method and pooling."
+            )
+        info, tensors = src.load_module(task_id)
+        self.add(TaskSpec.from_dict(info["spec"]), tensors, info["config"], info.get("summary", {}), replace=replace)
+
+    def remove(self, task_id: str) -> None:
+        """Remove a task from the suite (manifest first, then its folder) and from memory."""
+        with self.lock:
+            self._require(task_id)
+            self.evict(task_id)
+            manifest = self.suite.manifest
+            del manifest["tasks"][task_id]
+            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            write_json_atomic(self.suite.root / "manifest.json", manifest)  # a crash now leaves only an orphan folder
+            shutil.rmtree(Path(self.suite.root) / "tasks" / task_id, ignore_errors=True)
+
+    def refresh(self) -> list[str]:
+        """Re-read manifest.json (another process may have trained, replaced or removed tasks); modules whose files
+        changed or vanished leave memory. Returns the task ids that were dropped from memory."""
+        with self.lock:
+            fresh = Suite.open(self.suite.root, verify=False).manifest
+            dropped = []
+            for task_id, module in list(self._cache.items()):
+                entry = fresh["tasks"].get(task_id)
+                if entry is None or entry["files"].get(MODULE_FILE) != module.sha256:
+                    self.evict(task_id)
+                    dropped.append(task_id)
+            self.suite.manifest = fresh
+            return dropped
+
+    def stats(self) -> dict[str, Any]:
+        """Cache counters, residency, and the cold-load times (ms) per task."""
+        with self.lock:
+            return {
+                **self.counters,
+                "resident": len(self._cache),
+                "resident_bytes": self.resident_bytes,
+                "max_tasks": self.max_tasks,
+                "max_bytes": self.max_bytes,
+                "load_ms": {t: [round(s * 1e3, 3) for s in v] for t, v in self.load_seconds.items()},
+            }
