@@ -212,7 +212,7 @@ def evaluate(
 @app.command()
 def score(
     suite: Annotated[Path, typer.Argument(help="Suite folder.")],
-    data: Annotated[Path, typer.Argument(help="Responses to score (CSV, TSV, JSONL or Parquet).")],
+    data: Annotated[Path, typer.Argument(help="Responses to score (CSV, TSV, JSONL or Parquet), any mix of tasks.")],
     output: Annotated[Path, typer.Argument(help="Output file; its extension picks the format.")],
     text_col: TextCol = "text",
     task_col: TaskCol = "task",
@@ -220,20 +220,56 @@ def score(
     id_col: IdCol = "id",
     encoding: EncodingOpt = "utf-8",
     backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
+    chunk_rows: Annotated[
+        int, typer.Option("--chunk-rows", min=1, help="Rows read, scored and saved at a time (the unit of resuming).")
+    ] = 1024,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Rows per backbone pass (default: the engine's).")
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard an unfinished earlier run on OUTPUT and start over.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
 ) -> None:
-    """Write predicted scores, class probabilities and a confidence for every response of a file."""
+    """Write predicted scores, class probabilities and a confidence for every response of a file.
+
+    Streams: rows are read, scored and appended chunk by chunk, in input order. Interrupted (Ctrl-C, kill -9)? Run the
+    same command again: it resumes after the last saved chunk (progress in OUTPUT.progress.json).
+    """
     from scoreplex.errors import ScoreplexError
 
     try:
         from scoreplex.workflows import score_file
 
         cols = _columns(text_col, task_col, task_id, id_col, None, None)
-        result = score_file(suite, data, output, columns=cols, backbone=backbone, encoding=encoding)
+        result = score_file(
+            suite,
+            data,
+            output,
+            columns=cols,
+            backbone=backbone,
+            encoding=encoding,
+            chunk_rows=chunk_rows,
+            batch_size=batch_size,
+            restart=restart,
+            overwrite=overwrite,
+            progress=progress,
+            log=lambda message: typer.echo(message, err=True),
+        )
     except ScoreplexError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        from scoreplex.streaming import progress_path
+
+        typer.echo(
+            f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
+        )
+        raise typer.Exit(code=130) from None
+    resumed = f"; resumed after {result['resumed_from']} rows" if result["resumed_from"] else ""
     typer.echo(
         f"scored {result['rows']} responses of {result['tasks']} tasks in {result['seconds']:.1f} s "
-        f"-> {result['output']}"
+        f"({result['rows_per_second']:.0f} rows/s{resumed}) -> {result['output']}"
     )
 
 

@@ -57,6 +57,10 @@ class UnknownNameError(ScoreplexError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ResumeError(ScoreplexError, FileExistsError):
+    """An output, or its progress file, belongs to another run; the message says which and how to go on."""
+
+
 class BackboneError(ScoreplexError, OSError):
     """The backbone cannot be found or loaded offline."""
 

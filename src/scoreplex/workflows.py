@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from scoreplex.data.dataset import TaskData
-from scoreplex.data.readers import ColumnMap, read_responses, write_table
+from scoreplex.data.readers import ColumnMap, read_responses
 from scoreplex.errors import DataError
 from scoreplex.tasks import TaskSpec, load_task_specs
 
@@ -40,26 +40,41 @@ def score_file(
     columns: ColumnMap | None = None,
     backbone: str | None = None,
     encoding: str = "utf-8",
+    fmt: str | None = None,
+    quoting: str = "minimal",
+    chunk_rows: int = 1024,
+    batch_size: int | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every response in ``input_path`` with the suite and write one row per response to ``output_path``.
 
     The output has the response id, the task, per rubric dimension the predicted score and the probability of every
-    class, and a confidence (the smallest top-class probability over the dimensions). Rows are grouped by task, in file
-    order within each task.
+    class, and a confidence (the smallest top-class probability over the dimensions), one row per response in input
+    order; a file mixing tasks gets the columns of every task, empty where they do not apply. The file is read,
+    scored and written ``chunk_rows`` rows at a time, so it may be larger than memory, and the run is resumable:
+    after an interruption (Ctrl-C, ``kill -9``) the same call continues where it stopped, without losing or
+    repeating rows. An existing output is refused unless it is an unfinished run of the same input, suite and
+    options (then it is resumed) or ``overwrite=True``; ``restart=True`` discards an unfinished run. See
+    :mod:`scoreplex.streaming` and :func:`scoreplex.streaming.stream_scores` for the returned summary.
     """
-    from scoreplex.pipeline import SuiteScorer
-    from scoreplex.suite import Suite
+    from scoreplex.streaming import StreamOptions, stream_scores
 
-    suite = Suite.open(suite_path)
-    specs = {tid: suite.spec(tid) for tid in suite.task_ids}
-    data = read_dataset(input_path, columns=columns, specs=specs, encoding=encoding, require_labels=False)
-    scorer = SuiteScorer(suite, backbone=backbone)
-    t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    for task_id, task in data.items():
-        rows += scorer.predict(task_id, task.texts, task.ids).rows()
-    write_table(output_path, rows)
-    return {"rows": len(rows), "tasks": len(data), "seconds": time.perf_counter() - t0, "output": str(output_path)}
+    options = StreamOptions(
+        chunk_rows=chunk_rows,
+        batch_size=batch_size,
+        fmt=fmt,
+        encoding=encoding,
+        quoting=quoting,
+        restart=restart,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return stream_scores(
+        suite_path, input_path, output_path, columns=columns, backbone=backbone, options=options, log=log
+    )
 
 
 def run_demo(
@@ -101,7 +116,9 @@ def run_demo(
     train_seconds = time.perf_counter() - t0
     scorer = SuiteScorer(suite, backbone=backbone)
     report = evaluate_suite(scorer, test)
-    scored = score_file(out / "suite", paths["test"], out / "scores.csv", columns=columns, backbone=backbone)
+    scored = score_file(
+        out / "suite", paths["test"], out / "scores.csv", columns=columns, backbone=backbone, overwrite=True
+    )
     report.update(
         train_seconds=train_seconds, suite=str(out / "suite"), scores=scored["output"], suite_bytes=suite.total_bytes
     )

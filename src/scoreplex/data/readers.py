@@ -22,7 +22,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -749,3 +749,235 @@ def _write_parquet(tmp: str, rows: Sequence[Mapping[str, Any]], columns: list[st
 def _plain(value: Any) -> Any:
     """Numpy scalars as Python values (JSON and Arrow want those)."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+# -- incremental reading -------------------------------------------------------------------------------------------
+
+
+def iter_table(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+    quoting: str = "minimal",
+    chunk_rows: int = 1024,
+) -> Iterator[Table]:
+    """Read a table incrementally: yield :class:`Table` chunks of ``chunk_rows`` records (the last one fewer).
+
+    Cells, row numbers (module docstring) and error messages are those of :func:`read_table`, but memory holds one
+    chunk: CSV/TSV are parsed with :mod:`csv` from the open file, JSON Lines line by line, Parquet a record batch at
+    a time (``ParquetFile.iter_batches``). A chunk's ``columns`` are the file's columns; for JSON Lines, the keys
+    seen so far (a record lacking one of them gets ``""``; earlier chunks are not revisited). A file with a header
+    but no records yields one empty chunk, so its columns are always known.
+
+    Bad arguments (format, quoting, encoding, chunk size) and a missing file raise at the call; errors in the data
+    when the chunk holding them is read, so in file order (:func:`read_table` reports an undecodable byte before any
+    other error; here it is reported when its record is reached, with the same message, line and column).
+    """
+    file = str(path)
+    fmt = resolve_format(path, fmt)
+    if quoting not in QUOTING:
+        raise ConfigError(f"quoting={quoting!r} is not supported; choose one of: {', '.join(QUOTING)}.")
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise ConfigError(f"chunk_rows={chunk_rows!r}; give a record count >= 1, e.g. 1024.")
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError as exc:
+        raise ConfigError(f"unknown encoding {encoding!r}; use e.g. 'utf-8', 'latin-1' or 'cp1252'.") from exc
+    if not Path(path).is_file():
+        raise DataError("file not found (or not a file).", file=file, fix="check the path.")
+    if fmt == "parquet":
+        return _iter_parquet(path, file, encoding, chunk_rows)
+    codec = "utf-8-sig" if codec == "utf-8" else encoding
+    if fmt == "jsonl":
+        return _iter_jsonl(path, file, codec, encoding, chunk_rows)
+    return _iter_delimited(path, file, fmt, QUOTING[quoting], codec, encoding, chunk_rows)
+
+
+def _undecodable(
+    values: Sequence[str], names: Sequence[str] | None, row: int, file: str, encoding: str
+) -> DataError | None:
+    """The error for the first byte that did not decode (kept as a surrogate escape) in a record's ``values``.
+
+    ``row`` is the record's first line; the byte's line adds the line breaks before it inside the record.
+    """
+    lines = 0
+    for j, value in enumerate(values):
+        match = _SURROGATE.search(value)
+        if match is None:
+            lines += value.count("\n")
+            continue
+        line = row + lines + value.count("\n", 0, match.start())
+        return DataError(
+            f"byte {ord(match.group()) - 0xDC00:#04x} at line {line} cannot be decoded as {encoding} "
+            "(the encoding tried).",
+            file=file,
+            row=line,
+            column=names[j] if names is not None and j < len(names) else None,
+            fix=_ENCODING_FIX,
+        )
+    return None
+
+
+def _iter_delimited(
+    path: str | os.PathLike[str], file: str, fmt: str, quoting: int, codec: str, encoding: str, chunk_rows: int
+) -> Iterator[Table]:
+    header: list[str] | None = None
+    records: list[dict[str, str]] = []
+    rows: list[int] = []
+    previous, yielded = 0, False
+    with open(path, encoding=codec, errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh, delimiter=_DELIMITERS[fmt], quoting=quoting)
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise DataError(
+                    f"cannot parse the {fmt.upper()} text ({exc}).",
+                    file=file,
+                    row=reader.line_num,
+                    fix="check the quotes near this line; if texts hold stray quote characters pass quoting='none'.",
+                ) from exc
+            start, previous = previous + 1, reader.line_num
+            bad = _undecodable(fields, header, start, file, encoding)
+            if bad is not None:
+                raise bad
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # blank line
+            if header is None:
+                header = fields
+                dupes = sorted({c for c in header if header.count(c) > 1})
+                if dupes:
+                    raise DataError(
+                        f"the header repeats column names {dupes}.",
+                        file=file,
+                        row=start,
+                        column=dupes[0],
+                        fix="give every column a unique name.",
+                    )
+                continue
+            if len(fields) != len(header):
+                hint = (
+                    "a text probably holds the delimiter; quote that field"
+                    if quoting == csv.QUOTE_NONE
+                    else "a text probably holds a stray quote or the delimiter; pass quoting='none' if texts hold "
+                    "stray quotes, or quote that field"
+                )
+                raise DataError(
+                    f"this record has {len(fields)} fields but the header has {len(header)} ({', '.join(header)}).",
+                    file=file,
+                    row=start,
+                    fix=hint + ".",
+                )
+            records.append(dict(zip(header, fields, strict=True)))
+            rows.append(start)
+            if len(records) == chunk_rows:
+                yield Table(records, rows, header, file, fmt, header_row=1)
+                records, rows, yielded = [], [], True
+    if header is None:
+        raise DataError("the file is empty: no header line.", file=file, fix="write a header row of column names.")
+    if records or not yielded:
+        yield Table(records, rows, header, file, fmt, header_row=1)
+
+
+def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: str, chunk_rows: int) -> Iterator[Table]:
+    columns: dict[str, None] = {}  # ordered set
+    records: list[dict[str, str]] = []
+    rows: list[int] = []
+    yielded = False
+
+    def chunk() -> Table:
+        for record in records:
+            for col in columns:
+                record.setdefault(col, "")
+        return Table(records, rows, list(columns), file, "jsonl", header_row=None)
+
+    with open(path, encoding=codec, errors="surrogateescape", newline="\n") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line[:-1] if line.endswith("\n") else line  # as read_table's split("\n") sees it
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad = _undecodable([line], None, lineno, file, encoding)
+                if bad is not None:
+                    raise bad from None
+                raise DataError(
+                    f"malformed JSON ({exc.msg} at character {exc.colno}).",
+                    file=file,
+                    row=lineno,
+                    fix=f'make line {lineno} one complete JSON object ({{"text": ..., ...}}) or remove it.',
+                ) from exc
+            if not isinstance(obj, dict):
+                bad = _undecodable([line], None, lineno, file, encoding)
+                if bad is not None:
+                    raise bad
+                raise DataError(
+                    f"expected a JSON object, got {type(obj).__name__}.",
+                    file=file,
+                    row=lineno,
+                    fix='write one object per line, e.g. {"id": "r1", "text": "...", "score": 2}.',
+                )
+            record = {str(k): _cell(v) for k, v in obj.items()}
+            if _SURROGATE.search(line):
+                bad = _undecodable(list(record.values()), list(record), lineno, file, encoding)
+                raise bad or _undecodable([line], None, lineno, file, encoding)
+            columns.update(dict.fromkeys(record))
+            records.append(record)
+            rows.append(lineno)
+            if len(records) == chunk_rows:
+                yield chunk()
+                records, rows, yielded = [], [], True
+    if records or not yielded:
+        yield chunk()
+
+
+def _iter_parquet(path: str | os.PathLike[str], file: str, encoding: str, chunk_rows: int) -> Iterator[Table]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def unreadable(exc: Exception) -> DataError:
+        return DataError(
+            f"cannot read the file as Parquet ({exc}).", file=file, fix="check that it is a Parquet file or pass fmt="
+        )
+
+    try:
+        pf = pq.ParquetFile(path)
+        columns = list(pf.schema_arrow.names)
+        batches = pf.iter_batches(batch_size=chunk_rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise unreadable(exc) from exc
+    records: list[dict[str, str]] = []
+    done, yielded = 0, False  # records yielded so far: the next record's row number is done + len(records) + 1
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            raise unreadable(exc) from exc
+        if batch is None:
+            break
+        for raw in batch.to_pylist():
+            row = done + len(records) + 1
+            record = {}
+            for col, value in raw.items():
+                if isinstance(value, bytes):
+                    try:
+                        value = value.decode(encoding)
+                    except UnicodeDecodeError as exc:
+                        raise DataError(
+                            f"binary cell cannot be decoded as {encoding} (the encoding tried).",
+                            file=file,
+                            row=row,
+                            column=col,
+                            fix="store texts as a string column, or pass encoding='latin-1'.",
+                        ) from exc
+                record[col] = _cell(value)
+            records.append(record)
+            if len(records) == chunk_rows:  # row groups may cut batches short: re-chunk to exactly chunk_rows
+                yield Table(records, range(done + 1, done + chunk_rows + 1), columns, file, "parquet", None)
+                done, records, yielded = done + chunk_rows, [], True
+    if records or not yielded:
+        yield Table(records, range(done + 1, done + len(records) + 1), columns, file, "parquet", None)

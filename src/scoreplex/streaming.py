@@ -1,0 +1,693 @@
+"""Score a large response file as a stream: chunked reading, mixed-task scoring, incremental output, resume.
+
+:func:`stream_scores` reads the input ``chunk_rows`` records at a time (:func:`scoreplex.data.readers.iter_table`),
+checks every row as :func:`~scoreplex.data.readers.read_responses` does (text non-empty, task in the suite, ids
+unique over the whole file; ids ``f"{file stem}:{row}"`` when the file has no id column), scores the chunk and
+appends its rows to the output in input order. Memory holds one chunk plus the ids seen (about 100 bytes a row).
+
+Scoring: suites of method ``lora`` or ``head`` go through :class:`scoreplex.engine.Engine` (the rows of a chunk share
+one backbone pass per batch, whatever their tasks); ``full`` suites, one encoder per task, through
+:class:`scoreplex.pipeline.SuiteScorer`, task by task within a chunk (see :data:`ROW_SCORERS`).
+
+Output: one row per response: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence`` (the columns of
+:meth:`scoreplex.scoring.Predictions.rows`). The header is fixed at the start from the suite's task specs
+(:func:`output_columns`): every dimension of every task, a dimension name shared by tasks getting the largest class
+count's probability columns; cells that do not apply to a row's task are empty (``null`` in JSON Lines and Parquet).
+CSV, TSV and JSON Lines outputs are appended to in place. Parquet cannot be appended to, so its rows go to a staging
+JSON Lines file next to the output (``<output>.partial.jsonl``), converted at the end into a temporary Parquet file
+that is renamed onto the output: a Parquet output is complete or absent.
+
+Resume: after each chunk the rows are flushed and fsync'ed, then the progress file ``<output>.progress.json`` is
+replaced atomically (temporary file, fsync, :func:`os.replace`). It records the rows done, the byte length of the
+output holding them, a fingerprint of the input (name, size, mtime, SHA-256 of its first MiB), the SHA-256 of the
+suite's manifest, the reading options and the output header. Re-running the same command after Ctrl-C or ``kill -9``
+truncates the output to the recorded length (dropping a half-written chunk), re-reads the rows done without scoring
+them (to re-check ids) and continues: every row is written exactly once. A progress file of another input, suite or
+options is refused (``restart=True`` discards it); an existing output without a progress file is refused unless
+``overwrite=True``. The progress file is removed when the run completes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scoreplex.data.readers import QUOTING, ColumnMap, Table, iter_table, resolve_format
+from scoreplex.errors import ConfigError, DataError, ResumeError, unknown_name
+from scoreplex.tasks import TaskSpec
+
+PROGRESS_FORMAT = "scoreplex-score-progress"
+PROGRESS_VERSION = 1
+PROGRESS_SUFFIX = ".progress.json"
+"""The progress file of ``out.csv`` is ``out.csv.progress.json``."""
+STAGING_SUFFIX = ".partial.jsonl"
+"""The staging file of a Parquet output ``out.parquet`` is ``out.parquet.partial.jsonl``."""
+FINGERPRINT_BYTES = 1 << 20
+"""Bytes of the input hashed into its fingerprint (with its name, size and mtime)."""
+DEFAULT_CHUNK_ROWS = 1024
+
+_DELIMITERS = {"csv": ",", "tsv": "\t"}
+_LOG = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+RowScorer = Callable[[Sequence[str], Sequence[str], Sequence[str]], list[Row]]
+"""``score(ids, task_ids, texts)`` -> one output row per response, in the order given."""
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How :func:`stream_scores` reads, scores and resumes."""
+
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+    """Records read, scored and committed at a time: the unit of progress (an interruption loses at most one)."""
+    batch_size: int | None = None
+    """Rows per backbone pass of the engine (None: the engine's default); ``full`` suites use SuiteScorer's."""
+    fmt: str | None = None
+    """Input format, one of ``readers.FORMATS``; None: from the file extension."""
+    encoding: str = "utf-8"
+    """Text encoding of a CSV/TSV/JSON Lines input."""
+    quoting: str = "minimal"
+    """CSV/TSV quoting (``readers.QUOTING``): ``none`` reads quote characters as text."""
+    restart: bool = False
+    """Discard the progress of an earlier, unfinished run on this output (even one of another input, suite or
+    options) and start over."""
+    overwrite: bool = False
+    """Replace an existing output, finished or not, and start over."""
+    progress: bool = True
+    """Show a progress bar (rows, rows/s, ETA) on stderr."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.chunk_rows, int) or isinstance(self.chunk_rows, bool) or self.chunk_rows < 1:
+            raise ConfigError(f"chunk_rows={self.chunk_rows!r}; give a record count >= 1, e.g. {DEFAULT_CHUNK_ROWS}.")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"batch_size={self.batch_size!r}; give a row count >= 1, or None for the default.")
+        if self.quoting not in QUOTING:
+            raise ConfigError(f"quoting={self.quoting!r} is not supported; choose one of: {', '.join(QUOTING)}.")
+
+
+def progress_path(output: str | os.PathLike[str]) -> Path:
+    """The progress file kept next to ``output`` while a run is unfinished."""
+    output = Path(output)
+    return output.with_name(output.name + PROGRESS_SUFFIX)
+
+
+def staging_path(output: str | os.PathLike[str]) -> Path:
+    """The JSON Lines file a Parquet ``output`` is streamed into before its conversion."""
+    output = Path(output)
+    return output.with_name(output.name + STAGING_SUFFIX)
+
+
+def output_columns(specs: Iterable[TaskSpec]) -> list[str]:
+    """The output header for a suite: ``id``, ``task``, per dimension ``pred_<dim>`` and ``prob_<dim>_<k>``,
+    ``confidence``. Dimensions in order of first appearance; a name shared by tasks gets its largest class count."""
+    classes: dict[str, int] = {}
+    for spec in specs:
+        for dim in spec.dimensions:
+            classes[dim.name] = max(classes.get(dim.name, 0), dim.num_classes)
+    columns = ["id", "task"]
+    for name, k in classes.items():
+        columns += [f"pred_{name}"] + [f"prob_{name}_{i}" for i in range(k)]
+    return columns + ["confidence"]
+
+
+def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Name, size, mtime and SHA-256 of the first :data:`FINGERPRINT_BYTES` of a file: cheap, and it changes when
+    the file is edited, replaced or appended to."""
+    stat = os.stat(path)
+    with open(path, "rb") as fh:
+        head = hashlib.sha256(fh.read(FINGERPRINT_BYTES)).hexdigest()
+    return {"name": Path(path).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": head}
+
+
+def estimate_rows(path: str | os.PathLike[str], fmt: str) -> int | None:
+    """Records in a file, for the progress bar: exact for Parquet (metadata), the line count for CSV/TSV (less the
+    header) and JSON Lines, which overcounts blank lines and texts spanning lines. None if it cannot tell."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:  # an estimate only: iter_table reports an unreadable file
+            return None
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(lines - (fmt != "jsonl"), 0)
+
+
+# -- scoring a chunk ---------------------------------------------------------------------------------------------------
+
+
+def _engine_rows(suite, backbone: str | os.PathLike[str] | None, batch_size: int | None) -> RowScorer:
+    """Rows of any tasks share one backbone pass per batch (per-row LoRA adapters, per-task heads)."""
+    from scoreplex.engine import Engine
+
+    engine = Engine(suite, backbone, **({} if batch_size is None else {"batch_size": batch_size}))
+
+    def score(ids: Sequence[str], task_ids: Sequence[str], texts: Sequence[str]) -> list[Row]:
+        rows = []
+        for rid, item in zip(ids, engine.score(list(zip(task_ids, texts, strict=True))), strict=True):
+            row: Row = {"id": rid, "task": item["task"]}
+            for dim, probs in item["probs"].items():  # rounded as Predictions.rows rounds
+                row[f"pred_{dim}"] = item["labels"][dim]
+                row.update({f"prob_{dim}_{k}": round(float(p), 6) for k, p in enumerate(probs)})
+            row["confidence"] = round(float(item["confidence"]), 6)
+            rows.append(row)
+        return rows
+
+    return score
+
+
+def _suite_scorer_rows(suite, backbone: str | os.PathLike[str] | None, batch_size: int | None) -> RowScorer:
+    """One task at a time within a chunk (full fine-tunes have one encoder per task: their rows cannot share a pass)."""
+    from scoreplex.pipeline import SuiteScorer
+
+    scorer = SuiteScorer(suite, backbone)
+    recent: list[str] = []
+
+    def score(ids: Sequence[str], task_ids: Sequence[str], texts: Sequence[str]) -> list[Row]:
+        groups: dict[str, list[int]] = {}
+        for i, task_id in enumerate(task_ids):
+            groups.setdefault(task_id, []).append(i)
+        # SuiteScorer keeps the last task models used: score the tasks the previous chunk ended with first
+        order = sorted(groups, key=lambda t: t not in recent)
+        out: list[Row | None] = [None] * len(ids)
+        for task_id in order:
+            index = groups[task_id]
+            pred = scorer.predict(task_id, [texts[i] for i in index], [ids[i] for i in index])
+            for i, row in zip(index, pred.rows(), strict=True):
+                out[i] = row
+        recent[:] = order[-2:]
+        return out  # every index is filled: the groups partition the chunk
+
+    return score
+
+
+ROW_SCORERS: dict[str, Callable[..., RowScorer]] = {
+    "lora": _engine_rows,
+    "head": _engine_rows,
+    "full": _suite_scorer_rows,
+}
+"""Suite method -> builder of the chunk scorer ``(suite, backbone, batch_size) -> RowScorer``."""
+
+
+def make_row_scorer(
+    suite, backbone: str | os.PathLike[str] | None = None, *, batch_size: int | None = None
+) -> RowScorer:
+    """The chunk scorer for ``suite``'s method (:data:`ROW_SCORERS`); loads the backbone."""
+    if suite.method not in ROW_SCORERS:
+        raise unknown_name("suite method", suite.method, list(ROW_SCORERS))
+    return ROW_SCORERS[suite.method](suite, backbone, batch_size)
+
+
+# -- checking rows -------------------------------------------------------------------------------------------------
+
+
+class _RowCheck:
+    """The per-row checks of ``read_responses`` over a whole stream, with the same messages.
+
+    Columns are checked once, against the first chunk's columns (for JSON Lines, the keys of its records)."""
+
+    def __init__(self, chunk: Table, cmap: ColumnMap, specs: dict[str, TaskSpec]) -> None:
+        self.cmap, self.specs, self.file = cmap, specs, chunk.file
+        present = set(chunk.columns)
+
+        def missing(column: str, fix: str) -> DataError:
+            have = ", ".join(chunk.columns) or "(none)"
+            return DataError(
+                f"column {column!r} not found; the file has columns: {have}.",
+                file=self.file,
+                row=chunk.header_row,
+                column=column,
+                fix=fix,
+            )
+
+        if cmap.text not in present:
+            raise missing(cmap.text, "name the text column with ColumnMap(text=...) (CLI: --text-col).")
+        if cmap.task is not None and cmap.task not in present:
+            raise missing(
+                cmap.task,
+                "name the task column with ColumnMap(task=...), or for a single-task file give "
+                "ColumnMap(task=None, task_id='...') (CLI: --task-col, or --task-id).",
+            )
+        self.id_col = cmap.id if cmap.id is not None and cmap.id in present else None
+        if cmap.id is not None and self.id_col is None and cmap.id != "id":
+            raise missing(
+                cmap.id, "name the id column with ColumnMap(id=...) (CLI: --id-col), or id=None to generate ids."
+            )
+        self.stem = Path(self.file).stem
+        self.seen: dict[str, int] = {}  # id -> row; generated ids are unique by construction and not kept
+        self.tasks: set[str] = set()
+
+    def __call__(self, record: dict[str, str], row: int) -> tuple[str, str, str]:
+        """``(task id, response id, text)`` of a valid row; raises DataError naming the row otherwise."""
+        cmap = self.cmap
+        if cmap.task is None:
+            task = cmap.task_id or ""
+        else:
+            task = record.get(cmap.task, "").strip()
+            if not task:
+                raise DataError(
+                    "the task id is empty.",
+                    file=self.file,
+                    row=row,
+                    column=cmap.task,
+                    fix="fill in the task id of every row.",
+                )
+        if task not in self.specs:
+            known = sorted(self.specs)
+            listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
+            raise DataError(
+                f"unknown task id {task!r}; known task ids: {listed}.",
+                file=self.file,
+                row=row,
+                column=cmap.task,
+                task=task,
+                fix="correct the task id, or score with a suite that holds this task.",
+            )
+        if self.id_col is None:
+            rid = f"{self.stem}:{row}"
+        else:
+            rid = record.get(self.id_col, "")
+            if not rid.strip():
+                raise DataError(
+                    "the response id is empty.",
+                    file=self.file,
+                    row=row,
+                    column=self.id_col,
+                    task=task,
+                    fix="give every row a unique id, or pass ColumnMap(id=None) to generate ids.",
+                )
+            if rid in self.seen:
+                raise DataError(
+                    f"response id {rid!r} appears twice: at rows {self.seen[rid]} and {row}.",
+                    file=self.file,
+                    row=row,
+                    column=self.id_col,
+                    task=task,
+                    fix="give every response a unique id (ids join scores, predictions and splits).",
+                )
+            self.seen[rid] = row
+        text = record.get(cmap.text, "")
+        if not text.strip():
+            raise DataError(
+                "the response text is empty or only whitespace.",
+                file=self.file,
+                row=row,
+                column=cmap.text,
+                task=task,
+                fix="remove the row or fill in the text (an empty answer is best scored by a rule, not a model).",
+            )
+        self.tasks.add(task)
+        return task, rid, text
+
+
+# -- the output and its progress file --------------------------------------------------------------------------------
+
+
+def _fsync_replace(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)
+    try:  # make the rename itself durable where directories can be fsync'ed (POSIX)
+        fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_durable(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file, fsync it, rename it onto ``path``: a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_progress(output: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The progress record of an unfinished run on ``output``, or None if there is none."""
+    path = progress_path(output)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResumeError(
+            f"the progress file {path} is corrupt ({exc}); pass --restart (restart=True) to score {output} from the "
+            "start."
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != PROGRESS_FORMAT:
+        raise ResumeError(f"{path} is not a scoreplex progress file; move it away or pass --restart.")
+    return data
+
+
+def _differences(saved: dict[str, Any], job: dict[str, Any]) -> list[str]:
+    names = {"input": "input file", "suite": "suite", "options": "reading options", "columns": "output header"}
+    out = []
+    for key, what in names.items():
+        if saved.get(key) == job[key]:
+            continue
+        if key == "input":
+            changed = [k for k in job["input"] if (saved.get("input") or {}).get(k) != job["input"][k]]
+            what += f" ({', '.join(changed)} differ)"
+        elif key == "options":
+            old = saved.get("options") or {}
+            what += " (" + ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in job[key].items() if old.get(k) != v)
+            what += ")"
+        out.append(what)
+    return out
+
+
+class _Output:
+    """The file rows are appended to (the output, or a Parquet output's staging file), and its progress file."""
+
+    def __init__(self, target: Path, fmt: str, columns: list[str], job: dict[str, Any]) -> None:
+        self.target, self.fmt, self.columns, self.job = target, fmt, columns, job
+        self.stream = staging_path(target) if fmt == "parquet" else target
+        self.line_fmt = "jsonl" if fmt == "parquet" else fmt
+        self.progress = progress_path(target)
+        self.fh: io.BufferedRandom | None = None
+
+    def resume(self, offset: int) -> None:
+        """Reopen after ``offset`` bytes, dropping anything written after the last commit."""
+        self.fh = open(self.stream, "r+b")
+        self.fh.truncate(offset)
+        self.fh.seek(offset)
+
+    def encode(self, rows: Sequence[Row], *, header: bool = False) -> bytes:
+        if self.line_fmt == "jsonl":
+            text = "".join(json.dumps({c: r.get(c) for c in self.columns}, ensure_ascii=False) + "\n" for r in rows)
+            return text.encode("utf-8")
+        buf = io.StringIO()
+        writer = csv.writer(buf, delimiter=_DELIMITERS[self.line_fmt], lineterminator="\n")  # as write_table
+        if header:
+            writer.writerow(self.columns)
+        writer.writerows(["" if r.get(c) is None else r.get(c) for c in self.columns] for r in rows)
+        return buf.getvalue().encode("utf-8")
+
+    def commit(self, rows: Sequence[Row], rows_done: int, last_row: int, chunk_rows: int) -> None:
+        """Append ``rows`` durably, then record that the first ``rows_done`` records (up to ``last_row``) are done."""
+        data = self.encode(rows, header=self.fh is None)
+        if self.fh is None:  # the first commit of a fresh run creates (or truncates) the file
+            self.fh = open(self.stream, "w+b")
+        self.fh.write(data)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        state = {
+            "format": PROGRESS_FORMAT,
+            "version": PROGRESS_VERSION,
+            **self.job,
+            "rows_done": rows_done,
+            "last_row": last_row,
+            "bytes": self.fh.tell(),
+            "chunk_rows": chunk_rows,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_json_durable(self.progress, state)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+    def finish(self) -> None:
+        """Complete the output (convert a staged Parquet one), then drop the progress and staging files."""
+        self.close()
+        if self.fmt == "parquet":
+            _jsonl_to_parquet(self.stream, self.target, self.columns)
+        self.progress.unlink(missing_ok=True)
+        if self.stream != self.target:
+            self.stream.unlink(missing_ok=True)
+
+
+def _jsonl_to_parquet(source: Path, target: Path, columns: list[str], batch_rows: int = 65536) -> None:
+    """Convert the staging JSON Lines into ``target`` a batch at a time, via a temporary file renamed into place."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def kind(col: str) -> pa.DataType:
+        if col in ("id", "task"):
+            return pa.string()
+        return pa.int64() if col.startswith("pred_") else pa.float64()
+
+    schema = pa.schema([(c, kind(c)) for c in columns])
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with pq.ParquetWriter(str(tmp), schema) as writer, open(source, encoding="utf-8") as fh:
+            batch: list[Row] = []
+            for line in fh:
+                batch.append(json.loads(line))
+                if len(batch) == batch_rows:
+                    writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch:
+                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        _fsync_replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# -- progress bar ----------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A rich progress bar on stderr (rows, rows/s, ETA), or nothing when disabled. The rate counts from
+    :meth:`start_clock` (after the model loads), so it is the scoring rate."""
+
+    def __init__(self, enabled: bool, label: str, total: int | None, done: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+        self.start = self.done = done
+        self.t0 = time.perf_counter()
+        self.bar = self.task = None
+
+    def start_clock(self) -> None:
+        self.start, self.t0 = self.done, time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        seconds = time.perf_counter() - self.t0
+        return (self.done - self.start) / seconds if seconds > 0 else float("nan")
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, rate="")
+        return self
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            # the total is a line count for CSV / JSON Lines: never let the bar run past it
+            total = None if self.total is None else max(self.total, self.done)
+            self.bar.update(self.task, completed=self.done, total=total, rate=f"{self.rate:,.0f} rows/s")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            if exc[0] is None:
+                self.bar.update(self.task, total=self.done)
+            self.bar.__exit__(*exc)
+
+
+# -- the stream ------------------------------------------------------------------------------------------------------
+
+
+def _plan(output: _Output, saved: dict[str, Any] | None, options: StreamOptions, log) -> dict[str, Any] | None:
+    """Decide between a fresh start (returns None) and a resume (returns the saved progress), or refuse."""
+    target, stream = output.target, output.stream
+    if options.overwrite or (saved is not None and options.restart):
+        if saved is not None:
+            log(f"starting over: discarding the unfinished run on {target} ({saved.get('rows_done', 0)} rows)")
+        output.progress.unlink(missing_ok=True)
+        if stream != target or options.restart:
+            stream.unlink(missing_ok=True)  # a partial output (or staging file); a finished one is replaced later
+        return None
+    if saved is None:
+        if target.exists():
+            raise ResumeError(
+                f"{target} already exists and has no progress file ({output.progress.name}), so it is not an "
+                "unfinished run to resume. Pass --overwrite (overwrite=True) to replace it, or choose another output."
+            )
+        stream.unlink(missing_ok=True)  # a staging file left by a run that never committed a chunk
+        return None
+    diffs = _differences(saved, output.job)
+    if diffs:
+        raise ResumeError(
+            f"cannot resume the unfinished run on {target} recorded in {output.progress}: this command's "
+            f"{'; '.join(diffs)} differ from that run's. Delete {target} and {output.progress}, or pass --restart "
+            "(restart=True) to start over; or re-run with the original input, suite and options."
+        )
+    if not stream.exists():
+        log(f"{stream} is gone: starting over")
+        output.progress.unlink(missing_ok=True)
+        return None
+    if stream.stat().st_size < saved["bytes"]:
+        raise ResumeError(
+            f"{stream} holds {stream.stat().st_size} bytes but its progress file records {saved['bytes']}: it was "
+            "changed after the interruption. Pass --restart (restart=True) to score it from the start."
+        )
+    return saved
+
+
+def stream_scores(
+    suite,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    columns: ColumnMap | None = None,
+    backbone: str | os.PathLike[str] | None = None,
+    options: StreamOptions = StreamOptions(),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score every response of ``input_path`` with ``suite`` (a folder or an open Suite) into ``output_path``,
+    streaming and resumable (module docstring). The output's extension picks its format.
+
+    Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output"}``: rows in the
+    output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run), wall time,
+    and rows scored per second once the model was loaded. Raises DataError naming the row for a bad row (the chunks
+    before it stay committed), ResumeError when the output belongs to another run.
+    """
+    from scoreplex.suite import Suite
+
+    log = log or _LOG.info
+    t0 = time.perf_counter()
+    cmap = columns if columns is not None else ColumnMap()
+    if not isinstance(cmap, ColumnMap):
+        raise ConfigError(f"columns must be a ColumnMap, got {type(cmap).__name__}.")
+    suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)  # modules verify on load
+    specs = {tid: suite.spec(tid) for tid in suite.task_ids}
+    if not specs:
+        raise ConfigError(f"the suite at {suite.root} holds no tasks; train some with `scoreplex train`.")
+    source, target = Path(input_path), Path(output_path)
+    in_fmt, out_fmt = resolve_format(source, options.fmt), resolve_format(target)
+    chunks = iter_table(
+        source, fmt=in_fmt, encoding=options.encoding, quoting=options.quoting, chunk_rows=options.chunk_rows
+    )
+    for path in (target, staging_path(target), progress_path(target)):
+        if path.exists() and os.path.samefile(path, source):
+            raise ConfigError(f"the output {target} would overwrite the input {source}; choose another output file.")
+    header = output_columns(specs.values())
+    manifest = json.dumps(suite.manifest, sort_keys=True).encode("utf-8")
+    job = {
+        "input": input_fingerprint(source),
+        "suite": {"manifest_sha256": hashlib.sha256(manifest).hexdigest(), "method": suite.method},
+        "options": {
+            "text": cmap.text,
+            "task": cmap.task,
+            "task_id": cmap.task_id,
+            "id": cmap.id,
+            "fmt": in_fmt,
+            "encoding": options.encoding,
+            "quoting": options.quoting,
+            "output_format": out_fmt,
+        },
+        "columns": header,
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    output = _Output(target, out_fmt, header, job)
+    saved = _plan(output, read_progress(target), options, log)
+    resumed = int(saved["rows_done"]) if saved else 0
+    if saved:
+        output.resume(int(saved["bytes"]))
+        log(f"resuming {target}: {resumed} rows already scored (up to row {saved['last_row']} of {source})")
+    scorer: RowScorer | None = None
+    check: _RowCheck | None = None
+    records = 0
+    try:
+        total = estimate_rows(source, in_fmt) if options.progress else None
+        with _Progress(options.progress, f"scoring {source.name}", total, resumed) as bar:
+            for chunk in chunks:
+                check = check or _RowCheck(chunk, cmap, specs)
+                ids, task_ids, texts, rows = [], [], [], []
+                for record, row in zip(chunk, chunk.rows, strict=True):
+                    task_id, rid, text = check(record, row)  # rows done before are re-checked, for their ids
+                    records += 1
+                    if records < resumed:
+                        continue
+                    if records == resumed:
+                        if row != saved["last_row"]:
+                            raise ResumeError(
+                                f"the progress file records row {saved['last_row']} as the last row scored, but "
+                                f"record {records} of {source} is row {row}: the input changed. Pass --restart."
+                            )
+                        continue
+                    ids.append(rid)
+                    task_ids.append(task_id)
+                    texts.append(text)
+                    rows.append(row)
+                if not ids:
+                    continue
+                if scorer is None:  # loaded once the first chunk checks out, so bad input fails fast
+                    scorer = make_row_scorer(suite, backbone, batch_size=options.batch_size)
+                    bar.start_clock()
+                scored = score_chunk(scorer, ids, task_ids, texts)
+                output.commit(scored, records, rows[-1], options.chunk_rows)
+                bar.advance(len(ids))
+        if records < resumed:
+            raise ResumeError(
+                f"the progress file records {resumed} rows done but {source} now holds {records}: the input changed. "
+                "Pass --restart (restart=True) to score it from the start."
+            )
+        if records == 0:
+            raise DataError("the file has no responses (no rows after the header).", file=str(source), fix="add rows.")
+        output.finish()
+    finally:
+        output.close()
+    return {
+        "rows": records,
+        "tasks": len(check.tasks) if check is not None else 0,
+        "scored": records - resumed,
+        "resumed_from": resumed,
+        "seconds": time.perf_counter() - t0,
+        "rows_per_second": bar.rate if scorer is not None else 0.0,
+        "output": str(target),
+    }
+
+
+def score_chunk(scorer: RowScorer, ids: list[str], task_ids: list[str], texts: list[str]) -> list[Row]:
+    """Score one chunk's rows (a seam for tests that interrupt a run between chunks)."""
+    return scorer(ids, task_ids, texts)
