@@ -81,6 +81,7 @@ class Engine:
         self.bb = self._backbone(backbone, copy_encoder=method == "lora")
         self.suite.check_backbone(self.bb.info.sha256, self.bb.info.name)
         self.encoder = self.bb.encoder.eval()
+        self.tokenizer = self.bb.tokenizer
         self.device = next(self.encoder.parameters()).device
         self.max_length = int(self.suite.manifest["max_length"])
         self.pooling = str(self.suite.manifest["pooling"])
@@ -163,7 +164,7 @@ class Engine:
         out: list[Any] = [None] * len(pairs)
         if not pairs:
             return out
-        enc = encode_texts(self.bb.tokenizer, texts, self.max_length)
+        enc = encode_texts(self.tokenizer, texts, self.max_length)
         for idx in eval_batches(enc.lengths, self.batch_size):
             rows = [int(i) for i in idx if task_ids[i] not in errors]
             if rows:
@@ -172,6 +173,21 @@ class Engine:
             if out[i] is None:
                 out[i] = errors[task_id]
         return out
+
+    def _pooled(self, ids: torch.Tensor, mask: torch.Tensor, row_modules: list[TaskModule]) -> torch.Tensor:
+        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H).
+
+        The one step a backend replaces (see :class:`scoreplex.engine.onnx_backend.OnnxEngine`).
+        """
+        slots = None
+        if self.lora is not None:
+            slots = torch.tensor([m.slot for m in row_modules], dtype=torch.long, device=self.device)
+            if bool((slots < 0).all()):
+                slots = None  # no row has an adapter: a plain forward
+        with self.lora.use(slots) if self.lora is not None else contextlib.nullcontext():
+            enc_out = self.encoder(input_ids=ids, attention_mask=mask)  # ONE pass for every task in the batch
+        pooler_out = getattr(enc_out, "pooler_output", None)
+        return pool(enc_out.last_hidden_state, mask, self.pooling, pooler_out)  # (B, H)
 
     @torch.no_grad()
     def _score_batch(self, enc, rows: list[int], task_ids: list[str], out: list, errors: dict | None) -> None:
@@ -183,15 +199,7 @@ class Engine:
             ids = batch["input_ids"].to(self.device)  # (B, T)
             mask = batch["attention_mask"].to(self.device)  # (B, T)
             row_tasks = [task_ids[i] for i in rows]
-            slots = None
-            if self.lora is not None:
-                slots = torch.tensor([modules[t].slot for t in row_tasks], dtype=torch.long, device=self.device)
-                if bool((slots < 0).all()):
-                    slots = None  # no row has an adapter: a plain forward
-            with self.lora.use(slots) if self.lora is not None else contextlib.nullcontext():
-                enc_out = self.encoder(input_ids=ids, attention_mask=mask)  # ONE pass for every task in the batch
-            pooler_out = getattr(enc_out, "pooler_output", None)
-            pooled = pool(enc_out.last_hidden_state, mask, self.pooling, pooler_out)  # (B, H)
+            pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks])  # (B, H)
             by_task: dict[str, list[int]] = {}
             for p, t in enumerate(row_tasks):
                 by_task.setdefault(t, []).append(p)
