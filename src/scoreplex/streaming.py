@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scoreplex.data.readers import QUOTING, ColumnMap, Table, iter_table, resolve_format
+from scoreplex.data.readers import QUOTING, ColumnMap, RowCheck, iter_table, resolve_format
 from scoreplex.errors import ConfigError, DataError, ResumeError, unknown_name
+from scoreplex.progress import progress_bar
 from scoreplex.tasks import TaskSpec
 
 PROGRESS_FORMAT = "scoreplex-score-progress"
@@ -58,6 +59,7 @@ DEFAULT_CHUNK_ROWS = 1024
 
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _LOG = logging.getLogger(__name__)
+_UNKNOWN_TASK_FIX = "correct the task id, or score with a suite that holds this task."
 
 Row = dict[str, Any]
 RowScorer = Callable[[Sequence[str], Sequence[str], Sequence[str]], list[Row]]
@@ -211,108 +213,6 @@ def make_row_scorer(
     if suite.method not in ROW_SCORERS:
         raise unknown_name("suite method", suite.method, list(ROW_SCORERS))
     return ROW_SCORERS[suite.method](suite, backbone, batch_size)
-
-
-# -- checking rows -------------------------------------------------------------------------------------------------
-
-
-class _RowCheck:
-    """The per-row checks of ``read_responses`` over a whole stream, with the same messages.
-
-    Columns are checked once, against the first chunk's columns (for JSON Lines, the keys of its records)."""
-
-    def __init__(self, chunk: Table, cmap: ColumnMap, specs: dict[str, TaskSpec]) -> None:
-        self.cmap, self.specs, self.file = cmap, specs, chunk.file
-        present = set(chunk.columns)
-
-        def missing(column: str, fix: str) -> DataError:
-            have = ", ".join(chunk.columns) or "(none)"
-            return DataError(
-                f"column {column!r} not found; the file has columns: {have}.",
-                file=self.file,
-                row=chunk.header_row,
-                column=column,
-                fix=fix,
-            )
-
-        if cmap.text not in present:
-            raise missing(cmap.text, "name the text column with ColumnMap(text=...) (CLI: --text-col).")
-        if cmap.task is not None and cmap.task not in present:
-            raise missing(
-                cmap.task,
-                "name the task column with ColumnMap(task=...), or for a single-task file give "
-                "ColumnMap(task=None, task_id='...') (CLI: --task-col, or --task-id).",
-            )
-        self.id_col = cmap.id if cmap.id is not None and cmap.id in present else None
-        if cmap.id is not None and self.id_col is None and cmap.id != "id":
-            raise missing(
-                cmap.id, "name the id column with ColumnMap(id=...) (CLI: --id-col), or id=None to generate ids."
-            )
-        self.stem = Path(self.file).stem
-        self.seen: dict[str, int] = {}  # id -> row; generated ids are unique by construction and not kept
-        self.tasks: set[str] = set()
-
-    def __call__(self, record: dict[str, str], row: int) -> tuple[str, str, str]:
-        """``(task id, response id, text)`` of a valid row; raises DataError naming the row otherwise."""
-        cmap = self.cmap
-        if cmap.task is None:
-            task = cmap.task_id or ""
-        else:
-            task = record.get(cmap.task, "").strip()
-            if not task:
-                raise DataError(
-                    "the task id is empty.",
-                    file=self.file,
-                    row=row,
-                    column=cmap.task,
-                    fix="fill in the task id of every row.",
-                )
-        if task not in self.specs:
-            known = sorted(self.specs)
-            listed = ", ".join(known[:20]) + (f", ... ({len(known)} in all)" if len(known) > 20 else "")
-            raise DataError(
-                f"unknown task id {task!r}; known task ids: {listed}.",
-                file=self.file,
-                row=row,
-                column=cmap.task,
-                task=task,
-                fix="correct the task id, or score with a suite that holds this task.",
-            )
-        if self.id_col is None:
-            rid = f"{self.stem}:{row}"
-        else:
-            rid = record.get(self.id_col, "")
-            if not rid.strip():
-                raise DataError(
-                    "the response id is empty.",
-                    file=self.file,
-                    row=row,
-                    column=self.id_col,
-                    task=task,
-                    fix="give every row a unique id, or pass ColumnMap(id=None) to generate ids.",
-                )
-            if rid in self.seen:
-                raise DataError(
-                    f"response id {rid!r} appears twice: at rows {self.seen[rid]} and {row}.",
-                    file=self.file,
-                    row=row,
-                    column=self.id_col,
-                    task=task,
-                    fix="give every response a unique id (ids join scores, predictions and splits).",
-                )
-            self.seen[rid] = row
-        text = record.get(cmap.text, "")
-        if not text.strip():
-            raise DataError(
-                "the response text is empty or only whitespace.",
-                file=self.file,
-                row=row,
-                column=cmap.text,
-                task=task,
-                fix="remove the row or fill in the text (an empty answer is best scored by a rule, not a model).",
-            )
-        self.tasks.add(task)
-        return task, rid, text
 
 
 # -- the output and its progress file --------------------------------------------------------------------------------
@@ -494,43 +394,20 @@ class _Progress:
         return (self.done - self.start) / seconds if seconds > 0 else float("nan")
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, rate="")
+        self.bar = progress_bar(self.enabled, rate=True).__enter__()
+        self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, rate="")
         return self
 
     def advance(self, n: int) -> None:
         self.done += n
-        if self.bar is not None:
-            # the total is a line count for CSV / JSON Lines: never let the bar run past it
-            total = None if self.total is None else max(self.total, self.done)
-            self.bar.update(self.task, completed=self.done, total=total, rate=f"{self.rate:,.0f} rows/s")
+        # the total is a line count for CSV / JSON Lines: never let the bar run past it
+        total = None if self.total is None else max(self.total, self.done)
+        self.bar.update(self.task, completed=self.done, total=total, rate=f"{self.rate:,.0f} rows/s")
 
     def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            if exc[0] is None:
-                self.bar.update(self.task, total=self.done)
-            self.bar.__exit__(*exc)
+        if exc[0] is None:
+            self.bar.update(self.task, total=self.done)
+        self.bar.__exit__(*exc)
 
 
 # -- the stream ------------------------------------------------------------------------------------------------------
@@ -635,13 +512,14 @@ def stream_scores(
         output.resume(int(saved["bytes"]))
         log(f"resuming {target}: {resumed} rows already scored (up to row {saved['last_row']} of {source})")
     scorer: RowScorer | None = None
-    check: _RowCheck | None = None
+    check: RowCheck | None = None
     records = 0
     try:
         total = estimate_rows(source, in_fmt) if options.progress else None
         with _Progress(options.progress, f"scoring {source.name}", total, resumed) as bar:
             for chunk in chunks:
-                check = check or _RowCheck(chunk, cmap, specs)
+                # columns are checked once, against the first chunk's (for JSON Lines, the keys of its records)
+                check = check or RowCheck(chunk, cmap, specs, unknown_fix=_UNKNOWN_TASK_FIX, most=20)
                 ids, task_ids, texts, rows = [], [], [], []
                 for record, row in zip(chunk, chunk.rows, strict=True):
                     task_id, rid, text = check(record, row)  # rows done before are re-checked, for their ids

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.errors import ConfigError
+from scoreplex.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def fit(
                 start_epoch = config.epochs
     t0 = time.perf_counter()
     seconds_before = sum(h.get("seconds", 0.0) for h in history)
-    bar = _progress(progress)
+    bar = progress_bar(progress, transient=True)
     with bar:
         task = bar.add_task(description, total=steps_per_epoch * config.epochs, completed=step)
         for epoch in range(start_epoch, config.epochs):
@@ -256,40 +257,4 @@ def fit(
         epochs_run=len(history),
         seconds=seconds_before + time.perf_counter() - t0,
         history=history,
-    )
-
-
-class _NullProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NullProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
     )

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import math
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _INTEGER = re.compile(r"^[+-]?\d+(\.0*)?$")  # "3", "+3", "3.0" (spreadsheets write integral scores as floats)
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that did not decode, kept by errors="surrogateescape"
 _ENCODING_FIX = "re-save the file as UTF-8, or pass encoding='latin-1' (--encoding latin-1 on the command line)."
+_WHOLE_FILE = sys.maxsize  # chunk_rows with which read_table reads a file as one chunk
+_PARQUET_BATCH_ROWS = 65536  # Parquet records decoded at a time (chunks are re-cut to chunk_rows)
 
 
 @dataclass(frozen=True)
@@ -182,55 +184,37 @@ def read_table(
     number (module docstring). Every cell is a string: JSON/Parquet ``null`` and NaN become ``""``, booleans ``"1"``
     / ``"0"``, integral floats ``"3"``, nested values their JSON text; a JSON line lacking a key gets ``""``.
     A UTF-8 byte-order mark is accepted. ``quoting="none"`` reads quote characters as ordinary text (needed for
-    files whose texts hold stray quotes, such as ASAP-SAS). Raises :class:`DataError` for unreadable input.
-    """
-    file = str(path)
-    fmt = resolve_format(path, fmt)
-    if quoting not in QUOTING:
-        raise ConfigError(f"quoting={quoting!r} is not supported; choose one of: {', '.join(QUOTING)}.")
-    try:
-        codec = codecs.lookup(encoding).name
-    except LookupError as exc:
-        raise ConfigError(f"unknown encoding {encoding!r}; use e.g. 'utf-8', 'latin-1' or 'cp1252'.") from exc
-    if not Path(path).is_file():
-        raise DataError("file not found (or not a file).", file=file, fix="check the path.")
-    if fmt == "parquet":
-        return _read_parquet(path, file, encoding)
+    files whose texts hold stray quotes, such as ASAP-SAS). Raises :class:`DataError` for unreadable input; an
+    undecodable byte is reported before any other error in the data.
 
-    data = Path(path).read_bytes()
-    codec = "utf-8-sig" if codec == "utf-8" else encoding
-    bad: UnicodeDecodeError | None = None
+    The file is parsed by the readers of :func:`iter_table`, as one chunk (so a JSON Lines table's columns are the
+    keys of all its records).
+    """
+    file, fmt, codec = _source(path, fmt, encoding, quoting, _WHOLE_FILE)
     try:
-        text = data.decode(codec)
-    except UnicodeDecodeError as exc:
-        bad = exc  # parse anyway with the bad bytes escaped, to name the row and column that hold them
-        text = data.decode(codec, errors="surrogateescape")
-    try:
-        if fmt == "jsonl":
-            table = _parse_jsonl(text, file)
-        else:
-            table = _parse_delimited(text, file, fmt, QUOTING[quoting])
-    except DataError:
-        if bad is None:
+        (table,) = _chunks(path, file, fmt, codec, encoding, quoting, _WHOLE_FILE)
+    except DataError as exc:
+        if codec is None:  # Parquet: no text to decode
             raise
-        table = None
-    if bad is not None:
-        raise _decode_error(bad, data, file, encoding, codec, table)
+        data = Path(path).read_bytes()
+        try:
+            data.decode(codec)
+        except UnicodeDecodeError as bad:
+            # the reader raised the first error in file order; this byte comes first here. Its column is known
+            # when that error was about this byte (it carries the encoding fix), not when parsing failed before it
+            column = exc.column if exc.fix == _ENCODING_FIX else None
+            raise _decode_error(bad, data, file, encoding, codec, column) from None
+        raise
     return table
 
 
 def _decode_error(
-    exc: UnicodeDecodeError, data: bytes, file: str, encoding: str, codec: str, table: Table | None
+    exc: UnicodeDecodeError, data: bytes, file: str, encoding: str, codec: str, column: str | None
 ) -> DataError:
     start = exc.start
     if codec == "utf-8-sig" and data.startswith(codecs.BOM_UTF8):
         start += len(codecs.BOM_UTF8)  # the utf-8-sig decoder counts from after the BOM
     line = data.count(b"\n", 0, start) + 1
-    column = None
-    for record in table or []:
-        column = next((c for c, v in record.items() if _SURROGATE.search(v)), None)
-        if column is not None:
-            break
     return DataError(
         f"byte {data[start]:#04x} at line {line} cannot be decoded as {encoding} (the encoding tried).",
         file=file,
@@ -238,122 +222,6 @@ def _decode_error(
         column=column,
         fix=_ENCODING_FIX,
     )
-
-
-def _parse_delimited(text: str, file: str, fmt: str, quoting: int) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_DELIMITERS[fmt], quoting=quoting)
-    header: list[str] | None = None
-    records: list[dict[str, str]] = []
-    rows: list[int] = []
-    previous = 0
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(
-                f"cannot parse the {fmt.upper()} text ({exc}).",
-                file=file,
-                row=reader.line_num,
-                fix="check the quotes near this line; if texts hold stray quote characters pass quoting='none'.",
-            ) from exc
-        start, previous = previous + 1, reader.line_num
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue  # blank line
-        if header is None:
-            header = fields
-            dupes = sorted({c for c in header if header.count(c) > 1})
-            if dupes:
-                raise DataError(
-                    f"the header repeats column names {dupes}.",
-                    file=file,
-                    row=start,
-                    column=dupes[0],
-                    fix="give every column a unique name.",
-                )
-            continue
-        if len(fields) != len(header):
-            hint = (
-                "a text probably holds the delimiter; quote that field"
-                if quoting == csv.QUOTE_NONE
-                else "a text probably holds a stray quote or the delimiter; pass quoting='none' if texts hold "
-                "stray quotes, or quote that field"
-            )
-            raise DataError(
-                f"this record has {len(fields)} fields but the header has {len(header)} ({', '.join(header)}).",
-                file=file,
-                row=start,
-                fix=hint + ".",
-            )
-        records.append(dict(zip(header, fields, strict=True)))
-        rows.append(start)
-    if header is None:
-        raise DataError("the file is empty: no header line.", file=file, fix="write a header row of column names.")
-    return Table(records, rows, header, file, fmt, header_row=1)
-
-
-def _parse_jsonl(text: str, file: str) -> Table:
-    records: list[dict[str, str]] = []
-    rows: list[int] = []
-    columns: dict[str, None] = {}  # ordered set
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"malformed JSON ({exc.msg} at character {exc.colno}).",
-                file=file,
-                row=lineno,
-                fix=f'make line {lineno} one complete JSON object ({{"text": ..., ...}}) or remove it.',
-            ) from exc
-        if not isinstance(obj, dict):
-            raise DataError(
-                f"expected a JSON object, got {type(obj).__name__}.",
-                file=file,
-                row=lineno,
-                fix='write one object per line, e.g. {"id": "r1", "text": "...", "score": 2}.',
-            )
-        record = {str(k): _cell(v) for k, v in obj.items()}
-        columns.update(dict.fromkeys(record))
-        records.append(record)
-        rows.append(lineno)
-    for record in records:
-        for col in columns:
-            record.setdefault(col, "")
-    return Table(records, rows, list(columns), file, "jsonl", header_row=None)
-
-
-def _read_parquet(path: str | os.PathLike[str], file: str, encoding: str) -> Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(
-            f"cannot read the file as Parquet ({exc}).", file=file, fix="check that it is a Parquet file or pass fmt="
-        ) from exc
-    records: list[dict[str, str]] = []
-    for i, raw in enumerate(table.to_pylist()):
-        record = {}
-        for col, value in raw.items():
-            if isinstance(value, bytes):
-                try:
-                    value = value.decode(encoding)
-                except UnicodeDecodeError as exc:
-                    raise DataError(
-                        f"binary cell cannot be decoded as {encoding} (the encoding tried).",
-                        file=file,
-                        row=i + 1,
-                        column=col,
-                        fix="store texts as a string column, or pass encoding='latin-1'.",
-                    ) from exc
-            record[col] = _cell(value)
-        records.append(record)
-    return Table(records, range(1, len(records) + 1), table.column_names, file, "parquet", header_row=None)
 
 
 def _cell(value: Any) -> str:
@@ -409,6 +277,128 @@ def read_responses(
     return _Reader(table, columns, tasks, require_labels).read()
 
 
+def _missing_column(table: Table, column: str, fix: str, task: str | None = None) -> DataError:
+    """The error for a column ``table`` lacks, listing the columns it has."""
+    have = ", ".join(table.columns) or "(none)"
+    return DataError(
+        f"column {column!r} not found; the file has columns: {have}.",
+        file=table.file,
+        row=table.header_row,
+        column=column,
+        task=task,
+        fix=fix,
+    )
+
+
+class RowCheck:
+    """The per-row checks of :func:`read_responses`, shared with :func:`scoreplex.streaming.stream_scores`.
+
+    Made from a table (for a stream, its first chunk), it checks that the text, task and id columns of ``cmap``
+    exist. Called on each ``(record, row)`` in file order, it checks the row: the task id is non-empty and, when
+    ``known`` is given, one of ``known``; the response id is non-empty and unique over the rows checked so far (ids
+    are ``f"{file stem}:{row}"`` when the file has no id column); the text is not blank. It returns ``(task id,
+    response id, text)`` and keeps the task ids seen in :attr:`tasks`. Errors are :class:`DataError` naming the row;
+    ``unknown_fix`` is the fix an unknown task id suggests, and ``most`` caps how many known ids it lists.
+    """
+
+    def __init__(
+        self,
+        table: Table,
+        cmap: ColumnMap,
+        known: Collection[str] | None = None,
+        *,
+        unknown_fix: str = "correct the task id, or add a spec for it to tasks=.",
+        most: int | None = None,
+    ) -> None:
+        self.cmap, self.known, self.unknown_fix, self.most = cmap, known, unknown_fix, most
+        self.file = table.file
+        present = set(table.columns)
+        if cmap.text not in present:
+            raise _missing_column(table, cmap.text, "name the text column with ColumnMap(text=...) (CLI: --text-col).")
+        if cmap.task is not None and cmap.task not in present:
+            raise _missing_column(
+                table,
+                cmap.task,
+                "name the task column with ColumnMap(task=...), or for a single-task file give "
+                "ColumnMap(task=None, task_id='...') (CLI: --task-col, or --task-id).",
+            )
+        self.id_col = cmap.id if cmap.id is not None and cmap.id in present else None
+        if cmap.id is not None and self.id_col is None and cmap.id != "id":
+            raise _missing_column(
+                table,
+                cmap.id,
+                "name the id column with ColumnMap(id=...) (CLI: --id-col), or id=None to generate ids.",
+            )
+        self.stem = Path(self.file).stem
+        self.seen: dict[str, int] = {}  # id -> row; generated ids are unique by construction and not kept
+        self.tasks: set[str] = set()
+
+    def __call__(self, record: dict[str, str], row: int) -> tuple[str, str, str]:
+        """``(task id, response id, text)`` of a valid row; raises DataError naming the row otherwise."""
+        task = self.task(record, row)
+        if self.id_col is None:
+            rid = f"{self.stem}:{row}"
+        else:
+            rid = self.filled(
+                record,
+                row,
+                self.id_col,
+                task,
+                "the response id is empty.",
+                "give every row a unique id, or pass ColumnMap(id=None) to generate ids.",
+            )
+            if rid in self.seen:
+                raise self.error(
+                    f"response id {rid!r} appears twice: at rows {self.seen[rid]} and {row}.",
+                    row,
+                    self.id_col,
+                    task,
+                    "give every response a unique id (ids join scores, predictions and splits).",
+                )
+            self.seen[rid] = row
+        text = self.filled(
+            record,
+            row,
+            self.cmap.text,
+            task,
+            "the response text is empty or only whitespace.",
+            "remove the row or fill in the text (an empty answer is best scored by a rule, not a model).",
+        )
+        self.tasks.add(task)
+        return task, rid, text
+
+    def task(self, record: dict[str, str], row: int) -> str:
+        """The row's task id: the task column's cell (stripped), or the map's fixed ``task_id``."""
+        cmap = self.cmap
+        if cmap.task is None:
+            task = cmap.task_id or ""
+        else:
+            task = self.filled(
+                record, row, cmap.task, None, "the task id is empty.", "fill in the task id of every row."
+            )
+            task = task.strip()
+        if self.known is not None and task not in self.known:
+            known = sorted(self.known)
+            listed = ", ".join(known[: self.most])
+            if self.most is not None and len(known) > self.most:
+                listed += f", ... ({len(known)} in all)"
+            raise self.error(
+                f"unknown task id {task!r}; known task ids: {listed}.", row, cmap.task, task, self.unknown_fix
+            )
+        return task
+
+    def filled(self, record: dict[str, str], row: int, column: str, task: str | None, message: str, fix: str) -> str:
+        """The cell of ``column``; raises DataError(``message``) when it is empty or only whitespace."""
+        value = record.get(column, "")
+        if not value.strip():
+            raise self.error(message, row, column, task, fix)
+        return value
+
+    def error(self, message: str, row: int, column: str | None, task: str | None, fix: str) -> DataError:
+        """A DataError at ``row`` of this file."""
+        return DataError(message, file=self.file, row=row, column=column, task=task, fix=fix)
+
+
 class _Reader:
     """The steps of :func:`read_responses` over one table."""
 
@@ -441,23 +431,13 @@ class _Reader:
 
     # -- columns -----------------------------------------------------------------------------------------------
 
-    def missing_column(self, column: str, fix: str, task: str | None = None) -> DataError:
-        have = ", ".join(self.table.columns) or "(none)"
-        return DataError(
-            f"column {column!r} not found; the file has columns: {have}.",
-            file=self.file,
-            row=self.table.header_row,
-            column=column,
-            task=task,
-            fix=fix,
-        )
-
     def label_column(self, dim: str, single: bool) -> str | None:
         """The column holding dimension ``dim`` (``None`` if the file has none); raises if an explicit one is absent."""
         mapped = (self.cmap.labels or {}).get(dim)
         if mapped is not None:
             if mapped not in self.present:
-                raise self.missing_column(
+                raise _missing_column(
+                    self.table,
                     mapped,
                     f"name the right column with ColumnMap(labels={{{dim!r}: ...}}) (CLI: --label {dim}=COLUMN).",
                 )
@@ -468,62 +448,15 @@ class _Reader:
     # -- rows ----------------------------------------------------------------------------------------------------
 
     def read(self) -> dict[str, TaskData]:
-        cmap, table = self.cmap, self.table
-        if cmap.text not in self.present:
-            raise self.missing_column(cmap.text, "name the text column with ColumnMap(text=...) (CLI: --text-col).")
-        if cmap.task is not None and cmap.task not in self.present:
-            raise self.missing_column(
-                cmap.task,
-                "name the task column with ColumnMap(task=...), or for a single-task file give "
-                "ColumnMap(task=None, task_id='...') (CLI: --task-col, or --task-id).",
-            )
-        id_col = cmap.id if cmap.id is not None and cmap.id in self.present else None
-        if cmap.id is not None and id_col is None and cmap.id != "id":
-            raise self.missing_column(
-                cmap.id, "name the id column with ColumnMap(id=...) (CLI: --id-col), or id=None to generate ids."
-            )
+        table = self.table
+        check = RowCheck(table, self.cmap, self.tasks)
         if not table:
             raise DataError("the file has no responses (no rows after the header).", file=self.file, fix="add rows.")
-
-        stem = Path(self.file).stem
         groups: dict[str, list[int]] = {}
         ids: list[str] = []
-        seen: dict[str, int] = {}
         for i, (record, row) in enumerate(zip(table, table.rows, strict=True)):
-            key = self.task_of(record, row)
-            if id_col is None:
-                rid = f"{stem}:{row}"
-            else:
-                rid = record[id_col]
-                if not rid.strip():
-                    raise DataError(
-                        "the response id is empty.",
-                        file=self.file,
-                        row=row,
-                        column=id_col,
-                        task=key,
-                        fix="give every row a unique id, or pass ColumnMap(id=None) to generate ids.",
-                    )
-            if rid in seen:
-                raise DataError(
-                    f"response id {rid!r} appears twice: at rows {seen[rid]} and {row}.",
-                    file=self.file,
-                    row=row,
-                    column=id_col,
-                    task=key,
-                    fix="give every response a unique id (ids join scores, predictions and splits).",
-                )
-            seen[rid] = row
+            key, rid, _ = check(record, row)
             ids.append(rid)
-            if not record[cmap.text].strip():
-                raise DataError(
-                    "the response text is empty or only whitespace.",
-                    file=self.file,
-                    row=row,
-                    column=cmap.text,
-                    task=key,
-                    fix="remove the row or fill in the text (an empty answer is best scored by a rule, not a model).",
-                )
             groups.setdefault(key, []).append(i)
 
         out: dict[str, TaskData] = {}
@@ -531,31 +464,6 @@ class _Reader:
             data = self.task_data(key, index, ids)
             out[data.spec.id] = data
         return out
-
-    def task_of(self, record: dict[str, str], row: int) -> str:
-        cmap = self.cmap
-        if cmap.task is None:
-            key = cmap.task_id or ""
-        else:
-            key = record[cmap.task].strip()
-            if not key:
-                raise DataError(
-                    "the task id is empty.",
-                    file=self.file,
-                    row=row,
-                    column=cmap.task,
-                    fix="fill in the task id of every row.",
-                )
-        if self.tasks is not None and key not in self.tasks:
-            raise DataError(
-                f"unknown task id {key!r}; known task ids: {', '.join(sorted(self.tasks))}.",
-                file=self.file,
-                row=row,
-                column=cmap.task,
-                task=key,
-                fix="correct the task id, or add a spec for it to tasks=.",
-            )
-        return key
 
     def task_data(self, key: str, index: list[int], ids: list[str]) -> TaskData:
         table, cmap = self.table, self.cmap
@@ -570,7 +478,8 @@ class _Reader:
         if absent and (self.require or len(absent) < len(dims)):
             dim = absent[0]
             alt = " (or 'score' / 'label')" if single else ""
-            raise self.missing_column(
+            raise _missing_column(
+                self.table,
                 dim,
                 f"add a score column named {dim!r}{alt}, or map it with ColumnMap(labels={{{dim!r}: '<column>'}})"
                 + ("" if not self.require else ", or pass require_labels=False for unscored data")
@@ -587,7 +496,8 @@ class _Reader:
             for d in dims:
                 col = cmap.second.get(d)
                 if col is not None and col not in self.present:
-                    raise self.missing_column(
+                    raise _missing_column(
+                        self.table,
                         col,
                         f"name the second-rater column with ColumnMap(second={{{d!r}: ...}}) "
                         f"(CLI: --second {d}=COLUMN).",
@@ -751,7 +661,7 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-# -- incremental reading -------------------------------------------------------------------------------------------
+# -- the readers (incremental) ----------------------------------------------------------------------------------------
 
 
 def iter_table(
@@ -764,15 +674,28 @@ def iter_table(
 ) -> Iterator[Table]:
     """Read a table incrementally: yield :class:`Table` chunks of ``chunk_rows`` records (the last one fewer).
 
-    Cells, row numbers (module docstring) and error messages are those of :func:`read_table`, but memory holds one
-    chunk: CSV/TSV are parsed with :mod:`csv` from the open file, JSON Lines line by line, Parquet a record batch at
-    a time (``ParquetFile.iter_batches``). A chunk's ``columns`` are the file's columns; for JSON Lines, the keys
-    seen so far (a record lacking one of them gets ``""``; earlier chunks are not revisited). A file with a header
-    but no records yields one empty chunk, so its columns are always known.
+    These are the readers behind :func:`read_table` (which reads the file as one chunk), so cells, row numbers
+    (module docstring) and error messages are the same, but memory holds one chunk: CSV/TSV are parsed with
+    :mod:`csv` from the open file, JSON Lines line by line, Parquet a record batch at a time. A chunk's ``columns``
+    are the file's columns; for JSON Lines, the keys seen so far (a record lacking one of them gets ``""``; earlier
+    chunks are not revisited). A file with a header but no records yields one empty chunk, so its columns are always
+    known.
 
     Bad arguments (format, quoting, encoding, chunk size) and a missing file raise at the call; errors in the data
     when the chunk holding them is read, so in file order (:func:`read_table` reports an undecodable byte before any
     other error; here it is reported when its record is reached, with the same message, line and column).
+    """
+    file, fmt, codec = _source(path, fmt, encoding, quoting, chunk_rows)
+    return _chunks(path, file, fmt, codec, encoding, quoting, chunk_rows)
+
+
+def _source(
+    path: str | os.PathLike[str], fmt: str | None, encoding: str, quoting: str, chunk_rows: int
+) -> tuple[str, str, str | None]:
+    """Check the arguments of :func:`read_table` / :func:`iter_table` and that the file exists.
+
+    Returns ``(file, format, codec)``; the codec reads a text format (``utf-8-sig`` for UTF-8, to accept a BOM) and
+    is ``None`` for Parquet.
     """
     file = str(path)
     fmt = resolve_format(path, fmt)
@@ -787,8 +710,22 @@ def iter_table(
     if not Path(path).is_file():
         raise DataError("file not found (or not a file).", file=file, fix="check the path.")
     if fmt == "parquet":
+        return file, fmt, None
+    return file, fmt, "utf-8-sig" if codec == "utf-8" else encoding
+
+
+def _chunks(
+    path: str | os.PathLike[str],
+    file: str,
+    fmt: str,
+    codec: str | None,
+    encoding: str,
+    quoting: str,
+    chunk_rows: int,
+) -> Iterator[Table]:
+    """The chunks of a file whose arguments :func:`_source` checked."""
+    if codec is None:
         return _iter_parquet(path, file, encoding, chunk_rows)
-    codec = "utf-8-sig" if codec == "utf-8" else encoding
     if fmt == "jsonl":
         return _iter_jsonl(path, file, codec, encoding, chunk_rows)
     return _iter_delimited(path, file, fmt, QUOTING[quoting], codec, encoding, chunk_rows)
@@ -801,6 +738,8 @@ def _undecodable(
 
     ``row`` is the record's first line; the byte's line adds the line breaks before it inside the record.
     """
+    if _SURROGATE.search("".join(values)) is None:  # the common case, checked in one pass
+        return None
     lines = 0
     for j, value in enumerate(values):
         match = _SURROGATE.search(value)
@@ -896,7 +835,7 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: s
 
     with open(path, encoding=codec, errors="surrogateescape", newline="\n") as fh:
         for lineno, line in enumerate(fh, start=1):
-            line = line[:-1] if line.endswith("\n") else line  # as read_table's split("\n") sees it
+            line = line[:-1] if line.endswith("\n") else line
             if not line.strip():
                 continue
             try:
@@ -945,9 +884,10 @@ def _iter_parquet(path: str | os.PathLike[str], file: str, encoding: str, chunk_
         )
 
     try:
-        pf = pq.ParquetFile(path)
-        columns = list(pf.schema_arrow.names)
-        batches = pf.iter_batches(batch_size=chunk_rows)
+        dataset = pq.ParquetDataset(path)  # opened as pq.read_table opens a file: the same columns and errors
+        columns = list(dataset.schema.names)
+        (fragment,) = dataset.fragments  # one file, one fragment
+        batches = iter(fragment.to_batches(batch_size=min(chunk_rows, _PARQUET_BATCH_ROWS)))
     except (pa.ArrowException, OSError) as exc:
         raise unreadable(exc) from exc
     records: list[dict[str, str]] = []
