@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench-asap clean
+.PHONY: install demo test lint format bench-asap bench-engine clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,9 @@ format: $(STAMP)
 
 bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-SAS items; about an hour on 2 cores)
 	$(BIN)/python benchmarks/asap_sas.py --out docs/results
+
+bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs bench-asap's suites; ~10 min on 2 cores)
+	$(BIN)/python benchmarks/engine.py --suite runs/asap-sas/lora --full-suite runs/asap-sas/full --out docs/results
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
