@@ -347,3 +347,16 @@ def test_corrupt_or_mismatched_export_is_refused(fp32_dir, lora_suite, head_suit
         OnnxEngine(lora_suite, fp32_dir, intra_op_threads=-1)
     with pytest.raises(ConfigError, match="no implementation"):
         OnnxEngine(lora_suite, fp32_dir).lora_impl = "grouped"
+
+
+def test_cli_export_onnx_writes_a_loadable_graph(lora_suite, tmp_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+
+    out = tmp_path / "onnx-cli"
+    result = CliRunner().invoke(app, ["export-onnx", str(lora_suite), str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "encoder.onnx").is_file() and (out / "onnx.json").is_file()
+    bad = CliRunner().invoke(app, ["export-onnx", str(lora_suite), str(tmp_path / "x"), "--quantize", "int4"])
+    assert bad.exit_code == 2 and "int8" in bad.output

@@ -297,6 +297,36 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
     _table(f"{suite}: {len(rows)} tasks, {s.total_bytes:,} bytes", ["task", "dimensions", "bytes", "val QWK"], rows)
 
 
+@app.command("export-onnx")
+def export_onnx_cmd(
+    suite: Annotated[Path, typer.Argument(help="Suite folder of method lora or head.")],
+    out: Annotated[Path, typer.Argument(help="Folder for encoder.onnx, onnx.json and the tokenizer.")],
+    quantize: Annotated[
+        str | None, typer.Option(help="'int8': per-channel dynamic INT8 weights (faster on CPU). Default: fp32.")
+    ] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="Extra layers to give adapter inputs (e.g. query,key,value) for tasks trained later."),
+    ] = None,
+) -> None:
+    """Export the suite's shared encoder as ONE ONNX graph; per-task adapters are graph inputs, so tasks can be added
+    or removed later without re-exporting. Score through it with scoreplex.engine.onnx_backend.OnnxEngine."""
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.engine.onnx_backend import export_onnx
+
+        targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
+        sidecar = export_onnx(suite, out, quantize=quantize, lora_targets=targets)
+    except ScoreplexError as exc:
+        _fail(exc)
+    size = sum(f.stat().st_size for f in Path(out).glob("*.onnx"))
+    typer.echo(
+        f"exported {suite} -> {out} ({quantize or 'fp32'}, {size:,} bytes, "
+        f"{len(sidecar.get('lora_layers', []))} adapted layers)"
+    )
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo data, suite and scores.")] = Path(
