@@ -692,18 +692,6 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("scoreplex", "torch", "transformers", "peft", "onnxruntime"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def plan(args, counts: dict[str, list[int]], n_real: int, has_full: bool) -> list[tuple[str, int, bool]]:
     """``(system, task count, score the test set)`` per worker, in run order."""
     out = []
@@ -731,7 +719,7 @@ def main(argv: list[str] | None = None) -> dict:
     from scoreplex.backbone import resolve_backbone
     from scoreplex.data.asap_sas import load_asap_sas
     from scoreplex.errors import ConfigError
-    from scoreplex.suite import Suite, write_json_atomic
+    from scoreplex.suite import Suite, package_versions, write_json_atomic
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -849,7 +837,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": _machine(),
         "torch_threads": args.threads,
         "ort_intra_op_threads": args.threads,
-        "versions": _versions(),
+        "versions": package_versions(("scoreplex", "torch", "transformers", "peft", "onnxruntime")),
         "batch_size": args.batch_size,
         "batches": args.batches,
         "warmup": args.warmup,

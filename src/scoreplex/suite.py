@@ -46,11 +46,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _versions() -> dict[str, str]:
+def package_versions(packages=("scoreplex", "torch", "transformers", "peft", "safetensors")) -> dict[str, str]:
+    """Installed version of each package (``"not installed"`` when absent), for manifests and sidecars."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("scoreplex", "torch", "transformers", "peft", "safetensors"):
+    for pkg in packages:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -105,7 +106,7 @@ class Suite:
             "backbone": backbone,
             "pooling": pooling,
             "max_length": max_length,
-            "versions": _versions(),
+            "versions": package_versions(),
             "tasks": {},
         }
         write_json_atomic(root / "manifest.json", manifest)

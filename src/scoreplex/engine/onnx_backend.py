@@ -64,7 +64,7 @@ import torch.nn as nn
 from scoreplex.backbone import lora_target_modules, pool
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_name
 from scoreplex.pipeline import Backbone
-from scoreplex.suite import Suite, sha256_file, write_json_atomic
+from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
 
 from .engine import SHARED_METHODS, Engine
 from .multilora import MultiLoRALinear, gathered_lora, target_module_names
@@ -251,18 +251,6 @@ QUANTIZATIONS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {"int8": quan
 """Registry of post-export quantisations: ``name -> fn(fp32 model path, output path) -> sidecar details``."""
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("scoreplex", "torch", "transformers", "onnx", "onnxruntime"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _replace_dir(tmp: Path, final: Path) -> None:
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -415,7 +403,7 @@ def export_onnx(
         "quantize": quantize,
         "quantization": details,
         "export_seconds": round(time.perf_counter() - t0, 3),
-        "versions": _versions(),
+        "versions": package_versions(("scoreplex", "torch", "transformers", "onnx", "onnxruntime")),
     }
     write_json_atomic(out / SIDECAR_FILE, sidecar)
     return sidecar
