@@ -169,3 +169,19 @@ def test_embed_all_matches_predict_logits_through_the_head(tiny_bb, scorer_model
 
 def test_predict_on_nothing_is_empty(scorer_model):
     assert predict_logits(scorer_model, Encoded([], None, 0)).numel() == 0
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1, 40, 100, 10_000])
+def test_token_batches_cover_every_row_once_within_the_budget(max_tokens):
+    from scoreplex.encoding import token_batches
+
+    lengths = np.random.default_rng(3).integers(3, 60, size=97)
+    batches = list(token_batches(lengths, max_rows=16, max_tokens=max_tokens))
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(97))
+    for b in batches:
+        assert 1 <= len(b) <= 16
+        if max_tokens is not None and len(b) > 1:  # a single over-long row may exceed the budget alone
+            assert len(b) * lengths[b].max() <= max_tokens
+    # length order, so each batch pads little
+    assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(batches, batches[1:], strict=False))

