@@ -134,6 +134,17 @@ class Suite:
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.root / "manifest.json", self.manifest)
 
+    def remove_task(self, task_id: str) -> None:
+        """Drop a task: the manifest first (atomically), then its folder, so a crash in between leaves only an
+        orphan folder, never a manifest entry without files."""
+        import shutil
+
+        self._entry(task_id)
+        del self.manifest["tasks"][task_id]
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_json_atomic(self.root / "manifest.json", self.manifest)
+        shutil.rmtree(self.root / "tasks" / task_id, ignore_errors=True)
+
     # -- reading ------------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, verify: bool = True) -> Suite:

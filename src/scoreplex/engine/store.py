@@ -18,14 +18,12 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +31,7 @@ import torch
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
 from scoreplex.heads import ScoringHead
 from scoreplex.methods import Method
-from scoreplex.suite import MODULE_FILE, TASK_FILE, Suite, write_json_atomic
+from scoreplex.suite import MODULE_FILE, TASK_FILE, Suite
 from scoreplex.tasks import TaskSpec
 
 from .multilora import lora_weights_from_peft
@@ -340,11 +338,7 @@ class AdapterStore:
         with self.lock:
             self._require(task_id)
             self.evict(task_id)
-            manifest = self.suite.manifest
-            del manifest["tasks"][task_id]
-            manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            write_json_atomic(self.suite.root / "manifest.json", manifest)  # a crash now leaves only an orphan folder
-            shutil.rmtree(Path(self.suite.root) / "tasks" / task_id, ignore_errors=True)
+            self.suite.remove_task(task_id)
 
     def refresh(self) -> list[str]:
         """Re-read manifest.json (another process may have trained, replaced or removed tasks); modules whose files
