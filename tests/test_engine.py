@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from lora_suites import QK_TASKS, QV_TASKS
+from lora_suites import train_tiny_suite as _train
 from scoreplex.engine import (
     LORA_IMPLS,
     AdapterStore,
@@ -29,26 +31,8 @@ from scoreplex.engine import (
 )
 from scoreplex.errors import ConfigError, DataError, SuiteError, UnknownNameError, UnknownTaskError
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import SuiteScorer, TrainOptions, train_suite
+from scoreplex.pipeline import SuiteScorer
 from scoreplex.suite import MODULE_FILE, Suite
-from scoreplex.training import TrainConfig
-
-QV_TASKS = ("demo-photosynthesis", "demo-argument")
-QK_TASKS = ("demo-food-web", "demo-circuit")
-ENGINE_CONFIG = TrainConfig(epochs=1, lr=1e-2, batch_size=16, patience=0, head_warmup_epochs=0)
-"""One epoch at a large rate, so every LoRA B moves far from its zero init (else the invariant could not fail)."""
-
-
-def _train(datasets, root: Path, backbone, tiny_path: Path, method: str, settings: MethodSettings, max_length=None):
-    options = TrainOptions(
-        method=method,
-        backbone=str(tiny_path),
-        config=ENGINE_CONFIG,
-        settings=settings,
-        max_length=max_length,
-        progress=False,
-    )
-    return train_suite(datasets, root, options, backbone=backbone)
 
 
 @pytest.fixture(scope="module")

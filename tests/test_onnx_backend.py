@@ -16,6 +16,8 @@ import onnx
 import pytest
 import torch
 
+from lora_suites import QK_TASKS, QV_TASKS
+from lora_suites import train_tiny_suite as _train
 from scoreplex.backbone import tiny_bert
 from scoreplex.engine import Engine
 from scoreplex.engine.onnx_backend import (
@@ -29,24 +31,12 @@ from scoreplex.engine.onnx_backend import (
 )
 from scoreplex.errors import BackboneMismatchError, ConfigError, SuiteError, UnknownNameError
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import Backbone, TrainOptions, train_suite
+from scoreplex.pipeline import Backbone
 from scoreplex.suite import Suite, sha256_file
-from scoreplex.training import TrainConfig
 
-QV_TASKS = ("demo-photosynthesis", "demo-argument")
-QK_TASKS = ("demo-food-web", "demo-circuit")
-CONFIG = TrainConfig(epochs=1, lr=1e-2, batch_size=16, patience=0, head_warmup_epochs=0)
-"""One epoch at a large rate, so every LoRA B moves far from its zero init (else equality could not fail)."""
 QK_SETTINGS = MethodSettings(lora_r=2, lora_alpha=8, lora_targets="query,key", head_hidden=8)
 THREADS = 1
 """ONNX Runtime threads per op in tests (the tiny graph gains nothing from more)."""
-
-
-def _train(datasets, root: Path, bb, path: Path, method: str, settings: MethodSettings, max_length=None):
-    options = TrainOptions(
-        method=method, backbone=str(path), config=CONFIG, settings=settings, max_length=max_length, progress=False
-    )
-    return train_suite(datasets, root, options, backbone=bb)
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,14 @@ SHARED_METHODS = ("lora", "head")
 ON_ERROR = ("raise", "row")
 
 
+def check_batching(batch_size: int, max_tokens: int | None) -> None:
+    """Validate an engine's batching options (rows per pass, padded tokens per pass)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}; give a row count >= 1, e.g. 32.")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ConfigError(f"max_tokens={max_tokens!r}; give a token count >= 1 (e.g. 1024) or None.")
+
+
 class Engine:
     """Score mixed-task batches with one shared encoder, per-row LoRA adapters and per-task heads.
 
@@ -67,8 +75,7 @@ class Engine:
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         lora_impl: str = DEFAULT_LORA_IMPL,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size!r}; give a row count >= 1, e.g. 32.")
+        check_batching(batch_size, max_tokens)
         self.suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)  # tasks verify on load
         method = self.suite.method
         if method == "full":
@@ -88,10 +95,7 @@ class Engine:
         self.device = next(self.encoder.parameters()).device
         self.max_length = int(self.suite.manifest["max_length"])
         self.pooling = str(self.suite.manifest["pooling"])
-        self.batch_size = batch_size
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ConfigError(f"max_tokens={max_tokens!r}; give a token count >= 1 (e.g. 1024) or None.")
-        self.max_tokens = max_tokens
+        self.batch_size, self.max_tokens = batch_size, max_tokens
         self.lock = threading.RLock()
         self.lora = MultiLoRA(self.encoder, lora_impl) if method == "lora" else None
         self.store = AdapterStore(

@@ -67,7 +67,7 @@ from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_na
 from scoreplex.pipeline import Backbone
 from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
 
-from .engine import SHARED_METHODS, Engine
+from .engine import SHARED_METHODS, Engine, check_batching
 from .multilora import MultiLoRALinear, gathered_lora, target_module_names
 from .store import AdapterStore, TaskModule
 
@@ -600,8 +600,7 @@ class OnnxEngine(Engine):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size!r}; give a row count >= 1, e.g. 32.")
+        check_batching(batch_size, max_tokens)
         self.suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)  # tasks verify on load
         if self.suite.method not in SHARED_METHODS:
             raise ConfigError(
@@ -638,10 +637,7 @@ class OnnxEngine(Engine):
         self.device = torch.device("cpu")
         self.max_length = int(self.suite.manifest["max_length"])
         self.pooling = str(self.suite.manifest["pooling"])
-        self.batch_size = batch_size
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ConfigError(f"max_tokens={max_tokens!r}; give a token count >= 1 (e.g. 1024) or None.")
-        self.max_tokens = max_tokens
+        self.batch_size, self.max_tokens = batch_size, max_tokens
         self.lock = threading.RLock()
         self.lora = None  # the PyTorch slot tables: unused here
         layers = self.sidecar["lora_layers"]
