@@ -229,3 +229,27 @@ def tiny_bert(tmp_dir: str | os.PathLike[str], *, hidden: int = 32, layers: int 
     )
     BertModel(cfg).save_pretrained(str(out))
     return out
+
+
+def truncated_backbone(name_or_path: str | os.PathLike[str], n_layers: int, out_dir: str | os.PathLike[str]) -> Path:
+    """Write a copy of a backbone keeping only its first ``n_layers`` transformer layers (a smaller student encoder,
+    e.g. 3 of MiniLM's 6 layers) to ``out_dir``; returns the folder, a backbone like any other. Reuses a folder that
+    already holds the same truncation."""
+    out = Path(out_dir)
+    src = resolve_backbone(name_or_path)
+    stamp = {"source": str(src), "source_sha256": backbone_fingerprint(src), "layers": int(n_layers)}
+    if (out / "truncation.json").is_file() and json.loads((out / "truncation.json").read_text()) == stamp:
+        return out
+    encoder, tokenizer = load_encoder(src)
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if layers is None:
+        raise BackboneError(f"cannot truncate {src}: its encoder has no `encoder.layer` list (BERT-style) to cut.")
+    if not 1 <= n_layers <= len(layers):
+        raise BackboneError(f"cannot keep {n_layers} layers of {src}: it has {len(layers)}; choose 1..{len(layers)}.")
+    encoder.encoder.layer = layers[:n_layers]
+    encoder.config.num_hidden_layers = n_layers
+    out.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    (out / "truncation.json").write_text(json.dumps(stamp), encoding="utf-8")
+    return out

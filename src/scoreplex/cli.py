@@ -297,6 +297,87 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
     _table(f"{suite}: {len(rows)} tasks, {s.total_bytes:,} bytes", ["task", "dimensions", "bytes", "val QWK"], rows)
 
 
+@app.command()
+def merge(
+    suite: Annotated[Path, typer.Argument(help="Suite of task models to merge (full fine-tunes or LoRA adapters).")],
+    data: Annotated[Path, typer.Argument(help="Scored responses of every task: features (and head re-fits) use them.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the merged suite (its report goes to OUT/report).")],
+    groups: Annotated[int, typer.Option("--groups", "-k", help="T': number of merged models.")] = 3,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="Merge plan JSON {'groups': [[task, ...], ...]} instead of a search.")
+    ] = None,
+    plan_method: Annotated[
+        str, typer.Option(help="'gw' (exact best partition by GW similarity) or 'clustering' (average linkage).")
+    ] = "gw",
+    balanced: Annotated[
+        bool, typer.Option(help="Group sizes floor(T/T')..ceil(T/T'); --no-balanced allows any size.")
+    ] = True,
+    max_group_size: Annotated[int | None, typer.Option(help="Largest group allowed (e.g. 2 for pairs).")] = None,
+    gw: Annotated[str, typer.Option(help="GW solver: 'exact' or 'entropic' (Sinkhorn).")] = "exact",
+    epsilon: Annotated[float, typer.Option(help="Entropic regularisation (costs scaled to [0, 1]).")] = 0.05,
+    quantize: Annotated[
+        int | None, typer.Option(help="Summarise each task's features by N k-means centroids (faster GW).")
+    ] = None,
+    cap: Annotated[int, typer.Option(help="At most this many responses per task for features (0 = all).")] = 1000,
+    layer: Annotated[int, typer.Option(help="Hidden layer for features (-1 = last).")] = -1,
+    pooling: Annotated[str, typer.Option(help="Feature pooling: cls, mean or pooler.")] = "cls",
+    method: Annotated[str, typer.Option(help="Merge: ties, task_arithmetic or dare_ties.")] = "ties",
+    density: Annotated[float, typer.Option(help="Share of each task vector kept (TIES / DARE).")] = 0.2,
+    scale: Annotated[float, typer.Option(help="lambda: theta_0 + lambda * merged task vector.")] = 1.0,
+    refit: Annotated[bool, typer.Option(help="Re-fit each head on the frozen merged encoder.")] = False,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval", help="Scored responses to compare before/after (e.g. a test file).")
+    ] = None,
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    encoding: EncodingOpt = "utf-8",
+) -> None:
+    """Merge task models GW-SMM style: features -> Gromov-Wasserstein distances -> merge plan -> TIES per group.
+
+    Writes a suite that `scoreplex evaluate/score/info` load like any other (one encoder per group, one head per
+    task) and OUT/report/{report.json, report.md, gw-heatmap.png, before-after.png}.
+    """
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.merging.features import FeatureSettings
+        from scoreplex.merging.gromov import GWSettings
+        from scoreplex.merging.merge import MergeSettings
+        from scoreplex.merging.workflow import MergeJob, run_merge
+        from scoreplex.suite import Suite
+        from scoreplex.workflows import read_dataset
+
+        s = Suite.open(suite)
+        specs = {tid: s.spec(tid) for tid in s.task_ids}
+        cols = _columns(text_col, task_col, None, id_col, label, None)
+        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding)
+        evals = read_dataset(eval_data, columns=cols, specs=specs, encoding=encoding) if eval_data else None
+        job = MergeJob(
+            n_groups=groups,
+            plan_method=plan_method,
+            plan_file=str(plan) if plan else None,
+            max_size=max_group_size,
+            balanced=balanced,
+            features=FeatureSettings(layer=layer, pooling=pooling, cap=cap or None),
+            gw=GWSettings(method=gw, epsilon=epsilon, quantize=quantize),
+            merge=MergeSettings(method=method, density=density, scale=scale),
+            refit=refit,
+        )
+        report = run_merge(suite, datasets, out, job, eval_data=evals)
+    except ScoreplexError as exc:
+        _fail(exc)
+    groups_txt = [[str(i + 1), ", ".join(g)] for i, g in enumerate(report["plan"]["groups"])]
+    _table(f"merged {suite} -> {out}", ["group", "tasks"], groups_txt)
+    st = report["storage"]
+    typer.echo(f"storage {st['before_bytes'] / 1e6:,.1f} MB -> {st['after_bytes'] / 1e6:,.1f} MB ({st['ratio']:.2f}x)")
+    if "evaluation" in report:
+        ev = report["evaluation"]
+        typer.echo(f"mean QWK before {ev['before']['mean_qwk']:.3f}, after {ev['after']['mean_qwk']:.3f}")
+    typer.echo(f"report: {out / 'report' / 'report.md'}")
+
+
 @app.command("export-onnx")
 def export_onnx_cmd(
     suite: Annotated[Path, typer.Argument(help="Suite folder of method lora or head.")],

@@ -186,7 +186,35 @@ class HeadOnly(Method):
         return TaskModel(encoder, head, pooling).eval()
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (FullFineTune(), LoRA(), HeadOnly())}
+class MoEStudentMethod(Method):
+    """A UniMoE-Guided student (:mod:`scoreplex.moe`): the suite's shared module holds the fine-tuned encoder and the
+    MoE block; each task module its task embedding and head. Trained by :func:`scoreplex.moe.train.train_student`
+    for all tasks at once (not per task), so :meth:`build` is not used."""
+
+    name = "moe"
+
+    def build(self, encoder, hidden, spec, settings, pooling):
+        raise SuiteError(
+            "a MoE student is trained on all tasks at once: use scoreplex.moe.train_student (or `scoreplex "
+            "train-student`), not per-task training."
+        )
+
+    def load(self, encoder, hidden, spec, config, state, pooling):
+        from scoreplex.moe.model import MoEBlock, MoEConfig, MoETaskModel
+
+        cfg = MoEConfig(**config["moe"])
+        enc = copy.deepcopy(encoder)
+        self._load_strict(enc, self._split(state, "encoder."), "student encoder weights")
+        moe = MoEBlock(hidden, cfg)
+        self._load_strict(moe, self._split(state, "moe."), "MoE block weights")
+        head = self._head(hidden, spec, cfg.head_hidden, cfg.head_dropout)
+        self._load_strict(head, self._split(state, "head."), "head weights")
+        if "task_embedding" not in state:
+            raise SuiteError(f"task {spec.id!r} has no task embedding in its module; the student suite is incomplete.")
+        return MoETaskModel(enc, moe, state["task_embedding"], head, pooling).eval()
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (FullFineTune(), LoRA(), HeadOnly(), MoEStudentMethod())}
 
 
 def get_method(name: str) -> Method:

@@ -6,6 +6,7 @@ Layout::
       manifest.json                 backbone identity + hash, method, pooling, max_length, tasks, versions, metrics
       tasks/<task id>/task.json     the TaskSpec, the method's module config, training summary
       tasks/<task id>/module.safetensors   the task's tensors (LoRA A/B + head, a head, or a whole encoder + head)
+      shared/<name>.safetensors     tensors several tasks share (a merged group's encoder); optional
 
 Every file is written to a temporary name and renamed into place, and the manifest is rewritten after each task,
 so an interrupted training run leaves a loadable suite of the tasks finished so far. Loading checks each file's
@@ -29,6 +30,7 @@ FORMAT = "scoreplex-suite"
 FORMAT_VERSION = 1
 MODULE_FILE = "module.safetensors"
 TASK_FILE = "task.json"
+SHARED_DIR = "shared"
 
 
 def sha256_file(path: Path) -> str:
@@ -112,9 +114,47 @@ class Suite:
         write_json_atomic(root / "manifest.json", manifest)
         return cls(root, manifest)
 
-    def add_task(self, spec: TaskSpec, tensors: dict, config: dict[str, Any], summary: dict[str, Any]) -> None:
-        """Write one task's module and record it in the manifest (replacing an existing one of the same id)."""
+    def add_shared(self, name: str, tensors: dict, meta: dict[str, Any] | None = None) -> None:
+        """Write a module several tasks share (e.g. one merged encoder per group of merged tasks).
+
+        Tasks name it with ``add_task(..., shared=name)``; :meth:`load_module` then returns the shared tensors together
+        with the task's own, so every loader (scorer, CLI, engine) reads a merged suite like any other.
+        """
         from safetensors.torch import save_file
+
+        if not name or "/" in name or name.startswith("."):
+            raise SuiteError(f"shared module name {name!r} must be a plain file stem such as 'group-0'.")
+        folder = self.root / SHARED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.safetensors"
+        tmp = folder / f".{name}.safetensors.tmp"
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"shared": name})
+        os.replace(tmp, path)
+        self.manifest.setdefault("shared", {})[name] = {
+            "file": f"{SHARED_DIR}/{name}.safetensors",
+            "sha256": sha256_file(path),
+            "bytes": path.stat().st_size,
+            **(meta or {}),
+        }
+        write_json_atomic(self.root / "manifest.json", self.manifest)
+
+    def add_task(
+        self,
+        spec: TaskSpec,
+        tensors: dict,
+        config: dict[str, Any],
+        summary: dict[str, Any],
+        *,
+        shared: str | None = None,
+    ) -> None:
+        """Write one task's module and record it in the manifest (replacing an existing one of the same id).
+
+        ``shared`` names a module written by :meth:`add_shared` that this task's tensors complete.
+        """
+        from safetensors.torch import save_file
+
+        if shared is not None and shared not in self.manifest.get("shared", {}):
+            raise SuiteError(f"task {spec.id!r} refers to shared module {shared!r}, which this suite does not hold.")
 
         folder = self.root / "tasks" / spec.id
         folder.mkdir(parents=True, exist_ok=True)
@@ -131,6 +171,8 @@ class Suite:
             "bytes": sum((folder / n).stat().st_size for n in files),
             "metrics": summary.get("metrics", {}),
         }
+        if shared is not None:
+            self.manifest["tasks"][spec.id]["shared"] = shared
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.root / "manifest.json", self.manifest)
 
@@ -139,11 +181,16 @@ class Suite:
         orphan folder, never a manifest entry without files."""
         import shutil
 
-        self._entry(task_id)
+        shared = self._entry(task_id).get("shared")
         del self.manifest["tasks"][task_id]
+        orphan = shared is not None and not any(e.get("shared") == shared for e in self.manifest["tasks"].values())
+        if orphan:
+            entry = self.manifest["shared"].pop(shared)
         self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json_atomic(self.root / "manifest.json", self.manifest)
         shutil.rmtree(self.root / "tasks" / task_id, ignore_errors=True)
+        if orphan:
+            (self.root / entry["file"]).unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------------------------------------------
     @classmethod
@@ -165,6 +212,8 @@ class Suite:
         if verify:
             for task_id in suite.task_ids:
                 suite.verify_task(task_id)
+            for name in manifest.get("shared", {}):
+                suite.verify_shared(name)
         return suite
 
     @property
@@ -197,6 +246,36 @@ class Suite:
                     "restore it or retrain this task."
                 )
 
+    def verify_shared(self, name: str) -> None:
+        entry = self.manifest.get("shared", {}).get(name)
+        if entry is None:
+            raise SuiteError(f"shared module {name!r} is not in the suite at {self.root}.")
+        f = self.root / entry["file"]
+        if not f.is_file():
+            raise SuiteError(f"shared module {name!r}: {f} is missing; restore the suite folder or redo the merge.")
+        if sha256_file(f) != entry["sha256"]:
+            raise SuiteError(
+                f"shared module {name!r}: {f} does not match its SHA-256 in manifest.json (corrupt or edited); "
+                "restore it or redo the merge."
+            )
+
+    def load_shared(self, name: str, *, verify: bool = True) -> dict:
+        """Tensors of one shared module (the most recently read one is kept in memory)."""
+        from safetensors.torch import load_file
+
+        cached = getattr(self, "_shared_cache", None)
+        if cached is not None and cached[0] == name:
+            return cached[1]
+        if verify:
+            self.verify_shared(name)
+        tensors = load_file(str(self.root / self.manifest["shared"][name]["file"]))
+        self._shared_cache = (name, tensors)
+        return tensors
+
+    def shared_of(self, task_id: str) -> str | None:
+        """The shared module a task's tensors complete, if any."""
+        return self._entry(task_id).get("shared")
+
     def task_info(self, task_id: str) -> dict[str, Any]:
         self._entry(task_id)
         return json.loads((self.root / "tasks" / task_id / TASK_FILE).read_text(encoding="utf-8"))
@@ -205,12 +284,16 @@ class Suite:
         return TaskSpec.from_dict(self.task_info(task_id)["spec"])
 
     def load_module(self, task_id: str, *, verify: bool = True) -> tuple[dict[str, Any], dict]:
-        """``(task_info, tensors)`` of one task, after checking its hashes."""
+        """``(task_info, tensors)`` of one task, after checking its hashes; a task of a merged group gets its group's
+        shared tensors together with its own."""
         from safetensors.torch import load_file
 
         if verify:
             self.verify_task(task_id)
         tensors = load_file(str(self.root / "tasks" / task_id / MODULE_FILE))
+        shared = self.shared_of(task_id)
+        if shared is not None:
+            tensors = {**self.load_shared(shared, verify=verify), **tensors}
         return self.task_info(task_id), tensors
 
     def check_backbone(self, fingerprint: str, name: str = "") -> None:
@@ -223,6 +306,7 @@ class Suite:
             )
 
     def task_bytes(self, task_id: str) -> int:
+        """Bytes of the task's own files (a shared module it uses is counted by :attr:`total_bytes` once)."""
         return int(self._entry(task_id)["bytes"])
 
     @property

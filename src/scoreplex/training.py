@@ -89,14 +89,18 @@ class FitResult:
 
 
 def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: (body | head) x (decay | no decay); ``lr_scale`` carries the head's own learning rate."""
+    """AdamW groups: (body | head) x (decay | no decay); ``lr_scale`` carries the head's own learning rate.
+
+    "Head" parameters are those whose names start with one of ``model.fresh_prefixes`` (default ``("head.",)``):
+    freshly initialised parts that need a larger rate than a pretrained body."""
     head_scale = (config.head_lr or config.lr) / config.lr
+    fresh = tuple(getattr(model, "fresh_prefixes", ("head.",)))
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((name.startswith("head."), no_decay), []).append(p)
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or "norm." in name
+        groups.setdefault((name.startswith(fresh), no_decay), []).append(p)
     return [
         {"params": ps, "weight_decay": 0.0 if nd else config.weight_decay, "lr_scale": head_scale if head else 1.0}
         for (head, nd), ps in sorted(groups.items())

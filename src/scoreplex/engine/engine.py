@@ -7,7 +7,8 @@ give every row its task's adapter slot, run the shared encoder once with those s
 any size side by side). Every row's result equals scoring that row alone with its task (tested against
 :class:`scoreplex.pipeline.SuiteScorer`, the PEFT path).
 
-Serves suites of method ``lora`` (per-task adapters + heads) and ``head`` (heads on the frozen encoder). Suites of
+Serves suites of method ``lora`` (per-task adapters + heads), ``head`` (heads on the frozen encoder) and ``moe`` (a
+UniMoE student: its fine-tuned encoder once, then the MoE block with each row's task embedding). Suites of
 per-task full fine-tunes have one encoder per task, so their rows cannot share a pass: use SuiteScorer for them.
 """
 
@@ -36,7 +37,7 @@ from scoreplex.tasks import TaskSpec
 from .multilora import DEFAULT_LORA_IMPL, MultiLoRA
 from .store import AdapterStore, TaskModule
 
-SHARED_METHODS = ("lora", "head")
+SHARED_METHODS = ("lora", "head", "moe")
 """Suite methods whose tasks share one encoder pass."""
 ON_ERROR = ("raise", "row")
 
@@ -88,9 +89,10 @@ class Engine:
             raise ConfigError(
                 f"the engine serves suites of method {' or '.join(SHARED_METHODS)}; this one is {method!r}."
             )
-        self.bb = self._backbone(backbone, copy_encoder=method == "lora")
+        self.bb = self._backbone(backbone, copy_encoder=method in ("lora", "moe"))
         self.suite.check_backbone(self.bb.info.sha256, self.bb.info.name)
         self.encoder = self.bb.encoder.eval()
+        self.moe = self._load_student() if method == "moe" else None
         self.tokenizer = self.bb.tokenizer
         self.device = next(self.encoder.parameters()).device
         self.max_length = int(self.suite.manifest["max_length"])
@@ -118,6 +120,20 @@ class Engine:
             stored = self.suite.manifest["backbone"]
             name = stored["path"] if Path(stored["path"]).is_dir() else stored["name"]
         return Backbone.load(name)
+
+    def _load_student(self):
+        """A MoE student's shared part: its fine-tuned encoder (loaded into ours) and its MoE block."""
+        from scoreplex.methods import Method
+        from scoreplex.moe.model import MoEBlock, MoEConfig
+        from scoreplex.moe.train import SHARED_NAME
+
+        shared = self.suite.load_shared(SHARED_NAME)
+        Method._load_strict(
+            self.encoder, {k[8:]: v for k, v in shared.items() if k.startswith("encoder.")}, "student encoder weights"
+        )
+        moe = MoEBlock(self.bb.hidden, MoEConfig(**self.suite.manifest["moe"]))
+        Method._load_strict(moe, {k[4:]: v for k, v in shared.items() if k.startswith("moe.")}, "MoE block weights")
+        return moe.eval()
 
     # -- adapters in and out of the slot tables (called by the store, under the lock) --------------------------------
     def _install(self, module: TaskModule) -> None:
@@ -210,6 +226,8 @@ class Engine:
             mask = batch["attention_mask"].to(self.device)  # (B, T)
             row_tasks = [task_ids[i] for i in rows]
             pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks])  # (B, H)
+            if self.moe is not None:  # each row through the MoE block with its own task's embedding
+                pooled, _ = self.moe(pooled, torch.stack([modules[t].task_vec for t in row_tasks]))
             by_task: dict[str, list[int]] = {}
             for p, t in enumerate(row_tasks):
                 by_task.setdefault(t, []).append(p)

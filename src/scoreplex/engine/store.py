@@ -58,6 +58,8 @@ class TaskModule:
     sha256: str
     slot: int = -1
     """Slot in the engine's MultiLoRA tables (-1: none)."""
+    task_vec: torch.Tensor | None = None
+    """A MoE student's task embedding (None for other suites)."""
     key: str = ""
     """Unique name of this loaded instance (``task#n``): a replaced task's old and new modules never share it."""
     pins: int = field(default=0, repr=False)
@@ -281,7 +283,10 @@ class AdapterStore:
                 if bad or not lora:
                     raise SuiteError(f"task.json says lora_r={rank} but the LoRA weights hold {bad or 'none'}")
                 scaling = alpha / rank
-            other = [k for k in tensors if not k.startswith(("head.", "lora."))]
+            task_vec = tensors.get("task_embedding") if method == "moe" else None
+            if method == "moe" and task_vec is None:
+                raise SuiteError("its module has no task embedding (a MoE student task needs one)")
+            other = [k for k in tensors if not k.startswith(("head.", "lora.")) and k != "task_embedding"]
             if other:
                 raise SuiteError(f"its module holds tensors a {method!r} suite does not use: {other[:5]}")
         except ScoreplexError as exc:
@@ -289,7 +294,9 @@ class AdapterStore:
         except (KeyError, TypeError, ValueError) as exc:
             raise SuiteError(f"task {task_id!r}: task.json or the module is incomplete ({exc!r}).") from exc
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        return TaskModule(task_id, spec, dict(config), head, lora, scaling, rank, nbytes, 0.0, "")
+        module = TaskModule(task_id, spec, dict(config), head, lora, scaling, rank, nbytes, 0.0, "")
+        module.task_vec = task_vec
+        return module
 
     # -- changing the suite while serving ----------------------------------------------------------------------------
     def add(

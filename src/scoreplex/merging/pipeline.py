@@ -1,0 +1,303 @@
+"""From a suite of task models and a merge plan to a merged suite, and plans evaluated side by side.
+
+A merged full-fine-tune suite stores one encoder per group (``shared/group-<g>.safetensors``) and per task only its
+head; a merged LoRA suite one adapter per group. Both load through :class:`~scoreplex.pipeline.SuiteScorer`, the
+CLI and (LoRA) the inference engine like any other suite. Optionally each task's head is re-fitted on the frozen
+merged encoder (the authors' notebooks did this; the paper does not say so), selected on the validation split.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scoreplex.data.dataset import TaskData
+from scoreplex.errors import ConfigError, SuiteError
+from scoreplex.merging.merge import MergeSettings, merge_lora, merge_state_dicts
+from scoreplex.merging.plan import MergePlan
+from scoreplex.methods import MethodSettings, TaskModel, get_method
+from scoreplex.metrics import evaluate_task
+from scoreplex.suite import Suite, write_json_atomic
+from scoreplex.training import TrainConfig
+
+MERGEABLE = ("full", "lora")
+REFIT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
+"""Head re-fit on frozen merged features: what scoreplex uses for head-only training."""
+
+
+def _split(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@dataclass
+class MergedGroup:
+    """One group's merged encoder part: full encoder tensors, or a LoRA adapter with its config."""
+
+    members: list[str]
+    tensors: dict[str, torch.Tensor]
+    """Prefixed as in a task module: ``encoder.*`` or ``lora.*``."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Config entries a member's task.json needs (LoRA rank / alpha / targets)."""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class GroupMerger:
+    """Merges groups of one source suite's task models against the suite's pretrained backbone."""
+
+    def __init__(self, scorer, settings: MergeSettings = MergeSettings()) -> None:
+        self.scorer = scorer
+        self.suite: Suite = scorer.suite
+        if self.suite.method not in MERGEABLE:
+            raise SuiteError(
+                f"the suite at {self.suite.root} is a {self.suite.method!r} suite; merging needs task encoders "
+                f"({' or '.join(MERGEABLE)} suites). A head-only suite already shares one encoder."
+            )
+        self.settings = settings
+        self._base = {k: v.detach().clone() for k, v in scorer.bb.encoder.state_dict().items()}
+
+    def merge(self, members: list[str]) -> MergedGroup:
+        t0 = time.perf_counter()
+        modules = [self.suite.load_module(t) for t in members]
+        if self.suite.method == "full":
+            states = [_split(tensors, "encoder.") for _, tensors in modules]
+            merged = merge_state_dicts(self._base, states, self.settings)
+            group = MergedGroup(members, {f"encoder.{k}": v for k, v in merged.items()})
+        else:
+            adapters = []
+            for info, tensors in modules:
+                cfg = info["config"]
+                adapters.append((_split(tensors, "lora."), cfg["lora_alpha"] / cfg["lora_r"]))
+            targets = {tuple(info["config"]["lora_targets"]) for info, _ in modules}
+            if len(targets) > 1:
+                raise SuiteError(
+                    f"tasks {members} adapt different modules {sorted(targets)}; they cannot share one adapter."
+                )
+            state, r, err = merge_lora(adapters, self.settings)
+            group = MergedGroup(
+                members,
+                {f"lora.{k}": v for k, v in state.items()},
+                {"lora_r": r, "lora_alpha": r, "lora_targets": list(targets.pop())},
+                {"svd_relative_error": err},
+            )
+        group.info["seconds"] = round(time.perf_counter() - t0, 3)
+        return group
+
+    def task_model(self, group: MergedGroup, task_id: str, head_state: Mapping[str, torch.Tensor] | None = None):
+        """A scoring model of ``task_id`` on its group's merged encoder, with its own head (or ``head_state``)."""
+        info, tensors = self.suite.load_module(task_id)
+        config = {**info["config"], **group.config}
+        state = {**group.tensors, **{k: v for k, v in tensors.items() if k.startswith("head.")}}
+        if head_state is not None:
+            state.update({f"head.{k}": v for k, v in head_state.items()})
+        spec = self.suite.spec(task_id)
+        method = get_method(self.suite.method)
+        return method.load(self.scorer.bb.encoder, self.scorer.bb.hidden, spec, config, state, self.scorer.pooling)
+
+
+def refit_head(
+    model: TaskModel,
+    tokenizer,
+    train: TaskData,
+    val: TaskData,
+    max_length: int,
+    config: TrainConfig = REFIT_CONFIG,
+    *,
+    progress: bool = False,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train a fresh head on the frozen merged encoder's features; returns its state and validation metrics."""
+    from scoreplex.pipeline import Backbone, train_task
+
+    enc = model.encoder
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    bb = Backbone(enc, tokenizer, None)
+    settings = MethodSettings(head_hidden=_head_hidden(model.head), head_dropout=_head_dropout(model.head))
+    # train_task builds a head-only model on bb.encoder's (the merged encoder's) pooled features
+    new_model, _, val_metrics = train_task(
+        bb,
+        train,
+        val,
+        method="head",
+        pooling=model.pooling,
+        max_length=max_length,
+        config=config,
+        settings=settings,
+        progress=progress,
+    )
+    return {k: v.detach().clone() for k, v in new_model.head.state_dict().items()}, val_metrics
+
+
+def _head_hidden(head) -> int:
+    linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
+    return linears[0].out_features if len(linears) > 1 else 0
+
+
+def _head_dropout(head) -> float:
+    drops = [m for m in head.net if isinstance(m, torch.nn.Dropout)]
+    return float(drops[0].p) if drops else 0.1
+
+
+def merge_suite(
+    scorer,
+    plan: MergePlan,
+    out_dir: str | os.PathLike[str],
+    settings: MergeSettings = MergeSettings(),
+    *,
+    refit: tuple[Mapping[str, TaskData], Mapping[str, TaskData]] | None = None,
+    refit_config: TrainConfig = REFIT_CONFIG,
+    extra_manifest: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Suite:
+    """Write the merged suite of ``plan`` to ``out_dir``; ``refit=(train_sets, val_sets)`` re-fits every head."""
+    from scoreplex.progress import progress_bar
+
+    source: Suite = scorer.suite
+    plan.validate(source.task_ids, where=f"plan {plan.name!r}")
+    out = Path(out_dir)
+    if (out / "manifest.json").is_file():
+        raise ConfigError(f"{out} already holds a suite; choose a new folder for the merged suite or delete it.")
+    if refit is not None:
+        missing = [t for t in source.task_ids if t not in refit[0] or t not in refit[1]]
+        if missing:
+            raise ConfigError(f"head re-fit needs training and validation responses for every task; missing {missing}.")
+    merger = GroupMerger(scorer, settings)
+    m = source.manifest
+    suite = Suite.create(
+        out,
+        method=source.method,
+        backbone=m["backbone"],
+        pooling=m["pooling"],
+        max_length=int(m["max_length"]),
+        exist_ok=False,
+    )
+    groups_info = []
+    with progress_bar(progress) as bar:
+        job = bar.add_task(f"merging ({plan.name})", total=len(source.task_ids))
+        for g, members in enumerate(plan.groups):
+            group = merger.merge(members)
+            name = f"group-{g}"
+            suite.add_shared(name, group.tensors, {"tasks": members, **group.info})
+            groups_info.append({"name": name, "tasks": members, **group.info})
+            for task_id in members:
+                info, tensors = source.load_module(task_id)
+                head = _split(tensors, "head.")
+                summary = {
+                    "source": str(source.root),
+                    "group": name,
+                    "source_metrics": m["tasks"][task_id].get("metrics"),
+                }
+                if refit is not None:
+                    model = merger.task_model(group, task_id)
+                    head, val_metrics = refit_head(
+                        model,
+                        scorer.bb.tokenizer,
+                        refit[0][task_id],
+                        refit[1][task_id],
+                        int(m["max_length"]),
+                        refit_config,
+                    )
+                    summary["metrics"] = {"validation": val_metrics}
+                    summary["head_refit"] = refit_config.to_dict()
+                suite.add_task(
+                    source.spec(task_id),
+                    {f"head.{k}": v for k, v in head.items()},
+                    {**info["config"], **group.config},
+                    summary,
+                    shared=name,
+                )
+                bar.update(job, advance=1)
+    suite.manifest["merge"] = {
+        "plan": plan.to_dict(),
+        "settings": asdict(settings),
+        "source": str(source.root),
+        "source_bytes": source.total_bytes,
+        "head_refit": refit is not None,
+        "groups": groups_info,
+        **(extra_manifest or {}),
+    }
+    write_json_atomic(out / "manifest.json", suite.manifest)
+    return suite
+
+
+class PlanEvaluator:
+    """Evaluates many plans on the same data, merging and scoring each distinct group once (cached by members)."""
+
+    def __init__(
+        self,
+        scorer,
+        eval_sets: Mapping[str, TaskData],
+        settings: MergeSettings = MergeSettings(),
+        *,
+        refit: tuple[Mapping[str, TaskData], Mapping[str, TaskData]] | None = None,
+        refit_config: TrainConfig = REFIT_CONFIG,
+    ) -> None:
+        self.merger = GroupMerger(scorer, settings)
+        self.scorer = scorer
+        self.eval_sets = eval_sets
+        self.refit = refit
+        self.refit_config = refit_config
+        self._cache: dict[tuple[frozenset, str, bool], np.ndarray] = {}
+
+    def _predict(self, model, task_id: str) -> np.ndarray:
+        from scoreplex.encoding import encode_texts
+        from scoreplex.scoring import decode, predict_logits
+
+        data = self.eval_sets[task_id]
+        enc = encode_texts(self.scorer.bb.tokenizer, data.texts, self.scorer.max_length)
+        return decode(data.spec, data.ids, predict_logits(model, enc)).labels
+
+    def predictions(self, members: list[str], refit: bool = False) -> dict[str, np.ndarray]:
+        key = frozenset(members)
+        todo = [t for t in members if (key, t, refit) not in self._cache]
+        if todo:
+            if len(members) == 1 and not refit:
+                group_model = {t: self.scorer.model(t) for t in todo}  # unmerged
+            else:
+                group = self.merger.merge(members)
+                group_model = {}
+                for t in todo:
+                    model = self.merger.task_model(group, t)
+                    if refit:
+                        if self.refit is None:
+                            raise ConfigError("refit=True needs the evaluator built with refit=(train_sets, val_sets).")
+                        head, _ = refit_head(
+                            model,
+                            self.scorer.bb.tokenizer,
+                            self.refit[0][t],
+                            self.refit[1][t],
+                            self.scorer.max_length,
+                            self.refit_config,
+                        )
+                        model = self.merger.task_model(group, t, head)
+                    group_model[t] = model
+            for t in todo:
+                self._cache[(key, t, refit)] = self._predict(group_model[t], t)
+        return {t: self._cache[(key, t, refit)] for t in members}
+
+    def evaluate(self, plan: MergePlan, *, refit: bool = False) -> dict[str, Any]:
+        """Per-task metrics of ``plan`` on the evaluation data, and their mean QWK."""
+        plan.validate(list(self.eval_sets), where=f"plan {plan.name!r}")
+        per_task = {}
+        for members in plan.groups:
+            preds = self.predictions(members, refit)
+            for t in members:
+                data = self.eval_sets[t]
+                per_task[t] = evaluate_task(data.spec, data.labels, preds[t])
+        ordered = {t: per_task[t] for t in self.eval_sets}
+        return {
+            "plan": plan.to_dict(),
+            "refit": refit,
+            "tasks": ordered,
+            "mean_qwk": float(np.mean([v["qwk"] for v in ordered.values()])),
+        }
+
+
+def unmerged_plan(task_ids: list[str]) -> MergePlan:
+    return MergePlan(name="unmerged", groups=[[t] for t in task_ids], source="no merging")

@@ -1,0 +1,137 @@
+"""One call from a suite of task models to a merged suite plus a report: what ``scoreplex merge`` runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scoreplex.data.dataset import TaskData
+from scoreplex.errors import ConfigError
+from scoreplex.merging.features import FeatureSettings, suite_features
+from scoreplex.merging.gromov import GWSettings, gw_matrix
+from scoreplex.merging.merge import MergeSettings
+from scoreplex.merging.pipeline import PlanEvaluator, merge_suite, unmerged_plan
+from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score
+from scoreplex.suite import write_json_atomic
+
+PLAN_METHODS = ("gw", "clustering")
+
+
+@dataclass
+class MergeJob:
+    """Settings of one merge run."""
+
+    n_groups: int = 3
+    plan_method: str = "gw"
+    plan_file: str | None = None
+    """A plan JSON (an expert's or an LLM's); overrides ``plan_method``."""
+    min_size: int | None = None
+    max_size: int | None = None
+    balanced: bool = True
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    gw: GWSettings = field(default_factory=GWSettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
+    refit: bool = False
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.plan_method not in PLAN_METHODS:
+            from scoreplex.errors import unknown_name
+
+            raise unknown_name("plan method", self.plan_method, PLAN_METHODS)
+
+
+def run_merge(
+    suite_dir: str | os.PathLike[str],
+    data: Mapping[str, TaskData],
+    out_dir: str | os.PathLike[str],
+    job: MergeJob = MergeJob(),
+    *,
+    eval_data: Mapping[str, TaskData] | None = None,
+    backbone: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Features -> GW distances -> plan -> merged suite in ``out_dir`` (+ ``out_dir/report``: JSON, markdown, plots).
+
+    ``data`` holds each task's scored responses: features come from them, and a head re-fit trains on them (a
+    seeded ``val_fraction`` split selects the epoch). ``eval_data``, when given, scores the suite before and after.
+    """
+    from scoreplex.data.splits import train_val_split
+    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.reports.merging import plot_before_after, plot_gw_heatmap, task_table
+
+    scorer = SuiteScorer(suite_dir, backbone)
+    ids = scorer.suite.task_ids
+    missing = [t for t in ids if t not in data]
+    if missing:
+        raise ConfigError(
+            f"the data has no responses for suite tasks {missing}; every task model needs its own task's responses "
+            "for its features."
+        )
+    data = {t: data[t] for t in ids}
+    out = Path(out_dir)
+    report_dir = out / "report"
+    t0 = time.perf_counter()
+    splits = {t: train_val_split(d, val_fraction=job.val_fraction, seed=job.seed) for t, d in data.items()}
+    feats = suite_features(
+        scorer, data, job.features, cache_dir=out.parent / f".{out.name}-features", progress=progress
+    )
+    matrix = gw_matrix(feats, job.gw, progress=progress)
+    sim = matrix.similarity()
+    if job.plan_file:
+        plan = MergePlan.from_file(job.plan_file, ids)
+    elif job.plan_method == "gw":
+        plan = optimal_plan(sim, ids, job.n_groups, min_size=job.min_size, max_size=job.max_size, balanced=job.balanced)
+    else:
+        plan = clustering_plan(matrix.distances, ids, job.n_groups)
+    plan.extra["gw_objective"] = plan_score(plan, sim, ids)
+    refit = ({t: s[0] for t, s in splits.items()}, {t: s[1] for t, s in splits.items()}) if job.refit else None
+    merged = merge_suite(scorer, plan, out, job.merge, refit=refit, progress=progress)
+    report: dict[str, Any] = {
+        "suite": str(suite_dir),
+        "merged_suite": str(out),
+        "job": {**asdict(job), "features": asdict(job.features), "gw": asdict(job.gw), "merge": asdict(job.merge)},
+        "plan": plan.to_dict(),
+        "gw": matrix.to_dict(),
+        "storage": {"before_bytes": scorer.suite.total_bytes, "after_bytes": merged.total_bytes},
+    }
+    report["storage"]["ratio"] = report["storage"]["before_bytes"] / report["storage"]["after_bytes"]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    plot_gw_heatmap(matrix.distances, ids, plan.groups, report_dir / "gw-heatmap.png")
+    md = [
+        f"# Merge report: {scorer.suite.root} -> {out}",
+        "",
+        f"Plan ({plan.source or plan.name}): " + " | ".join(", ".join(g) for g in plan.groups),
+        "",
+        f"GW ({job.gw.method}) over {len(ids)} tasks in {matrix.seconds:.1f} s; storage "
+        f"{report['storage']['before_bytes'] / 1e6:,.1f} MB -> {report['storage']['after_bytes'] / 1e6:,.1f} MB "
+        f"({report['storage']['ratio']:.2f}x smaller).",
+        "",
+        "![GW distances](gw-heatmap.png)",
+    ]
+    if eval_data is not None:
+        evaluator = PlanEvaluator(scorer, {t: eval_data[t] for t in ids if t in eval_data}, job.merge)
+        if len(evaluator.eval_sets) != len(ids):
+            raise ConfigError(f"the evaluation data lacks tasks {sorted(set(ids) - set(eval_data))}.")
+        before = evaluator.evaluate(unmerged_plan(ids))
+        after_scorer = SuiteScorer(out, backbone)
+        from scoreplex.pipeline import evaluate_suite
+
+        after = evaluate_suite(after_scorer, evaluator.eval_sets, progress=progress)
+        report["evaluation"] = {"before": before, "after": after}
+        results = {"before": before, "after": after}
+        plot_before_after(
+            {k: {t: v["tasks"][t]["qwk"] for t in ids} for k, v in results.items()},
+            ids,
+            report_dir / "before-after.png",
+        )
+        md += ["", "## Before / after (QWK)", "", task_table(results, ids), "", "![before/after](before-after.png)"]
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json_atomic(report_dir / "report.json", report)
+    (report_dir / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,1 @@
+"""Tables and plots for reports (markdown + PNG), shared by the CLI and the benchmarks."""
