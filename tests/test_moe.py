@@ -247,3 +247,33 @@ def test_truncated_backbone(tiny_backbone_path, tmp_path):
     assert (out / "truncation.json").stat().st_mtime_ns == stamp  # reused
     with pytest.raises(BackboneError, match="choose 1..2"):
         truncated_backbone(tiny_backbone_path, 5, tmp_path / "bad")
+
+
+def test_distill_and_adapt_commands(teachers_suite, demo_files, demo_datasets, tiny_backbone_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+    from scoreplex.data.dataset import TaskData
+    from scoreplex.moe.workflow import run_adapt
+    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.suite import Suite
+    from scoreplex.tasks import TaskSpec
+
+    out = tmp_path / "student"
+    args = ["distill", str(teachers_suite.root), str(demo_files["train"]), str(out), "--layers", "1",
+            "--backbone", str(tiny_backbone_path), "--epochs", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    suite = Suite.open(out)
+    assert suite.method == "moe" and set(suite.task_ids) == set(demo_datasets)
+    assert Suite.open(out).manifest["backbone"]["num_layers"] == 1
+    shared_before = (out / "shared" / "student.safetensors").read_bytes()
+    src = demo_datasets["demo-circuit"]
+    spec = TaskSpec.from_dict({**src.spec.to_dict(), "id": "demo-circuit-2"})
+    added = run_adapt(out, {spec.id: TaskData(spec, src.ids, src.texts, src.labels)}, progress=False)
+    assert added[spec.id]["new_parameters"] > 0
+    assert (out / "shared" / "student.safetensors").read_bytes() == shared_before  # nothing shared changed
+    scorer = SuiteScorer(out)
+    assert scorer.predict(spec.id, src.texts[:4]).labels.shape == (4, 2)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "already holds a suite" in again.output

@@ -378,6 +378,98 @@ def merge(
     typer.echo(f"report: {out / 'report' / 'report.md'}")
 
 
+@app.command()
+def distill(
+    teachers: Annotated[Path, typer.Argument(help="Suite of per-task teacher models (e.g. full fine-tunes).")],
+    data: Annotated[Path, typer.Argument(help="Scored responses of the tasks the student learns.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the student suite.")],
+    layers: Annotated[int, typer.Option(help="Keep the student backbone's first N layers (0 = all).")] = 3,
+    student_backbone: BackboneOpt = "minilm",
+    experts: Annotated[int, typer.Option(help="Experts per MoE layer.")] = 4,
+    moe_layers: Annotated[int, typer.Option(help="MoE layers (0 = plain multi-task student).")] = 2,
+    top_k: Annotated[
+        int | None, typer.Option(help="Route each row to its top-k experts (default: dense softmax).")
+    ] = None,
+    kd_weight: Annotated[float, typer.Option(help="Weight of the distillation loss (0 = none).")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 3.0,
+    balance_weight: Annotated[float, typer.Option(help="Weight of the load-balance loss.")] = 0.01,
+    epochs: Annotated[int, typer.Option(help="Training epochs (early stopping on validation mean QWK).")] = 3,
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    encoding: EncodingOpt = "utf-8",
+) -> None:
+    """Distil per-task teachers into ONE multi-task mixture-of-experts student (UniMoE-Guided).
+
+    The student (a shared encoder, a gated MoE block, a task embedding + head per task) is a suite that
+    `scoreplex evaluate/score` and the inference engine load like any other; `scoreplex adapt` adds tasks to it.
+    """
+    from dataclasses import replace
+
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.moe.model import MoEConfig
+        from scoreplex.moe.train import StudentObjective
+        from scoreplex.moe.workflow import STUDENT_CONFIG, run_distill
+        from scoreplex.suite import Suite
+        from scoreplex.workflows import read_dataset
+
+        s = Suite.open(teachers)
+        specs = {tid: s.spec(tid) for tid in s.task_ids}
+        datasets = read_dataset(
+            data, columns=_columns(text_col, task_col, None, id_col, label, None), specs=specs, encoding=encoding
+        )
+        res = run_distill(
+            teachers,
+            datasets,
+            out,
+            student_backbone=student_backbone,
+            layers=layers or None,
+            moe=MoEConfig(n_layers=moe_layers, n_experts=experts, top_k=top_k),
+            objective=StudentObjective(kd_weight=kd_weight, temperature=temperature, balance_weight=balance_weight),
+            config=replace(STUDENT_CONFIG, epochs=epochs),
+        )
+    except ScoreplexError as exc:
+        _fail(exc)
+    val = res["validation"]
+    rows = [[t, f"{m['qwk']:.3f}"] for t, m in val["tasks"].items()]
+    _table(f"student {out}: validation mean QWK {val['mean_qwk']:.3f}", ["task", "QWK"], rows)
+    typer.echo(f"student {res['bytes'] / 1e6:,.1f} MB vs teachers {res['teacher_bytes'] / 1e6:,.1f} MB")
+
+
+@app.command()
+def adapt(
+    student: Annotated[Path, typer.Argument(help="A student suite made by `scoreplex distill`.")],
+    data: Annotated[Path, typer.Argument(help="Scored responses of the NEW tasks.")],
+    tasks: TasksOpt = None,
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    task_id: TaskId = None,
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    encoding: EncodingOpt = "utf-8",
+) -> None:
+    """Add new tasks to a student: only a task embedding and a head are trained and stored per task."""
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.moe.workflow import run_adapt
+        from scoreplex.workflows import read_dataset
+
+        cols = _columns(text_col, task_col, task_id, id_col, label, None)
+        datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
+        res = run_adapt(student, datasets)
+    except ScoreplexError as exc:
+        _fail(exc)
+    rows = [
+        [t, f"{r['val_metrics']['qwk']:.3f}", f"{r['new_parameters']:,}", f"{r['new_fraction'] * 100:.3f}%"]
+        for t, r in res.items()
+    ]
+    _table(f"added to {student}", ["task", "val QWK", "new parameters", "of the student"], rows)
+
+
 @app.command("export-onnx")
 def export_onnx_cmd(
     suite: Annotated[Path, typer.Argument(help="Suite folder of method lora or head.")],

@@ -36,9 +36,12 @@ class GWSettings:
     epsilon: float = 0.05
     """Entropic regularisation (on costs scaled to [0, 1]); below 5e-2 Sinkhorn often fails on clustered features."""
     max_iter: int = 200
-    tol: float = 1e-7
+    tol: float = 1e-5
+    """Relative change of the GW objective (exact) / of the plan (entropic) at which the solver stops."""
     quantize: int | None = None
     """Summarise each feature set by this many k-means centroids weighted by cluster mass (None: every point)."""
+    subsample: int | None = None
+    """Or keep a seeded uniform subsample of this many points (None: every point)."""
     retries: int = 3
     seed: int = 0
 
@@ -49,6 +52,10 @@ class GWSettings:
             raise ConfigError(f"GW epsilon={self.epsilon}; it must be > 0 (5e-2 is a safe start).")
         if self.quantize is not None and self.quantize < 2:
             raise ConfigError(f"GW quantize={self.quantize}; give at least 2 centroids, or None for every point.")
+        if self.subsample is not None and self.subsample < 2:
+            raise ConfigError(f"GW subsample={self.subsample}; give at least 2 points, or None for every point.")
+        if self.subsample is not None and self.quantize is not None:
+            raise ConfigError("GW: choose quantize or subsample, not both.")
 
 
 @dataclass
@@ -73,9 +80,15 @@ def cost_matrix(points: np.ndarray) -> np.ndarray:
     return c / top if top > 0 else c
 
 
-def summarise(points: np.ndarray, m: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(support, weights)``: the points with uniform weights, or ``m`` k-means centroids with their masses."""
+def summarise(
+    points: np.ndarray, m: int | None, seed: int, subsample: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(support, weights)``: the points with uniform weights, ``m`` k-means centroids with their masses, or a seeded
+    uniform ``subsample`` of the points."""
     n = len(points)
+    if subsample is not None and n > subsample:
+        keep = np.sort(np.random.default_rng(seed).choice(n, subsample, replace=False))
+        return np.asarray(points[keep], dtype=np.float64), np.full(subsample, 1.0 / subsample)
     if m is None or n <= m:
         return np.asarray(points, dtype=np.float64), np.full(n, 1.0 / n)
     from sklearn.cluster import KMeans
@@ -129,8 +142,8 @@ def gw_distance(x: np.ndarray, y: np.ndarray, settings: GWSettings = GWSettings(
     if len(x) < 2 or len(y) < 2:
         raise ConfigError(f"GW needs at least 2 responses per task; got {len(x)} and {len(y)}.")
     t0 = time.perf_counter()
-    sx, px = summarise(x, settings.quantize, settings.seed)
-    sy, py = summarise(y, settings.quantize, settings.seed)
+    sx, px = summarise(x, settings.quantize, settings.seed, settings.subsample)
+    sy, py = summarise(y, settings.quantize, settings.seed, settings.subsample)
     c1, c2 = cost_matrix(sx), cost_matrix(sy)
     epsilon = settings.epsilon
     notes: list[str] = []
