@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench-asap bench-engine clean
+.PHONY: install demo test lint format bench-asap bench-engine bench-merge bench-moe clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-
 
 bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs bench-asap's suites; ~10 min on 2 cores)
 	$(BIN)/python benchmarks/engine.py --suite runs/asap-sas/lora --full-suite runs/asap-sas/full --out docs/results
+
+bench-merge: $(STAMP)  ## GW-SMM merge plans on ASAP-SAS (needs bench-asap's full suite; ~40 min on 2 cores, resumable)
+	$(BIN)/python benchmarks/gw_merging.py --suite runs/asap-sas/full --out docs/results
+
+bench-moe: $(STAMP)  ## UniMoE student vs per-task students, adaptation (needs bench-asap's full suite; ~1 h, resumable)
+	$(BIN)/python benchmarks/moe.py --teachers runs/asap-sas/full --out docs/results
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

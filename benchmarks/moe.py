@@ -21,6 +21,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,10 @@ from scoreplex.moe import (
     save_student,
     train_student,
 )
+from scoreplex.moe.workflow import STUDENT_CONFIG as DEFAULT_STUDENT_CONFIG
 from scoreplex.pipeline import Backbone, SuiteScorer, TrainOptions, default_config, evaluate_suite, train_suite
 from scoreplex.scoring import decode, predict_logits
 from scoreplex.suite import Suite, write_json_atomic
-from scoreplex.training import TrainConfig
 
 HELD_OUT = ("asap-6", "asap-9")
 WHY_HELD_OUT = (
@@ -55,7 +56,7 @@ WHY_HELD_OUT = (
 )
 STUDENT_LAYERS = 3
 EPOCHS = 3
-STUDENT_CONFIG = TrainConfig(epochs=EPOCHS, lr=1e-4, head_lr=1e-3, batch_size=32, patience=2)
+STUDENT_CONFIG = replace(DEFAULT_STUDENT_CONFIG, epochs=EPOCHS)
 PER_TASK_CONFIG = default_config("full", epochs=EPOCHS)
 FRACTIONS = (0.1, 0.25, 1.0)
 

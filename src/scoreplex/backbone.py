@@ -235,7 +235,7 @@ def truncated_backbone(name_or_path: str | os.PathLike[str], n_layers: int, out_
     """Write a copy of a backbone keeping only its first ``n_layers`` transformer layers (a smaller student encoder,
     e.g. 3 of MiniLM's 6 layers) to ``out_dir``; returns the folder, a backbone like any other. Reuses a folder that
     already holds the same truncation."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # absolute: suites record this path
     src = resolve_backbone(name_or_path)
     stamp = {"source": str(src), "source_sha256": backbone_fingerprint(src), "layers": int(n_layers)}
     if (out / "truncation.json").is_file() and json.loads((out / "truncation.json").read_text()) == stamp:

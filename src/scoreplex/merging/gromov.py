@@ -137,18 +137,31 @@ def _solve(c1, c2, p, q, settings: GWSettings, epsilon: float) -> tuple[float, i
     return float(log["gw_dist"]), n_iter, converged, notes
 
 
-def gw_distance(x: np.ndarray, y: np.ndarray, settings: GWSettings = GWSettings()) -> GWResult:
+@dataclass
+class Prepared:
+    """One feature set ready for GW: its support, weights and normalised cost matrix (computed once per task)."""
+
+    support: np.ndarray
+    weights: np.ndarray
+    cost: np.ndarray
+
+
+def prepare(points: np.ndarray, settings: GWSettings = GWSettings()) -> Prepared:
+    if len(points) < 2:
+        raise ConfigError(f"GW needs at least 2 responses per task; got {len(points)}.")
+    support, weights = summarise(points, settings.quantize, settings.seed, settings.subsample)
+    return Prepared(support, weights, cost_matrix(support))
+
+
+def gw_distance(x: np.ndarray | Prepared, y: np.ndarray | Prepared, settings: GWSettings = GWSettings()) -> GWResult:
     """GW distance between two feature sets (rows = responses), checked for NaN, sign and convergence."""
-    if len(x) < 2 or len(y) < 2:
-        raise ConfigError(f"GW needs at least 2 responses per task; got {len(x)} and {len(y)}.")
     t0 = time.perf_counter()
-    sx, px = summarise(x, settings.quantize, settings.seed, settings.subsample)
-    sy, py = summarise(y, settings.quantize, settings.seed, settings.subsample)
-    c1, c2 = cost_matrix(sx), cost_matrix(sy)
+    px = x if isinstance(x, Prepared) else prepare(x, settings)
+    py = y if isinstance(y, Prepared) else prepare(y, settings)
     epsilon = settings.epsilon
     notes: list[str] = []
     for attempt in range(settings.retries + 1):
-        d, n_iter, converged, msgs = _solve(c1, c2, px, py, settings, epsilon)
+        d, n_iter, converged, msgs = _solve(px.cost, py.cost, px.weights, py.weights, settings, epsilon)
         notes += msgs
         bad = not np.isfinite(d) or d < -NEGATIVE_TOLERANCE
         if not bad and (converged or settings.method == "exact"):
@@ -164,9 +177,8 @@ def gw_distance(x: np.ndarray, y: np.ndarray, settings: GWSettings = GWSettings(
             )
         if settings.method == "exact":
             break
-        notes.append(
-            f"epsilon {epsilon:g}: {'value ' + str(d) if bad else 'not converged'}; retrying with {2 * epsilon:g}"
-        )
+        why = "value " + str(d) if bad else "not converged"
+        notes.append(f"epsilon {epsilon:g}: {why}; retrying with {2 * epsilon:g}")
         epsilon *= 2
     raise GromovError(
         f"the {settings.method} GW solve gave {d!r} (converged={converged}) after {settings.retries} retries "
@@ -229,9 +241,10 @@ def gw_matrix(
     try:
         with progress_bar(progress) as bar:
             job = bar.add_task(f"GW distances ({settings.method})", total=t * (t - 1) // 2)
+            ready = {k: prepare(features[k], settings) for k in ids}  # summaries and cost matrices once per task
             for i in range(t):
                 for j in range(i + 1, t):
-                    r = gw_distance(features[ids[i]], features[ids[j]], settings)
+                    r = gw_distance(ready[ids[i]], ready[ids[j]], settings)
                     dist[i, j] = dist[j, i] = r.distance
                     pairs.append({"a": ids[i], "b": ids[j], **asdict(r)})
                     bar.update(job, advance=1)

@@ -21,7 +21,7 @@ from scoreplex.moe.train import (
 )
 from scoreplex.training import TrainConfig
 
-STUDENT_CONFIG = TrainConfig(epochs=3, lr=1e-4, head_lr=1e-3, batch_size=32, patience=2)
+STUDENT_CONFIG = TrainConfig(epochs=3, lr=5e-5, head_lr=1e-3, batch_size=32, patience=2)
 ADAPT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
 
 
