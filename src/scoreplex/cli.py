@@ -313,11 +313,11 @@ def merge(
         bool, typer.Option(help="Group sizes floor(T/T')..ceil(T/T'); --no-balanced allows any size.")
     ] = True,
     max_group_size: Annotated[int | None, typer.Option(help="Largest group allowed (e.g. 2 for pairs).")] = None,
-    gw: Annotated[str, typer.Option(help="GW solver: 'exact' or 'entropic' (Sinkhorn).")] = "exact",
+    gw: Annotated[str, typer.Option(help="GW solver: 'entropic' (Sinkhorn, the paper's) or 'exact'.")] = "entropic",
     epsilon: Annotated[float, typer.Option(help="Entropic regularisation (costs scaled to [0, 1]).")] = 0.05,
     quantize: Annotated[
-        int | None, typer.Option(help="Summarise each task's features by N k-means centroids (faster GW).")
-    ] = None,
+        int, typer.Option(help="Summarise each task's features by N k-means centroids weighted by mass (0 = off).")
+    ] = 400,
     cap: Annotated[int, typer.Option(help="At most this many responses per task for features (0 = all).")] = 1000,
     layer: Annotated[int, typer.Option(help="Hidden layer for features (-1 = last).")] = -1,
     pooling: Annotated[str, typer.Option(help="Feature pooling: cls, mean or pooler.")] = "cls",
@@ -361,7 +361,7 @@ def merge(
             max_size=max_group_size,
             balanced=balanced,
             features=FeatureSettings(layer=layer, pooling=pooling, cap=cap or None),
-            gw=GWSettings(method=gw, epsilon=epsilon, quantize=quantize),
+            gw=GWSettings(method=gw, epsilon=epsilon, quantize=quantize or None),
             merge=MergeSettings(method=method, density=density, scale=scale),
             refit=refit,
         )

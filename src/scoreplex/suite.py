@@ -130,6 +130,7 @@ class Suite:
         tmp = folder / f".{name}.safetensors.tmp"
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"shared": name})
         os.replace(tmp, path)
+        self._shared_cache = None
         self.manifest.setdefault("shared", {})[name] = {
             "file": f"{SHARED_DIR}/{name}.safetensors",
             "sha256": sha256_file(path),
@@ -190,6 +191,7 @@ class Suite:
         write_json_atomic(self.root / "manifest.json", self.manifest)
         shutil.rmtree(self.root / "tasks" / task_id, ignore_errors=True)
         if orphan:
+            self._shared_cache = None
             (self.root / entry["file"]).unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class Engine:
         lora_impl: ``"gathered"`` or ``"grouped"`` (see :mod:`scoreplex.engine.multilora`).
     """
 
+    moe = None
+    """A MoE student's block (set for ``moe`` suites only)."""
+
     def __init__(
         self,
         suite: Suite | str | os.PathLike[str],
@@ -92,9 +95,9 @@ class Engine:
         self.bb = self._backbone(backbone, copy_encoder=method in ("lora", "moe"))
         self.suite.check_backbone(self.bb.info.sha256, self.bb.info.name)
         self.encoder = self.bb.encoder.eval()
+        self.device = next(self.encoder.parameters()).device
         self.moe = self._load_student() if method == "moe" else None
         self.tokenizer = self.bb.tokenizer
-        self.device = next(self.encoder.parameters()).device
         self.max_length = int(self.suite.manifest["max_length"])
         self.pooling = str(self.suite.manifest["pooling"])
         self.batch_size, self.max_tokens = batch_size, max_tokens
@@ -133,7 +136,7 @@ class Engine:
         )
         moe = MoEBlock(self.bb.hidden, MoEConfig(**self.suite.manifest["moe"]))
         Method._load_strict(moe, {k[4:]: v for k, v in shared.items() if k.startswith("moe.")}, "MoE block weights")
-        return moe.eval()
+        return moe.to(self.device).eval()
 
     # -- adapters in and out of the slot tables (called by the store, under the lock) --------------------------------
     def _install(self, module: TaskModule) -> None:
@@ -227,7 +230,8 @@ class Engine:
             row_tasks = [task_ids[i] for i in rows]
             pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks])  # (B, H)
             if self.moe is not None:  # each row through the MoE block with its own task's embedding
-                pooled, _ = self.moe(pooled, torch.stack([modules[t].task_vec for t in row_tasks]))
+                vecs = torch.stack([modules[t].task_vec for t in row_tasks]).to(self.device)
+                pooled, _ = self.moe(pooled, vecs)
             by_task: dict[str, list[int]] = {}
             for p, t in enumerate(row_tasks):
                 by_task.setdefault(t, []).append(p)

@@ -67,9 +67,12 @@ from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_na
 from scoreplex.pipeline import Backbone
 from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
 
-from .engine import SHARED_METHODS, Engine, check_batching
+from .engine import Engine, check_batching
 from .multilora import MultiLoRALinear, gathered_lora, target_module_names
 from .store import AdapterStore, TaskModule
+
+SHARED_METHODS = ("lora", "head")
+"""Suite methods one ONNX graph serves (a MoE student's block is not exported yet)."""
 
 FORMAT = "scoreplex-onnx"
 FORMAT_VERSION = 1

@@ -259,6 +259,9 @@ class AdapterStore:
             tensors = load_safetensors(blob)
         except Exception as exc:  # the hash matched, so the file was written broken
             raise SuiteError(f"task {task_id!r}: its module cannot be parsed ({exc}); retrain this task.") from exc
+        shared = self.suite.shared_of(task_id)
+        if shared is not None and self.suite.method != "moe":  # a merged group's adapter lives in shared/
+            tensors = {**self.suite.load_shared(shared), **tensors}
         module = self.parse(task_id, info.get("spec", {}), info.get("config", {}), tensors)
         module.sha256 = files[MODULE_FILE]
         return module
@@ -312,6 +315,11 @@ class AdapterStore:
 
         The module is checked before anything is written. An existing task is only overwritten with ``replace``.
         """
+        if self.suite.method == "moe":
+            raise ConfigError(
+                "tasks join a MoE student by adaptation (a task embedding + head trained against its frozen encoder): "
+                "use scoreplex.moe.adapt_to_task or `scoreplex adapt`, not the adapter store."
+            )
         with self.lock:
             if self.suite.has_task(spec.id) and not replace:
                 raise ConfigError(f"task {spec.id!r} is already in the suite; pass replace=True to overwrite it.")

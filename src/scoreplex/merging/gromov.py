@@ -180,9 +180,14 @@ def gw_distance(x: np.ndarray | Prepared, y: np.ndarray | Prepared, settings: GW
         why = "value " + str(d) if bad else "not converged"
         notes.append(f"epsilon {epsilon:g}: {why}; retrying with {2 * epsilon:g}")
         epsilon *= 2
+    if settings.method == "exact":
+        raise GromovError(
+            f"the exact GW solve gave {d!r}; this should not happen with finite features. Check the features for "
+            "NaN/inf, or try method='entropic'. Notes: " + str(notes[-3:])
+        )
     raise GromovError(
-        f"the {settings.method} GW solve gave {d!r} (converged={converged}) after {settings.retries} retries "
-        f"(last epsilon {epsilon:g}). Try method='exact', a larger epsilon, or quantize=500. Notes: {notes[-3:]}"
+        f"the entropic GW solve gave {d!r} (converged={converged}) after {settings.retries} retries with a doubled "
+        f"epsilon (last tried {epsilon / 2:g}). Try method='exact', or quantize=400. Notes: {notes[-3:]}"
     )
 
 

@@ -2,8 +2,8 @@
 
 A plan partitions the tasks into T' groups. :func:`optimal_plan` finds, exactly, the partition that maximises the
 paper's objective — the total normalised similarity over pairs of tasks in the same group — by dynamic programming
-over subsets (O(3^T) steps: 12 tasks in well under a second, 16 in about a minute; beyond ``MAX_EXACT_TASKS`` it
-refuses rather than pretend). Because every pair adds a non-negative similarity, the objective alone favours one big
+over subsets (O(3^T) steps; timings in docs/results/gw-merging.md; beyond ``MAX_EXACT_TASKS`` it refuses rather
+than pretend). Because every pair adds a non-negative similarity, the objective alone favours one big
 group and many singletons; group-size limits (``min_size`` / ``max_size``; by default balanced groups, as the paper's
 trios of 9 tasks) keep plans comparable. Baselines: the authors' average-linkage clustering, seeded random plans
 (drawn uniformly among the partitions that meet the same size limits), and plans read from a JSON file (an expert's
@@ -23,7 +23,7 @@ import numpy as np
 
 from scoreplex.errors import ConfigError
 
-MAX_EXACT_TASKS = 18
+MAX_EXACT_TASKS = 16
 
 
 @dataclass
@@ -211,7 +211,10 @@ def clustering_plan(
     groups: dict[int, list[str]] = {}
     for t, lab in zip(task_ids, labels, strict=True):
         groups.setdefault(int(lab), []).append(t)
-    return MergePlan(name=name, groups=list(groups.values()), source="average-linkage")
+    plan = MergePlan(name=name, groups=list(groups.values()), source="average-linkage")
+    if plan.n_groups != n_groups:  # tied merge heights: fcluster cannot cut exactly there
+        plan.extra["requested_groups"] = n_groups
+    return plan
 
 
 def random_plans(

@@ -79,7 +79,15 @@ def compute_teacher_targets(
             if not suite.has_task(task_id):
                 raise SuiteError(f"no teacher for task {task_id!r} in {suite.root}; it holds {suite.task_ids}.")
             module_hash = suite.manifest["tasks"][task_id]["files"]["module.safetensors"]
-            cached = load_teacher_targets(out, task_id) if (out / f"{task_id}.json").is_file() else None
+            shared = suite.shared_of(task_id)
+            if shared is not None:
+                module_hash += "+" + suite.manifest["shared"][shared]["sha256"]
+            cached = None
+            if (out / f"{task_id}.json").is_file():
+                try:
+                    cached = load_teacher_targets(out, task_id)
+                except (DataError, OSError, ValueError, KeyError):
+                    cached = None  # an interrupted or inconsistent cache is recomputed
             if cached is not None and cached.teacher == module_hash and set(data.ids) <= set(cached.ids):
                 result[task_id] = cached
                 bar.update(job, advance=1)
@@ -87,7 +95,7 @@ def compute_teacher_targets(
             enc = encode_texts(scorer.bb.tokenizer, data.texts, scorer.max_length)
             logits = predict_logits(scorer.model(task_id), enc).float().contiguous()
             tmp = out / f".{task_id}.safetensors.tmp"
-            save_file({"logits": logits}, str(tmp))
+            save_file({"logits": logits}, str(tmp), metadata={"ids_sha256": _ids_digest(data.ids)})
             os.replace(tmp, out / f"{task_id}.safetensors")
             meta = {
                 "task": task_id,
@@ -102,12 +110,28 @@ def compute_teacher_targets(
     return result
 
 
+def _ids_digest(ids: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\0".join(ids).encode()).hexdigest()
+
+
 def load_teacher_targets(folder: str | os.PathLike[str], task_id: str) -> TeacherTargets:
-    from safetensors.torch import load_file
+    """Read one task's stored targets; the logits file must carry the digest of the ids its JSON lists (in order),
+    so a logits file and an ids list from different runs are never paired."""
+    from safetensors import safe_open
 
     folder = Path(folder)
     meta = json.loads((folder / f"{task_id}.json").read_text(encoding="utf-8"))
-    logits = load_file(str(folder / f"{task_id}.safetensors"))["logits"]
+    with safe_open(str(folder / f"{task_id}.safetensors"), framework="pt") as f:
+        digest = (f.metadata() or {}).get("ids_sha256")
+        logits = f.get_tensor("logits")
+    if digest != _ids_digest(meta["ids"]):
+        raise DataError(
+            f"{folder / task_id}.safetensors was not written for the ids in {task_id}.json (an interrupted run?); "
+            "recompute the teacher targets.",
+            task=task_id,
+        )
     if logits.shape[0] != len(meta["ids"]):
         raise DataError(
             f"{folder / task_id}.safetensors has {logits.shape[0]} rows but its JSON lists {len(meta['ids'])} ids; "

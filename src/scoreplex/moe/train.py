@@ -88,6 +88,12 @@ def _mixed(student: MoEStudent, datasets: Mapping[str, TaskData], tokenizer, max
         if teachers is not None:
             if task_id not in teachers:
                 raise DataError("distillation needs this task's teacher targets; compute them first.", task=task_id)
+            if list(teachers[task_id].class_counts) != list(data.spec.class_counts):
+                raise DataError(
+                    f"the teacher targets have classes {teachers[task_id].class_counts} but the task's rubric has "
+                    f"{data.spec.class_counts}; recompute them with teachers of this rubric.",
+                    task=task_id,
+                )
             teacher_rows += list(teachers[task_id].lookup(data.ids))
         else:
             teacher_rows += [None] * len(data)
@@ -206,7 +212,10 @@ def save_student(
     """Write the student as a suite: ``shared/student.safetensors`` (encoder + MoE), per task embedding + head."""
     from scoreplex.suite import Suite, write_json_atomic
 
-    suite = Suite.create(out_dir, method="moe", backbone=backbone_info, pooling=student.pooling, max_length=max_length)
+    suite = Suite.create(
+        out_dir, method="moe", backbone=backbone_info, pooling=student.pooling, max_length=max_length, exist_ok=False
+    )
+    suite.manifest["moe"] = student.cfg.to_dict()  # before any task: a partial suite still loads its block
     shared = {f"encoder.{k}": v for k, v in student.encoder.state_dict().items()}
     shared.update({f"moe.{k}": v for k, v in student.moe.state_dict().items()})
     suite.add_shared(SHARED_NAME, shared, {"moe": student.cfg.to_dict()})
