@@ -9,7 +9,7 @@ import torch
 from scoreplex.encoding import collate, encode_texts
 from scoreplex.errors import SuiteError, UnknownNameError
 from scoreplex.heads import ScoringHead, balanced_class_weights, probabilities, rubric_loss, split_logits
-from scoreplex.methods import METHODS, MethodSettings, TaskModel, get_method
+from scoreplex.methods import PER_TASK_METHODS, MethodSettings, TaskModel, get_method
 from scoreplex.tasks import TaskSpec
 
 SPEC = TaskSpec(
@@ -52,7 +52,7 @@ def logits_of(model: TaskModel, batch, encoder) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("head_hidden", [0, 8])
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(PER_TASK_METHODS))
 def test_module_state_then_load_reproduces_the_trained_logits(tiny_bb, batch, name, head_hidden):
     method = get_method(name)
     settings = MethodSettings(head_hidden=head_hidden, lora_r=4)
@@ -75,7 +75,7 @@ def test_module_state_then_load_reproduces_the_trained_logits(tiny_bb, batch, na
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(PER_TASK_METHODS))
 def test_the_shared_encoder_stays_frozen(tiny_bb, name):
     model = get_method(name).build(tiny_bb.encoder, tiny_bb.hidden, SPEC, MethodSettings(), "mean")
     assert not any(p.requires_grad for p in tiny_bb.encoder.parameters())
@@ -153,7 +153,7 @@ def test_head_only_features_path_equals_token_path(tiny_bb, batch):
         )
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(PER_TASK_METHODS))
 def test_loading_a_wrong_shaped_head_raises_suite_error(tiny_bb, name):
     method = get_method(name)
     model = method.build(tiny_bb.encoder, tiny_bb.hidden, SPEC, MethodSettings(), "mean")
@@ -163,7 +163,7 @@ def test_loading_a_wrong_shaped_head_raises_suite_error(tiny_bb, name):
         method.load(tiny_bb.encoder, tiny_bb.hidden, other, config, state, "mean")
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(PER_TASK_METHODS))
 def test_loading_with_a_missing_head_tensor_raises_suite_error(tiny_bb, name):
     method = get_method(name)
     model = method.build(tiny_bb.encoder, tiny_bb.hidden, SPEC, MethodSettings(), "mean")
@@ -186,7 +186,7 @@ def test_unknown_method_lists_the_registry():
     with pytest.raises(UnknownNameError) as exc:
         get_method("qlora")
     assert isinstance(exc.value, KeyError)
-    assert all(name in str(exc.value) for name in METHODS)
+    assert all(name in str(exc.value) for name in PER_TASK_METHODS)
 
 
 # -- heads -----------------------------------------------------------------------------------------------------------

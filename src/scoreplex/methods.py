@@ -196,7 +196,7 @@ class MoEStudentMethod(Method):
     def build(self, encoder, hidden, spec, settings, pooling):
         raise SuiteError(
             "a MoE student is trained on all tasks at once: use scoreplex.moe.train_student (or `scoreplex "
-            "train-student`), not per-task training."
+            "distill`), not per-task training."
         )
 
     def load(self, encoder, hidden, spec, config, state, pooling):
@@ -215,9 +215,11 @@ class MoEStudentMethod(Method):
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (FullFineTune(), LoRA(), HeadOnly(), MoEStudentMethod())}
+PER_TASK_METHODS = ("full", "lora", "head")
+"""Methods that train one task at a time (``train_suite``); ``moe`` suites come from :mod:`scoreplex.moe`."""
 
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise unknown_name("training method", name, list(METHODS))
+        raise unknown_name("training method", name, list(PER_TASK_METHODS))
     return METHODS[name]
