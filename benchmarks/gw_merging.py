@@ -68,6 +68,7 @@ def parse_args(argv):
     ap.add_argument("--data", default=os.environ.get("SCOREPLEX_ASAP", "../shared/data/asap-sas"))
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--work", default="runs/gw-merging", help="cache and merged suites")
+    ap.add_argument("--lora-suite", default="runs/asap-sas/lora", help="LoRA suite merged with the same GW plan")
     ap.add_argument("--expert-plan", default="docs/results/plans/asap-expert-t3.json")
     ap.add_argument("--n-groups", type=int, default=3)
     ap.add_argument("--n-random", type=int, default=20)
@@ -219,6 +220,32 @@ def main(argv=None) -> dict:
     }
     storage["ratio"] = storage["source_bytes"] / storage["merged_bytes"]
 
+    # 5b. the same GW plan applied to the per-item LoRA adapters (merged as dense updates, factored back by SVD)
+    lora = None
+    if Path(args.lora_suite).is_dir():
+        lora_eval = PlanEvaluator(SuiteScorer(args.lora_suite), test_sets, MergeSettings())
+
+        def lora_run(plan: MergePlan) -> dict:
+            path = work / f"lora-{plan.name}.json"
+            if path.is_file() and json.loads(path.read_text())["plan"]["groups"] == plan.groups:
+                return json.loads(path.read_text())
+            res = lora_eval.evaluate(plan)
+            write_json_atomic(path, res)
+            return res
+
+        lu, lg = lora_run(unmerged_plan(ids)), lora_run(plans["gw"])
+        merged_groups = [lora_eval.merger.merge(g) for g in plans["gw"].groups]
+        errors = [m.info["svd_relative_error"] for m in merged_groups]
+        ranks = [m.config["lora_r"] for m in merged_groups]
+        lora = {
+            "unmerged_mean_qwk": lu["mean_qwk"],
+            "gw_mean_qwk": lg["mean_qwk"],
+            "tasks": {t: {"unmerged": lu["tasks"][t]["qwk"], "gw": lg["tasks"][t]["qwk"]} for t in ids},
+            "svd_relative_error": errors,
+            "ranks": ranks,
+        }
+        print(f"LoRA: unmerged {lu['mean_qwk']:.4f}, GW plan {lg['mean_qwk']:.4f}", flush=True)
+
     # 6. how far the exact plan search scales ----------------------------------------------------------------------
     scaling = {}
     rng = np.random.default_rng(0)
@@ -267,6 +294,7 @@ def main(argv=None) -> dict:
         "plan_search_seconds": scaling,
         "merge_settings": MergeSettings().__dict__,
         "demo_multilabel": demo,
+        "lora_merge_t3": lora,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -384,6 +412,19 @@ def markdown(r: dict, ids: list[str]) -> str:
         for tp, v in r["sweep"].items():
             groups = " / ".join(",".join(t.replace("asap-", "") for t in g) for g in v["gw"]["groups"])
             lines.append(f"| {tp} | {v['gw']['mean_qwk']:.3f} | {v['gw']['objective']:.2f} | {groups} |")
+    if r.get("lora_merge_t3"):
+        lo = r["lora_merge_t3"]
+        lines += [
+            "",
+            "## The same GW plan on the per-item LoRA adapters (T' = 3, heads kept)",
+            "",
+            f"Mean test QWK {lo['unmerged_mean_qwk']:.3f} (10 adapters) → {lo['gw_mean_qwk']:.3f} (3 merged adapters; "
+            "TIES on the dense updates, factored back by SVD to ranks "
+            + ", ".join(str(k) for k in lo["ranks"])
+            + ", relative error "
+            + ", ".join(f"{e:.2f}" for e in lo["svd_relative_error"])
+            + ").",
+        ]
     if r.get("demo_multilabel"):
         d = r["demo_multilabel"]
         lines += [

@@ -260,8 +260,18 @@ def test_distill_and_adapt_commands(teachers_suite, demo_files, demo_datasets, t
     from scoreplex.tasks import TaskSpec
 
     out = tmp_path / "student"
-    args = ["distill", str(teachers_suite.root), str(demo_files["train"]), str(out), "--layers", "1",
-            "--backbone", str(tiny_backbone_path), "--epochs", "1"]
+    args = [
+        "distill",
+        str(teachers_suite.root),
+        str(demo_files["train"]),
+        str(out),
+        "--layers",
+        "1",
+        "--backbone",
+        str(tiny_backbone_path),
+        "--epochs",
+        "1",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     suite = Suite.open(out)
