@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import cached_json
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.merging import (
@@ -79,14 +80,6 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def _cached(path: Path, compute):
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = compute()
-    write_json_atomic(path, value)
-    return value
-
-
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -106,7 +99,7 @@ def main(argv=None) -> dict:
         suite_features(scorer, train_sets, FeatureSettings(cap=None), cache_dir=work / "features")
         return {"seconds": time.perf_counter() - t}
 
-    feature_seconds = _cached(work / "features-seconds.json", extract)["seconds"]  # the first, uncached pass
+    feature_seconds = cached_json(work / "features-seconds.json", extract)["seconds"]  # the first, uncached pass
     feats = suite_features(scorer, train_sets, FeatureSettings(cap=None), cache_dir=work / "features")
     sizes = {t: int(len(f)) for t, f in feats.items()}
     print("features", sizes, f"{feature_seconds:.1f}s", flush=True)
@@ -114,7 +107,7 @@ def main(argv=None) -> dict:
     # 2. GW matrices (cached) ---------------------------------------------------------------------------------
     gw = {}
     for name, settings in GW_VARIANTS.items():
-        gw[name] = _cached(work / f"gw-{name}.json", lambda s=settings: gw_matrix(feats, s).to_dict())
+        gw[name] = cached_json(work / f"gw-{name}.json", lambda s=settings: gw_matrix(feats, s).to_dict())
         print(f"GW {name}: {gw[name]['seconds']:.1f}s", flush=True)
     from scipy.stats import spearmanr
 
@@ -132,7 +125,7 @@ def main(argv=None) -> dict:
             print(f"exact GW on all points {a} vs {b}: {r.distance:.5f} in {r.seconds:.1f}s", flush=True)
         return out
 
-    reference_pairs = _cached(work / "gw-reference-pairs.json", reference)
+    reference_pairs = cached_json(work / "gw-reference-pairs.json", reference)
     primary_d = np.asarray(gw[PRIMARY]["distances"])
     primary_s = np.asarray(gw[PRIMARY]["similarity"])
     agreement = {

@@ -15,7 +15,6 @@ train.tsv, the split the teachers used). Work is cached under ``--work`` so a re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import cached_json
 from scoreplex.backbone import truncated_backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
@@ -79,14 +79,6 @@ def _smoke(datasets: dict, n: int) -> dict:
     return {t: d.subset(np.arange(min(n, len(d)))) for t, d in datasets.items() if t in keep}
 
 
-def _cached(path: Path, compute):
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = compute()
-    write_json_atomic(path, value)
-    return value
-
-
 def _test_metrics(model, bb, data, max_length) -> dict:
     enc = encode_texts(bb.tokenizer, data.texts, max_length)
     pred = decode(data.spec, data.ids, predict_logits(model, enc))
@@ -117,7 +109,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     teachers = compute_teacher_targets(teacher_scorer, {t: train_sets[t] for t in seen}, work / "teacher-targets")
     timings["teacher_targets_s"] = time.perf_counter() - t0
-    teacher_eval = _cached(
+    teacher_eval = cached_json(
         work / "teachers-test.json", lambda: evaluate_suite(teacher_scorer, test_all, progress=False)
     )
     print("teachers", round(teacher_eval["mean_qwk"], 4), flush=True)
@@ -131,7 +123,7 @@ def main(argv=None) -> dict:
     opts = TrainOptions(method="full", backbone=str(student_path), max_length=max_length, config=PER_TASK_CONFIG)
     train_suite(train_sets, work / "per-task", opts, val_sets=val_sets, backbone=bb)
     timings["per_task_students_s"] = time.perf_counter() - t0
-    per_task = _cached(
+    per_task = cached_json(
         work / "per-task-test.json", lambda: evaluate_suite(SuiteScorer(work / "per-task"), test_all, progress=False)
     )
     print("per-task students", round(np.mean([per_task["tasks"][t]["qwk"] for t in seen]), 4), flush=True)
@@ -172,7 +164,7 @@ def main(argv=None) -> dict:
                 "objective": objective.__dict__,
             }
 
-        students[name] = _cached(work / f"student-{name}.json", run)
+        students[name] = cached_json(work / f"student-{name}.json", run)
         print(name, round(students[name]["test"]["mean_qwk"], 4), flush=True)
 
     # adaptation of the distilled MoE student to the held-out items vs per-task models from scratch
@@ -204,8 +196,8 @@ def main(argv=None) -> dict:
                 res = evaluate_suite(SuiteScorer(d), {t: test_all[t]}, progress=False)
                 return {"n_train": len(sub), "test": res["tasks"][t]}
 
-            a = _cached(work / f"adapt-{key}.json", run_adapt)
-            s = _cached(work / f"scratch-{key}.json", run_scratch)
+            a = cached_json(work / f"adapt-{key}.json", run_adapt)
+            s = cached_json(work / f"scratch-{key}.json", run_scratch)
             adapt[key] = {
                 "task": t,
                 "fraction": frac,
