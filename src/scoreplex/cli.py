@@ -293,8 +293,12 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
         spec = s.spec(tid)
         val = m["tasks"][tid].get("metrics", {}).get("validation", {})
         dims = ", ".join(f"{d.name}:{d.kind}/{d.num_classes}" for d in spec.dimensions)
-        rows.append([tid, dims, f"{s.task_bytes(tid):,}", f"{val.get('qwk', float('nan')):.3f}"])
-    _table(f"{suite}: {len(rows)} tasks, {s.total_bytes:,} bytes", ["task", "dimensions", "bytes", "val QWK"], rows)
+        qwk = val.get("qwk")
+        rows.append(
+            [tid, dims, f"{s.task_bytes(tid):,}", s.shared_of(tid) or "–", "–" if qwk is None else f"{qwk:.3f}"]
+        )
+    header = ["task", "dimensions", "own bytes", "shared module", "val QWK"]
+    _table(f"{suite}: {len(rows)} tasks, {s.total_bytes:,} bytes", header, rows)
 
 
 @app.command()
