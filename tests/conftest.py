@@ -96,3 +96,14 @@ def small_options(small_config: TrainConfig, tiny_backbone_path: Path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_full_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path):
+    """Full fine-tunes of the four demo tasks on the tiny BERT (merge inputs and distillation teachers)."""
+    from tests.lora_suites import train_tiny_suite
+
+    from scoreplex.methods import MethodSettings
+
+    root = tmp_path_factory.mktemp("full") / "suite"
+    return train_tiny_suite(demo_datasets, root, tiny_bb, tiny_backbone_path, "full", MethodSettings(), max_length=32)

@@ -256,9 +256,8 @@ def test_lora_merge_factors_back_the_merged_update():
 
 # -- suites ---------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def full_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path):
-    root = tmp_path_factory.mktemp("merge") / "full"
-    return train_tiny_suite(demo_datasets, root, tiny_bb, tiny_backbone_path, "full", MethodSettings(), max_length=32)
+def full_suite(tiny_full_suite):
+    return tiny_full_suite
 
 
 @pytest.fixture(scope="module")

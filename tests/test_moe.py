@@ -7,7 +7,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tests.lora_suites import train_tiny_suite
 
 from scoreplex.errors import BackboneError, ConfigError, DataError, SuiteError, UnknownNameError
 from scoreplex.methods import MethodSettings
@@ -71,9 +70,8 @@ def test_distillation_losses():
 
 # -- with the tiny BERT ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def teachers_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path):
-    root = tmp_path_factory.mktemp("moe") / "teachers"
-    return train_tiny_suite(demo_datasets, root, tiny_bb, tiny_backbone_path, "full", MethodSettings(), max_length=32)
+def teachers_suite(tiny_full_suite):
+    return tiny_full_suite
 
 
 @pytest.fixture(scope="module")

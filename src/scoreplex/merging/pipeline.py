@@ -22,7 +22,7 @@ from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError, SuiteError
 from scoreplex.merging.merge import MergeSettings, merge_lora, merge_state_dicts
 from scoreplex.merging.plan import MergePlan
-from scoreplex.methods import MethodSettings, TaskModel, get_method
+from scoreplex.methods import Method, MethodSettings, TaskModel, get_method
 from scoreplex.metrics import evaluate_task
 from scoreplex.suite import Suite, write_json_atomic
 from scoreplex.training import TrainConfig
@@ -30,10 +30,6 @@ from scoreplex.training import TrainConfig
 MERGEABLE = ("full", "lora")
 REFIT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
 """Head re-fit on frozen merged features: what scoreplex uses for head-only training."""
-
-
-def _split(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 @dataclass
@@ -66,14 +62,14 @@ class GroupMerger:
         t0 = time.perf_counter()
         modules = [self.suite.load_module(t) for t in members]
         if self.suite.method == "full":
-            states = [_split(tensors, "encoder.") for _, tensors in modules]
+            states = [Method._split(tensors, "encoder.") for _, tensors in modules]
             merged = merge_state_dicts(self._base, states, self.settings)
             group = MergedGroup(members, {f"encoder.{k}": v for k, v in merged.items()})
         else:
             adapters = []
             for info, tensors in modules:
                 cfg = info["config"]
-                adapters.append((_split(tensors, "lora."), cfg["lora_alpha"] / cfg["lora_r"]))
+                adapters.append((Method._split(tensors, "lora."), cfg["lora_alpha"] / cfg["lora_r"]))
             targets = {tuple(info["config"]["lora_targets"]) for info, _ in modules}
             if len(targets) > 1:
                 raise SuiteError(
@@ -187,7 +183,7 @@ def merge_suite(
             groups_info.append({"name": name, "tasks": members, **group.info})
             for task_id in members:
                 info, tensors = source.load_module(task_id)
-                head = _split(tensors, "head.")
+                head = Method._split(tensors, "head.")
                 summary = {
                     "source": str(source.root),
                     "group": name,
