@@ -10,12 +10,22 @@ Row numbers in every message are what a person sees when they open the file:
   quoted text spans several lines is numbered by the line it starts on; blank lines are skipped but counted);
 * JSON Lines: 1-based line numbers (blank lines are skipped but counted);
 * Parquet: a file has no lines, so the row number is the 0-based record index + 1 (the first record is row 1).
+
+Spreadsheet exports read as they are (see :func:`iter_table` for the details):
+
+* the delimiter of a ``.csv`` file is detected from its header line (``,`` ``;`` tab or ``|``; Excel writes ``;``
+  where the decimal separator is a comma), or given with ``delimiter=``;
+* a byte-order mark (UTF-8, UTF-16 LE/BE, UTF-32) sets the encoding, so Excel's "Unicode text" reads as it is;
+* header names are matched without surrounding whitespace or zero-width characters, and Excel's trailing empty
+  columns (no name, no data) are dropped; error messages show names with invisible characters escaped;
+* a cell may hold up to :data:`MAX_CELL_CHARS` characters.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import math
 import os
@@ -51,10 +61,31 @@ EXTENSIONS = {
 QUOTING = {"minimal": csv.QUOTE_MINIMAL, "none": csv.QUOTE_NONE}
 """``quoting=`` values for CSV/TSV: ``minimal`` honours ``"quoted"`` fields, ``none`` reads quotes as text."""
 
+MAX_CELL_CHARS = 16 * 1024 * 1024
+"""The longest CSV/TSV cell read, in characters (16 Mi: 16 MiB of ASCII text). Python's :mod:`csv` stops at 128 Ki
+by default; reading a CSV/TSV file sets :func:`csv.field_size_limit` (process-wide) to this value. A longer cell is a
+:class:`DataError` naming its row, most often an unclosed quote that swallowed the lines after it."""
+
+SNIFFED_DELIMITERS = (",", ";", "\t", "|")
+"""Delimiters :func:`iter_table` chooses among for a ``.csv`` file, in order of preference when counts tie."""
+
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _INTEGER = re.compile(r"^[+-]?\d+(\.0*)?$")  # "3", "+3", "3.0" (spreadsheets write integral scores as floats)
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that did not decode, kept by errors="surrogateescape"
-_ENCODING_FIX = "re-save the file as UTF-8, or pass encoding='latin-1' (--encoding latin-1 on the command line)."
+# ... and, read as latin-1, C1 control characters: Windows-1252 punctuation (curly quotes, dashes) read wrongly
+_SURROGATE_OR_C1 = re.compile("[\udc80-\udcff\x80-\x9f]")
+_EDGES = re.compile("^[\\s\u00ad\u200b-\u200f\u2060\ufeff]+|[\\s\u00ad\u200b-\u200f\u2060\ufeff]+$")  # around names
+_INVISIBLE = re.compile("[\\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_QUOTED = re.compile(r'"[^"]*"')  # a quoted header name, whose delimiters do not count when sniffing
+_SNIFF_LINES, _SNIFF_CHARS = 64, 65536  # lines and characters per line read to find the header line
+# byte-order marks, UTF-32 first: its little-endian mark starts with UTF-16's
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
 _WHOLE_FILE = sys.maxsize  # chunk_rows with which read_table reads a file as one chunk
 _PARQUET_BATCH_ROWS = 65536  # Parquet records decoded at a time (chunks are re-cut to chunk_rows)
 
@@ -134,7 +165,8 @@ class Table(list[dict[str, str]]):
     """The records of a file (a ``list[dict[str, str]]``), with the row number of each and the file's columns.
 
     ``rows[i]`` is the row number of ``self[i]`` (see the module docstring); ``header_row`` is the header's row
-    (1 for CSV/TSV, ``None`` for formats without a header line).
+    (the first non-blank line for CSV/TSV, usually 1; ``None`` for formats without a header line); ``delimiter`` is
+    the CSV/TSV delimiter read with (``None`` for other formats).
     """
 
     def __init__(
@@ -145,6 +177,7 @@ class Table(list[dict[str, str]]):
         file: str,
         fmt: str,
         header_row: int | None,
+        delimiter: str | None = None,
     ) -> None:
         super().__init__(records)
         self.rows = list(rows)
@@ -152,6 +185,7 @@ class Table(list[dict[str, str]]):
         self.file = file
         self.fmt = fmt
         self.header_row = header_row
+        self.delimiter = delimiter
 
 
 def resolve_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -177,51 +211,36 @@ def read_table(
     fmt: str | None = None,
     encoding: str = "utf-8",
     quoting: str = "minimal",
+    delimiter: str | None = None,
 ) -> Table:
     """Read a CSV, TSV, JSON Lines or Parquet file into string records.
 
     Returns a :class:`Table`: a list of ``{column: cell}`` dicts whose ``rows`` attribute gives each record's row
     number (module docstring). Every cell is a string: JSON/Parquet ``null`` and NaN become ``""``, booleans ``"1"``
     / ``"0"``, integral floats ``"3"``, nested values their JSON text; a JSON line lacking a key gets ``""``.
-    A UTF-8 byte-order mark is accepted. ``quoting="none"`` reads quote characters as ordinary text (needed for
-    files whose texts hold stray quotes, such as ASAP-SAS). Raises :class:`DataError` for unreadable input; an
-    undecodable byte is reported before any other error in the data.
+    A byte-order mark sets the encoding (UTF-8, UTF-16 or UTF-32, whatever ``encoding`` says). ``quoting="none"``
+    reads quote characters as ordinary text (needed for files whose texts hold stray quotes, such as ASAP-SAS).
+    ``delimiter`` is the CSV/TSV field delimiter; ``None``: detected from the header line of a CSV file, a tab for
+    TSV (see :func:`iter_table`). Raises :class:`DataError` for unreadable input; an undecodable byte is reported
+    before any other error in the data.
 
     The file is parsed by the readers of :func:`iter_table`, as one chunk (so a JSON Lines table's columns are the
     keys of all its records).
     """
-    file, fmt, codec = _source(path, fmt, encoding, quoting, _WHOLE_FILE)
+    file, fmt, enc = _source(path, fmt, encoding, quoting, _WHOLE_FILE, delimiter)
     try:
-        (table,) = _chunks(path, file, fmt, codec, encoding, quoting, _WHOLE_FILE)
+        (table,) = _chunks(path, file, fmt, enc, quoting, _WHOLE_FILE, delimiter)
     except DataError as exc:
-        if codec is None:  # Parquet: no text to decode
+        if fmt == "parquet":  # no text to decode
             raise
-        data = Path(path).read_bytes()
-        try:
-            data.decode(codec)
-        except UnicodeDecodeError as bad:
-            # the reader raised the first error in file order; this byte comes first here. Its column is known
-            # when that error was about this byte (it carries the encoding fix), not when parsing failed before it
-            column = exc.column if exc.fix == _ENCODING_FIX else None
-            raise _decode_error(bad, data, file, encoding, codec, column) from None
+        # the reader raised the first error in file order; an undecodable byte comes first here. Its column is known
+        # when that error was about this byte, not when parsing failed before it
+        column = exc.column if isinstance(exc, _DecodeError) else None
+        bad = _first_undecodable(path, file, enc, column)
+        if bad is not None:
+            raise bad from None
         raise
     return table
-
-
-def _decode_error(
-    exc: UnicodeDecodeError, data: bytes, file: str, encoding: str, codec: str, column: str | None
-) -> DataError:
-    start = exc.start
-    if codec == "utf-8-sig" and data.startswith(codecs.BOM_UTF8):
-        start += len(codecs.BOM_UTF8)  # the utf-8-sig decoder counts from after the BOM
-    line = data.count(b"\n", 0, start) + 1
-    return DataError(
-        f"byte {data[start]:#04x} at line {line} cannot be decoded as {encoding} (the encoding tried).",
-        file=file,
-        row=line,
-        column=column,
-        fix=_ENCODING_FIX,
-    )
 
 
 def _cell(value: Any) -> str:
@@ -251,6 +270,7 @@ def read_responses(
     fmt: str | None = None,
     encoding: str = "utf-8",
     quoting: str = "minimal",
+    delimiter: str | None = None,
     require_labels: bool = True,
     infer_max_score: bool = True,
 ) -> dict[str, TaskData]:
@@ -264,7 +284,8 @@ def read_responses(
 
     With ``require_labels=False`` an empty score cell becomes :data:`MISSING`, and a task whose score columns are
     all absent from the file gets ``labels=None``. Second-rater cells may always be empty (``MISSING``). Texts are
-    kept exactly as read; rows keep file order within a task. Raises :class:`DataError` naming file, row, column and
+    kept exactly as read; rows keep file order within a task. ``fmt``, ``encoding``, ``quoting`` and ``delimiter`` are
+    passed to :func:`read_table`. Raises :class:`DataError` naming file, row, column and
     task for a missing column, an empty text, a non-integer or out-of-range score, a missing score, a duplicate
     response id or an unknown task id.
     """
@@ -273,13 +294,33 @@ def read_responses(
         raise ConfigError(f"columns must be a ColumnMap, got {type(columns).__name__}.")
     if tasks is None and not infer_max_score:
         raise ConfigError("no task specs given and infer_max_score=False: pass tasks= (task id -> TaskSpec).")
-    table = read_table(path, fmt=fmt, encoding=encoding, quoting=quoting)
+    table = read_table(path, fmt=fmt, encoding=encoding, quoting=quoting, delimiter=delimiter)
     return _Reader(table, columns, tasks, require_labels).read()
 
 
+def _shown(name: str) -> str:
+    """A column name for a message: as it is, or quoted with invisible characters escaped (``'score\\u200b'``)."""
+    return name if name and name.isprintable() and name == name.strip() else repr(name)
+
+
 def _missing_column(table: Table, column: str, fix: str, task: str | None = None) -> DataError:
-    """The error for a column ``table`` lacks, listing the columns it has."""
-    have = ", ".join(table.columns) or "(none)"
+    """The error for a column ``table`` lacks, listing the columns it has (names escaped, see :func:`_shown`).
+
+    It points out a column that differs from ``column`` only in case or invisible characters, and a header that was
+    read as one column holding another delimiter.
+    """
+    have = ", ".join(_shown(c) for c in table.columns) or "(none)"
+    wanted = _INVISIBLE.sub("", column).casefold()
+    alike = [c for c in table.columns if _INVISIBLE.sub("", c).casefold() == wanted]
+    if alike:
+        fix = f"column {_shown(alike[0])} differs only in case or invisible characters: rename it, or {fix}"
+    if table.delimiter is not None and len(table.columns) == 1:
+        others = [d for d in SNIFFED_DELIMITERS if d != table.delimiter and d in table.columns[0]]
+        if others:
+            fix += (
+                f" The header was read as one column with the delimiter {table.delimiter!r}; if the file uses "
+                f"{others[0]!r}, pass delimiter={others[0]!r}."
+            )
     return DataError(
         f"column {column!r} not found; the file has columns: {have}.",
         file=table.file,
@@ -671,6 +712,7 @@ def iter_table(
     encoding: str = "utf-8",
     quoting: str = "minimal",
     chunk_rows: int = 1024,
+    delimiter: str | None = None,
 ) -> Iterator[Table]:
     """Read a table incrementally: yield :class:`Table` chunks of ``chunk_rows`` records (the last one fewer).
 
@@ -681,21 +723,68 @@ def iter_table(
     chunks are not revisited). A file with a header but no records yields one empty chunk, so its columns are always
     known.
 
-    Bad arguments (format, quoting, encoding, chunk size) and a missing file raise at the call; errors in the data
-    when the chunk holding them is read, so in file order (:func:`read_table` reports an undecodable byte before any
-    other error; here it is reported when its record is reached, with the same message, line and column).
+    Text files: a byte-order mark (UTF-8, UTF-16 LE/BE, UTF-32 LE/BE) is skipped and sets the encoding, whatever
+    ``encoding`` says (so Excel's "Unicode text", UTF-16 with a mark, reads as it is); without one, ``encoding`` is
+    used. An undecodable byte, or with ``encoding='latin-1'`` a C1 control character (a Windows-1252 curly quote
+    or dash read as latin-1), is a :class:`DataError` whose fix names the likely encoding (``cp1252`` for Excel's
+    CSV on Windows).
+
+    CSV/TSV files, as spreadsheets export them:
+
+    * ``delimiter``: the field delimiter. ``None`` means a tab for TSV and, for CSV, the one of
+      :data:`SNIFFED_DELIMITERS` (``,`` ``;`` tab ``|``) found most often outside quotes in the header line (the
+      first non-blank line), ``,`` on a tie or when there is none;
+    * header names are stripped of surrounding whitespace and zero-width characters (``"score\\u200b "`` is read as
+      ``score``; invisible characters inside a name are kept, and messages show them escaped);
+    * trailing columns whose header cell is empty are dropped when their cells are empty too (Excel's ``a,b,c,,,``;
+      a record may also leave their cells out); one holding data is an error naming its position;
+      a record of only empty cells is skipped like a blank line;
+    * a cell may hold up to :data:`MAX_CELL_CHARS` characters.
+
+    Bad arguments (format, quoting, encoding, delimiter, chunk size) and a missing file raise at the call; errors in
+    the data when the chunk holding them is read, so in file order (:func:`read_table` reports an undecodable byte
+    before any other error; here it is reported when its record is reached, with the same message, line and column).
     """
-    file, fmt, codec = _source(path, fmt, encoding, quoting, chunk_rows)
-    return _chunks(path, file, fmt, codec, encoding, quoting, chunk_rows)
+    file, fmt, enc = _source(path, fmt, encoding, quoting, chunk_rows, delimiter)
+    return _chunks(path, file, fmt, enc, quoting, chunk_rows, delimiter)
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    """How a text file is decoded: ``codec`` after skipping the ``skip`` bytes of its byte-order mark."""
+
+    codec: str
+    """Python codec name (from :func:`codecs.lookup`)."""
+    skip: int
+    """Length of the byte-order mark, 0 without one."""
+    name: str
+    """The encoding as messages name it: what the caller asked for, or the codec its byte-order mark gave."""
+    why: str = "the encoding tried"
+    """Where the encoding came from, for messages."""
+
+    @property
+    def suspect(self) -> re.Pattern[str]:
+        """Characters that mean the bytes were not this encoding (C1 controls only matter for latin-1)."""
+        return _SURROGATE_OR_C1 if self.codec == "iso8859-1" else _SURROGATE
+
+    def open(self, path: str | os.PathLike[str], newline: str) -> io.TextIOWrapper:
+        """The file as text, past its byte-order mark; undecodable bytes are kept as surrogate escapes."""
+        raw = open(path, "rb")  # the wrapper owns it and closes it
+        raw.seek(self.skip)
+        return io.TextIOWrapper(raw, encoding=self.codec, errors="surrogateescape", newline=newline)
+
+
+class _DecodeError(DataError):
+    """A :class:`DataError` about an undecodable byte (so :func:`read_table` can tell it from parse errors)."""
 
 
 def _source(
-    path: str | os.PathLike[str], fmt: str | None, encoding: str, quoting: str, chunk_rows: int
-) -> tuple[str, str, str | None]:
+    path: str | os.PathLike[str], fmt: str | None, encoding: str, quoting: str, chunk_rows: int, delimiter: str | None
+) -> tuple[str, str, _Encoding]:
     """Check the arguments of :func:`read_table` / :func:`iter_table` and that the file exists.
 
-    Returns ``(file, format, codec)``; the codec reads a text format (``utf-8-sig`` for UTF-8, to accept a BOM) and
-    is ``None`` for Parquet.
+    Returns ``(file, format, encoding)``; for a text format, the file's byte-order mark, if any, sets the encoding
+    (Parquet decodes binary cells with ``encoding``).
     """
     file = str(path)
     fmt = resolve_format(path, fmt)
@@ -703,101 +792,255 @@ def _source(
         raise ConfigError(f"quoting={quoting!r} is not supported; choose one of: {', '.join(QUOTING)}.")
     if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows!r}; give a record count >= 1, e.g. 1024.")
+    if delimiter is not None:
+        if fmt not in _DELIMITERS:
+            raise ConfigError(f"delimiter={delimiter!r} applies to CSV/TSV files; this one is read as {fmt}.")
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+            raise ConfigError(
+                f"delimiter={delimiter!r}; give one character other than a quote or a line break, e.g. ';' or '\\t'."
+            )
     try:
         codec = codecs.lookup(encoding).name
     except LookupError as exc:
-        raise ConfigError(f"unknown encoding {encoding!r}; use e.g. 'utf-8', 'latin-1' or 'cp1252'.") from exc
+        raise ConfigError(f"unknown encoding {encoding!r}; use e.g. 'utf-8', 'cp1252' or 'utf-16'.") from exc
     if not Path(path).is_file():
         raise DataError("file not found (or not a file).", file=file, fix="check the path.")
-    if fmt == "parquet":
-        return file, fmt, None
-    return file, fmt, "utf-8-sig" if codec == "utf-8" else encoding
+    if fmt != "parquet":
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        for bom, bom_codec in _BOMS:
+            if head.startswith(bom):
+                return file, fmt, _Encoding(bom_codec, len(bom), bom_codec, "from the file's byte-order mark")
+    return file, fmt, _Encoding("utf-8" if codec == "utf-8-sig" else codec, 0, encoding)
 
 
 def _chunks(
     path: str | os.PathLike[str],
     file: str,
     fmt: str,
-    codec: str | None,
-    encoding: str,
+    enc: _Encoding,
     quoting: str,
     chunk_rows: int,
+    delimiter: str | None,
 ) -> Iterator[Table]:
     """The chunks of a file whose arguments :func:`_source` checked."""
-    if codec is None:
-        return _iter_parquet(path, file, encoding, chunk_rows)
+    if fmt == "parquet":
+        return _iter_parquet(path, file, enc, chunk_rows)
     if fmt == "jsonl":
-        return _iter_jsonl(path, file, codec, encoding, chunk_rows)
-    return _iter_delimited(path, file, fmt, QUOTING[quoting], codec, encoding, chunk_rows)
+        return _iter_jsonl(path, file, enc, chunk_rows)
+    if delimiter is None:
+        delimiter = _sniff_delimiter(path, enc) if fmt == "csv" else _DELIMITERS[fmt]
+    return _iter_delimited(path, file, fmt, QUOTING[quoting], enc, chunk_rows, delimiter)
+
+
+def _sniff_delimiter(path: str | os.PathLike[str], enc: _Encoding) -> str:
+    """The delimiter of a CSV file: the one of :data:`SNIFFED_DELIMITERS` its header line holds most often.
+
+    The header line is the first non-blank line; delimiters inside ``"quoted"`` names do not count; a tie goes to
+    the earlier delimiter in :data:`SNIFFED_DELIMITERS` (so ``,`` when the line holds none of them).
+    """
+    try:
+        with enc.open(path, newline="") as fh:
+            for _ in range(_SNIFF_LINES):
+                line = fh.readline(_SNIFF_CHARS)
+                if not line:
+                    break
+                if line.strip():
+                    bare = _QUOTED.sub("", line)
+                    return max(SNIFFED_DELIMITERS, key=bare.count)  # max keeps the first of equal counts
+    except UnicodeDecodeError:  # a damaged multi-byte file: the reader reports it
+        pass
+    return _DELIMITERS["csv"]
+
+
+def _encoding_fix(byte: int, enc: _Encoding) -> str:
+    """The fix for ``byte`` that did not decode as ``enc`` (or, read as latin-1, became a control character)."""
+    if enc.codec.startswith(("utf-16", "utf-32")):
+        return f"the file is not valid {enc.codec.upper()} (damaged or cut short): re-save it as UTF-8 (CSV UTF-8)."
+    cp1252 = ""
+    if 0x80 <= byte <= 0x9F and enc.codec != "cp1252":
+        try:
+            cp1252 = bytes([byte]).decode("cp1252")
+        except UnicodeDecodeError:  # one of the five bytes Windows-1252 leaves undefined
+            pass
+    if cp1252:
+        return (
+            f"the file is probably Windows-1252 (Excel's CSV on Windows), where byte {byte:#04x} is {cp1252!r}: "
+            "pass encoding='cp1252' (--encoding cp1252 on the command line), or re-save the file as UTF-8. Not "
+            "latin-1: it reads curly quotes and dashes as invisible control characters."
+        )
+    if enc.codec == "cp1252":
+        return "re-save the file as UTF-8, or pass encoding='latin-1' (it maps every byte; check the texts it reads)."
+    return (
+        "re-save the file as UTF-8, or pass encoding='cp1252' (--encoding cp1252 on the command line), the encoding "
+        "of Excel's CSV on Windows, which also reads latin-1 text (encoding='latin-1' if cp1252 fails)."
+    )
+
+
+def _first_undecodable(
+    path: str | os.PathLike[str], file: str, enc: _Encoding, column: str | None = None
+) -> DataError | None:
+    """The error for the first byte of the file that does not decode as ``enc``; ``None`` if all of it decodes.
+
+    The file is decoded a block at a time, so memory stays small for a large file; ``column`` is the byte's column
+    when the caller knows it.
+    """
+    decoder = codecs.getincrementaldecoder(enc.codec)("strict")
+    line, consumed = 1, 0  # the line of the next character; bytes fed to the decoder
+    with open(path, "rb") as fh:
+        fh.seek(enc.skip)
+        while True:
+            block = fh.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:  # exc.object is the pending bytes + this block
+                at = line + exc.object[: exc.start].decode(enc.codec, "replace").count("\n")
+                offset = enc.skip + consumed - pending + exc.start
+                byte = exc.object[exc.start]
+                what = f"byte {byte:#04x}"
+                if exc.end - exc.start > 1:  # a multi-byte code unit (UTF-16, UTF-32): show all its bytes
+                    what = "bytes " + " ".join(f"{b:#04x}" for b in exc.object[exc.start : exc.end])
+                return _DecodeError(
+                    f"{what} at line {at} (byte offset {offset}) cannot be decoded as {enc.name} ({enc.why}).",
+                    file=file,
+                    row=at,
+                    column=column,
+                    fix=_encoding_fix(byte, enc),
+                )
+            line += text.count("\n")
+            consumed += len(block)
+            if not block:
+                return None
 
 
 def _undecodable(
-    values: Sequence[str], names: Sequence[str] | None, row: int, file: str, encoding: str
+    values: Sequence[str], names: Sequence[str] | None, row: int, file: str, enc: _Encoding
 ) -> DataError | None:
     """The error for the first byte that did not decode (kept as a surrogate escape) in a record's ``values``.
 
-    ``row`` is the record's first line; the byte's line adds the line breaks before it inside the record.
+    Read as latin-1, a C1 control character is an error too (see :func:`_encoding_fix`). ``row`` is the record's
+    first line; the byte's line adds the line breaks before it inside the record.
     """
-    if _SURROGATE.search("".join(values)) is None:  # the common case, checked in one pass
+    suspect = enc.suspect
+    if suspect.search("".join(values)) is None:  # the common case, checked in one pass
         return None
     lines = 0
     for j, value in enumerate(values):
-        match = _SURROGATE.search(value)
+        match = suspect.search(value)
         if match is None:
             lines += value.count("\n")
             continue
         line = row + lines + value.count("\n", 0, match.start())
-        return DataError(
-            f"byte {ord(match.group()) - 0xDC00:#04x} at line {line} cannot be decoded as {encoding} "
-            "(the encoding tried).",
+        column = names[j] if names is not None and j < len(names) else None
+        char = ord(match.group())
+        if char < 0xDC80:  # a C1 control character read as latin-1
+            return DataError(
+                f"character U+{char:04X} at line {line} is an invisible control character (byte {char:#04x} read "
+                f"as {enc.name}).",
+                file=file,
+                row=line,
+                column=column,
+                fix=_encoding_fix(char, enc),
+            )
+        byte = char - 0xDC00
+        return _DecodeError(
+            f"byte {byte:#04x} at line {line} cannot be decoded as {enc.name} ({enc.why}).",
             file=file,
             row=line,
-            column=names[j] if names is not None and j < len(names) else None,
-            fix=_ENCODING_FIX,
+            column=column,
+            fix=_encoding_fix(byte, enc),
         )
     return None
 
 
+def _header(fields: list[str], file: str, row: int) -> tuple[list[str], int]:
+    """The column names of a CSV/TSV header line and how many of them are kept.
+
+    Names are stripped of surrounding whitespace and zero-width characters. Trailing unnamed columns are not kept
+    (their cells must be empty; :func:`_iter_delimited` checks). Raises for NUL characters (UTF-16 read as 8-bit
+    text), repeated names and several unnamed columns among named ones.
+    """
+    if any("\x00" in f for f in fields):
+        raise DataError(
+            "the header holds NUL characters: the file is probably UTF-16 without a byte-order mark.",
+            file=file,
+            row=row,
+            fix="pass encoding='utf-16-le' (or 'utf-16-be'), or re-save the file as UTF-8.",
+        )
+    names = [_EDGES.sub("", f) for f in fields]
+    kept = len(names)
+    while kept > 0 and not names[kept - 1]:
+        kept -= 1
+    header = names[:kept]
+    unnamed = [i + 1 for i, n in enumerate(header) if not n]
+    if len(unnamed) > 1:
+        raise DataError(
+            f"the header has {len(unnamed)} columns without a name, at positions {', '.join(map(str, unnamed))}.",
+            file=file,
+            row=row,
+            fix="name every column (or delete the empty columns).",
+        )
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raw = [_shown(f) for f, n in zip(fields, header, strict=False) if n in dupes]
+        raise DataError(
+            f"the header repeats column names {dupes} (as written: {', '.join(raw)}; surrounding spaces and "
+            "zero-width characters are ignored).",
+            file=file,
+            row=row,
+            column=dupes[0],
+            fix="give every column a unique name.",
+        )
+    return names, kept
+
+
 def _iter_delimited(
-    path: str | os.PathLike[str], file: str, fmt: str, quoting: int, codec: str, encoding: str, chunk_rows: int
+    path: str | os.PathLike[str],
+    file: str,
+    fmt: str,
+    quoting: int,
+    enc: _Encoding,
+    chunk_rows: int,
+    delimiter: str,
 ) -> Iterator[Table]:
-    header: list[str] | None = None
+    header: list[str] | None = None  # the kept column names
+    named, width, header_row = 0, 0, 1  # kept columns; fields of the header line (with unnamed ones); its line
     records: list[dict[str, str]] = []
     rows: list[int] = []
     previous, yielded = 0, False
-    with open(path, encoding=codec, errors="surrogateescape", newline="") as fh:
-        reader = csv.reader(fh, delimiter=_DELIMITERS[fmt], quoting=quoting)
+    suspect = enc.suspect
+    csv.field_size_limit(MAX_CELL_CHARS)  # read here, not at import, so that a changed limit applies
+    with enc.open(path, newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter, quoting=quoting)
         while True:
+            start = previous + 1
             try:
                 fields = next(reader)
             except StopIteration:
                 break
-            except csv.Error as exc:
-                raise DataError(
-                    f"cannot parse the {fmt.upper()} text ({exc}).",
+            except UnicodeDecodeError:  # only a multi-byte codec (UTF-16) fails; 8-bit ones keep surrogate escapes
+                bad = _first_undecodable(path, file, enc)
+                raise bad or DataError(
+                    f"the text after line {previous} cannot be decoded as {enc.name}.",
                     file=file,
-                    row=reader.line_num,
-                    fix="check the quotes near this line; if texts hold stray quote characters pass quoting='none'.",
-                ) from exc
-            start, previous = previous + 1, reader.line_num
-            bad = _undecodable(fields, header, start, file, encoding)
-            if bad is not None:
-                raise bad
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
+                    row=start,
+                    fix=_encoding_fix(0, enc),
+                ) from None
+            except csv.Error as exc:
+                raise _parse_error(exc, fmt, file, start, reader.line_num) from exc
+            previous = reader.line_num
+            if suspect.search("".join(fields)) is not None:  # one pass over the record; rarely true
+                bad = _undecodable(fields, header, start, file, enc)
+                if bad is not None:
+                    raise bad
+            if not (fields and fields[0].strip()) and not any(map(str.strip, fields)):
+                continue  # a blank line, or a spreadsheet row of empty cells
             if header is None:
-                header = fields
-                dupes = sorted({c for c in header if header.count(c) > 1})
-                if dupes:
-                    raise DataError(
-                        f"the header repeats column names {dupes}.",
-                        file=file,
-                        row=start,
-                        column=dupes[0],
-                        fix="give every column a unique name.",
-                    )
+                names, kept = _header(fields, file, start)
+                header, named, width, header_row = names[:kept], kept, len(names), start
                 continue
-            if len(fields) != len(header):
+            if len(fields) != named and not named <= len(fields) <= width:  # trailing unnamed cells may be left out
                 hint = (
                     "a text probably holds the delimiter; quote that field"
                     if quoting == csv.QUOTE_NONE
@@ -805,23 +1048,65 @@ def _iter_delimited(
                     "stray quotes, or quote that field"
                 )
                 raise DataError(
-                    f"this record has {len(fields)} fields but the header has {len(header)} ({', '.join(header)}).",
+                    f"this record has {len(fields)} fields but the header has {named} "
+                    f"({', '.join(_shown(c) for c in header)}; delimiter {delimiter!r}).",
                     file=file,
                     row=start,
                     fix=hint + ".",
                 )
+            if len(fields) > named:  # cells of trailing unnamed columns: they must be empty
+                extra = _filled(fields, named)
+                if extra is not None:
+                    raise DataError(
+                        f"column {extra + 1} has no name in the header (line {header_row}) but this record holds "
+                        f"{fields[extra][:40]!r} there.",
+                        file=file,
+                        row=start,
+                        fix=f"name column {extra + 1} in the header, or delete its cells.",
+                    )
+                del fields[named:]
             records.append(dict(zip(header, fields, strict=True)))
             rows.append(start)
             if len(records) == chunk_rows:
-                yield Table(records, rows, header, file, fmt, header_row=1)
+                yield Table(records, rows, header, file, fmt, header_row, delimiter)
                 records, rows, yielded = [], [], True
     if header is None:
         raise DataError("the file is empty: no header line.", file=file, fix="write a header row of column names.")
     if records or not yielded:
-        yield Table(records, rows, header, file, fmt, header_row=1)
+        yield Table(records, rows, header, file, fmt, header_row, delimiter)
 
 
-def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: str, chunk_rows: int) -> Iterator[Table]:
+def _filled(fields: list[str], start: int) -> int | None:
+    """The index of the first non-empty cell from ``start`` on (cells of unnamed columns), ``None`` if none."""
+    return next((i for i in range(start, len(fields)) if fields[i].strip()), None)
+
+
+def _parse_error(exc: csv.Error, fmt: str, file: str, start: int, line: int) -> DataError:
+    """The error for a record starting at line ``start`` that :mod:`csv` could not parse (it stopped at ``line``)."""
+    if "field larger than field limit" in str(exc):
+        swallowed = (
+            f" It runs from line {start} to past line {line}: if no text is meant to be this long, a quote in "
+            "this record is probably never closed and swallowed the lines after it; close it, or pass "
+            "quoting='none' if texts hold stray quotes."
+            if line > start
+            else ""
+        )
+        return DataError(
+            f"a cell is longer than {MAX_CELL_CHARS:,} characters, the limit of scoreplex.data.readers."
+            f"MAX_CELL_CHARS (reading stopped at line {line}, inside it).",
+            file=file,
+            row=start,
+            fix="shorten or split that text, or raise scoreplex.data.readers.MAX_CELL_CHARS." + swallowed,
+        )
+    return DataError(
+        f"cannot parse the {fmt.upper()} text ({exc}).",
+        file=file,
+        row=line,
+        fix="check the quotes near this line; if texts hold stray quote characters pass quoting='none'.",
+    )
+
+
+def _iter_jsonl(path: str | os.PathLike[str], file: str, enc: _Encoding, chunk_rows: int) -> Iterator[Table]:
     columns: dict[str, None] = {}  # ordered set
     records: list[dict[str, str]] = []
     rows: list[int] = []
@@ -833,15 +1118,28 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: s
                 record.setdefault(col, "")
         return Table(records, rows, list(columns), file, "jsonl", header_row=None)
 
-    with open(path, encoding=codec, errors="surrogateescape", newline="\n") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    suspect = enc.suspect
+    with enc.open(path, newline="\n") as fh:
+        lines = enumerate(fh, start=1)
+        while True:
+            try:
+                lineno, line = next(lines)
+            except StopIteration:
+                break
+            except UnicodeDecodeError:  # only a multi-byte codec (UTF-16) fails; 8-bit ones keep surrogate escapes
+                bad = _first_undecodable(path, file, enc)
+                raise bad or DataError(
+                    f"the text cannot be decoded as {enc.name}.",
+                    file=file,
+                    fix=_encoding_fix(0, enc),
+                ) from None
             line = line[:-1] if line.endswith("\n") else line
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                bad = _undecodable([line], None, lineno, file, encoding)
+                bad = _undecodable([line], None, lineno, file, enc)
                 if bad is not None:
                     raise bad from None
                 raise DataError(
@@ -851,7 +1149,7 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: s
                     fix=f'make line {lineno} one complete JSON object ({{"text": ..., ...}}) or remove it.',
                 ) from exc
             if not isinstance(obj, dict):
-                bad = _undecodable([line], None, lineno, file, encoding)
+                bad = _undecodable([line], None, lineno, file, enc)
                 if bad is not None:
                     raise bad
                 raise DataError(
@@ -861,9 +1159,9 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: s
                     fix='write one object per line, e.g. {"id": "r1", "text": "...", "score": 2}.',
                 )
             record = {str(k): _cell(v) for k, v in obj.items()}
-            if _SURROGATE.search(line):
-                bad = _undecodable(list(record.values()), list(record), lineno, file, encoding)
-                raise bad or _undecodable([line], None, lineno, file, encoding)
+            if suspect.search(line):
+                bad = _undecodable(list(record.values()), list(record), lineno, file, enc)
+                raise bad or _undecodable([line], None, lineno, file, enc)
             columns.update(dict.fromkeys(record))
             records.append(record)
             rows.append(lineno)
@@ -874,7 +1172,7 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, codec: str, encoding: s
         yield chunk()
 
 
-def _iter_parquet(path: str | os.PathLike[str], file: str, encoding: str, chunk_rows: int) -> Iterator[Table]:
+def _iter_parquet(path: str | os.PathLike[str], file: str, enc: _Encoding, chunk_rows: int) -> Iterator[Table]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -905,14 +1203,15 @@ def _iter_parquet(path: str | os.PathLike[str], file: str, encoding: str, chunk_
             for col, value in raw.items():
                 if isinstance(value, bytes):
                     try:
-                        value = value.decode(encoding)
+                        value = value.decode(enc.codec)
                     except UnicodeDecodeError as exc:
                         raise DataError(
-                            f"binary cell cannot be decoded as {encoding} (the encoding tried).",
+                            f"binary cell cannot be decoded as {enc.name} ({enc.why}).",
                             file=file,
                             row=row,
                             column=col,
-                            fix="store texts as a string column, or pass encoding='latin-1'.",
+                            fix="store texts as a string column, or pass the encoding they were written in, "
+                            "e.g. encoding='cp1252'.",
                         ) from exc
                 record[col] = _cell(value)
             records.append(record)
