@@ -22,21 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.encoding import token_lengths
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
-from scoreplex.pipeline import (
-    Backbone,
-    SuiteScorer,
-    TrainOptions,
-    default_config,
-    evaluate_suite,
-    pick_max_length,
-    train_suite,
-)
+from scoreplex.scorer import SuiteScorer, evaluate_suite
 from scoreplex.suite import Suite, write_json_atomic
+from scoreplex.training.suite import TrainOptions, default_config, pick_max_length, train_suite
 
 METHOD_CONFIGS = {m: default_config(m) for m in ("full", "lora", "head")}
 """scoreplex's defaults: full 5e-5 (head 1e-3) for <= 5 epochs as in the 001 paper; LoRA 2e-3 for <= 6 epochs after

@@ -295,7 +295,7 @@ def _labels(logits, class_counts: Sequence[int]) -> np.ndarray:
 class System:
     """One way of serving many tasks. ``spec`` is the worker's JSON spec (paths, sizes, threads)."""
 
-    modules: tuple[str, ...] = ("scoreplex.pipeline",)
+    modules: tuple[str, ...] = ("scoreplex.scorer",)
     """Imported before the setup clock starts (import time is a per-process constant, not loading work)."""
     torch_model = True
     """Whether the system builds a transformers model (whose class transformers imports lazily; see worker)."""
@@ -322,7 +322,7 @@ class PlainForward(System):
     """The backbone alone: tokenise, one forward, mean pooling. No adapters and no heads."""
 
     def load(self, task_ids):
-        from scoreplex.pipeline import Backbone
+        from scoreplex.backbone import Backbone
 
         self.bb = Backbone.load(self.spec["backbone"])
 
@@ -351,13 +351,13 @@ class EngineSystem(System):
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__(spec)
         if spec["system"].startswith("onnx"):
-            self.modules = ("scoreplex.engine.onnx_backend", "onnxruntime")
+            self.modules = ("scoreplex.engine.onnx_runtime", "onnxruntime")
             self.torch_model = False
 
     def load(self, task_ids):
         size = self.spec["batch_size"]
         if self.spec["system"].startswith("onnx"):
-            from scoreplex.engine.onnx_backend import OnnxEngine
+            from scoreplex.engine.onnx_runtime import OnnxEngine
 
             self.engine = OnnxEngine(
                 self.spec["suite"], self.spec["onnx_dir"], batch_size=size, intra_op_threads=self.spec["threads"]
@@ -389,12 +389,12 @@ class PeftSystem(System):
     by task and runs each sub-batch after ``set_adapter``.
     """
 
-    modules = ("scoreplex.pipeline", "peft")
+    modules = ("scoreplex.scorer", "peft")
 
     def load(self, task_ids):
         from peft import PeftModel
 
-        from scoreplex.pipeline import Backbone
+        from scoreplex.backbone import Backbone
 
         self.bb = Backbone.load(self.spec["backbone"])
         self.root = Path(self.spec["peft_dir"])
@@ -459,7 +459,7 @@ class FullModels(System):
     """One full fine-tuned model per task (scoreplex's ``full`` suite via ``Method.load``), all resident."""
 
     def load(self, task_ids):
-        from scoreplex.pipeline import Backbone
+        from scoreplex.backbone import Backbone
         from scoreplex.suite import Suite
 
         self.suite = Suite.open(self.spec["full_suite"], verify=False)  # each module is verified as it loads
@@ -789,7 +789,7 @@ def main(argv: list[str] | None = None) -> dict:
     onnx_dirs = {}
     for system in ("onnx-fp32", "onnx-int8"):
         if system in args.systems:
-            from scoreplex.engine.onnx_backend import export_onnx
+            from scoreplex.engine.onnx_export import export_onnx
 
             t0 = time.perf_counter()
             onnx_dirs[system] = work / system

@@ -47,7 +47,7 @@ from scoreplex.merging import (
     unmerged_plan,
 )
 from scoreplex.metrics import paired_t_test
-from scoreplex.pipeline import SuiteScorer, evaluate_suite
+from scoreplex.scorer import SuiteScorer, evaluate_suite
 from scoreplex.suite import write_json_atomic
 
 GW_VARIANTS = {
@@ -440,9 +440,9 @@ def markdown(r: dict, ids: list[str]) -> str:
 def demo_section(work: Path) -> dict:
     """The multi-label path: full fine-tunes of the 4 demo items (2 multi-label) merged at T' = 2."""
     from scoreplex.data.demo import demo_column_labels, demo_specs, write_demo
+    from scoreplex.data.load import read_dataset
     from scoreplex.data.readers import ColumnMap
-    from scoreplex.pipeline import TrainOptions, default_config, train_suite
-    from scoreplex.workflows import read_dataset
+    from scoreplex.training.suite import TrainOptions, default_config, train_suite
 
     files = write_demo(work / "data", n_train=160, n_test=80)
     labels = demo_column_labels(demo_specs())

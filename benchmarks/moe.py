@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from _common import cached_json
-from scoreplex.backbone import truncated_backbone
+from scoreplex.backbone import Backbone, truncated_backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.encoding import encode_texts
@@ -41,10 +41,11 @@ from scoreplex.moe import (
     save_student,
     train_student,
 )
-from scoreplex.moe.workflow import STUDENT_CONFIG as DEFAULT_STUDENT_CONFIG
-from scoreplex.pipeline import Backbone, SuiteScorer, TrainOptions, default_config, evaluate_suite, train_suite
-from scoreplex.scoring import decode, predict_logits
+from scoreplex.moe.runs import STUDENT_CONFIG as DEFAULT_STUDENT_CONFIG
+from scoreplex.predictions import decode, predict_logits
+from scoreplex.scorer import SuiteScorer, evaluate_suite
 from scoreplex.suite import Suite, write_json_atomic
+from scoreplex.training.suite import TrainOptions, default_config, train_suite
 
 HELD_OUT = ("asap-6", "asap-9")
 WHY_HELD_OUT = (

@@ -37,6 +37,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def trusted_backbone_root(tmp_path_factory: pytest.TempPathFactory):
+    """Suites here record the tiny backbone's folder under pytest's temporary root: trust that root (as a user lists
+    their model folders in $SCOREPLEX_BACKBONE_ROOTS), for this process and the CLI processes it starts."""
+    import os
+
+    from scoreplex.backbone import ROOTS_ENV
+
+    old = os.environ.get(ROOTS_ENV)
+    os.environ[ROOTS_ENV] = str(tmp_path_factory.getbasetemp())
+    yield
+    if old is None:
+        os.environ.pop(ROOTS_ENV, None)
+    else:
+        os.environ[ROOTS_ENV] = old
+
+
 def _demo_columns() -> ColumnMap:
     """The ColumnMap of the demo CSVs, as `run_demo` builds it: a column per dimension, second rater `<dim>_rater2`."""
     labels = demo_column_labels(demo_specs())
@@ -58,8 +75,8 @@ def tiny_backbone_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bb(tiny_backbone_path: Path):
-    """The tiny BERT loaded as a frozen :class:`scoreplex.pipeline.Backbone` (shared: never train it in place)."""
-    from scoreplex.pipeline import Backbone
+    """The tiny BERT loaded as a frozen :class:`scoreplex.backbone.Backbone` (shared: never train it in place)."""
+    from scoreplex.backbone import Backbone
 
     return Backbone.load(tiny_backbone_path)
 
@@ -73,7 +90,7 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def demo_datasets(demo_files: dict[str, Path]) -> dict[str, TaskData]:
     """{task id: TaskData} of the four demo tasks, read from the demo training CSV."""
-    from scoreplex.workflows import read_dataset
+    from scoreplex.data.load import read_dataset
 
     specs = {s.id: s for s in demo_specs()}
     return read_dataset(demo_files["train"], columns=_demo_columns(), specs=specs)
@@ -88,7 +105,7 @@ def small_config() -> TrainConfig:
 @pytest.fixture(scope="session")
 def small_options(small_config: TrainConfig, tiny_backbone_path: Path):
     """``small_options(method, **changes)`` -> TrainOptions on the tiny backbone with `small_config`, progress off."""
-    from scoreplex.pipeline import TrainOptions
+    from scoreplex.training.suite import TrainOptions
 
     def make(method: str = "lora", **changes) -> TrainOptions:
         return TrainOptions(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import TrainOptions, train_suite
 from scoreplex.training import TrainConfig
+from scoreplex.training.suite import TrainOptions, train_suite
 
 QV_TASKS = ("demo-photosynthesis", "demo-argument")
 QK_TASKS = ("demo-food-web", "demo-circuit")

@@ -21,8 +21,8 @@ import pytest
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.demo import vocabulary_words
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import TrainOptions, train_suite
 from scoreplex.training import TrainConfig
+from scoreplex.training.suite import TrainOptions, train_suite
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
 ITEMS = ("1", "2")

@@ -1,4 +1,4 @@
-"""Tests of scoreplex.encoding (and the scatter-back in scoreplex.scoring): truncation, padding, batch coverage."""
+"""Tests of scoreplex.encoding (and the scatter-back in scoreplex.predictions): truncation, padding, batch coverage."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from scoreplex.encoding import (
 )
 from scoreplex.heads import ScoringHead
 from scoreplex.methods import TaskModel
-from scoreplex.scoring import embed_all, predict_logits
+from scoreplex.predictions import embed_all, predict_logits
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from scoreplex.engine import (
 )
 from scoreplex.errors import ConfigError, DataError, SuiteError, UnknownNameError, UnknownTaskError
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import SuiteScorer
+from scoreplex.scorer import SuiteScorer
 from scoreplex.suite import MODULE_FILE, Suite
 
 

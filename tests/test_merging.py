@@ -267,7 +267,7 @@ def lora_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path):
 
 
 def _scorer(suite, path):
-    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.scorer import SuiteScorer
 
     return SuiteScorer(suite.root, backbone=str(path))
 
@@ -292,7 +292,7 @@ def test_features_are_subsampled_by_id_and_cached(full_suite, demo_datasets, tin
 
 
 def test_merged_full_suite_loads_scores_and_is_smaller(full_suite, demo_datasets, tiny_backbone_path, tmp_path):
-    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.scorer import SuiteScorer
     from scoreplex.suite import Suite
 
     scorer = _scorer(full_suite, tiny_backbone_path)
@@ -347,7 +347,7 @@ def test_shared_module_corruption_and_removal(full_suite, tiny_backbone_path, tm
 
 def test_head_refit_trains_new_heads_on_the_merged_encoder(full_suite, demo_datasets, tiny_backbone_path, tmp_path):
     from scoreplex.data.splits import train_val_split
-    from scoreplex.merging.pipeline import REFIT_CONFIG
+    from scoreplex.merging.merged_suite import REFIT_CONFIG
     from scoreplex.suite import Suite
 
     scorer = _scorer(full_suite, tiny_backbone_path)

@@ -76,7 +76,7 @@ def teachers_suite(tiny_full_suite):
 
 @pytest.fixture(scope="module")
 def teachers(teachers_suite, demo_datasets, tiny_backbone_path, tmp_path_factory):
-    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.scorer import SuiteScorer
 
     scorer = SuiteScorer(teachers_suite.root, backbone=str(tiny_backbone_path))
     return compute_teacher_targets(scorer, demo_datasets, tmp_path_factory.mktemp("targets"), progress=False)
@@ -105,7 +105,7 @@ def test_teacher_targets_are_joined_by_id_and_cached(
     teachers_suite, demo_datasets, teachers, tiny_backbone_path, tmp_path
 ):
     from scoreplex.data.dataset import TaskData
-    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.scorer import SuiteScorer
 
     t = "demo-food-web"
     data = demo_datasets[t]
@@ -175,7 +175,7 @@ def test_student_objective_mixes_tasks_and_uses_each_rows_teacher(tiny_bb, demo_
 
 def test_student_suite_round_trip_scorer_and_engine(trained, demo_datasets, tiny_backbone_path):
     from scoreplex.engine import Engine
-    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.scorer import SuiteScorer
 
     student, root = trained
     loaded, _ = load_student(root, backbone=str(tiny_backbone_path))
@@ -188,7 +188,7 @@ def test_student_suite_round_trip_scorer_and_engine(trained, demo_datasets, tiny
         for d, name in enumerate(a.spec.dimension_names):
             assert np.allclose(row["probs"][name], a.probs[d][0], atol=1e-5)
     from scoreplex.encoding import encode_texts
-    from scoreplex.scoring import predict_logits
+    from scoreplex.predictions import predict_logits
 
     enc = encode_texts(scorer.bb.tokenizer, demo_datasets["demo-argument"].texts[:8], 32)
     want = predict_logits(student.task_view("demo-argument"), enc)
@@ -234,8 +234,7 @@ def test_adaptation_trains_only_the_new_embedding_and_head(trained, demo_dataset
 
 
 def test_truncated_backbone(tiny_backbone_path, tmp_path):
-    from scoreplex.backbone import truncated_backbone
-    from scoreplex.pipeline import Backbone
+    from scoreplex.backbone import Backbone, truncated_backbone
 
     out = truncated_backbone(tiny_backbone_path, 1, tmp_path / "l1")
     bb = Backbone.load(out)
@@ -252,8 +251,8 @@ def test_distill_and_adapt_commands(teachers_suite, demo_files, demo_datasets, t
 
     from scoreplex.cli import app
     from scoreplex.data.dataset import TaskData
-    from scoreplex.moe.workflow import run_adapt
-    from scoreplex.pipeline import SuiteScorer
+    from scoreplex.moe.runs import run_adapt
+    from scoreplex.scorer import SuiteScorer
     from scoreplex.suite import Suite
     from scoreplex.tasks import TaskSpec
 

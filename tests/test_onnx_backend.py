@@ -18,20 +18,12 @@ import torch
 
 from lora_suites import QK_TASKS, QV_TASKS
 from lora_suites import train_tiny_suite as _train
-from scoreplex.backbone import tiny_bert
+from scoreplex.backbone import Backbone, tiny_bert
 from scoreplex.engine import Engine
-from scoreplex.engine.onnx_backend import (
-    MODEL_FILE,
-    SIDECAR_FILE,
-    TOKENIZER_DIR,
-    LoRATables,
-    OnnxEngine,
-    export_onnx,
-    lora_input_names,
-)
+from scoreplex.engine.onnx_export import MODEL_FILE, SIDECAR_FILE, TOKENIZER_DIR, export_onnx, lora_input_names
+from scoreplex.engine.onnx_runtime import OnnxEngine, onnx_slot_table
 from scoreplex.errors import BackboneMismatchError, ConfigError, SuiteError, UnknownNameError
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import Backbone
 from scoreplex.suite import Suite, sha256_file
 
 QK_SETTINGS = MethodSettings(lora_r=2, lora_alpha=8, lora_targets="query,key", head_hidden=8)
@@ -200,7 +192,7 @@ def test_eviction_reuses_slots_and_keeps_tables_cached(fp32_dir, lora_suite, tor
 
 
 def test_lora_tables_zero_released_slots_and_pad_ranks():
-    tables = LoRATables([{"name": "q", "in_features": 3, "out_features": 2, "inputs": list(lora_input_names(0))}])
+    tables = onnx_slot_table([{"name": "q", "in_features": 3, "out_features": 2, "inputs": list(lora_input_names(0))}])
     assert tables.capacity >= 1  # never empty: rows with slot -1 gather slot 0 (masked)
     s = tables.install("a", {"q": (torch.ones(2, 3), torch.ones(2, 2))}, 2.0)
     t = tables.install("b", {"q": (torch.ones(4, 3), torch.ones(2, 4))}, 0.5)  # a larger rank: zero-padded

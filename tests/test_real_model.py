@@ -13,7 +13,7 @@ pytestmark = pytest.mark.realmodel
 
 @pytest.fixture(scope="module")
 def minilm():
-    from scoreplex.pipeline import Backbone
+    from scoreplex.backbone import Backbone
 
     return Backbone.load("minilm")
 

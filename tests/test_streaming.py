@@ -26,7 +26,7 @@ from scoreplex.cli import app
 from scoreplex.data.readers import ColumnMap, iter_table, read_table, write_table
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.methods import MethodSettings
-from scoreplex.pipeline import SuiteScorer, TrainOptions, train_suite
+from scoreplex.scorer import SuiteScorer
 from scoreplex.streaming import (
     ResumeError,
     StreamOptions,
@@ -34,11 +34,12 @@ from scoreplex.streaming import (
     output_columns,
     progress_path,
     read_progress,
+    score_file,
     staging_path,
 )
 from scoreplex.suite import Suite
 from scoreplex.training import TrainConfig
-from scoreplex.workflows import score_file
+from scoreplex.training.suite import TrainOptions, train_suite
 
 CONFIG = TrainConfig(epochs=1, lr=1e-2, batch_size=16, patience=0, head_warmup_epochs=0)
 """One epoch at a large rate, so the LoRA updates are far from zero and every task scores differently."""

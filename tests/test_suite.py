@@ -1,4 +1,5 @@
-"""Tests of scoreplex.suite and scoreplex.pipeline: train a suite, score with it, verify it, resume it.
+"""Tests of scoreplex.suite and scoreplex.training.suite and scoreplex.scorer: train a suite, score with it, verify
+it, resume it.
 
 Suites are trained once per module on the tiny BERT: LoRA and head-only on an ordinal and a multi-label demo task,
 full fine-tuning on the ordinal task only. Tests that damage a suite work on a copy.
@@ -14,16 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoreplex import pipeline
 from scoreplex.backbone import backbone_fingerprint, tiny_bert
 from scoreplex.data.dataset import TaskData
 from scoreplex.data.splits import train_val_split
 from scoreplex.errors import BackboneMismatchError, ConfigError, DataError, SuiteError, UnknownTaskError
 from scoreplex.methods import MethodSettings, get_method
 from scoreplex.metrics import evaluate_task
-from scoreplex.pipeline import SuiteScorer, TrainOptions, evaluate_suite, pick_max_length, train_suite
+from scoreplex.scorer import SuiteScorer, evaluate_suite
 from scoreplex.suite import FORMAT_VERSION, MODULE_FILE, TASK_FILE, Suite, sha256_file
 from scoreplex.training import TrainConfig
+from scoreplex.training import suite as pipeline
+from scoreplex.training.suite import TrainOptions, pick_max_length, train_suite
 
 ORDINAL, MULTI = "demo-photosynthesis", "demo-argument"
 VAL_FRACTION = 0.25

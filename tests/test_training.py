@@ -13,7 +13,7 @@ import torch.nn as nn
 from scoreplex.errors import ConfigError
 from scoreplex.heads import ScoringHead, rubric_loss
 from scoreplex.methods import TaskModel
-from scoreplex.training import TrainConfig, _param_groups, fit
+from scoreplex.training.loop import TrainConfig, _param_groups, fit
 
 CLASSES = [3]
 

@@ -1,4 +1,5 @@
-"""Tests of scoreplex.workflows: reading a data file into tasks, scoring a file, the report table."""
+"""Tests of scoreplex.data.load, scoreplex.streaming.score_file and scoreplex.reports.evaluation: reading a data file
+into tasks, scoring a file, the report table."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scoreplex.data.load import check_nonempty, read_dataset
 from scoreplex.data.readers import read_table
 from scoreplex.errors import DataError
-from scoreplex.pipeline import train_suite
-from scoreplex.workflows import check_nonempty, evaluation_table, read_dataset, score_file
+from scoreplex.reports.evaluation import evaluation_table
+from scoreplex.streaming import score_file
+from scoreplex.training.suite import train_suite
 
 
 def test_tasks_file_and_specs_read_the_same(demo_files, demo_datasets, demo_column_map):

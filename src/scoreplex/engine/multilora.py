@@ -1,7 +1,8 @@
 """Many LoRA adapters in ONE forward pass of one shared frozen encoder: each row of a batch gets its own task's update.
 
-Every LoRA-targeted ``nn.Linear`` of the encoder is wrapped once in a :class:`MultiLoRALinear` that holds a *slot
-table* of adapters, stacked along a leading slot axis::
+Every LoRA-targeted ``nn.Linear`` of the encoder is wrapped once in a :class:`MultiLoRALinear` that reads a *slot
+table* of adapters (:class:`~scoreplex.engine.slots.LoRASlotTable`, shared with the ONNX backend), stacked along a
+leading slot axis::
 
     A_all    (S, r, in)     lora_A of the task in each slot
     B_all    (S, out, r)    lora_B of the task in each slot
@@ -38,6 +39,8 @@ import torch
 import torch.nn as nn
 
 from scoreplex.errors import SuiteError, unknown_name
+
+from .slots import LoRASlotTable
 
 LoRAImpl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``impl(y, x, slots, A_all, B_all, scaling) -> y + per-row LoRA update`` (may update ``y`` in place)."""
@@ -105,17 +108,17 @@ class LoRAContext:
 
 
 class MultiLoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a slot table of LoRA adapters applied per row (see the module docstring)."""
+    """A frozen ``nn.Linear`` plus per-row LoRA adapters read from a :class:`~scoreplex.engine.slots.LoRASlotTable`
+    (see the module docstring). The table's tensors are looked up at each call, so the table may grow meanwhile."""
 
-    def __init__(self, base: nn.Linear, context: LoRAContext, impl: str = DEFAULT_LORA_IMPL) -> None:
+    def __init__(self, base: nn.Linear, context: LoRAContext, table: LoRASlotTable, name: str, impl: str) -> None:
         super().__init__()
         self.base = base
         self.context = context
+        self.table = table
+        self.name = name
         self.impl = impl
-        w = base.weight
-        self.register_buffer("a_all", w.new_zeros((0, 0, base.in_features)), persistent=False)  # (S, r, in)
-        self.register_buffer("b_all", w.new_zeros((0, base.out_features, 0)), persistent=False)  # (S, out, r)
-        self.register_buffer("scaling", w.new_zeros((0,)), persistent=False)  # (S,)
+        table.add_layer(name, base.in_features, base.out_features)
 
     @property
     def impl(self) -> str:
@@ -134,46 +137,33 @@ class MultiLoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
-    def resize(self, capacity: int, rank: int) -> None:
-        """Grow the table to ``capacity`` slots and rank ``rank``, zero-padding (existing slots keep their values)."""
-        s, r = self.a_all.shape[0], self.a_all.shape[1]
-        if capacity == s and rank == r:
-            return
-        a = self.a_all.new_zeros((capacity, rank, self.in_features))
-        b = self.b_all.new_zeros((capacity, self.out_features, rank))
-        c = self.scaling.new_zeros((capacity,))
-        keep, kr = min(s, capacity), min(r, rank)
-        a[:keep, :kr] = self.a_all[:keep, :kr]
-        b[:keep, :, :kr] = self.b_all[:keep, :, :kr]
-        c[:keep] = self.scaling[:keep]
-        self.a_all, self.b_all, self.scaling = a, b, c
+    @property
+    def a_all(self) -> torch.Tensor:
+        """``(S, R, in)``: every slot's A."""
+        return self.table.tensors[self.name][0]
 
-    @torch.no_grad()
-    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
-        """Write one task's ``A (r, in)`` and ``B (out, r)`` into ``slot``, zero-padding to the table's rank."""
-        r = a.shape[0]
-        self.clear_slot(slot)
-        self.a_all[slot, :r] = a.to(self.a_all)
-        self.b_all[slot, :, :r] = b.to(self.b_all)
-        self.scaling[slot] = scaling
+    @property
+    def b_all(self) -> torch.Tensor:
+        """``(S, out, R)``: every slot's B."""
+        return self.table.tensors[self.name][1]
 
-    @torch.no_grad()
-    def clear_slot(self, slot: int) -> None:
-        self.a_all[slot].zero_()
-        self.b_all[slot].zero_()
-        self.scaling[slot] = 0.0
+    @property
+    def scaling(self) -> torch.Tensor:
+        """``(S,)``: every slot's scaling."""
+        return self.table.tensors[self.name][2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)  # (B, T, out)
         slots = self.context.slots
-        if slots is None or self.a_all.shape[1] == 0:
+        a_all, b_all, scaling = self.table.tensors[self.name]
+        if slots is None or a_all.shape[1] == 0:
             return y
         if slots.shape[0] != x.shape[0]:
             raise RuntimeError(f"LoRA context has {slots.shape[0]} slot indices for a batch of {x.shape[0]} rows.")
-        return self._impl(y, x, slots, self.a_all, self.b_all, self.scaling)
+        return self._impl(y, x, slots, a_all, b_all, scaling)
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl!r}, slots={self.a_all.shape[0]}, rank={self.a_all.shape[1]}"
+        return f"impl={self.impl!r}, slots={self.table.capacity}, rank={self.table.rank}"
 
 
 # -- PEFT names ----------------------------------------------------------------------------------------------------
@@ -241,24 +231,22 @@ def target_module_names(encoder: nn.Module, targets: str | Sequence[str]) -> lis
 
 
 class MultiLoRA:
-    """The adapters of many tasks resident in one encoder: which task holds which slot, in every wrapped layer.
+    """The PyTorch side of per-row LoRA: wraps an encoder's linear layers so they read one
+    :class:`~scoreplex.engine.slots.LoRASlotTable`, and runs the encoder with one slot index per row.
 
-    Wrap layers with :meth:`install` (it wraps the layers a task targets on first need), run the encoder inside
-    :meth:`use` with one slot index per row. Not thread-safe on its own: the engine serialises calls with its lock.
+    Wrap layers with :meth:`inject` / :meth:`install` (a task's layers are wrapped on first need), run the encoder
+    inside :meth:`use`. Not thread-safe on its own: the engine serialises calls with its lock.
     """
 
     def __init__(self, encoder: nn.Module, impl: str = DEFAULT_LORA_IMPL) -> None:
         get_lora_impl(impl)
         self.encoder = encoder
         self.context = LoRAContext()
+        p = next(encoder.parameters())
+        self.table = LoRASlotTable(dtype=p.dtype, device=p.device)
         self.layers: dict[str, MultiLoRALinear] = {}
         self._impl = impl
-        self._slot_of: dict[str, int] = {}
-        self._free: list[int] = []
-        self.capacity = 0
-        self.rank = 0
 
-    # -- implementation ----------------------------------------------------------------------------------------------
     @property
     def impl(self) -> str:
         return self._impl
@@ -270,7 +258,14 @@ class MultiLoRA:
         for layer in self.layers.values():
             layer.impl = name
 
-    # -- wrapping ----------------------------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self.table.capacity
+
+    @property
+    def rank(self) -> int:
+        return self.table.rank
+
     def wrap(self, name: str) -> MultiLoRALinear:
         """Replace the linear layer ``name`` of the encoder by a MultiLoRALinear around it (idempotent)."""
         if name in self.layers:
@@ -281,8 +276,7 @@ class MultiLoRA:
             raise SuiteError(f"the LoRA weights adapt {name!r}, which this backbone does not have.") from exc
         if not isinstance(module, nn.Linear):
             raise SuiteError(f"the LoRA weights adapt {name!r}, a {type(module).__name__}; only nn.Linear is served.")
-        layer = MultiLoRALinear(module, self.context, self._impl)
-        layer.resize(self.capacity, self.rank)
+        layer = MultiLoRALinear(module, self.context, self.table, name, self._impl)
         parent, _, child = name.rpartition(".")
         setattr(self.encoder.get_submodule(parent) if parent else self.encoder, child, layer)
         self.layers[name] = layer
@@ -295,59 +289,43 @@ class MultiLoRA:
             self.wrap(name)
         return names
 
-    # -- slots -------------------------------------------------------------------------------------------------------
-    def _grow(self, capacity: int, rank: int) -> None:
-        if capacity > self.capacity:
-            self._free.extend(range(capacity - 1, self.capacity - 1, -1))  # hand out low slots first
-        self.capacity, self.rank = max(capacity, self.capacity), max(rank, self.rank)
-        for layer in self.layers.values():
-            layer.resize(self.capacity, self.rank)
+    def check(self, task_id: str, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """SuiteError naming the task if its adapters do not fit this encoder (checked before anything is written)."""
+        for name, (a, b) in weights.items():
+            module = self.layers.get(name)
+            if module is None:
+                try:
+                    module = self.encoder.get_submodule(name)
+                except AttributeError:
+                    raise SuiteError(f"task {task_id!r} adapts {name!r}, which this backbone does not have.") from None
+            if not isinstance(module, nn.Linear | MultiLoRALinear):
+                raise SuiteError(
+                    f"task {task_id!r} adapts {name!r}, a {type(module).__name__}; only nn.Linear is served."
+                )
+            if a.ndim != 2 or b.ndim != 2 or a.shape[1] != module.in_features or b.shape[0] != module.out_features:
+                raise SuiteError(
+                    f"task {task_id!r}: LoRA weights for {name!r} have A {tuple(a.shape)}, B {tuple(b.shape)} but the "
+                    f"layer is {module.in_features} -> {module.out_features}; it was trained on another backbone."
+                )
 
     def install(self, key: str, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], scaling: float) -> int:
-        """Put one task's adapters (``{layer name: (A, B)}``) in a free slot; returns the slot.
-
-        Layers the task adapts are wrapped on first need; layers it does not adapt keep zeros in its slot.
-        Re-installing a key replaces its weights in place.
-        """
-        for name, (a, b) in weights.items():
-            layer = self.layers.get(name) or self.wrap(name)
-            if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
-                raise SuiteError(
-                    f"LoRA weights for {name!r} have A {tuple(a.shape)}, B {tuple(b.shape)} but the layer is "
-                    f"{layer.in_features} -> {layer.out_features}; the task was trained on another backbone."
-                )
-        rank = max((a.shape[0] for a, _ in weights.values()), default=0)
-        if key in self._slot_of:
-            slot = self._slot_of[key]
-        else:
-            if not self._free:
-                self._grow(max(4, 2 * self.capacity), rank)
-            slot = self._free.pop()
-        if rank > self.rank:
-            self._grow(self.capacity, rank)
-        for name, layer in self.layers.items():
-            if name in weights:
-                layer.set_slot(slot, weights[name][0], weights[name][1], scaling)
-            else:
-                layer.clear_slot(slot)
-        self._slot_of[key] = slot
-        return slot
+        """Put one task's adapters (``{layer name: (A, B)}``) in a free slot; returns the slot. Layers the task
+        adapts are wrapped on first need. Re-installing a key replaces its weights in place."""
+        self.check(key, weights)
+        for name in weights:
+            self.wrap(name)
+        return self.table.install(key, weights, scaling)
 
     def release(self, key: str) -> None:
         """Free ``key``'s slot (its rows are zeroed, so a stale index can never apply another task's weights)."""
-        slot = self._slot_of.pop(key, None)
-        if slot is None:
-            return
-        for layer in self.layers.values():
-            layer.clear_slot(slot)
-        self._free.append(slot)
+        self.table.release(key)
 
     def slot_of(self, key: str) -> int:
-        return self._slot_of[key]
+        return self.table.slot_of(key)
 
     @property
     def installed(self) -> list[str]:
-        return list(self._slot_of)
+        return self.table.installed
 
     def use(self, slots: torch.Tensor | None):
         """Context manager: run the encoder with per-row slot indices ``(B,)`` (-1: base output for that row)."""
@@ -356,4 +334,4 @@ class MultiLoRA:
     @property
     def table_bytes(self) -> int:
         """Bytes held by the slot tables of every wrapped layer."""
-        return sum(t.numel() * t.element_size() for layer in self.layers.values() for t in (layer.a_all, layer.b_all))
+        return self.table.nbytes

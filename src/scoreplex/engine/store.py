@@ -1,11 +1,10 @@
 """Task modules of a suite, loaded on demand and kept in an LRU cache under a budget (task count and/or bytes).
 
-A module is read from disk the first time a task is used: its ``module.safetensors`` and ``task.json`` bytes are read
-once, checked against the SHA-256 in ``manifest.json``, and parsed from those same bytes (so what is checked is what
-is loaded, even if the file changes meanwhile; reading once also halves the disk work of "hash, then load"; memory
-mapping would gain nothing, since the hash check reads every byte and a module is a few hundred KB). A module
-that is missing, corrupt or does not fit fails with a :class:`~scoreplex.errors.SuiteError` naming its task; nothing is
-cached for it, so other tasks keep serving and a restored file is picked up by the next request.
+A module is read the first time a task is used, through the suite (:meth:`scoreplex.suite.Suite.module_tensors`:
+read once per process, checked against the SHA-256 in ``manifest.json`` and parsed from those same bytes), and parsed
+into its parts by the suite's method (:meth:`scoreplex.methods.base.Method.parse`). A module that is missing, corrupt
+or does not fit fails with a :class:`~scoreplex.errors.SuiteError` naming its task; nothing is kept for it, so other
+tasks keep serving and a restored file is picked up by the next request.
 
 Tasks can be added, replaced and removed while the engine serves (all under one lock shared with the engine). A
 module in use by a running batch is *pinned*: it is never evicted under that batch; replacing or removing it retires
@@ -14,9 +13,7 @@ it once the batch releases it.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import os
 import threading
 import time
@@ -30,16 +27,13 @@ import torch
 
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
 from scoreplex.heads import ScoringHead
-from scoreplex.methods import Method
-from scoreplex.suite import MODULE_FILE, TASK_FILE, Suite
+from scoreplex.suite import MODULE_FILE, Suite
 from scoreplex.tasks import TaskSpec
-
-from .multilora import lora_weights_from_peft
 
 
 @dataclass(eq=False)
-class TaskModule:
-    """One task's loaded module: its rubric, head and (for LoRA suites) adapter weights."""
+class ResidentModule:
+    """One task's module resident in the engine: its rubric, head and (for LoRA suites) adapter weights."""
 
     task_id: str
     spec: TaskSpec
@@ -70,7 +64,9 @@ class AdapterStore:
     """Lazily loaded task modules of one suite, in an LRU cache under ``max_tasks`` and/or ``max_bytes``.
 
     ``on_load(module)`` runs after a module is parsed and before it is cached (the engine installs its adapters
-    there; an exception fails the load); ``on_evict(module)`` runs when a module leaves the cache. A single batch may
+    there; an exception fails the load); ``on_evict(module)`` runs when a module leaves the cache; ``on_check(module)``
+    checks a module against the engine's encoder before :meth:`add` writes anything (SuiteError if it does not fit).
+    A single batch may
     need more tasks than the budget holds: they are all kept (pinned) for that batch and the budget is restored as
     soon as it ends. The module just handed out is never evicted by its own load, so one module larger than
     ``max_bytes`` still serves (it leaves on the next load).
@@ -83,8 +79,9 @@ class AdapterStore:
         hidden: int,
         max_tasks: int | None = None,
         max_bytes: int | None = None,
-        on_load: Callable[[TaskModule], None] | None = None,
-        on_evict: Callable[[TaskModule], None] | None = None,
+        on_load: Callable[[ResidentModule], None] | None = None,
+        on_evict: Callable[[ResidentModule], None] | None = None,
+        on_check: Callable[[ResidentModule], None] | None = None,
         lock: threading.RLock | None = None,
     ) -> None:
         if max_tasks is not None and (not isinstance(max_tasks, int) or max_tasks < 1):
@@ -92,13 +89,15 @@ class AdapterStore:
         if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 1):
             raise ConfigError(f"max_bytes={max_bytes!r}; give a positive byte count, or None for no byte limit.")
         self.suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)
+        self.method = self.suite.method_object
         self.hidden = hidden
         self.max_tasks = max_tasks
         self.max_bytes = max_bytes
         self.on_load = on_load
         self.on_evict = on_evict
+        self.on_check = on_check
         self.lock = lock or threading.RLock()
-        self._cache: OrderedDict[str, TaskModule] = OrderedDict()  # least recently used first
+        self._cache: OrderedDict[str, ResidentModule] = OrderedDict()  # least recently used first
         self.load_seconds: dict[str, list[float]] = {}
         """Every cold-load time per task, in seconds (for cold-load latency figures)."""
         self.counters = {"hits": 0, "misses": 0, "evictions": 0, "failures": 0}
@@ -132,7 +131,7 @@ class AdapterStore:
         with self.lock:
             return sum(m.nbytes for m in self._cache.values())
 
-    def get(self, task_id: str) -> TaskModule:
+    def get(self, task_id: str) -> ResidentModule:
         """The task's module, loaded (and verified) on first use; marks it most recently used."""
         with self.lock:
             module = self._cache.get(task_id)
@@ -163,12 +162,12 @@ class AdapterStore:
 
     @contextmanager
     def pinned(self, task_ids: Iterable[str], errors: dict[str, ScoreplexError] | None = None) -> Iterator[dict]:
-        """Load and pin ``task_ids`` for one batch: yields ``{task id: TaskModule}``.
+        """Load and pin ``task_ids`` for one batch: yields ``{task id: ResidentModule}``.
 
         A task that fails to load raises; with ``errors`` given, its error is recorded there instead and the task is
         left out. The budget is enforced again when the block ends.
         """
-        modules: dict[str, TaskModule] = {}
+        modules: dict[str, ResidentModule] = {}
         with self.lock:
             try:
                 for task_id in dict.fromkeys(task_ids):
@@ -190,7 +189,7 @@ class AdapterStore:
             with self.lock:
                 self._unpin(modules.values())
 
-    def _unpin(self, modules: Iterable[TaskModule]) -> None:
+    def _unpin(self, modules: Iterable[ResidentModule]) -> None:
         for module in modules:
             module.pins -= 1
             if module.retired and module.pins == 0:
@@ -221,7 +220,7 @@ class AdapterStore:
                 self._release(module)
             return True
 
-    def _release(self, module: TaskModule) -> None:
+    def _release(self, module: ResidentModule) -> None:
         if self.on_evict is not None:
             self.on_evict(module)
 
@@ -231,75 +230,39 @@ class AdapterStore:
                 self.evict(task_id)
 
     # -- loading -----------------------------------------------------------------------------------------------------
-    def _read_verified(self, task_id: str, name: str, digest: str) -> bytes:
-        path = self.suite.root / "tasks" / task_id / name
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise SuiteError(
-                f"task {task_id!r}: {path} is missing; restore the suite folder or retrain this task."
-            ) from None
-        except OSError as exc:
-            raise SuiteError(f"task {task_id!r}: cannot read {path} ({exc}).") from exc
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise SuiteError(
-                f"task {task_id!r}: {path} does not match its SHA-256 in manifest.json (corrupt or edited); "
-                "restore it or retrain this task."
-            )
-        return data
-
-    def _load(self, task_id: str) -> TaskModule:
+    def _load(self, task_id: str) -> ResidentModule:
         files = self._require(task_id)["files"]
-        blob = self._read_verified(task_id, MODULE_FILE, files[MODULE_FILE])
-        info_bytes = self._read_verified(task_id, TASK_FILE, files[TASK_FILE])
-        try:
-            from safetensors.torch import load as load_safetensors
-
-            info = json.loads(info_bytes)
-            tensors = load_safetensors(blob)
-        except Exception as exc:  # the hash matched, so the file was written broken
-            raise SuiteError(f"task {task_id!r}: its module cannot be parsed ({exc}); retrain this task.") from exc
-        shared = self.suite.shared_of(task_id)
-        if shared is not None and self.suite.method != "moe":  # a merged group's adapter lives in shared/
-            tensors = {**self.suite.load_shared(shared), **tensors}
+        info = self.suite.task_info(task_id)
+        tensors = self.method.task_tensors(self.suite, task_id, for_engine=True)
         module = self.parse(task_id, info.get("spec", {}), info.get("config", {}), tensors)
         module.sha256 = files[MODULE_FILE]
         return module
 
-    def parse(self, task_id: str, spec: dict | TaskSpec, config: dict[str, Any], tensors: dict) -> TaskModule:
-        """Build a TaskModule from a task's spec, module config and tensors; SuiteError naming the task if they do
-        not fit (used on load, and on add before anything is written)."""
-        method = self.suite.method
+    def parse(self, task_id: str, spec: dict | TaskSpec, config: dict[str, Any], tensors: dict) -> ResidentModule:
+        """Build a ResidentModule from a task's spec, module config and tensors with the suite's method; SuiteError
+        naming the task if they do not fit (used on load, and on add before anything is written)."""
         try:
             spec = spec if isinstance(spec, TaskSpec) else TaskSpec.from_dict(spec)
             if spec.id != task_id:
                 raise SuiteError(f"its task.json describes task {spec.id!r}")
-            head = Method._head(self.hidden, spec, config.get("head_hidden", 0), config.get("head_dropout", 0.1))
-            Method._load_strict(head, {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, "head weights")
-            head.eval()
-            lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            scaling, rank = 0.0, 0
-            if method == "lora":
-                lora = lora_weights_from_peft({k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
-                rank, alpha = int(config["lora_r"]), float(config["lora_alpha"])
-                bad = {n: tuple(a.shape) for n, (a, _) in lora.items() if a.shape[0] != rank}
-                if bad or not lora:
-                    raise SuiteError(f"task.json says lora_r={rank} but the LoRA weights hold {bad or 'none'}")
-                scaling = alpha / rank
-            task_vec = tensors.get("task_embedding") if method == "moe" else None
-            if method == "moe" and task_vec is None:
-                raise SuiteError("its module has no task embedding (a MoE student task needs one)")
-            other = [k for k in tensors if not k.startswith(("head.", "lora.")) and k != "task_embedding"]
-            if other:
-                raise SuiteError(f"its module holds tensors a {method!r} suite does not use: {other[:5]}")
+            parsed = self.method.parse(task_id, spec, config, tensors, self.hidden)
         except ScoreplexError as exc:
             raise SuiteError(f"task {task_id!r}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise SuiteError(f"task {task_id!r}: task.json or the module is incomplete ({exc!r}).") from exc
-        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-        module = TaskModule(task_id, spec, dict(config), head, lora, scaling, rank, nbytes, 0.0, "")
-        module.task_vec = task_vec
-        return module
+        return ResidentModule(
+            task_id,
+            spec,
+            dict(config),
+            parsed.head,
+            parsed.lora,
+            parsed.scaling,
+            parsed.rank,
+            parsed.nbytes,
+            0.0,
+            "",
+            task_vec=parsed.task_vec,
+        )
 
     # -- changing the suite while serving ----------------------------------------------------------------------------
     def add(
@@ -315,15 +278,21 @@ class AdapterStore:
 
         The module is checked before anything is written. An existing task is only overwritten with ``replace``.
         """
-        if self.suite.method == "moe":
+        if not self.method.capabilities.trains_per_task:
             raise ConfigError(
-                "tasks join a MoE student by adaptation (a task embedding + head trained against its frozen encoder): "
-                "use scoreplex.moe.adapt_to_task or `scoreplex adapt`, not the adapter store."
+                f"tasks do not join a {self.method.name!r} suite as trained modules ({self.method.description})"
+                + (
+                    ": use `scoreplex adapt` (scoreplex.moe.adapt_to_task)."
+                    if self.method.capabilities.adaptable
+                    else "."
+                )
             )
         with self.lock:
             if self.suite.has_task(spec.id) and not replace:
                 raise ConfigError(f"task {spec.id!r} is already in the suite; pass replace=True to overwrite it.")
-            self.parse(spec.id, spec, config, tensors)
+            module = self.parse(spec.id, spec, config, tensors)
+            if self.on_check is not None:
+                self.on_check(module)  # fits the engine's encoder? checked before anything is written
             self.evict(spec.id)
             self.suite.add_task(spec, tensors, config, summary or {})
 

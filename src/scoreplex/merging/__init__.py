@@ -5,13 +5,14 @@ features.py  each task model's features of its own responses (cached)
 gromov.py    pairwise GW distances (POT, exact / entropic, numerics checked) and normalised similarities
 plan.py      merge plans: exact optimal partition, average-linkage clustering, random plans, plan files
 merge.py     merging state dicts and LoRA adapters against the pretrained base
-pipeline.py  merged suites, head re-fit, plans evaluated side by side
+merged_suite.py  merged suites, head re-fit, plans evaluated side by side
+gwsmm.py     the whole method end to end: features -> GW -> plan -> merged suite + report (`scoreplex merge`)
 """
 
 from scoreplex.merging.features import FeatureSettings, extract_features, suite_features
 from scoreplex.merging.gromov import GromovError, GWMatrix, GWSettings, gw_distance, gw_matrix, normalised_similarity
 from scoreplex.merging.merge import MERGE_METHODS, MergeSettings, merge_lora, merge_state_dicts
-from scoreplex.merging.pipeline import GroupMerger, PlanEvaluator, merge_suite, refit_head, unmerged_plan
+from scoreplex.merging.merged_suite import GroupMerger, PlanEvaluator, merge_suite, refit_head, unmerged_plan
 from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score, random_plans
 
 __all__ = [

@@ -99,7 +99,7 @@ def suite_features(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Features of every task model of a suite (via a :class:`~scoreplex.pipeline.SuiteScorer`) on its own task's
+    """Features of every task model of a suite (via a :class:`~scoreplex.scorer.SuiteScorer`) on its own task's
     responses in ``datasets``; read from / written to ``cache_dir`` when given."""
     from safetensors.numpy import load_file, save_file
 

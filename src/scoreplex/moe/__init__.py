@@ -2,6 +2,8 @@
 
 model.py    the student (shared encoder, gated MoE block, per-task embeddings and heads) and its per-task view
 distill.py  teachers' soft targets, stored once and joined to responses by id
+method.py   the ``moe`` method: the student suite's module format (registered in scoreplex.methods)
+runs.py     what `scoreplex distill` and `scoreplex adapt` run
 train.py    mixed-batch training by the one training loop (task + distillation + load-balance loss), saving the
             student as a suite, adapting it to a new task with only a task embedding and a head
 """

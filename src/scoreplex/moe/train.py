@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,12 +24,12 @@ from scoreplex.errors import ConfigError, DataError, unknown_name
 from scoreplex.heads import rubric_loss, split_logits
 from scoreplex.metrics import evaluate_task
 from scoreplex.moe.distill import TeacherTargets
+from scoreplex.moe.method import SHARED_NAME, MoEStudentMethod
 from scoreplex.moe.model import MoEConfig, MoEStudent, load_balance_loss
-from scoreplex.scoring import decode, embed_all, predict_logits
-from scoreplex.training import FitResult, TrainConfig, fit
+from scoreplex.predictions import decode, embed_all, predict_logits
+from scoreplex.training.loop import FitResult, TrainConfig, fit
 
 KD_LOSSES = ("kl", "bce")
-SHARED_NAME = "student"
 
 
 @dataclass(frozen=True)
@@ -210,19 +209,22 @@ def save_student(
     summary: dict[str, Any] | None = None,
 ):
     """Write the student as a suite: ``shared/student.safetensors`` (encoder + MoE), per task embedding + head."""
-    from scoreplex.suite import Suite, write_json_atomic
+    from scoreplex.suite import Suite
 
     suite = Suite.create(
-        out_dir, method="moe", backbone=backbone_info, pooling=student.pooling, max_length=max_length, exist_ok=False
+        out_dir,
+        method=MoEStudentMethod.name,
+        backbone=backbone_info,
+        pooling=student.pooling,
+        max_length=max_length,
+        exist_ok=False,
     )
-    suite.manifest["moe"] = student.cfg.to_dict()  # before any task: a partial suite still loads its block
+    suite.update(moe=student.cfg.to_dict())  # before any task: a partial suite still loads its block
     shared = {f"encoder.{k}": v for k, v in student.encoder.state_dict().items()}
     shared.update({f"moe.{k}": v for k, v in student.moe.state_dict().items()})
     suite.add_shared(SHARED_NAME, shared, {"moe": student.cfg.to_dict()})
     for task_id in student.task_ids:
         write_student_task(suite, student, task_id, (summary or {}).get(task_id, {}))
-    suite.manifest["moe"] = student.cfg.to_dict()
-    write_json_atomic(Path(out_dir) / "manifest.json", suite.manifest)
     return suite
 
 
@@ -237,34 +239,26 @@ def write_student_task(suite, student: MoEStudent, task_id: str, summary: dict[s
     suite.add_task(student.specs[task_id], tensors, config, summary, shared=SHARED_NAME)
 
 
-def load_student(suite_dir: str | os.PathLike[str], backbone: str | None = None) -> tuple[MoEStudent, Any]:
-    """Rebuild a whole student (all tasks) from its suite; returns (student, the loaded Backbone)."""
-    from scoreplex.backbone import backbone_fingerprint, resolve_backbone
-    from scoreplex.methods import Method
-    from scoreplex.pipeline import Backbone
-    from scoreplex.suite import Suite
-
-    suite = Suite.open(suite_dir)
-    if suite.method != "moe":
-        raise ConfigError(f"{suite_dir} is a {suite.method!r} suite, not a MoE student ('moe').")
-    stored = suite.manifest["backbone"]
-    name = backbone or (stored["path"] if Path(stored["path"]).is_dir() else stored["name"])
-    path = resolve_backbone(name)
-    suite.check_backbone(backbone_fingerprint(path), str(name))
-    bb = Backbone.load(path)
-    cfg = MoEConfig(**suite.manifest["moe"])
+def load_student(suite, backbone: str | None = None) -> tuple[MoEStudent, Any]:
+    """Rebuild a whole student (all tasks) from its suite (an open Suite or its folder); returns (student, the loaded
+    Backbone)."""
     import copy
 
-    student = MoEStudent(copy.deepcopy(bb.encoder), bb.hidden, [], cfg, suite.manifest["pooling"])
-    shared = suite.load_shared(SHARED_NAME)
-    Method._load_strict(student.encoder, {k[8:]: v for k, v in shared.items() if k.startswith("encoder.")}, "encoder")
-    Method._load_strict(student.moe, {k[4:]: v for k, v in shared.items() if k.startswith("moe.")}, "MoE block")
+    from scoreplex.backbone import Backbone
+    from scoreplex.methods.base import load_strict, split_state
+    from scoreplex.suite import Suite
+
+    suite = suite if isinstance(suite, Suite) else Suite.open(suite)
+    if not isinstance(suite.method_object, MoEStudentMethod):
+        raise ConfigError(f"{suite.root} is a {suite.method!r} suite, not a MoE student ({MoEStudentMethod.name!r}).")
+    bb = Backbone.for_suite(suite, backbone)
+    cfg = MoEConfig(**suite.manifest["moe"])
+    student = MoEStudent(copy.deepcopy(bb.encoder), bb.hidden, [], cfg, suite.pooling)
+    student.moe = suite.method_object.install_shared(suite, student.encoder, bb.hidden)
     for task_id in suite.task_ids:
-        _, tensors = suite.load_module(task_id)
+        tensors = suite.module_tensors(task_id)
         student.add_task(suite.spec(task_id), tensors["task_embedding"])
-        Method._load_strict(
-            student.heads[task_id], {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, "head"
-        )
+        load_strict(student.heads[task_id], split_state(tensors, "head."), "head")
     return student.eval(), bb
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError
+from scoreplex.moe.method import MoEStudentMethod
 from scoreplex.moe.model import MoEConfig
 from scoreplex.moe.train import (
     StudentObjective,
@@ -19,14 +20,15 @@ from scoreplex.moe.train import (
     train_student,
     write_student_task,
 )
-from scoreplex.training import TrainConfig
+from scoreplex.training.loop import TrainConfig
 
-STUDENT_CONFIG = TrainConfig(epochs=3, lr=5e-5, head_lr=1e-3, batch_size=32, patience=2)
+STUDENT_CONFIG = TrainConfig(**MoEStudentMethod.training_defaults)
+"""The student's training settings (the ``moe`` method's defaults)."""
 ADAPT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
 
 
 def run_distill(
-    teachers_dir: str | os.PathLike[str],
+    teachers_suite,
     data: Mapping[str, TaskData],
     out_dir: str | os.PathLike[str],
     *,
@@ -40,21 +42,22 @@ def run_distill(
 ) -> dict[str, Any]:
     """Distil the teachers (a suite with a model per task) into one MoE student suite at ``out_dir``.
 
-    The student's encoder is ``student_backbone`` cut to its first ``layers`` layers (written next to the suite as
-    ``<out>.backbone``; None keeps every layer). Teacher targets are cached in ``<out>.teacher-targets``; training
-    checkpoints every epoch and resumes after an interruption."""
-    from scoreplex.backbone import truncated_backbone
+    ``teachers_suite`` is an open :class:`~scoreplex.suite.Suite` (or its folder). The student's encoder is
+    ``student_backbone`` cut to its first ``layers`` layers (written next to the suite as ``<out>.backbone``;
+    None keeps every layer). Teacher targets are cached in
+    ``<out>.teacher-targets``; training checkpoints every epoch and resumes after an interruption."""
+    from scoreplex.backbone import Backbone, truncated_backbone
     from scoreplex.data.splits import train_val_split
     from scoreplex.moe.distill import compute_teacher_targets
-    from scoreplex.pipeline import Backbone, SuiteScorer, evaluate_suite
+    from scoreplex.scorer import SuiteScorer, evaluate_suite
 
     out = Path(out_dir)
     if (out / "manifest.json").is_file():
         raise ConfigError(f"{out} already holds a suite; choose a new folder for the student or delete it.")
-    teachers = SuiteScorer(teachers_dir)
+    teachers = SuiteScorer(teachers_suite)
     missing = [t for t in data if not teachers.suite.has_task(t)]
     if missing:
-        raise ConfigError(f"the teachers at {teachers_dir} have no model for tasks {missing}; train them first.")
+        raise ConfigError(f"the teachers at {teachers.suite.root} have no model for tasks {missing}; train them first.")
     t0 = time.perf_counter()
     splits = {t: train_val_split(d, val_fraction=val_fraction, seed=config.seed) for t, d in data.items()}
     train_sets = {t: s[0] for t, s in splits.items()}
@@ -83,7 +86,7 @@ def run_distill(
         progress=progress,
     )
     suite = save_student(student, out, bb.info.to_dict(), max_length)
-    val = evaluate_suite(SuiteScorer(out), val_sets, progress=False)
+    val = evaluate_suite(SuiteScorer(suite, bb), val_sets, progress=False)
     import shutil
 
     shutil.rmtree(f"{out}.checkpoints", ignore_errors=True)
@@ -99,24 +102,28 @@ def run_distill(
 
 
 def run_adapt(
-    student_dir: str | os.PathLike[str],
+    student_suite,
     data: Mapping[str, TaskData],
     *,
     config: TrainConfig = ADAPT_CONFIG,
     val_fraction: float = 0.1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Add every task of ``data`` to the student suite in place: a task embedding and a head each, nothing else
-    changes (the shared encoder and MoE block files are untouched)."""
+    """Add every task of ``data`` to the student suite (an open Suite or its folder) in place: a task embedding and a
+    head each, nothing else changes (the shared encoder and MoE block files are untouched)."""
     from scoreplex.data.splits import train_val_split
     from scoreplex.suite import Suite
 
-    suite = Suite.open(student_dir)
+    suite = student_suite if isinstance(student_suite, Suite) else Suite.open(student_suite)
+    if not suite.method_object.capabilities.adaptable:
+        raise ConfigError(
+            f"{suite.root} is a {suite.method!r} suite; only a student (`scoreplex distill`) adapts to new tasks."
+        )
     known = [t for t in data if suite.has_task(t)]
     if known:
-        raise ConfigError(f"tasks {known} are already in the student at {student_dir}; give new tasks new ids.")
-    student, bb = load_student(student_dir)
-    max_length = int(suite.manifest["max_length"])
+        raise ConfigError(f"tasks {known} are already in the student at {suite.root}; give new tasks new ids.")
+    student, bb = load_student(suite)
+    max_length = suite.max_length
     results = {}
     for task_id, d in data.items():
         train, val = train_val_split(d, val_fraction=val_fraction, seed=config.seed)

@@ -1,8 +1,9 @@
 """From a suite of task models and a merge plan to a merged suite, and plans evaluated side by side.
 
-A merged full-fine-tune suite stores one encoder per group (``shared/group-<g>.safetensors``) and per task only its
-head; a merged LoRA suite one adapter per group. Both load through :class:`~scoreplex.pipeline.SuiteScorer`, the
-CLI and (LoRA) the inference engine like any other suite. Optionally each task's head is re-fitted on the frozen
+A merged suite keeps its source method: a merged full-fine-tune suite stores one encoder per group
+(``shared/group-<g>.safetensors``) and per task only its head; a merged LoRA suite one adapter per group. Both load
+through :class:`~scoreplex.scorer.SuiteScorer`, the CLI and (LoRA) the inference engine like any other suite (the
+method joins each task's group module to its own tensors). Optionally each task's head is re-fitted on the frozen
 merged encoder (the authors' notebooks did this; the paper does not say so), selected on the validation split.
 """
 
@@ -22,12 +23,11 @@ from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError, SuiteError
 from scoreplex.merging.merge import MergeSettings, merge_lora, merge_state_dicts
 from scoreplex.merging.plan import MergePlan
-from scoreplex.methods import Method, MethodSettings, TaskModel, get_method
+from scoreplex.methods import MethodSettings, TaskModel, methods_with, split_state
 from scoreplex.metrics import evaluate_task
-from scoreplex.suite import Suite, write_json_atomic
-from scoreplex.training import TrainConfig
+from scoreplex.suite import Suite
+from scoreplex.training.loop import TrainConfig
 
-MERGEABLE = ("full", "lora")
 REFIT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
 """Head re-fit on frozen merged features: what scoreplex uses for head-only training."""
 
@@ -50,10 +50,11 @@ class GroupMerger:
     def __init__(self, scorer, settings: MergeSettings = MergeSettings()) -> None:
         self.scorer = scorer
         self.suite: Suite = scorer.suite
-        if self.suite.method not in MERGEABLE:
+        self.method = self.suite.method_object
+        if not self.method.capabilities.mergeable:
             raise SuiteError(
                 f"the suite at {self.suite.root} is a {self.suite.method!r} suite; merging needs task encoders "
-                f"({' or '.join(MERGEABLE)} suites). A head-only suite already shares one encoder."
+                f"({' or '.join(methods_with('mergeable'))} suites). A head-only suite already shares one encoder."
             )
         self.settings = settings
         self._base = {k: v.detach().clone() for k, v in scorer.bb.encoder.state_dict().items()}
@@ -61,15 +62,15 @@ class GroupMerger:
     def merge(self, members: list[str]) -> MergedGroup:
         t0 = time.perf_counter()
         modules = [self.suite.load_module(t) for t in members]
-        if self.suite.method == "full":
-            states = [Method._split(tensors, "encoder.") for _, tensors in modules]
+        if not self.method.capabilities.has_adapters:  # task encoders: merge their weights
+            states = [split_state(tensors, "encoder.") for _, tensors in modules]
             merged = merge_state_dicts(self._base, states, self.settings)
             group = MergedGroup(members, {f"encoder.{k}": v for k, v in merged.items()})
         else:
             adapters = []
             for info, tensors in modules:
                 cfg = info["config"]
-                adapters.append((Method._split(tensors, "lora."), cfg["lora_alpha"] / cfg["lora_r"]))
+                adapters.append((split_state(tensors, "lora."), cfg["lora_alpha"] / cfg["lora_r"]))
             targets = {tuple(info["config"]["lora_targets"]) for info, _ in modules}
             if len(targets) > 1:
                 raise SuiteError(
@@ -93,8 +94,7 @@ class GroupMerger:
         if head_state is not None:
             state.update({f"head.{k}": v for k, v in head_state.items()})
         spec = self.suite.spec(task_id)
-        method = get_method(self.suite.method)
-        return method.load(self.scorer.bb.encoder, self.scorer.bb.hidden, spec, config, state, self.scorer.pooling)
+        return self.method.load(self.scorer.bb.encoder, self.scorer.bb.hidden, spec, config, state, self.scorer.pooling)
 
 
 def refit_head(
@@ -108,7 +108,8 @@ def refit_head(
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train a fresh head on the frozen merged encoder's features; returns its state and validation metrics."""
-    from scoreplex.pipeline import Backbone, train_task
+    from scoreplex.backbone import Backbone
+    from scoreplex.training.suite import train_task
 
     enc = model.encoder
     for p in enc.parameters():
@@ -183,7 +184,7 @@ def merge_suite(
             groups_info.append({"name": name, "tasks": members, **group.info})
             for task_id in members:
                 info, tensors = source.load_module(task_id)
-                head = Method._split(tensors, "head.")
+                head = split_state(tensors, "head.")
                 summary = {
                     "source": str(source.root),
                     "group": name,
@@ -209,16 +210,17 @@ def merge_suite(
                     shared=name,
                 )
                 bar.update(job, advance=1)
-    suite.manifest["merge"] = {
-        "plan": plan.to_dict(),
-        "settings": asdict(settings),
-        "source": str(source.root),
-        "source_bytes": source.total_bytes,
-        "head_refit": refit is not None,
-        "groups": groups_info,
-        **(extra_manifest or {}),
-    }
-    write_json_atomic(out / "manifest.json", suite.manifest)
+    suite.update(
+        merge={
+            "plan": plan.to_dict(),
+            "settings": asdict(settings),
+            "source": str(source.root),
+            "source_bytes": source.total_bytes,
+            "head_refit": refit is not None,
+            "groups": groups_info,
+            **(extra_manifest or {}),
+        }
+    )
     return suite
 
 
@@ -243,7 +245,7 @@ class PlanEvaluator:
 
     def _predict(self, model, task_id: str) -> np.ndarray:
         from scoreplex.encoding import encode_texts
-        from scoreplex.scoring import decode, predict_logits
+        from scoreplex.predictions import decode, predict_logits
 
         data = self.eval_sets[task_id]
         enc = encode_texts(self.scorer.bb.tokenizer, data.texts, self.scorer.max_length)

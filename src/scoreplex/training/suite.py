@@ -1,4 +1,4 @@
-"""Train a suite of tasks with any method, score with it, and evaluate it: the library behind the CLI."""
+"""Train a suite of tasks, one task at a time, with any method that trains per task (``scoreplex train``)."""
 
 from __future__ import annotations
 
@@ -13,59 +13,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from scoreplex.backbone import DEFAULT_BACKBONE, backbone_fingerprint, describe_backbone, load_encoder, resolve_backbone
+from scoreplex.backbone import DEFAULT_BACKBONE, Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts, train_batches
 from scoreplex.errors import ConfigError, DataError
 from scoreplex.heads import balanced_class_weights, rubric_loss
-from scoreplex.methods import MethodSettings, TaskModel, get_method
-from scoreplex.metrics import evaluate_task, human_agreement
-from scoreplex.scoring import Predictions, decode, embed_all, predict_logits
-from scoreplex.suite import Suite, write_json_atomic
-from scoreplex.training import FitResult, TrainConfig, fit
+from scoreplex.methods import METHODS, MethodSettings, TaskModel, get_method
+from scoreplex.metrics import evaluate_task
+from scoreplex.predictions import decode, embed_all, predict_logits
+from scoreplex.suite import Suite
+from scoreplex.training.loop import FitResult, TrainConfig, fit
 
-DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "head": 2e-3}
-"""Learning rates that suit each method on MiniLM (LoRA and heads need larger steps than full fine-tuning)."""
-DEFAULT_HEAD_WARMUP = {"full": 0, "lora": 3, "head": 0}
-"""Epochs of head warm-up on frozen features before the encoder part trains (see TrainConfig.head_warmup_epochs)."""
+DEFAULT_LR = {name: m.training_defaults["lr"] for name, m in METHODS.items() if m.capabilities.trains_per_task}
+"""Each per-task method's default learning rate (read from its method object)."""
 
 
 def default_config(method: str, **overrides: Any) -> TrainConfig:
-    """The TrainConfig scoreplex recommends for ``method`` (as used in the ASAP-SAS benchmark), with overrides."""
-    get_method(method)
-    base = {
-        "lr": DEFAULT_LR[method],
-        "head_warmup_epochs": DEFAULT_HEAD_WARMUP[method],
-        "head_lr": 1e-3 if method == "full" else None,
-        "epochs": {"full": 5, "lora": 6, "head": 40}[method],
-        "patience": 5 if method == "head" else 2,
-    }
+    """The TrainConfig scoreplex recommends for ``method`` (its
+    :attr:`~scoreplex.methods.base.Method.training_defaults`, as used in the ASAP-SAS benchmark), with the
+    overrides that are not None."""
+    base = dict(get_method(method).training_defaults)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**base)
-
-
-@dataclass
-class Backbone:
-    """A loaded encoder + tokenizer with its identity."""
-
-    encoder: Any
-    tokenizer: Any
-    info: Any
-
-    @classmethod
-    def load(cls, name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE) -> Backbone:
-        encoder, tokenizer = load_encoder(name_or_path)
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-        return cls(encoder, tokenizer, describe_backbone(name_or_path))
-
-    @property
-    def hidden(self) -> int:
-        return int(self.encoder.config.hidden_size)
-
-    @property
-    def max_positions(self) -> int:
-        return int(getattr(self.encoder.config, "max_position_embeddings", 512))
 
 
 @dataclass
@@ -162,14 +131,15 @@ def train_task(
     steps = (len(train) + config.batch_size - 1) // config.batch_size
     # a resumed run restores the warmed-up head from its checkpoint, so the warm-up is not repeated
     resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
-    if m.uses_features or (config.head_warmup_epochs > 0 and not resuming):
+    uses_features = m.capabilities.uses_features
+    if uses_features or (config.head_warmup_epochs > 0 and not resuming):
         # The head on frozen pooled features: the whole of head-only training, or the warm-up before full / LoRA
         # (`probe` shares `model.head`; the base encoder is frozen, so only the head trains).
         probe = TaskModel(bb.encoder, model.head, pooling)
         f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
         feature_batches = _features_batches(f_train, train.labels, config.batch_size)
         feature_logits = lambda mdl: mdl(features=f_val)  # noqa: E731
-        if m.uses_features:
+        if uses_features:
             make_batches, val_logits = feature_batches, feature_logits
         else:
             warm = replace(config, epochs=config.head_warmup_epochs, lr=config.head_warmup_lr, head_lr=None, patience=0)
@@ -183,7 +153,7 @@ def train_task(
                 description=f"head warm-up {spec.id}",
                 progress=progress,
             )
-    if not m.uses_features:
+    if not uses_features:
         make_batches = _token_batches(enc_train, config.batch_size)
         val_logits = lambda mdl: predict_logits(mdl, enc_val)  # noqa: E731
 
@@ -231,7 +201,14 @@ def train_suite(
 
     if not datasets:
         raise ConfigError("no tasks to train: the data held no responses.")
-    get_method(options.method)  # fail fast on an unknown name
+    method = get_method(options.method)  # fail fast on an unknown name
+    if not method.capabilities.trains_per_task:
+        from scoreplex.methods import PER_TASK_METHODS
+
+        raise ConfigError(
+            f"method {options.method!r} does not train one task at a time ({method.description}); train_suite takes "
+            f"{', '.join(PER_TASK_METHODS)}."
+        )
     bb = backbone or Backbone.load(options.backbone)
     root = Path(out_dir)
     max_length = options.max_length
@@ -244,8 +221,7 @@ def train_suite(
         out_dir, method=options.method, backbone=bb.info.to_dict(), pooling=options.pooling, max_length=max_length
     )
     if truncated is not None:
-        suite.manifest["truncated_share"] = truncated
-        write_json_atomic(root / "manifest.json", suite.manifest)
+        suite.update(truncated_share=truncated)
     for task_id, data in datasets.items():
         if suite.has_task(task_id):
             continue
@@ -267,7 +243,6 @@ def train_suite(
             checkpoint_dir=ckpt,
             progress=options.progress,
         )
-        m = get_method(options.method)
         summary = {
             "metrics": {"validation": val_metrics},
             "train": {
@@ -283,7 +258,7 @@ def train_suite(
                 "config": options.config.to_dict(),
             },
         }
-        suite.add_task(train.spec, m.module_state(model), m.module_config(model, options.settings), summary)
+        suite.add_task(train.spec, method.module_state(model), method.module_config(model, options.settings), summary)
         shutil.rmtree(ckpt, ignore_errors=True)
         if on_task_done is not None:
             on_task_done(TaskResult(task_id, result, val_metrics, len(train), len(val), suite.task_bytes(task_id)))
@@ -291,79 +266,3 @@ def train_suite(
     if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
         ckpt_root.rmdir()
     return suite
-
-
-class SuiteScorer:
-    """Score responses with a suite: one shared backbone, task modules loaded on demand (most recent kept)."""
-
-    def __init__(
-        self,
-        suite: Suite | str | os.PathLike[str],
-        backbone: str | os.PathLike[str] | None = None,
-        *,
-        cache_size: int = 2,
-    ) -> None:
-        self.suite = suite if isinstance(suite, Suite) else Suite.open(suite)
-        name = backbone
-        if name is None:
-            stored = self.suite.manifest["backbone"]
-            name = stored["path"] if Path(stored["path"]).is_dir() else stored["name"]
-        path = resolve_backbone(name)
-        self.suite.check_backbone(backbone_fingerprint(path), str(name))
-        self.bb = Backbone.load(path)
-        self.max_length = int(self.suite.manifest["max_length"])
-        self.pooling = self.suite.manifest["pooling"]
-        self._cache: dict[str, TaskModel] = {}
-        self._cache_size = cache_size
-
-    def model(self, task_id: str) -> TaskModel:
-        if task_id in self._cache:
-            self._cache[task_id] = self._cache.pop(task_id)  # most recent last
-            return self._cache[task_id]
-        info, tensors = self.suite.load_module(task_id)
-        spec = self.suite.spec(task_id)
-        model = get_method(self.suite.method).load(
-            self.bb.encoder, self.bb.hidden, spec, info["config"], tensors, self.pooling
-        )
-        self._cache[task_id] = model
-        while len(self._cache) > self._cache_size:
-            self._cache.pop(next(iter(self._cache)))
-        return model
-
-    def predict(self, task_id: str, texts: list[str], ids: list[str] | None = None) -> Predictions:
-        model = self.model(task_id)
-        enc = encode_texts(self.bb.tokenizer, texts, self.max_length)
-        ids = ids if ids is not None else [str(i) for i in range(len(texts))]
-        return decode(self.suite.spec(task_id), ids, predict_logits(model, enc))
-
-
-def evaluate_suite(scorer: SuiteScorer, datasets: Mapping[str, TaskData], *, progress: bool = True) -> dict[str, Any]:
-    """Metrics per task (and human-human agreement where a second score exists), plus means over tasks."""
-    from scoreplex.errors import UnknownTaskError
-
-    per_task: dict[str, Any] = {}
-    for task_id, data in datasets.items():
-        if not scorer.suite.has_task(task_id):
-            raise UnknownTaskError(
-                f"the data has task {task_id!r} but the suite does not; "
-                f"suite tasks: {', '.join(scorer.suite.task_ids)}."
-            )
-        if not data.has_labels:
-            raise DataError("evaluation needs scored responses.", task=task_id, file=data.source or None)
-        t0 = time.perf_counter()
-        pred = scorer.predict(task_id, data.texts, data.ids)
-        metrics = evaluate_task(data.spec, data.labels, pred.labels)
-        metrics["seconds"] = round(time.perf_counter() - t0, 3)
-        if data.second is not None:
-            human = human_agreement(data.spec, data.labels, data.second)
-            if human:
-                metrics["human"] = human
-        per_task[task_id] = metrics
-    summary = {
-        "tasks": per_task,
-        "mean_qwk": float(np.mean([m["qwk"] for m in per_task.values()])) if per_task else float("nan"),
-    }
-    humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
-    if humans:
-        summary["human_mean_qwk"] = float(np.mean(humans))
-    return summary

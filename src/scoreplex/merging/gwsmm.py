@@ -1,4 +1,4 @@
-"""One call from a suite of task models to a merged suite plus a report: what ``scoreplex merge`` runs."""
+"""GW-SMM end to end (paper 000): features -> GW distances -> plan -> merged suite + report (``scoreplex merge``)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from scoreplex.errors import ConfigError
 from scoreplex.merging.features import FeatureSettings, suite_features
 from scoreplex.merging.gromov import GWSettings, gw_matrix
 from scoreplex.merging.merge import MergeSettings
-from scoreplex.merging.pipeline import PlanEvaluator, merge_suite, unmerged_plan
+from scoreplex.merging.merged_suite import PlanEvaluator, merge_suite, unmerged_plan
 from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score
-from scoreplex.suite import write_json_atomic
+from scoreplex.suite import Suite, write_json_atomic
 
 PLAN_METHODS = ("gw", "clustering")
 
@@ -47,7 +47,7 @@ class MergeJob:
 
 
 def run_merge(
-    suite_dir: str | os.PathLike[str],
+    suite: Suite | str | os.PathLike[str],
     data: Mapping[str, TaskData],
     out_dir: str | os.PathLike[str],
     job: MergeJob = MergeJob(),
@@ -58,14 +58,17 @@ def run_merge(
 ) -> dict[str, Any]:
     """Features -> GW distances -> plan -> merged suite in ``out_dir`` (+ ``out_dir/report``: JSON, markdown, plots).
 
-    ``data`` holds each task's scored responses: features come from them, and a head re-fit trains on them (a
-    seeded ``val_fraction`` split selects the epoch). ``eval_data``, when given, scores the suite before and after.
+    ``suite`` is an open :class:`~scoreplex.suite.Suite` (or its folder): its files are read and verified once for
+    features, merging and head re-fits. ``data`` holds each task's scored responses: features come from them, and a
+    head re-fit trains on them (a seeded ``val_fraction`` split selects the epoch). ``eval_data``, when given, scores
+    the suite before and after.
     """
     from scoreplex.data.splits import train_val_split
-    from scoreplex.pipeline import SuiteScorer
     from scoreplex.reports.merging import plot_before_after, plot_gw_heatmap, task_table
+    from scoreplex.scorer import SuiteScorer, evaluate_suite
 
-    scorer = SuiteScorer(suite_dir, backbone)
+    scorer = SuiteScorer(suite, backbone)
+    suite_dir = scorer.suite.root
     ids = scorer.suite.task_ids
     missing = [t for t in ids if t not in data]
     if missing:
@@ -119,9 +122,7 @@ def run_merge(
         if len(evaluator.eval_sets) != len(ids):
             raise ConfigError(f"the evaluation data lacks tasks {sorted(set(ids) - set(eval_data))}.")
         before = evaluator.evaluate(unmerged_plan(ids))
-        after_scorer = SuiteScorer(out, backbone)
-        from scoreplex.pipeline import evaluate_suite
-
+        after_scorer = SuiteScorer(merged, backbone)
         after = evaluate_suite(after_scorer, evaluator.eval_sets, progress=progress)
         report["evaluation"] = {"before": before, "after": after}
         results = {"before": before, "after": after}

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: ONE exported graph of the shared encoder + pooling, every task's LoRA adapter fed as inputs.
+"""ONNX export: ONE exported graph of the shared encoder + pooling, every task's LoRA adapter fed as inputs.
 
 The graph is exported once per backbone and serves any set of tasks, mixed freely within a batch. Its inputs::
 
@@ -18,7 +18,8 @@ by tracing the very function the PyTorch engine runs (:func:`scoreplex.engine.mu
 row's A and B, two batched matmuls; S-LoRA's gather, Sheng et al. 2023). So the adapters are *data*, not weights:
 adding, replacing or removing a task never needs a re-export, and there is no merged model per task. A row without an
 adapter (slot -1) is handled inside the graph by a mask: its gathered scaling is set to 0 (no reserved zero slot, but
-the tables must hold at least one slot, which :class:`LoRATables` guarantees). A head-only suite exports a graph
+the tables must hold at least one slot, which the runtime's slot table guarantees). Serving the graph is
+:mod:`scoreplex.engine.onnx_runtime`'s job; this module only writes it. A head-only suite exports a graph
 with neither ``slot`` nor LoRA inputs.
 
 Only layers chosen at export time can be adapted: by default those the suite's tasks adapt (read from their
@@ -45,14 +46,12 @@ A folder written by :func:`export_onnx`::
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -61,18 +60,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from scoreplex.backbone import lora_target_modules, pool
-from scoreplex.encoding import DEFAULT_MAX_TOKENS
+from scoreplex.backbone import Backbone, lora_target_modules, pool
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_name
-from scoreplex.pipeline import Backbone
 from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
 
-from .engine import Engine, check_batching
+from .engine import Engine
 from .multilora import MultiLoRALinear, gathered_lora, target_module_names
-from .store import AdapterStore, TaskModule
-
-SHARED_METHODS = ("lora", "head")
-"""Suite methods one ONNX graph serves (a MoE student's block is not exported yet)."""
 
 FORMAT = "scoreplex-onnx"
 FORMAT_VERSION = 1
@@ -156,7 +149,7 @@ def _plain_encoder(encoder: nn.Module) -> nn.Module:
 def _lora_layers(encoder: nn.Module, suite: Suite, extra: Sequence[str], targets) -> list[str]:
     """Layers the graph adapts, in the encoder's module order: those the suite's tasks adapt (from their task.json),
     ``extra`` names, and those matching the PEFT ``targets``; a LoRA suite with none yet gets the ``qv`` preset."""
-    if suite.method != "lora":
+    if not suite.method_object.capabilities.has_adapters:
         if targets is not None:
             raise ConfigError(f"lora_targets={targets!r} given for a {suite.method!r} suite, which has no adapters.")
         return []
@@ -266,28 +259,24 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def _suite_and_backbone(suite_or_engine, backbone) -> tuple[Suite, Backbone, list[str], Any]:
     """The suite, its backbone (checked against the manifest), the layers an engine already wraps, its lock."""
-    if isinstance(suite_or_engine, OnnxEngine):
-        raise ConfigError("export_onnx needs a suite or a PyTorch Engine; an OnnxEngine has no PyTorch encoder.")
     if isinstance(suite_or_engine, Engine):
         engine = suite_or_engine
+        if engine.bb is None:
+            raise ConfigError("export_onnx needs a suite or a PyTorch Engine; this engine has no PyTorch encoder.")
         if backbone is not None:
             raise ConfigError("give a backbone only with a suite: an Engine brings its own.")
         layers = list(engine.lora.layers) if engine.lora is not None else []
         return engine.suite, engine.bb, layers, engine.lock
     suite = suite_or_engine if isinstance(suite_or_engine, Suite) else Suite.open(suite_or_engine, verify=False)
-    if suite.method not in SHARED_METHODS:
+    method = suite.method_object
+    if not method.capabilities.exportable_onnx:
+        from scoreplex.methods import methods_with
+
         raise ConfigError(
-            f"only suites of method {' or '.join(SHARED_METHODS)} share one encoder graph; the suite at {suite.root} "
-            f"is {suite.method!r} (one encoder per task)."
+            f"only suites of method {' or '.join(methods_with('exportable_onnx'))} share one encoder graph; the suite "
+            f"at {suite.root} is {suite.method!r} ({method.description}; one encoder per task or not exportable yet)."
         )
-    if not isinstance(backbone, Backbone):
-        name = backbone
-        if name is None:
-            stored = suite.manifest["backbone"]
-            name = stored["path"] if Path(stored["path"]).is_dir() else stored["name"]
-        backbone = Backbone.load(name)
-    suite.check_backbone(backbone.info.sha256, backbone.info.name)
-    return suite, backbone, [], None
+    return suite, Backbone.for_suite(suite, backbone), [], None
 
 
 def export_onnx(
@@ -431,259 +420,3 @@ def _check_graph(graph: _EncoderGraph, path: Path, inputs: Sequence[str], vocab:
             f"the exported graph differs from PyTorch by {err:.3g} on a batch of another shape: the trace baked in a "
             "shape. Report it with your torch / transformers versions, or pin the versions in the sidecar."
         )
-
-
-# -- serving -----------------------------------------------------------------------------------------------------------
-class LoRATables:
-    """The slot tables of every adapted layer of the graph, as float32 numpy arrays fed to it as inputs.
-
-    Tasks take a slot when they load (:meth:`install`) and give it back when they leave (:meth:`release`), written in
-    place: the resident set changes only the rows of that task, and the feeds (:attr:`feeds`, zero-copy into ONNX
-    Runtime) are rebuilt only when the tables grow (more slots: doubled; a larger rank: zero-padded, which leaves
-    ``(x @ A^T) @ B^T`` unchanged). A released slot is zeroed, so a stale index can never apply another task.
-    """
-
-    def __init__(self, layers: Sequence[Mapping[str, Any]]) -> None:
-        self.layers = {str(entry["name"]): entry for entry in layers}
-        self._slot_of: dict[str, int] = {}
-        self._free: list[int] = []
-        self.capacity = 0
-        self.rank = 0
-        self.arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self.feeds: dict[str, np.ndarray] = {}
-        self.rebuilds = 0
-        """How many times the tables were (re)allocated (the feeds rebuilt)."""
-        self._allocate(1, 1)  # the graph gathers slot 0 for rows without adapter (then masks it): never empty
-
-    def _allocate(self, capacity: int, rank: int) -> None:
-        if capacity > self.capacity:
-            self._free.extend(range(capacity - 1, self.capacity - 1, -1))  # hand out low slots first
-        s, r = self.capacity, self.rank
-        self.capacity, self.rank = max(capacity, s), max(rank, r)
-        for name, entry in self.layers.items():
-            a = np.zeros((self.capacity, self.rank, int(entry["in_features"])), np.float32)  # (S, R, in)
-            b = np.zeros((self.capacity, int(entry["out_features"]), self.rank), np.float32)  # (S, out, R)
-            c = np.zeros((self.capacity,), np.float32)  # (S,)
-            if name in self.arrays:
-                old_a, old_b, old_c = self.arrays[name]
-                a[:s, :r], b[:s, :, :r], c[:s] = old_a, old_b, old_c
-            self.arrays[name] = (a, b, c)
-        self.feeds = {
-            n: arr
-            for name, entry in self.layers.items()
-            for n, arr in zip(entry["inputs"], self.arrays[name], strict=True)
-        }
-        self.rebuilds += 1
-
-    def check(self, task_id: str, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """SuiteError if the task adapts a layer the graph does not, or its shapes do not fit."""
-        missing = sorted(set(weights) - set(self.layers))
-        if missing:
-            raise SuiteError(
-                f"task {task_id!r} adapts {missing}, which the ONNX graph does not take LoRA tables for (it adapts "
-                f"{list(self.layers) or 'no layer'}). Re-export with export_onnx(..., lora_targets=...) covering "
-                "these layers."
-            )
-        for name, (a, b) in weights.items():
-            entry = self.layers[name]
-            if a.shape[1] != entry["in_features"] or b.shape[0] != entry["out_features"]:
-                raise SuiteError(
-                    f"task {task_id!r}: LoRA weights for {name!r} have A {tuple(a.shape)}, B {tuple(b.shape)} but the "
-                    f"layer is {entry['in_features']} -> {entry['out_features']}; it was trained on another backbone."
-                )
-
-    def install(
-        self, key: str, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], scaling: float, *, task_id: str = ""
-    ) -> int:
-        """Write one task's adapters (``{layer name: (A (r, in), B (out, r))}``) into a slot; returns the slot.
-
-        Re-installing a key overwrites its slot. SuiteError (naming ``task_id``) if the weights do not fit the graph.
-        """
-        self.check(task_id or key, weights)
-        rank = max((a.shape[0] for a, _ in weights.values()), default=0)
-        slot = self._slot_of.get(key)
-        if slot is None:
-            if not self._free:
-                self._allocate(max(4, 2 * self.capacity), rank)
-            slot = self._free.pop()
-        if rank > self.rank:
-            self._allocate(self.capacity, rank)
-        for name, (a_all, b_all, c_all) in self.arrays.items():
-            a_all[slot], b_all[slot], c_all[slot] = 0.0, 0.0, 0.0
-            if name in weights:
-                a, b = weights[name]
-                r = a.shape[0]
-                a_all[slot, :r] = a.detach().float().cpu().numpy()
-                b_all[slot, :, :r] = b.detach().float().cpu().numpy()
-                c_all[slot] = scaling
-        self._slot_of[key] = slot
-        return slot
-
-    def release(self, key: str) -> None:
-        slot = self._slot_of.pop(key, None)
-        if slot is None:
-            return
-        for a_all, b_all, c_all in self.arrays.values():
-            a_all[slot], b_all[slot], c_all[slot] = 0.0, 0.0, 0.0
-        self._free.append(slot)
-
-    @property
-    def installed(self) -> list[str]:
-        return list(self._slot_of)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes + b.nbytes + c.nbytes for a, b, c in self.arrays.values())
-
-
-def read_sidecar(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar of an export folder; SuiteError if it is missing, corrupt or of another format."""
-    path = Path(onnx_dir) / SIDECAR_FILE
-    if not path.is_file():
-        raise SuiteError(f"{Path(onnx_dir)} holds no ONNX export ({SIDECAR_FILE} missing); write one with export_onnx.")
-    try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SuiteError(f"{path} is corrupt ({exc}); export again.") from exc
-    if sidecar.get("format") != FORMAT or sidecar.get("format_version", 0) > FORMAT_VERSION:
-        raise SuiteError(
-            f"{path} is format {sidecar.get('format')!r} v{sidecar.get('format_version')}; this scoreplex reads "
-            f"{FORMAT!r} up to v{FORMAT_VERSION}. Upgrade scoreplex or export again."
-        )
-    return sidecar
-
-
-def session_options(intra_op_threads: int | None = None, inter_op_threads: int = 1):
-    """ONNX Runtime options for a latency-bound scorer: all graph optimisations, sequential execution of nodes (a
-    BERT graph is a chain), ``intra_op_threads`` threads inside each op (None: ONNX Runtime's default, one per
-    physical core)."""
-    import onnxruntime as ort
-
-    for name, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise ConfigError(f"{name}={value!r}; give a thread count >= 1 (or 0 / None for the default).")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = intra_op_threads or 0
-    opts.inter_op_num_threads = inter_op_threads
-    opts.log_severity_level = 3
-    return opts
-
-
-class OnnxEngine(Engine):
-    """:class:`Engine`'s API (``score``, ``predict``, ``preload``, the store) with the encoder pass in ONNX Runtime.
-
-    Everything but the encoder pass is the PyTorch engine's: tokenisation, length-aware batches that mix tasks, the
-    :class:`AdapterStore` (lazy, hash-checked, LRU under a budget, add / replace / remove while serving) and the
-    per-task PyTorch heads. Tasks' adapters live in :class:`LoRATables` fed to the graph.
-
-    Args:
-        suite: a suite folder (or :class:`Suite`) of method ``lora`` or ``head``, on the export's backbone.
-        onnx_dir: a folder written by :func:`export_onnx`.
-        max_tasks, max_bytes, batch_size: as for :class:`Engine`.
-        intra_op_threads: threads per op (None: one per physical core); see :func:`session_options`.
-        providers: ONNX Runtime execution providers (default CPU).
-        verify: check the graph file against the sha256 in the sidecar before loading it.
-    """
-
-    def __init__(
-        self,
-        suite: Suite | str | os.PathLike[str],
-        onnx_dir: str | os.PathLike[str],
-        *,
-        max_tasks: int | None = None,
-        max_bytes: int | None = None,
-        batch_size: int = 32,
-        max_tokens: int | None = DEFAULT_MAX_TOKENS,
-        intra_op_threads: int | None = None,
-        providers: Sequence[str] | None = None,
-        verify: bool = True,
-    ) -> None:
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        check_batching(batch_size, max_tokens)
-        self.suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)  # tasks verify on load
-        if self.suite.method not in SHARED_METHODS:
-            raise ConfigError(
-                f"the ONNX engine serves suites of method {' or '.join(SHARED_METHODS)}; the suite at "
-                f"{self.suite.root} is {self.suite.method!r}. Score full fine-tunes with "
-                "scoreplex.pipeline.SuiteScorer."
-            )
-        self.onnx_dir = Path(onnx_dir)
-        self.sidecar = read_sidecar(self.onnx_dir)
-        self.suite.check_backbone(self.sidecar["backbone"]["sha256"], f"the ONNX export at {self.onnx_dir}")
-        clash = {
-            k: (self.sidecar[key], self.suite.manifest[k])
-            for k, key in (("pooling", "pooling"), ("method", "suite_method"))
-            if self.sidecar[key] != self.suite.manifest[k]
-        }
-        if clash:
-            raise SuiteError(
-                f"the ONNX export at {self.onnx_dir} was made for another kind of suite: {clash} (export, suite). "
-                "Export this suite with export_onnx."
-            )
-        model = self.onnx_dir / self.sidecar["model_file"]
-        if not model.is_file():
-            raise SuiteError(f"{model} is missing; export again with export_onnx.")
-        if verify and sha256_file(model) != self.sidecar["sha256"]:
-            raise SuiteError(
-                f"{model} does not match the sha256 in {SIDECAR_FILE} (corrupt, or an interrupted export); "
-                "export again."
-            )
-        self.session = ort.InferenceSession(
-            str(model), session_options(intra_op_threads), providers=list(providers or ["CPUExecutionProvider"])
-        )
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.onnx_dir / TOKENIZER_DIR), local_files_only=True)
-        self.device = torch.device("cpu")
-        self.max_length = int(self.suite.manifest["max_length"])
-        self.pooling = str(self.suite.manifest["pooling"])
-        self.batch_size, self.max_tokens = batch_size, max_tokens
-        self.lock = threading.RLock()
-        self.lora = None  # the PyTorch slot tables: unused here
-        layers = self.sidecar["lora_layers"]
-        self.tables = LoRATables(layers) if layers else None
-        self.store = AdapterStore(
-            self.suite,
-            hidden=int(self.sidecar["hidden"]),
-            max_tasks=max_tasks,
-            max_bytes=max_bytes,
-            on_load=self._install,
-            on_evict=self._uninstall,
-            lock=self.lock,
-        )
-
-    def _install(self, module: TaskModule) -> None:
-        if not module.lora:
-            return
-        if self.tables is None:
-            raise SuiteError(
-                f"task {module.task_id!r} has LoRA adapters but the ONNX graph at {self.onnx_dir} takes none; "
-                "export this suite with export_onnx."
-            )
-        module.slot = self.tables.install(module.key, module.lora, module.scaling, task_id=module.task_id)
-
-    def _uninstall(self, module: TaskModule) -> None:
-        if self.tables is not None:
-            self.tables.release(module.key)
-        module.slot = -1
-
-    @property
-    def lora_impl(self) -> str:
-        return "onnx-gathered"
-
-    @lora_impl.setter
-    def lora_impl(self, name: str) -> None:
-        raise ConfigError(
-            "the ONNX engine computes LoRA inside its graph (gathered); there is no implementation to set."
-        )
-
-    def _pooled(self, ids: torch.Tensor, mask: torch.Tensor, row_modules: list[TaskModule]) -> torch.Tensor:
-        feeds: dict[str, np.ndarray] = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}  # (B, T) each
-        if self.tables is not None:
-            feeds[SLOT_INPUT] = np.fromiter((m.slot for m in row_modules), np.int64, len(row_modules))  # (B,)
-            feeds.update(self.tables.feeds)
-        (pooled,) = self.session.run([OUTPUT], feeds)  # (B, H)
-        return torch.from_numpy(pooled)

@@ -1,0 +1,133 @@
+"""The one output type of every scorer, and the one formatter of its rows.
+
+:class:`Predictions` is what :class:`scoreplex.scorer.SuiteScorer`, :class:`scoreplex.engine.Engine` and the ONNX
+engine return for the responses of one task; a stream of mixed tasks comes back as ``(input positions, Predictions)``
+per task (:class:`MixedScorer`), and :func:`ordered_rows` turns that into output rows in input order, the rows
+``scoreplex score`` writes. Also here: running a TaskModel over encoded texts (:func:`predict_logits`,
+:func:`embed_all`) and decoding logits (:func:`decode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from scoreplex.encoding import DEFAULT_MAX_TOKENS, Encoded, collate, token_batches
+from scoreplex.heads import probabilities
+from scoreplex.tasks import TaskSpec
+
+
+@dataclass
+class Predictions:
+    """Per response: predicted class per dimension ``(N, D)``, probabilities per dimension ``[(N, K_d)]``, and
+    confidence ``(N,)`` = the smallest top-class probability over the dimensions."""
+
+    spec: TaskSpec
+    ids: list[str]
+    labels: np.ndarray
+    probs: list[np.ndarray]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return np.min(np.stack([p.max(axis=1) for p in self.probs], axis=1), axis=1)
+
+    def rows(self) -> list[dict]:
+        """One JSON-ready dict per response (for writing score files)."""
+        conf = self.confidence
+        out = []
+        for i, rid in enumerate(self.ids):
+            row: dict = {"id": rid, "task": self.spec.id}
+            for d, dim in enumerate(self.spec.dimensions):
+                row[f"pred_{dim.name}"] = int(self.labels[i, d])
+                for k in range(dim.num_classes):
+                    row[f"prob_{dim.name}_{k}"] = round(float(self.probs[d][i, k]), 6)
+            row["confidence"] = round(float(conf[i]), 6)
+            out.append(row)
+        return out
+
+
+Row = dict[str, Any]
+"""One output row: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence``."""
+
+
+class MixedScorer(Protocol):
+    """What the file streamer (and the service) is handed: anything that scores rows of mixed tasks."""
+
+    def predict_mixed(
+        self, task_ids: Sequence[str], texts: Sequence[str], ids: Sequence[str]
+    ) -> list[tuple[list[int], Predictions]]:
+        """Per task present: the input positions of its rows and their :class:`Predictions` (in that order)."""
+        ...
+
+
+def ordered_rows(n: int, parts: Iterable[tuple[Sequence[int], Predictions]]) -> list[Row]:
+    """THE formatter: ``n`` output rows in input order from per-task :class:`Predictions` and their positions."""
+    out: list[Row | None] = [None] * n
+    for positions, pred in parts:
+        for i, row in zip(positions, pred.rows(), strict=True):
+            out[i] = row
+    missing = [i for i, r in enumerate(out) if r is None]
+    if missing:
+        raise RuntimeError(f"the scorer returned no prediction for rows {missing[:5]}")  # a scorer bug, not user input
+    return out  # type: ignore[return-value]
+
+
+def score_rows(scorer: MixedScorer, ids: Sequence[str], task_ids: Sequence[str], texts: Sequence[str]) -> list[Row]:
+    """Score rows of mixed tasks with any :class:`MixedScorer` into output rows, in input order."""
+    return ordered_rows(len(ids), scorer.predict_mixed(task_ids, texts, ids))
+
+
+def group_by_task(task_ids: Sequence[str]) -> dict[str, list[int]]:
+    """``{task id: input positions}`` in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, task_id in enumerate(task_ids):
+        groups.setdefault(task_id, []).append(i)
+    return groups
+
+
+def from_probabilities(spec: TaskSpec, ids: Sequence[str], probs: list[np.ndarray]) -> Predictions:
+    """Predictions (argmax per dimension) from class probabilities ``[(N, K_d)]``."""
+    labels = np.stack([p.argmax(axis=1) for p in probs], axis=1).astype(np.int64) if probs else np.zeros((0, 0))
+    return Predictions(spec=spec, ids=list(ids), labels=labels, probs=probs)
+
+
+@torch.no_grad()
+def predict_logits(
+    model, enc: Encoded, batch_size: int = 64, max_tokens: int | None = DEFAULT_MAX_TOKENS
+) -> torch.Tensor:
+    """Logits ``(N, sum K)`` in the original row order, in length-sorted batches under a padded-token budget."""
+    model.eval()
+    out: torch.Tensor | None = None
+    for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
+        batch = collate(enc, idx)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if out is None:
+            out = torch.empty((len(enc), logits.shape[-1]), dtype=logits.dtype)
+        out[torch.as_tensor(idx)] = logits
+    if out is None:
+        return torch.empty((0, 0))
+    return out
+
+
+@torch.no_grad()
+def embed_all(model, enc: Encoded, batch_size: int = 64, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> torch.Tensor:
+    """Pooled features ``(N, H)`` of a TaskModel's encoder, in the original row order."""
+    model.eval()
+    out = None
+    for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
+        batch = collate(enc, idx)
+        z = model.embed(batch["input_ids"], batch["attention_mask"])
+        if out is None:
+            out = torch.empty((len(enc), z.shape[-1]), dtype=z.dtype)
+        out[torch.as_tensor(idx)] = z
+    return out if out is not None else torch.empty((0, 0))
+
+
+def decode(spec: TaskSpec, ids: Sequence[str], logits: torch.Tensor) -> Predictions:
+    """Predictions from logits ``(N, sum K_d)``: softmax per rubric dimension, argmax."""
+    probs = [p.detach().numpy() for p in probabilities(logits.detach(), spec.class_counts)]
+    return from_probabilities(spec, ids, probs)

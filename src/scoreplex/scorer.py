@@ -1,0 +1,140 @@
+"""Scoring and evaluating a suite: :class:`SuiteScorer` (any method, one task model at a time),
+:func:`open_scorer` (the best scorer for a suite, asked of its method), and :func:`evaluate_suite`.
+
+:class:`SuiteScorer` builds each task's PyTorch model with its method (:meth:`~scoreplex.methods.base.Method.load`)
+around the one shared backbone and keeps the most recent ones; it serves every method, including full fine-tunes
+(one encoder per task), which cannot share a backbone pass. Suites whose method shares one pass
+(``capabilities.shares_backbone_pass``) are better scored by :class:`scoreplex.engine.Engine`, which
+:func:`open_scorer` picks for them. Both return :class:`~scoreplex.predictions.Predictions`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from scoreplex.backbone import Backbone
+from scoreplex.data.dataset import TaskData
+from scoreplex.encoding import encode_texts
+from scoreplex.errors import DataError, UnknownTaskError
+from scoreplex.methods import TaskModel
+from scoreplex.metrics import evaluate_task, human_agreement
+from scoreplex.predictions import MixedScorer, Predictions, decode, group_by_task, predict_logits
+from scoreplex.suite import Suite
+
+
+class SuiteScorer:
+    """Score responses with a suite: one shared backbone, task models built on demand (the ``cache_size`` most
+    recently used are kept). Files are read and verified once per process by the :class:`Suite`.
+
+    Args:
+        suite: a suite folder or an open :class:`Suite`.
+        backbone: a backbone name / folder or a loaded :class:`Backbone`; None takes the suite's
+            (:func:`scoreplex.backbone.suite_backbone`). Checked against the manifest's fingerprint.
+        cache_size: task models kept in memory.
+    """
+
+    def __init__(
+        self,
+        suite: Suite | str | os.PathLike[str],
+        backbone: str | os.PathLike[str] | Backbone | None = None,
+        *,
+        cache_size: int = 2,
+    ) -> None:
+        self.suite = suite if isinstance(suite, Suite) else Suite.open(suite)
+        self.method = self.suite.method_object
+        self.bb = Backbone.for_suite(self.suite, backbone)
+        self.max_length = self.suite.max_length
+        self.pooling = self.suite.pooling
+        self._cache: dict[str, TaskModel] = {}
+        self._cache_size = cache_size
+        self._recent: list[str] = []
+
+    def model(self, task_id: str) -> TaskModel:
+        """The task's scoring model (eval mode), built on first use and kept among the most recent."""
+        if task_id in self._cache:
+            self._cache[task_id] = self._cache.pop(task_id)  # most recent last
+            return self._cache[task_id]
+        info = self.suite.task_info(task_id)
+        tensors = self.method.task_tensors(self.suite, task_id)
+        model = self.method.load(
+            self.bb.encoder, self.bb.hidden, self.suite.spec(task_id), info.get("config", {}), tensors, self.pooling
+        )
+        self._cache[task_id] = model
+        while len(self._cache) > self._cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        return model
+
+    def predict(self, task_id: str, texts: Sequence[str], ids: Sequence[str] | None = None) -> Predictions:
+        """Predictions for responses of one task (ids default to ``"0", "1", ...``)."""
+        model = self.model(task_id)
+        enc = encode_texts(self.bb.tokenizer, list(texts), self.max_length)
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+        return decode(self.suite.spec(task_id), ids, predict_logits(model, enc))
+
+    def predict_mixed(
+        self, task_ids: Sequence[str], texts: Sequence[str], ids: Sequence[str]
+    ) -> list[tuple[list[int], Predictions]]:
+        """Rows of mixed tasks, task by task (the tasks the previous call ended with first, while their models are
+        still cached); see :class:`~scoreplex.predictions.MixedScorer`."""
+        groups = group_by_task(task_ids)
+        order = sorted(groups, key=lambda t: t not in self._recent)
+        out = []
+        for task_id in order:
+            index = groups[task_id]
+            out.append((index, self.predict(task_id, [texts[i] for i in index], [ids[i] for i in index])))
+        self._recent = order[-self._cache_size :]
+        return out
+
+
+def open_scorer(
+    suite: Suite | str | os.PathLike[str],
+    backbone: str | os.PathLike[str] | Backbone | None = None,
+    *,
+    batch_size: int | None = None,
+) -> MixedScorer:
+    """The scorer that suits ``suite``'s method: the inference engine when its tasks share one backbone pass
+    (``capabilities.shares_backbone_pass``), else a :class:`SuiteScorer`. Loads the backbone."""
+    suite = suite if isinstance(suite, Suite) else Suite.open(suite, verify=False)  # files verify on first read
+    if suite.method_object.capabilities.shares_backbone_pass:
+        from scoreplex.engine import Engine
+
+        return Engine(suite, backbone, **({} if batch_size is None else {"batch_size": batch_size}))
+    return SuiteScorer(suite, backbone)
+
+
+def evaluate_suite(scorer, datasets: Mapping[str, TaskData], *, progress: bool = True) -> dict[str, Any]:
+    """Metrics per task (and human-human agreement where a second score exists), plus means over tasks.
+
+    ``scorer`` is anything with ``suite`` and ``predict(task_id, texts, ids) -> Predictions`` (SuiteScorer, Engine).
+    """
+    per_task: dict[str, Any] = {}
+    for task_id, data in datasets.items():
+        if not scorer.suite.has_task(task_id):
+            raise UnknownTaskError(
+                f"the data has task {task_id!r} but the suite does not; "
+                f"suite tasks: {', '.join(scorer.suite.task_ids)}."
+            )
+        if not data.has_labels:
+            raise DataError("evaluation needs scored responses.", task=task_id, file=data.source or None)
+        t0 = time.perf_counter()
+        pred = scorer.predict(task_id, data.texts, data.ids)
+        metrics = evaluate_task(data.spec, data.labels, pred.labels)
+        metrics["seconds"] = round(time.perf_counter() - t0, 3)
+        if data.second is not None:
+            human = human_agreement(data.spec, data.labels, data.second)
+            if human:
+                metrics["human"] = human
+        per_task[task_id] = metrics
+    summary = {
+        "tasks": per_task,
+        "mean_qwk": float(np.mean([m["qwk"] for m in per_task.values()])) if per_task else float("nan"),
+    }
+    humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
+    if humans:
+        summary["human_mean_qwk"] = float(np.mean(humans))
+    return summary
