@@ -146,6 +146,29 @@ def test_bytes_undefined_in_cp1252(tmp_path):
     assert "0x81" in msg and "cp1252" in msg and "latin-1" in msg
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "row", "column", "offset"),
+    [
+        ("a.csv", b"id,text\nr1,ok\nr2,\x93quoted\x94\n", 3, "text", 17),
+        ("a.tsv", b'id\ttext\nr1\t"two\nlines \xff"\n', 3, "text", 22),
+        ("a.jsonl", b'{"text": "ok"}\n{"id": \xff}\n', 2, None, 22),
+        # an escaped line break inside a JSON value is not a line of the file
+        ("b.jsonl", b'{"text": "ok"}\n{"text": "a\\nb \xe9"}\n', 2, "text", 30),
+    ],
+)
+def test_undecodable_byte_message_is_the_same_read_whole_or_streamed(tmp_path, name, content, row, column, offset):
+    path = tmp_path / name
+    path.write_bytes(content)
+    messages = []
+    for read in (read_table, streamed, lambda p: list(iter_table(p, chunk_rows=1))):
+        with pytest.raises(DataError) as exc:
+            read(path)
+        msg = check_error(exc, path, row, column)
+        assert f"at line {row} (byte offset {offset}) cannot be decoded as utf-8" in msg
+        messages.append(msg)
+    assert len(set(messages)) == 1
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
 @pytest.mark.parametrize("name", ["unicode.txt", "unicode.csv"])
 def test_utf16_unicode_text_with_bom_reads(tmp_path, encoding, name):

@@ -230,13 +230,14 @@ def read_table(
     file, fmt, enc = _source(path, fmt, encoding, quoting, _WHOLE_FILE, delimiter)
     try:
         (table,) = _chunks(path, file, fmt, enc, quoting, _WHOLE_FILE, delimiter)
-    except DataError as exc:
+    except _DecodeError:  # the file's first undecodable byte, made by _first_undecodable: nothing comes before it
+        raise
+    except DataError:
         if fmt == "parquet":  # no text to decode
             raise
-        # the reader raised the first error in file order; an undecodable byte comes first here. Its column is known
-        # when that error was about this byte, not when parsing failed before it
-        column = exc.column if isinstance(exc, _DecodeError) else None
-        bad = _first_undecodable(path, file, enc, column)
+        # the reader raised the first error in file order (parsing failed before reaching any undecodable byte);
+        # an undecodable byte comes first here, reported as iter_table reports it (its column is unknown)
+        bad = _first_undecodable(path, file, enc)
         if bad is not None:
             raise bad from None
         raise
@@ -775,7 +776,11 @@ class _Encoding:
 
 
 class _DecodeError(DataError):
-    """A :class:`DataError` about an undecodable byte (so :func:`read_table` can tell it from parse errors)."""
+    """The :class:`DataError` about the first undecodable byte of a file, only made by :func:`_first_undecodable`.
+
+    Both :func:`read_table` and :func:`iter_table` report such a byte with this error, so their messages (line, byte
+    offset, column) are the same.
+    """
 
 
 def _source(
@@ -883,7 +888,8 @@ def _first_undecodable(
     """The error for the first byte of the file that does not decode as ``enc``; ``None`` if all of it decodes.
 
     The file is decoded a block at a time, so memory stays small for a large file; ``column`` is the byte's column
-    when the caller knows it.
+    when the caller knows it. This is the one place the message for an undecodable byte is written (the readers call
+    it when they meet one, :func:`read_table` when parsing failed before the byte was reached).
     """
     decoder = codecs.getincrementaldecoder(enc.codec)("strict")
     line, consumed = 1, 0  # the line of the next character; bytes fed to the decoder
@@ -915,12 +921,19 @@ def _first_undecodable(
 
 
 def _undecodable(
-    values: Sequence[str], names: Sequence[str] | None, row: int, file: str, enc: _Encoding
+    path: str | os.PathLike[str],
+    values: Sequence[str],
+    names: Sequence[str] | None,
+    row: int,
+    file: str,
+    enc: _Encoding,
 ) -> DataError | None:
     """The error for the first byte that did not decode (kept as a surrogate escape) in a record's ``values``.
 
-    Read as latin-1, a C1 control character is an error too (see :func:`_encoding_fix`). ``row`` is the record's
-    first line; the byte's line adds the line breaks before it inside the record.
+    The readers check every record in file order, so that byte is the file's first undecodable one: its error is
+    :func:`_first_undecodable`'s (line and byte offset counted in the file), with the column found here. Read as
+    latin-1, a C1 control character is an error too (see :func:`_encoding_fix`). ``row`` is the record's first
+    line; the character's line adds the line breaks before it inside the record.
     """
     suspect = enc.suspect
     if suspect.search("".join(values)) is None:  # the common case, checked in one pass
@@ -943,13 +956,13 @@ def _undecodable(
                 column=column,
                 fix=_encoding_fix(char, enc),
             )
-        byte = char - 0xDC00
-        return _DecodeError(
-            f"byte {byte:#04x} at line {line} cannot be decoded as {enc.name} ({enc.why}).",
+        bad = _first_undecodable(path, file, enc, column)
+        return bad or DataError(  # a surrogate escape is a byte strict decoding rejects, unless the file changed
+            f"byte {char - 0xDC00:#04x} at line {line} did not decode as {enc.name} but did when read again.",
             file=file,
             row=line,
             column=column,
-            fix=_encoding_fix(byte, enc),
+            fix="the file changed while it was read; read it again once it is written.",
         )
     return None
 
@@ -1031,7 +1044,7 @@ def _iter_delimited(
                 raise _parse_error(exc, fmt, file, start, reader.line_num) from exc
             previous = reader.line_num
             if suspect.search("".join(fields)) is not None:  # one pass over the record; rarely true
-                bad = _undecodable(fields, header, start, file, enc)
+                bad = _undecodable(path, fields, header, start, file, enc)
                 if bad is not None:
                     raise bad
             if not (fields and fields[0].strip()) and not any(map(str.strip, fields)):
@@ -1139,7 +1152,7 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, enc: _Encoding, chunk_r
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                bad = _undecodable([line], None, lineno, file, enc)
+                bad = _undecodable(path, [line], None, lineno, file, enc)
                 if bad is not None:
                     raise bad from None
                 raise DataError(
@@ -1149,7 +1162,7 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, enc: _Encoding, chunk_r
                     fix=f'make line {lineno} one complete JSON object ({{"text": ..., ...}}) or remove it.',
                 ) from exc
             if not isinstance(obj, dict):
-                bad = _undecodable([line], None, lineno, file, enc)
+                bad = _undecodable(path, [line], None, lineno, file, enc)
                 if bad is not None:
                     raise bad
                 raise DataError(
@@ -1160,8 +1173,8 @@ def _iter_jsonl(path: str | os.PathLike[str], file: str, enc: _Encoding, chunk_r
                 )
             record = {str(k): _cell(v) for k, v in obj.items()}
             if suspect.search(line):
-                bad = _undecodable(list(record.values()), list(record), lineno, file, enc)
-                raise bad or _undecodable([line], None, lineno, file, enc)
+                bad = _undecodable(path, list(record.values()), list(record), lineno, file, enc)
+                raise bad or _undecodable(path, [line], None, lineno, file, enc)
             columns.update(dict.fromkeys(record))
             records.append(record)
             rows.append(lineno)
