@@ -69,6 +69,16 @@ def test_help_works_for_every_command(command):
     assert "Usage" in result.output
 
 
+def test_methods_lists_every_registered_method_with_its_defaults():
+    from scoreplex.methods import METHODS
+
+    result = invoke("methods")
+    assert result.exit_code == 0, result.output
+    for name, method in METHODS.items():
+        assert name in result.output
+        assert f"epochs {method.training_defaults['epochs']}" in flat(result.output)
+
+
 def test_train_writes_a_verified_suite_of_every_task(cli_suite, tiny_backbone_path):
     suite = Suite.open(cli_suite, verify=True)
     assert suite.task_ids == TASK_IDS and suite.method == "lora"

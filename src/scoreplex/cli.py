@@ -111,12 +111,12 @@ def train(
     pooling: Annotated[str, typer.Option(help="mean, cls or pooler.")] = "mean",
     epochs: Annotated[
         int | None,
-        typer.Option(help="Maximum epochs, early stopping on validation QWK (default: 5 full, 6 lora, 40 head)."),
+        typer.Option(help="Maximum epochs, early stopping on validation QWK (default: `scoreplex methods`)."),
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 5e-5 full, 2e-3 lora, 2e-3 head).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: see `scoreplex methods`).")] = None,
     head_warmup_epochs: Annotated[
         int | None,
-        typer.Option(help="Epochs fitting the head on frozen features first (default: 3 lora, 0 otherwise)."),
+        typer.Option(help="Epochs fitting the head on frozen features first (default: the method's)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 32,
     patience: Annotated[int | None, typer.Option(help="Epochs without improvement before stopping (0: never).")] = None,
@@ -274,6 +274,20 @@ def score(
         f"scored {result['rows']} responses of {result['tasks']} tasks in {result['seconds']:.1f} s "
         f"({result['rows_per_second']:.0f} rows/s{resumed}) -> {result['output']}"
     )
+
+
+@app.command()
+def methods() -> None:
+    """List the training methods: what each stores per task, what its suites can do, its default training settings."""
+    from scoreplex.methods import METHODS
+
+    flags = ("trains_per_task", "shares_backbone_pass", "exportable_onnx", "mergeable", "adaptable")
+    rows = []
+    for name, m in METHODS.items():
+        caps = ", ".join(f.replace("_", " ") for f in flags if getattr(m.capabilities, f))
+        defaults = ", ".join(f"{k} {v}" for k, v in m.training_defaults.items() if v is not None)
+        rows.append([name, m.description, caps, defaults])
+    _table("training methods", ["method", "per task", "capabilities", "training defaults"], rows)
 
 
 @app.command()
