@@ -203,10 +203,23 @@ class Backbone:
         and returned as is."""
         if isinstance(override, Backbone):
             suite.check_backbone(override.info.sha256, override.info.name)
+            override.check_max_length(suite)
             return override
         name = suite_backbone(suite.manifest["backbone"], override, suite_root=suite.root)
         suite.check_backbone(backbone_fingerprint(resolve_backbone(name)), name)
-        return cls.load(name)
+        bb = cls.load(name)
+        bb.check_max_length(suite)
+        return bb
+
+    def check_max_length(self, suite: Suite) -> None:
+        """SuiteError if the suite's ``max_length`` is beyond this backbone's positions (a damaged manifest)."""
+        if suite.max_length > self.max_positions:
+            from scoreplex.errors import SuiteError
+
+            raise SuiteError(
+                f"{suite.root / 'manifest.json'}: field 'max_length' is {suite.max_length}, beyond the backbone's "
+                f"{self.max_positions} positions; restore the manifest or retrain the suite."
+            )
 
     def copy(self) -> Backbone:
         """The same backbone with a private copy of the encoder (for code that wraps or overwrites its layers)."""

@@ -1,4 +1,15 @@
-"""Tokenisation once per data set, and length-aware batches padded only to the longest row in each batch."""
+"""Tokenisation once per data set, and length-aware batches padded only to the longest row in each batch.
+
+Two rules every entry point (CLI, Python, service) goes through:
+
+* **A text must have content** (:func:`scoreplex.content.has_content`, the one rule): a text that is only
+  whitespace, control or zero-width characters tokenises to nothing and would be scored like an empty answer, so it
+  is refused like one; the engine's ``on_error="row"`` mode fails only its row.
+* **Input size never decides memory**: a text is cut to ``CHARS_PER_TOKEN * max_length`` characters before it is
+  tokenised, so one huge answer costs what a ``max_length`` answer costs. The cut is exact (the same tokens as
+  tokenising the whole text and truncating) unless the text's first ``max_length`` tokens span more than that many
+  characters (e.g. runs of thousands of spaces); a cut text is always counted as truncated.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, check_texts
+from scoreplex.errors import DataError
+
+CHARS_PER_TOKEN = 128
+"""Characters kept per token of ``max_length`` before tokenising (a WordPiece token spans at most ~100 characters:
+longer words become one unknown token)."""
 
 
 @dataclass
@@ -28,17 +46,25 @@ class Encoded:
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int, labels: np.ndarray | None = None) -> Encoded:
-    """Tokenise ``texts`` with special tokens, truncating to ``max_length``; counts what was truncated."""
-    full = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    truncated = sum(len(x) > max_length for x in full)
+    """Tokenise ``texts`` with special tokens, truncating to ``max_length`` (memory bounded by ``max_length``, see the
+    module docstring); counts what was truncated. DataError (row = 0-based index) for a text without content."""
+    check_texts(texts)
+    cap = CHARS_PER_TOKEN * max_length
+    full = tokenizer([t[:cap] for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
+    n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    for i, x in enumerate(full):
+        if len(x) <= n_special:  # visible characters the tokenizer drops entirely
+            raise DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
+    truncated = sum(len(x) > max_length or len(t) > cap for x, t in zip(full, texts, strict=True))
     ids = [x if len(x) <= max_length else x[: max_length - 1] + [x[-1]] for x in full]  # keep the [SEP]
     return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated)
 
 
-def token_lengths(tokenizer, texts: Sequence[str]) -> np.ndarray:
-    """Length in tokens (with special tokens) of each text, untruncated."""
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    return np.array([len(x) for x in ids], dtype=np.int64)
+def token_lengths(tokenizer, texts: Sequence[str], *, max_chars: int | None = 1 << 16) -> np.ndarray:
+    """Length in tokens (with special tokens) of each text, untruncated within its first ``max_chars`` characters
+    (None: whole texts; the default bounds memory while covering any length up to 512 tokens)."""
+    ids = tokenizer([t[:max_chars] if max_chars else t for t in texts], add_special_tokens=True, truncation=False)
+    return np.array([len(x) for x in ids["input_ids"]], dtype=np.int64)
 
 
 def choose_max_length(lengths: np.ndarray, *, quantile: float = 0.99, multiple: int = 8, cap: int = 512) -> int:

@@ -335,6 +335,10 @@ class Suite:
         import shutil
 
         self._entry(task_id)
+        try:
+            check_id(task_id, "task id")
+        except ConfigError as exc:
+            raise SuiteError(f"{exc} Nothing was removed.") from None
         folder = self.path("tasks", task_id)
         orphan_file = None
         with self.edit() as m:

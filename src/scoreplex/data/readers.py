@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, has_content
 from scoreplex.data.dataset import MISSING, TaskData
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.tasks import Dimension, TaskSpec, check_id
@@ -398,14 +399,9 @@ class RowCheck:
                     "give every response a unique id (ids join scores, predictions and splits).",
                 )
             self.seen[rid] = row
-        text = self.filled(
-            record,
-            row,
-            self.cmap.text,
-            task,
-            "the response text is empty or only whitespace.",
-            "remove the row or fill in the text (an empty answer is best scored by a rule, not a model).",
-        )
+        text = self.filled(record, row, self.cmap.text, task, EMPTY_TEXT, EMPTY_TEXT_FIX)
+        if not has_content(text):  # only zero-width / control characters: the same rule as every scorer's
+            raise self.error(EMPTY_TEXT, row, self.cmap.text, task, EMPTY_TEXT_FIX)
         self.tasks.add(task)
         return task, rid, text
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from scoreplex.backbone import Backbone
+from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, empty_rows
 from scoreplex.encoding import DEFAULT_MAX_TOKENS, collate, encode_texts, token_batches
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
@@ -193,18 +194,29 @@ class Engine:
         out: list[Any] = [None] * len(pairs)
         if not pairs:
             return out
-        enc = encode_texts(self.tokenizer, texts, self.max_length)
+        empty = empty_rows(texts)  # the one content rule (scoreplex.content)
+        if empty and on_error == "raise":
+            raise DataError(EMPTY_TEXT, row=empty[0], fix=EMPTY_TEXT_FIX)
+        for i in empty:
+            out[i] = DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
+        keep = [i for i in range(len(pairs)) if out[i] is None]
+        enc = encode_texts(self.tokenizer, [texts[i] for i in keep], self.max_length)
         for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
-            rows = [int(i) for i in idx if task_ids[i] not in errors]
+            rows = [int(i) for i in idx if task_ids[keep[i]] not in errors]
             if rows:
-                self._score_batch(enc, rows, task_ids, out, errors if on_error == "row" else None)
+                self._score_batch(
+                    enc, rows, [task_ids[i] for i in keep], keep, out, errors if on_error == "row" else None
+                )
         for i, task_id in enumerate(task_ids):
             if out[i] is None:
                 out[i] = errors[task_id]
         return out
 
     @torch.no_grad()
-    def _score_batch(self, enc, rows: list[int], task_ids: list[str], out: list, errors: dict | None) -> None:
+    def _score_batch(
+        self, enc, rows: list[int], task_ids: list[str], positions: list[int], out: list, errors: dict | None
+    ) -> None:
+        """Score ``rows`` of ``enc`` (tasks ``task_ids``) into ``out`` at ``positions[row]``."""
         with self.lock, self.store.pinned([task_ids[i] for i in rows], errors) as modules:
             rows = [i for i in rows if task_ids[i] in modules]
             if not rows:
@@ -220,12 +232,12 @@ class Engine:
             by_task: dict[str, list[int]] = {}
             for p, t in enumerate(row_tasks):
                 by_task.setdefault(t, []).append(p)
-            for t, positions in by_task.items():
+            for t, batch_pos in by_task.items():
                 module = modules[t]
-                logits = module.head(pooled[positions])  # (n_t, sum K_t)
+                logits = module.head(pooled[batch_pos])  # (n_t, sum K_t)
                 probs = [p.cpu().numpy() for p in probabilities(logits, module.spec.class_counts)]  # [(n_t, K_d)]
-                for j, p in enumerate(positions):
-                    out[rows[p]] = (module.spec, [pd[j] for pd in probs])
+                for j, p in enumerate(batch_pos):
+                    out[positions[rows[p]]] = (module.spec, [pd[j] for pd in probs])
 
     def score(self, pairs: Sequence[tuple[str, str]], *, on_error: str = "raise") -> list[dict[str, Any]]:
         """Score ``(task id, response)`` pairs that mix any tasks; one dict per pair, in input order.

@@ -16,13 +16,14 @@ import torch
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts, train_batches
-from scoreplex.errors import ConfigError, DataError
+from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.heads import balanced_class_weights, rubric_loss
 from scoreplex.methods import METHODS, MethodSettings, TaskModel, get_method
 from scoreplex.metrics import evaluate_task
 from scoreplex.predictions import decode, embed_all, predict_logits
+from scoreplex.progress import progress_log
 from scoreplex.suite import Suite
-from scoreplex.training.loop import FitResult, TrainConfig, fit
+from scoreplex.training.loop import FitResult, TrainConfig, checkpoint_epochs, fit
 
 DEFAULT_LR = {name: m.training_defaults["lr"] for name, m in METHODS.items() if m.capabilities.trains_per_task}
 """Each per-task method's default learning rate (read from its method object)."""
@@ -50,6 +51,8 @@ class TrainOptions:
     config: TrainConfig = field(default_factory=TrainConfig)
     settings: MethodSettings = field(default_factory=MethodSettings)
     progress: bool = True
+    """A bar per task on a terminal; elsewhere (``nohup``, CI) plain lines on stderr: each task's start and each
+    epoch's loss, validation QWK and time."""
 
     def __post_init__(self) -> None:
         if self.max_length is not None and not 8 <= self.max_length <= 8192:
@@ -65,10 +68,56 @@ class TrainOptions:
 class TaskResult:
     task_id: str
     fit: FitResult
+    """The training loop's result; ``fit.seconds`` counts the epochs only (earlier runs' included)."""
     val_metrics: dict[str, Any]
     n_train: int
     n_val: int
     module_bytes: int
+    seconds: float
+    """Wall time of the task in this call: tokenising, the feature pass, the head warm-up, every epoch and
+    validation, as the manifest's ``train.seconds`` (a resumed task counts only the part run now)."""
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where a :func:`train_suite` run into a folder stands, e.g. after an interruption."""
+
+    finished: list[str]
+    """Tasks of the run saved in the suite: a re-run keeps them."""
+    remaining: list[str]
+    """Tasks not saved yet, in training order."""
+    current: str | None
+    """The task that was being trained (None: none had started)."""
+    checkpoint_epochs: int
+    """Finished epochs of ``current`` in its checkpoint: a re-run continues after them (0: it starts over)."""
+    checkpoint: Path | None
+    """The checkpoint folder of ``current``."""
+
+
+def checkpoint_dir(out_dir: str | os.PathLike[str], task_id: str) -> Path:
+    """Where :func:`train_suite` keeps a task's epoch checkpoint until the task is saved."""
+    return Path(out_dir) / ".checkpoints" / task_id
+
+
+def train_progress(out_dir: str | os.PathLike[str], task_ids: list[str], current: str | None = None) -> TrainProgress:
+    """What a re-run of :func:`train_suite` on ``out_dir`` for ``task_ids`` keeps: the tasks saved so far and the
+    epochs checkpointed for ``current`` (the task in training when the run stopped)."""
+    saved: set[str] = set()
+    if (Path(out_dir) / "manifest.json").is_file():
+        try:
+            saved = set(Suite.open(out_dir, verify=False).task_ids)
+        except ScoreplexError:  # an unreadable manifest: report nothing as kept
+            pass
+    if current in saved:
+        current = None  # it was saved just before the interruption
+    ckpt = checkpoint_dir(out_dir, current) if current is not None else None
+    return TrainProgress(
+        finished=[t for t in task_ids if t in saved],
+        remaining=[t for t in task_ids if t not in saved],
+        current=current,
+        checkpoint_epochs=checkpoint_epochs(ckpt) if ckpt is not None else 0,
+        checkpoint=ckpt,
+    )
 
 
 def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int):
@@ -190,12 +239,15 @@ def train_suite(
     val_sets: Mapping[str, TaskData] | None = None,
     backbone: Backbone | None = None,
     on_task_done: Callable[[TaskResult], None] | None = None,
+    on_task_start: Callable[[str], None] | None = None,
 ) -> Suite:
     """Train every task in ``datasets`` into one suite folder; resumes an interrupted run in the same folder.
 
     Tasks already in the suite are skipped; a task interrupted mid-training continues from its last epoch checkpoint
     (kept under ``out_dir/.checkpoints/<task>`` and removed once the task is saved). Validation data is ``val_sets``
-    when given, else a seeded stratified ``val_fraction`` split of each task's data.
+    when given, else a seeded stratified ``val_fraction`` split of each task's data. ``on_task_start(task_id)`` is
+    called before a task is trained, ``on_task_done`` after it is saved (:func:`train_progress` says where an
+    interrupted run stands).
     """
     from scoreplex.data.splits import train_val_split
 
@@ -212,6 +264,11 @@ def train_suite(
     bb = backbone or Backbone.load(options.backbone)
     root = Path(out_dir)
     max_length = options.max_length
+    if max_length is not None and max_length > bb.max_positions:
+        raise ConfigError(
+            f"max_length={max_length} is beyond the backbone's {bb.max_positions} positions "
+            f"({bb.info.name if bb.info else 'this backbone'}); give --max-length {bb.max_positions} or less."
+        )
     truncated = None
     if max_length is None and (root / "manifest.json").is_file():
         max_length = int(Suite.open(root, verify=False).manifest["max_length"])  # adding tasks to a suite
@@ -222,15 +279,26 @@ def train_suite(
     )
     if truncated is not None:
         suite.update(truncated_share=truncated)
-    for task_id, data in datasets.items():
-        if suite.has_task(task_id):
-            continue
+    log = progress_log(options.progress)
+    todo = [t for t in datasets if not suite.has_task(t)]
+    if log is not None and len(todo) < len(datasets):
+        log(f"{len(datasets) - len(todo)} of {len(datasets)} tasks already in {root}: kept")
+    for position, task_id in enumerate(todo, 1):
+        data = datasets[task_id]
+        if on_task_start is not None:
+            on_task_start(task_id)
         if val_sets is not None and task_id in val_sets:
             train, val = data, val_sets[task_id]
         else:
             train, val = train_val_split(data, val_fraction=options.val_fraction, seed=options.config.seed)
-        ckpt = root / ".checkpoints" / task_id
+        ckpt = checkpoint_dir(root, task_id)
         t0 = time.perf_counter()
+        if log is not None:
+            resumed = checkpoint_epochs(ckpt)
+            log(
+                f"task {task_id} ({position}/{len(todo)}): {len(train)} training, {len(val)} validation responses"
+                + (f"; resuming after epoch {resumed}" if resumed else "")
+            )
         model, result, val_metrics = train_task(
             bb,
             train,
@@ -243,6 +311,7 @@ def train_suite(
             checkpoint_dir=ckpt,
             progress=options.progress,
         )
+        seconds = time.perf_counter() - t0
         summary = {
             "metrics": {"validation": val_metrics},
             "train": {
@@ -252,7 +321,7 @@ def train_suite(
                 "epochs_run": result.epochs_run,
                 # wall time of this task in this call: tokenising, feature pass, head warm-up, every epoch and
                 # validation (a resumed task counts only the part run now; fit_seconds adds earlier epochs)
-                "seconds": round(time.perf_counter() - t0, 2),
+                "seconds": round(seconds, 2),
                 "fit_seconds": round(result.seconds, 2),
                 "history": result.history,
                 "config": options.config.to_dict(),
@@ -261,7 +330,9 @@ def train_suite(
         suite.add_task(train.spec, method.module_state(model), method.module_config(model, options.settings), summary)
         shutil.rmtree(ckpt, ignore_errors=True)
         if on_task_done is not None:
-            on_task_done(TaskResult(task_id, result, val_metrics, len(train), len(val), suite.task_bytes(task_id)))
+            on_task_done(
+                TaskResult(task_id, result, val_metrics, len(train), len(val), suite.task_bytes(task_id), seconds)
+            )
     ckpt_root = root / ".checkpoints"
     if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
         ckpt_root.rmdir()
