@@ -8,8 +8,10 @@ between chunks, a torn last write, a real ``kill -9``) re-run gives the file of 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -385,6 +387,220 @@ def test_cli_scores_resumes_and_refuses(lora_suite, mixed_csv, tmp_path, monkeyp
     assert result.exit_code == 2 and "--overwrite" in result.output
     result = invoke("score", lora_suite, mixed_csv, out, "--no-progress", "--overwrite", "--batch-size", 8)
     assert result.exit_code == 0, result.output
+
+
+# -- one writer per output, output paths checked up front, a full disk -----------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+
+from scoreplex import streaming
+
+suite, source, out, signals = sys.argv[1:5]
+signals, real, calls = Path(signals), streaming.score_chunk, []
+
+
+def held(*args, **kwargs):  # commit the first chunk, then wait inside the second until released
+    calls.append(1)
+    if len(calls) == 2:
+        (signals / "holding").touch()
+        while not (signals / "release").exists():
+            time.sleep(0.01)
+    return real(*args, **kwargs)
+
+
+streaming.score_chunk = held
+streaming.score_file(suite, source, out, chunk_rows=int(sys.argv[5]), progress=False)
+"""
+
+
+def start_holder(tmp_path: Path, suite: Path, source: Path, out: Path) -> subprocess.Popen:
+    """A real second process scoring ``source`` into ``out``; it holds the output, one chunk committed, until
+    ``tmp_path / "signals" / "release"`` exists. Returns once it is holding."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, script, suite, source, out, signals, CHUNK]
+    proc = subprocess.Popen([str(c) for c in cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not (signals / "holding").exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the holding process ended early: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the holding process never reached its second chunk")
+        time.sleep(0.01)
+    return proc
+
+
+def never_called():
+    raise AssertionError("the scorer was loaded: the run did work it should have refused up front")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX flock")
+def test_a_second_run_on_a_live_output_is_refused_and_the_first_completes(lora_suite, mixed_csv, tmp_path):
+    expected, out = tmp_path / "expected.csv", tmp_path / "out.csv"
+    score(lora_suite, mixed_csv, expected)
+    first = start_holder(tmp_path, lora_suite, mixed_csv, out)
+    try:
+        before = (read_progress(out), out.read_bytes())
+        assert before[0]["rows_done"] == CHUNK and streaming.lock_path(out).exists()
+        for flags in ({}, {"restart": True}, {"overwrite": True}):
+            with pytest.raises(
+                ResumeError, match=rf"another process \(pid {first.pid}\) is writing {re.escape(str(out))}"
+            ) as info:
+                score(lora_suite, mixed_csv, out, scorer=never_called, **flags)
+            assert isinstance(info.value, ScoreplexError)
+        result = invoke("score", lora_suite, mixed_csv, out, "--no-progress")
+        assert result.exit_code == 2 and "error: another process" in result.output
+        assert (read_progress(out), out.read_bytes()) == before  # the refused runs touched nothing
+        (tmp_path / "signals" / "release").touch()
+        assert first.wait(timeout=180) == 0, first.stderr.read().decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.stderr.close()
+    assert out.read_bytes() == expected.read_bytes()  # every row once, as an uninterrupted run writes it
+    assert not streaming.lock_path(out).exists() and not progress_path(out).exists()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_the_lock_of_a_killed_run_does_not_block_the_next(lora_suite, mixed_csv, tmp_path):
+    out = tmp_path / "out.jsonl"
+    killed = start_holder(tmp_path, lora_suite, mixed_csv, out)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    killed.stderr.close()
+    assert killed.returncode == -signal.SIGKILL
+    assert streaming.lock_path(out).exists()  # left behind, but its flock died with the process
+    result = score(lora_suite, mixed_csv, out)
+    assert result["resumed_from"] == CHUNK and result["rows"] == N_ROWS
+    ids = [r["id"] for r in read_table(out)]
+    assert len(ids) == len(set(ids)) == N_ROWS
+    assert not streaming.lock_path(out).exists()
+
+
+def test_a_failed_run_releases_the_output(lora_suite, mixed_rows, tmp_path):
+    source = _bad_file(tmp_path, mixed_rows, 37, {"task": "q-unknown"})
+    out = tmp_path / "out.csv"
+    with pytest.raises(DataError):
+        score(lora_suite, source, out)
+    assert not streaming.lock_path(out).exists()
+    with pytest.raises(DataError, match="row 39"):  # the next run is not blocked: it resumes, and meets the row
+        score(lora_suite, source, out)
+
+
+def _uncreatable(tmp_path: Path, kind: str) -> Path:
+    if kind == "under-a-file":
+        (tmp_path / "out.csv").write_text("a file\n", encoding="utf-8")
+        return tmp_path / "out.csv" / "x.csv"
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs /proc, where no folder can be created")
+    return Path(f"/proc/scoreplex-{os.getpid()}/deeper/x.csv")
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "uncreatable-folder"])
+def test_an_output_that_cannot_be_created_fails_before_any_work(lora_suite, tmp_path, kind):
+    out = _uncreatable(tmp_path, kind)
+    missing_input = tmp_path / "not-read.csv"  # checked after the output: a DataError would mean it came first
+    with pytest.raises(ConfigError, match=rf"cannot write {re.escape(str(out))}: ") as info:
+        score(lora_suite, missing_input, out, scorer=never_called)
+    assert str(out.parent) in str(info.value)
+    result = invoke("score", lora_suite, missing_input, out, "--no-progress")
+    assert result.exit_code == 2 and f"error: cannot write {out}" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", ["scores", "scores.csv"])
+def test_an_output_that_is_a_folder_is_refused(lora_suite, mixed_csv, tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=rf"the output {re.escape(str(folder))} is a folder; give a file path"):
+        score(lora_suite, mixed_csv, folder, scorer=never_called, overwrite=True)
+
+
+def _no_space_in_output(monkeypatch, at: int, code: int) -> None:
+    """The 3rd chunk's write fills the disk half-way through."""
+    real, calls = streaming._Output.append, []
+
+    def full(self, data: bytes) -> None:
+        calls.append(1)
+        if len(calls) == at:
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise OSError(code, os.strerror(code))
+        real(self, data)
+
+    monkeypatch.setattr(streaming._Output, "append", full)
+
+
+def _no_space_in_progress(monkeypatch, at: int, code: int) -> None:
+    real, calls = streaming._write_json_durable, []
+
+    def full(path, data):
+        calls.append(1)
+        if len(calls) == at:
+            raise OSError(code, os.strerror(code), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(streaming, "_write_json_durable", full)
+
+
+def _no_space_in_parquet(monkeypatch, at: int, code: int) -> None:
+    def full(source, target, columns):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(streaming, "_jsonl_to_parquet", full)
+
+
+@pytest.mark.parametrize(
+    ("where", "ext", "code"),
+    [
+        ("output", "csv", errno.ENOSPC),
+        ("output", "parquet", errno.ENOSPC),
+        ("progress", "jsonl", errno.ENOSPC),
+        ("progress", "csv", errno.EDQUOT),
+        ("parquet", "parquet", errno.ENOSPC),
+    ],
+)
+def test_a_full_disk_is_one_clear_error_and_the_rerun_resumes(
+    lora_suite, mixed_csv, tmp_path, monkeypatch, where, ext, code
+):
+    expected, out = tmp_path / f"expected.{ext}", tmp_path / f"out.{ext}"
+    score(lora_suite, mixed_csv, expected)
+    {"output": _no_space_in_output, "progress": _no_space_in_progress, "parquet": _no_space_in_parquet}[where](
+        monkeypatch, 3, code
+    )
+    written = {"output": staging_path(out) if ext == "parquet" else out, "progress": progress_path(out)}.get(where, out)
+    with pytest.raises(
+        streaming.NoSpaceError, match=rf"no space left writing {re.escape(str(written))} .*re-run the same command"
+    ) as info:
+        score(lora_suite, mixed_csv, out)
+    assert isinstance(info.value, ScoreplexError) and isinstance(info.value, OSError) and info.value.errno == code
+    monkeypatch.undo()
+    done = N_ROWS if where == "parquet" else 2 * CHUNK
+    assert read_progress(out)["rows_done"] == done and not streaming.lock_path(out).exists()
+    result = score(lora_suite, mixed_csv, out)  # space freed: the same call resumes
+    assert result["resumed_from"] == done and result["rows"] == N_ROWS
+    if ext == "parquet":
+        assert read_table(out) == read_table(expected)
+    else:
+        assert out.read_bytes() == expected.read_bytes()
+    assert not progress_path(out).exists() and not staging_path(out).exists()
+
+
+def test_cli_reports_a_full_disk_as_one_error(lora_suite, mixed_csv, tmp_path, monkeypatch):
+    out = tmp_path / "out.csv"
+    _no_space_in_output(monkeypatch, 2, errno.ENOSPC)
+    result = invoke("score", lora_suite, mixed_csv, out, "--chunk-rows", CHUNK, "--no-progress")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"error: no space left writing {out}" in text and "Traceback" not in text
+    assert "the 16 rows committed before it are kept" in text
+    monkeypatch.undo()
+    result = invoke("score", lora_suite, mixed_csv, out, "--chunk-rows", CHUNK, "--no-progress")
+    assert result.exit_code == 0 and f"resumed after {CHUNK} rows" in result.output
 
 
 # -- the incremental reader ------------------------------------------------------------------------------------------

@@ -28,11 +28,21 @@ truncates the output to the recorded length (dropping a half-written chunk), re-
 them (to re-check ids) and continues: every row is written exactly once. A progress file of another input, suite or
 options is refused (``restart=True`` discards it); an existing output without a progress file is refused unless
 ``overwrite=True``. The progress file is removed when the run completes.
+
+One writer per output: a run holds an exclusive ``flock`` on ``<output>.lock`` from before it reads the progress
+file to the end, so a second run on the same output is refused at once (ResumeError) instead of "resuming" a live
+run. The lock dies with its process: a file left by a killed run never blocks the next one, which removes it when it
+completes. Checked up front, before the input is read or the model loaded: the output's folder can be created (not
+under a file, not in a folder that cannot be made) and the output is not a folder (ConfigError). A full disk (or
+quota) while writing raises :class:`NoSpaceError` naming the file; what was committed before stays valid, so the
+same command resumes once space is freed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -40,13 +50,13 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scoreplex.data.readers import QUOTING, ColumnMap, RowCheck, iter_table, resolve_format
-from scoreplex.errors import ConfigError, DataError, ResumeError
+from scoreplex.errors import ConfigError, DataError, ResumeError, ScoreplexError
 from scoreplex.predictions import MixedScorer, Row, score_rows
 from scoreplex.progress import progress_bar
 from scoreplex.tasks import TaskSpec
@@ -57,6 +67,8 @@ PROGRESS_SUFFIX = ".progress.json"
 """The progress file of ``out.csv`` is ``out.csv.progress.json``."""
 STAGING_SUFFIX = ".partial.jsonl"
 """The staging file of a Parquet output ``out.parquet`` is ``out.parquet.partial.jsonl``."""
+LOCK_SUFFIX = ".lock"
+"""The lock file of ``out.csv`` is ``out.csv.lock`` (held with ``flock`` while a run writes ``out.csv``)."""
 FINGERPRINT_BYTES = 1 << 20
 """Bytes of the input hashed into its fingerprint (with its name, size and mtime)."""
 DEFAULT_CHUNK_ROWS = 1024
@@ -64,6 +76,7 @@ DEFAULT_CHUNK_ROWS = 1024
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 _LOG = logging.getLogger(__name__)
 _UNKNOWN_TASK_FIX = "correct the task id, or score with a suite that holds this task."
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 ScorerSource = MixedScorer | Callable[[], MixedScorer]
 """A scorer, or a zero-argument factory of one (called once the first chunk checks out, so bad input fails before
@@ -101,6 +114,46 @@ class StreamOptions:
             raise ConfigError(f"quoting={self.quoting!r} is not supported; choose one of: {', '.join(QUOTING)}.")
 
 
+class NoSpaceError(ScoreplexError, OSError):
+    """The disk (or the user's quota) filled up while writing an output; ``errno`` is ENOSPC or EDQUOT."""
+
+
+def prepare_output_folder(folder: str | os.PathLike[str], *, output: str | os.PathLike[str] | None = None) -> Path:
+    """Create ``folder`` (and its parents) now, before any work, or raise ConfigError naming it and why.
+
+    Refused: a path under an existing file (``out.csv/x.csv`` where ``out.csv`` is a file), a ``folder`` that exists
+    as a file, a folder that cannot be created (permissions, a read-only or special file system) or written to.
+    ``output`` is the path the user gave, named in the message (default: ``folder``). Used by every command that
+    writes (``score``, ``export-onnx``, ``merge``) so a bad output path fails in milliseconds, not after the work.
+    """
+    folder = Path(folder)
+    named = Path(output) if output is not None else folder
+    try:
+        for path in (folder, *folder.parents):
+            if path.is_dir():
+                break
+            if path.exists() or path.is_symlink():
+                raise ConfigError(
+                    f"cannot write {named}: {path} exists and is not a folder, so nothing can be created under it. "
+                    "Choose another output path, or move that file away."
+                )
+        folder.mkdir(parents=True, exist_ok=True)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot write {named}: the folder {folder} cannot be created ({reason}). Choose an output in a folder "
+            "you can write to."
+        ) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write {named}: the folder {folder} is not writable by this user. Choose an output in a folder "
+            "you can write to."
+        )
+    return folder
+
+
 def progress_path(output: str | os.PathLike[str]) -> Path:
     """The progress file kept next to ``output`` while a run is unfinished."""
     output = Path(output)
@@ -111,6 +164,12 @@ def staging_path(output: str | os.PathLike[str]) -> Path:
     """The JSON Lines file a Parquet ``output`` is streamed into before its conversion."""
     output = Path(output)
     return output.with_name(output.name + STAGING_SUFFIX)
+
+
+def lock_path(output: str | os.PathLike[str]) -> Path:
+    """The file a run on ``output`` holds an exclusive ``flock`` on: one writer per output."""
+    output = Path(output)
+    return output.with_name(output.name + LOCK_SUFFIX)
 
 
 def output_columns(specs: Iterable[TaskSpec]) -> list[str]:
@@ -155,6 +214,85 @@ def estimate_rows(path: str | os.PathLike[str], fmt: str) -> int | None:
 
 
 # -- the output and its progress file --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _space_for(path: Path, target: Path, rows_done: int) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing ``path`` into one NoSpaceError saying how to go on."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE or isinstance(exc, ScoreplexError):
+            raise
+        kept = f"the {rows_done} rows committed before it are kept" if rows_done else "no rows were committed yet"
+        error = NoSpaceError(
+            f"no space left writing {path} ({exc.strerror or 'disk full'}); {kept}. Free some space (or choose an "
+            f"output on another disk) and re-run the same command: it resumes {target} where it stopped."
+        )
+        error.errno = exc.errno  # (no filename: OSError would then format the message itself)
+        raise error from exc
+
+
+def _holder(fd: int) -> str:
+    """`` (pid N)`` as written into a lock file by the process holding it, or ``""``."""
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+@contextlib.contextmanager
+def _one_writer(target: Path) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``<target>.lock`` for the block, or raise ResumeError at once.
+
+    The lock belongs to the open file, so it dies with the process (``kill -9`` included): a lock file left behind
+    blocks nobody. It is removed on exit while still locked; a process that opened it before the removal finds the
+    path gone or replaced once it gets the lock, and retries on the current file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks (documented limitation)
+        yield
+        return
+    path = lock_path(target)
+    for _ in range(10):
+        with _space_for(path, target, 0):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ResumeError(
+                f"another process{holder} is writing {target} (it holds {path}); two runs on one output would "
+                "write rows twice. Wait for it to finish (or stop it), then re-run to resume; or choose another "
+                "output."
+            ) from None
+        except OSError as exc:  # a file system without flock (some network mounts)
+            os.close(fd)
+            _LOG.warning("cannot lock %s (%s): make sure no other process writes %s", path, exc.strerror, target)
+            yield
+            return
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            break
+        os.close(fd)  # locked a file its last holder had removed: lock the one at the path now
+    else:
+        raise ResumeError(f"could not lock {path}: other runs on {target} keep replacing it. Try again.")
+    try:
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError:
+            pass  # the pid only improves the message of a refused run
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked (see above)
+        os.close(fd)
 
 
 def _fsync_replace(tmp: Path, target: Path) -> None:
@@ -228,12 +366,15 @@ class _Output:
         self.line_fmt = "jsonl" if fmt == "parquet" else fmt
         self.progress = progress_path(target)
         self.fh: io.BufferedRandom | None = None
+        self.rows_done = 0
+        """Records committed (output flushed and recorded in the progress file)."""
 
-    def resume(self, offset: int) -> None:
+    def resume(self, offset: int, rows_done: int) -> None:
         """Reopen after ``offset`` bytes, dropping anything written after the last commit."""
         self.fh = open(self.stream, "r+b")
         self.fh.truncate(offset)
         self.fh.seek(offset)
+        self.rows_done = rows_done
 
     def encode(self, rows: Sequence[Row], *, header: bool = False) -> bytes:
         if self.line_fmt == "jsonl":
@@ -249,11 +390,10 @@ class _Output:
     def commit(self, rows: Sequence[Row], rows_done: int, last_row: int, chunk_rows: int) -> None:
         """Append ``rows`` durably, then record that the first ``rows_done`` records (up to ``last_row``) are done."""
         data = self.encode(rows, header=self.fh is None)
-        if self.fh is None:  # the first commit of a fresh run creates (or truncates) the file
-            self.fh = open(self.stream, "w+b")
-        self.fh.write(data)
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        with _space_for(self.stream, self.target, self.rows_done):
+            if self.fh is None:  # the first commit of a fresh run creates (or truncates) the file
+                self.fh = open(self.stream, "w+b")
+            self.append(data)
         state = {
             "format": PROGRESS_FORMAT,
             "version": PROGRESS_VERSION,
@@ -264,18 +404,30 @@ class _Output:
             "chunk_rows": chunk_rows,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_json_durable(self.progress, state)
+        with _space_for(self.progress, self.target, self.rows_done):
+            _write_json_durable(self.progress, state)
+        self.rows_done = rows_done
+
+    def append(self, data: bytes) -> None:
+        """Write ``data`` at the end of the stream and make it durable (flush + fsync)."""
+        self.fh.write(data)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
 
     def close(self) -> None:
         if self.fh is not None:
-            self.fh.close()
-            self.fh = None
+            fh, self.fh = self.fh, None
+            try:
+                fh.close()
+            except OSError:  # flushing bytes of a failed write, past the last commit: a resume truncates them anyway
+                pass
 
     def finish(self) -> None:
         """Complete the output (convert a staged Parquet one), then drop the progress and staging files."""
         self.close()
         if self.fmt == "parquet":
-            _jsonl_to_parquet(self.stream, self.target, self.columns)
+            with _space_for(self.target, self.target, self.rows_done):
+                _jsonl_to_parquet(self.stream, self.target, self.columns)
         self.progress.unlink(missing_ok=True)
         if self.stream != self.target:
             self.stream.unlink(missing_ok=True)
@@ -407,7 +559,9 @@ def stream_scores(
     Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output"}``: rows in the
     output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run), wall time,
     and rows scored per second once the model was loaded. Raises DataError naming the row for a bad row (the chunks
-    before it stay committed), ResumeError when the output belongs to another run.
+    before it stay committed), ResumeError when the output belongs to another run or another process is writing it,
+    ConfigError (before any reading or scoring) when the output cannot be created where it is asked for, and
+    NoSpaceError when the disk fills up (the chunks before stay committed: the same call resumes once space is freed).
     """
     from scoreplex.suite import Suite
 
@@ -421,11 +575,14 @@ def stream_scores(
     if not specs:
         raise ConfigError(f"the suite at {suite.root} holds no tasks; train some with `scoreplex train`.")
     source, target = Path(input_path), Path(output_path)
+    if target.is_dir():
+        raise ConfigError(f"the output {target} is a folder; give a file path, e.g. {target / 'scores.csv'}.")
     in_fmt, out_fmt = resolve_format(source, options.fmt), resolve_format(target)
+    prepare_output_folder(target.parent, output=target)
     chunks = iter_table(
         source, fmt=in_fmt, encoding=options.encoding, quoting=options.quoting, chunk_rows=options.chunk_rows
     )
-    for path in (target, staging_path(target), progress_path(target)):
+    for path in (target, staging_path(target), progress_path(target), lock_path(target)):
         if path.exists() and os.path.samefile(path, source):
             raise ConfigError(f"the output {target} would overwrite the input {source}; choose another output file.")
     header = output_columns(specs.values())
@@ -445,73 +602,75 @@ def stream_scores(
         },
         "columns": header,
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    output = _Output(target, out_fmt, header, job)
-    saved = _plan(output, read_progress(target), options, log)
-    resumed = int(saved["rows_done"]) if saved else 0
-    if saved:
-        output.resume(int(saved["bytes"]))
-        log(f"resuming {target}: {resumed} rows already scored (up to row {saved['last_row']} of {source})")
-    if scorer is None:
+    with _one_writer(target):  # held until the output is complete, or the run fails
+        output = _Output(target, out_fmt, header, job)
+        saved = _plan(output, read_progress(target), options, log)
+        resumed = int(saved["rows_done"]) if saved else 0
+        if saved:
+            output.resume(int(saved["bytes"]), resumed)
+            log(f"resuming {target}: {resumed} rows already scored (up to row {saved['last_row']} of {source})")
+        if scorer is None:
 
-        def scorer():
-            from scoreplex.scorer import open_scorer
+            def scorer():
+                from scoreplex.scorer import open_scorer
 
-            return open_scorer(suite, backbone, batch_size=options.batch_size)
+                return open_scorer(suite, backbone, batch_size=options.batch_size)
 
-    source_of_scorer, scorer = scorer, None
-    check: RowCheck | None = None
-    records = 0
-    try:
-        total = estimate_rows(source, in_fmt) if options.progress else None
-        with _Progress(options.progress, f"scoring {source.name}", total, resumed) as bar:
-            for chunk in chunks:
-                # columns are checked once, against the first chunk's (for JSON Lines, the keys of its records)
-                check = check or RowCheck(chunk, cmap, specs, unknown_fix=_UNKNOWN_TASK_FIX, most=20)
-                ids, task_ids, texts, rows = [], [], [], []
-                for record, row in zip(chunk, chunk.rows, strict=True):
-                    task_id, rid, text = check(record, row)  # rows done before are re-checked, for their ids
-                    records += 1
-                    if records < resumed:
+        source_of_scorer, scorer = scorer, None
+        check: RowCheck | None = None
+        records = 0
+        try:
+            total = estimate_rows(source, in_fmt) if options.progress else None
+            with _Progress(options.progress, f"scoring {source.name}", total, resumed) as bar:
+                for chunk in chunks:
+                    # columns are checked once, against the first chunk's (for JSON Lines, the keys of its records)
+                    check = check or RowCheck(chunk, cmap, specs, unknown_fix=_UNKNOWN_TASK_FIX, most=20)
+                    ids, task_ids, texts, rows = [], [], [], []
+                    for record, row in zip(chunk, chunk.rows, strict=True):
+                        task_id, rid, text = check(record, row)  # rows done before are re-checked, for their ids
+                        records += 1
+                        if records < resumed:
+                            continue
+                        if records == resumed:
+                            if row != saved["last_row"]:
+                                raise ResumeError(
+                                    f"the progress file records row {saved['last_row']} as the last row scored, but "
+                                    f"record {records} of {source} is row {row}: the input changed. Pass --restart."
+                                )
+                            continue
+                        ids.append(rid)
+                        task_ids.append(task_id)
+                        texts.append(text)
+                        rows.append(row)
+                    if not ids:
                         continue
-                    if records == resumed:
-                        if row != saved["last_row"]:
-                            raise ResumeError(
-                                f"the progress file records row {saved['last_row']} as the last row scored, but "
-                                f"record {records} of {source} is row {row}: the input changed. Pass --restart."
-                            )
-                        continue
-                    ids.append(rid)
-                    task_ids.append(task_id)
-                    texts.append(text)
-                    rows.append(row)
-                if not ids:
-                    continue
-                if scorer is None:  # loaded once the first chunk checks out, so bad input fails fast
-                    scorer = source_of_scorer() if callable(source_of_scorer) else source_of_scorer
-                    bar.start_clock()
-                scored = score_chunk(scorer, ids, task_ids, texts)
-                output.commit(scored, records, rows[-1], options.chunk_rows)
-                bar.advance(len(ids))
-        if records < resumed:
-            raise ResumeError(
-                f"the progress file records {resumed} rows done but {source} now holds {records}: the input changed. "
-                "Pass --restart (restart=True) to score it from the start."
-            )
-        if records == 0:
-            raise DataError("the file has no responses (no rows after the header).", file=str(source), fix="add rows.")
-        output.finish()
-    finally:
-        output.close()
-    return {
-        "rows": records,
-        "tasks": len(check.tasks) if check is not None else 0,
-        "scored": records - resumed,
-        "resumed_from": resumed,
-        "seconds": time.perf_counter() - t0,
-        "rows_per_second": bar.rate if scorer is not None else 0.0,
-        "output": str(target),
-    }
+                    if scorer is None:  # loaded once the first chunk checks out, so bad input fails fast
+                        scorer = source_of_scorer() if callable(source_of_scorer) else source_of_scorer
+                        bar.start_clock()
+                    scored = score_chunk(scorer, ids, task_ids, texts)
+                    output.commit(scored, records, rows[-1], options.chunk_rows)
+                    bar.advance(len(ids))
+            if records < resumed:
+                raise ResumeError(
+                    f"the progress file records {resumed} rows done but {source} now holds {records}: the input "
+                    "changed. Pass --restart (restart=True) to score it from the start."
+                )
+            if records == 0:
+                raise DataError(
+                    "the file has no responses (no rows after the header).", file=str(source), fix="add rows."
+                )
+            output.finish()
+        finally:
+            output.close()
+        return {
+            "rows": records,
+            "tasks": len(check.tasks) if check is not None else 0,
+            "scored": records - resumed,
+            "resumed_from": resumed,
+            "seconds": time.perf_counter() - t0,
+            "rows_per_second": bar.rate if scorer is not None else 0.0,
+            "output": str(target),
+        }
 
 
 def score_chunk(scorer: MixedScorer, ids: list[str], task_ids: list[str], texts: list[str]) -> list[Row]:

@@ -62,6 +62,7 @@ import torch.nn as nn
 
 from scoreplex.backbone import Backbone, lora_target_modules, pool
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_name
+from scoreplex.streaming import prepare_output_folder
 from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
 
 from .engine import Engine
@@ -309,6 +310,7 @@ def export_onnx(
         raise unknown_name("quantization", quantize, list(QUANTIZATIONS))
     if not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise ConfigError(f"opset={opset!r}; give {DEFAULT_OPSET} or later (LayerNormalization is one op from 17).")
+    out = prepare_output_folder(out_dir)  # a bad out_dir fails now, not after loading and tracing the model
     suite, bb, engine_layers, lock = _suite_and_backbone(suite_or_engine, backbone)
     with lock if lock is not None else nullcontext():
         encoder = _plain_encoder(bb.encoder)
@@ -339,8 +341,6 @@ def export_onnx(
             {"name": name, "in_features": layer.in_features, "out_features": layer.out_features, "inputs": [a, b, c]}
         )
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tmp_fp32 = out / f".{MODEL_FILE}.fp32.tmp"
     tmp_model = out / f".{MODEL_FILE}.tmp"
     t0 = time.perf_counter()

@@ -66,7 +66,12 @@ def run_merge(
     from scoreplex.data.splits import train_val_split
     from scoreplex.reports.merging import plot_before_after, plot_gw_heatmap, task_table
     from scoreplex.scorer import SuiteScorer, evaluate_suite
+    from scoreplex.streaming import prepare_output_folder
 
+    out = Path(out_dir)
+    if (out / "manifest.json").is_file():  # merge_suite refuses it too, but only after the features and GW
+        raise ConfigError(f"{out} already holds a suite; choose a new folder for the merged suite or delete it.")
+    prepare_output_folder(out)  # a bad out_dir fails now, not after the features and GW distances
     scorer = SuiteScorer(suite, backbone)
     suite_dir = scorer.suite.root
     ids = scorer.suite.task_ids
@@ -77,7 +82,6 @@ def run_merge(
             "for its features."
         )
     data = {t: data[t] for t in ids}
-    out = Path(out_dir)
     report_dir = out / "report"
     t0 = time.perf_counter()
     splits = {t: train_val_split(d, val_fraction=job.val_fraction, seed=job.seed) for t, d in data.items()}
