@@ -97,6 +97,8 @@ class StreamOptions:
     """Text encoding of a CSV/TSV/JSON Lines input."""
     quoting: str = "minimal"
     """CSV/TSV quoting (``readers.QUOTING``): ``none`` reads quote characters as text."""
+    delimiter: str | None = None
+    """CSV/TSV field delimiter; None: detected from a CSV's header line (``,`` ``;`` tab ``|``), tab for TSV."""
     restart: bool = False
     """Discard the progress of an earlier, unfinished run on this output (even one of another input, suite or
     options) and start over."""
@@ -580,7 +582,12 @@ def stream_scores(
     in_fmt, out_fmt = resolve_format(source, options.fmt), resolve_format(target)
     prepare_output_folder(target.parent, output=target)
     chunks = iter_table(
-        source, fmt=in_fmt, encoding=options.encoding, quoting=options.quoting, chunk_rows=options.chunk_rows
+        source,
+        fmt=in_fmt,
+        encoding=options.encoding,
+        quoting=options.quoting,
+        chunk_rows=options.chunk_rows,
+        delimiter=options.delimiter,
     )
     for path in (target, staging_path(target), progress_path(target), lock_path(target)):
         if path.exists() and os.path.samefile(path, source):
@@ -598,6 +605,7 @@ def stream_scores(
             "fmt": in_fmt,
             "encoding": options.encoding,
             "quoting": options.quoting,
+            "delimiter": options.delimiter,
             "output_format": out_fmt,
         },
         "columns": header,
@@ -689,6 +697,7 @@ def score_file(
     encoding: str = "utf-8",
     fmt: str | None = None,
     quoting: str = "minimal",
+    delimiter: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     batch_size: int | None = None,
     restart: bool = False,
@@ -713,6 +722,7 @@ def score_file(
         fmt=fmt,
         encoding=encoding,
         quoting=quoting,
+        delimiter=delimiter,
         restart=restart,
         overwrite=overwrite,
         progress=progress,

@@ -20,12 +20,20 @@ def read_dataset(
     encoding: str = "utf-8",
     fmt: str | None = None,
     require_labels: bool = True,
+    delimiter: str | None = None,
 ) -> dict[str, TaskData]:
-    """Read a response file; task specs come from ``specs``, a tasks JSON file, or are inferred from the scores."""
+    """Read a response file; task specs come from ``specs``, a tasks JSON file, or are inferred from the scores.
+    ``delimiter``: the CSV/TSV field delimiter (None: detected from a CSV's header line, tab for TSV)."""
     if specs is None and tasks_file is not None:
         specs = {s.id: s for s in load_task_specs(str(tasks_file))}
     return read_responses(
-        path, columns or ColumnMap(), specs, fmt=fmt, encoding=encoding, require_labels=require_labels
+        path,
+        columns or ColumnMap(),
+        specs,
+        fmt=fmt,
+        encoding=encoding,
+        require_labels=require_labels,
+        delimiter=delimiter,
     )
 
 
