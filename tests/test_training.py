@@ -292,3 +292,94 @@ def test_train_config_rejects_invalid_values_naming_the_field(field, value):
 def test_train_config_round_trips_through_a_dict():
     config = TrainConfig(epochs=3, head_lr=1e-3, class_weighting=True)
     assert TrainConfig(**config.to_dict()) == config
+
+
+# -- progress where no bar can be drawn (nohup, CI): one line per epoch on stderr ------------------------------------
+def test_fit_logs_one_line_per_epoch_when_stderr_is_not_a_terminal(toy, capsys):
+    x, y, xv, yv = toy
+    make, steps = batches_of(x, y)
+    fit(make_model(), make, steps, objective, Scripted([0.2, 0.5, 0.4]), replace(CONFIG, epochs=3), description="t1")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["t1: epoch 1/3", "t1: epoch 2/3", "t1: epoch 3/3"]
+    assert "validation QWK 0.5000 (best)" in lines[1]
+    assert "validation QWK 0.4000 (best 0.5000 at epoch 2)" in lines[2]
+    assert all(" s (elapsed " in line and "loss " in line for line in lines)
+
+
+def test_fit_logs_nothing_with_progress_off(toy, capsys):
+    x, y, xv, yv = toy
+    make, steps = batches_of(x, y)
+    fit(make_model(), make, steps, objective, accuracy(xv, yv), replace(CONFIG, epochs=2), progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_fit_logs_where_a_resumed_run_continues_and_why_it_stops(toy, tmp_path: Path, capsys):
+    from scoreplex.training.loop import checkpoint_epochs
+
+    x, y, _, _ = toy
+    make, steps = batches_of(x, y)
+    config = replace(CONFIG, epochs=5, patience=2)
+    assert checkpoint_epochs(tmp_path) == 0
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_model(), make, steps, objective, Scripted([0.5, 0.4], fail_at=2), config, checkpoint_dir=tmp_path)
+    assert checkpoint_epochs(tmp_path) == 2
+    capsys.readouterr()
+    fit(make_model(), make, steps, objective, Scripted([0.3]), config, checkpoint_dir=tmp_path, description="t")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "t: resumed from the checkpoint after epoch 2; continuing with epoch 3"
+    assert lines[1].startswith("t: epoch 3/5,") and lines[1].endswith("; stopping: no better score for 2 epochs")
+    assert len(lines) == 2
+
+
+def test_train_suite_reports_wall_time_progress_and_where_an_interrupted_run_stands(
+    tmp_path: Path, demo_datasets, tiny_bb, small_options, monkeypatch, capsys
+):
+    import scoreplex.training.suite as pipeline
+    from scoreplex.data.demo import demo_specs
+    from scoreplex.suite import Suite
+    from scoreplex.training.suite import checkpoint_dir, train_progress, train_suite
+
+    first, second = (s.id for s in demo_specs()[:2])
+    data = {t: demo_datasets[t] for t in (first, second)}
+    root = tmp_path / "s"
+    real_fit = pipeline.fit
+
+    def fit_interrupted_in_second(model, make, steps, objective, validate, config, **kw):
+        calls = []
+
+        def validate_then_stop(m):
+            calls.append(m)
+            if second in kw["description"] and len(calls) == 2:  # epoch 1 of the second task is checkpointed
+                raise KeyboardInterrupt
+            return validate(m)
+
+        return real_fit(model, make, steps, objective, validate_then_stop, config, **kw)
+
+    monkeypatch.setattr(pipeline, "fit", fit_interrupted_in_second)
+    started, done = [], []
+    options = replace(small_options("head"), progress=True)
+    with pytest.raises(KeyboardInterrupt):
+        train_suite(data, root, options, backbone=tiny_bb, on_task_start=started.append, on_task_done=done.append)
+    assert started == [first, second] and [r.task_id for r in done] == [first]
+
+    # the time reported per task is the task's wall time (tokenising and the feature pass included)
+    result = done[0]
+    recorded = Suite.open(root).task_info(first)["summary"]["train"]
+    assert result.seconds >= result.fit.seconds
+    assert result.seconds == pytest.approx(recorded["seconds"], abs=0.01)
+
+    err = capsys.readouterr().err
+    assert f"task {first} (1/2): " in err and f"task {second} (2/2): " in err
+    assert f"head {first}: epoch 2/2, " in err and f"head {second}: epoch 1/2, " in err
+
+    state = train_progress(root, [first, second], current=second)
+    assert (state.finished, state.remaining, state.current) == ([first], [second], second)
+    assert state.checkpoint_epochs == 1 and state.checkpoint == checkpoint_dir(root, second)
+    assert train_progress(tmp_path / "none", [first], current=first).finished == []
+
+    monkeypatch.setattr(pipeline, "fit", real_fit)
+    train_suite(data, root, options, backbone=tiny_bb)
+    err = capsys.readouterr().err
+    assert f"1 of 2 tasks already in {root}: kept" in err
+    assert f"task {second} (1/1): " in err and "; resuming after epoch 1" in err
+    assert f"head {second}: resumed from the checkpoint after epoch 1; continuing with epoch 2" in err

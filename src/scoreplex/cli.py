@@ -1,6 +1,8 @@
 """The ``scoreplex`` command line. No logic here: each command parses, calls one library function, prints.
 
-Heavy libraries (torch, transformers, peft) are imported inside the commands so that ``--help`` is instant.
+Heavy libraries (torch, transformers, peft) are imported inside the commands so that ``--help`` is instant. Help is
+Click's plain layout (``rich_markup_mode=None``): it wraps to any width, where rich's option table cuts long option
+names at 80 columns.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 TextCol = Annotated[str, typer.Option("--text-col", help="Column holding the response text.")]
@@ -119,7 +122,13 @@ def train(
         typer.Option(help="Epochs fitting the head on frozen features first (default: the method's)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Responses per step.")] = 32,
-    patience: Annotated[int | None, typer.Option(help="Epochs without improvement before stopping (0: never).")] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs without a better validation QWK before stopping (0: never; see `scoreplex methods`).",
+            show_default="the method's",
+        ),
+    ] = None,
     max_length: Annotated[int | None, typer.Option(help="Token cap (default: 99th percentile of the data).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
@@ -127,6 +136,13 @@ def train(
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
     class_weighting: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    progress: Annotated[
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            help="A bar per task on a terminal; elsewhere (nohup, CI) one line per epoch on stderr.",
+        ),
+    ] = True,
 ) -> None:
     """Train one module per task into a suite folder (resumable: re-run the same command after an interruption)."""
     from scoreplex.errors import ScoreplexError
@@ -157,6 +173,7 @@ def train(
             val_fraction=val_fraction,
             config=config,
             settings=settings,
+            progress=progress,
         )
         suite = train_suite(
             datasets,
@@ -164,7 +181,7 @@ def train(
             options,
             on_task_done=lambda r: typer.echo(
                 f"{r.task_id}: validation QWK {r.val_metrics['qwk']:.3f} ({r.fit.epochs_run} epochs, "
-                f"{r.fit.seconds:.0f} s, {r.module_bytes:,} bytes)"
+                f"{r.seconds:.0f} s, {r.module_bytes:,} bytes)"
             ),
         )
     except ScoreplexError as exc:

@@ -1,10 +1,10 @@
 """ONE training loop for every method (full fine-tune, LoRA, head-only; later objectives plug in).
 
 AdamW, linear warm-up then linear decay, gradient clipping, early stopping on a validation score (higher is
-better), seeded, progress bars, and resumable: after every epoch the trainable tensors, the optimiser state and the
-loop's counters are written atomically to a checkpoint folder; a re-run with the same folder continues after the
-last finished epoch and gives the same result as an uninterrupted run (the batch order and dropout of epoch e are
-seeded by ``seed + e``).
+better), seeded, progress (a bar on a terminal, one line per epoch on stderr elsewhere), and resumable: after every
+epoch the trainable tensors, the optimiser state and the loop's counters are written atomically to a checkpoint
+folder; a re-run with the same folder continues after the last finished epoch and gives the same result as an
+uninterrupted run (the batch order and dropout of epoch e are seeded by ``seed + e``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.errors import ConfigError
-from scoreplex.progress import progress_bar
+from scoreplex.progress import progress_bar, progress_log
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,18 @@ def _save_checkpoint(folder: Path, model, optimizer, best_state, counters: dict[
     os.replace(tmp, folder / "state.json")  # written last: its presence means the checkpoint is whole
 
 
+def checkpoint_epochs(folder: str | os.PathLike[str]) -> int:
+    """How many epochs the checkpoint in ``folder`` holds: a re-run of :func:`fit` continues after them (0: none,
+    or no whole checkpoint yet, so training starts over)."""
+    state = Path(folder) / "state.json"
+    if not state.is_file():
+        return 0
+    try:
+        return int(json.loads(state.read_text(encoding="utf-8"))["epoch"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _load_checkpoint(folder: Path, model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     from safetensors.torch import load_file
 
@@ -171,12 +183,16 @@ def fit(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     description: str = "training",
     progress: bool = True,
+    score_name: str = "validation QWK",
 ) -> FitResult:
     """Train ``model``'s parameters that require grad; restore the best validation state at the end.
 
     ``make_batches(rng)`` yields one epoch of batches; ``objective(model, batch)`` returns the scalar loss (task
     loss, distillation, load balance: the objective is what varies between methods, never the loop);
-    ``validate(model)`` returns the validation score to maximise (e.g. mean QWK).
+    ``validate(model)`` returns the validation score to maximise (e.g. mean QWK), named ``score_name`` in the log.
+
+    ``progress``: a bar on a terminal; elsewhere (``nohup``, CI, a pipe) one line per epoch on stderr with the loss,
+    the validation score and the time, so a long run is never silent.
     """
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
@@ -201,7 +217,11 @@ def fit(
                 start_epoch = config.epochs
     t0 = time.perf_counter()
     seconds_before = sum(h.get("seconds", 0.0) for h in history)
-    bar = progress_bar(progress, transient=True)
+    log = progress_log(progress)
+    bar = progress_bar(progress and log is None, transient=True)
+    if log is not None and start_epoch > 0:
+        done = "stopped early" if start_epoch >= config.epochs else f"continuing with epoch {start_epoch + 1}"
+        log(f"{description}: resumed from the checkpoint after epoch {start_epoch}; {done}")
     with bar:
         task = bar.add_task(description, total=steps_per_epoch * config.epochs, completed=step)
         for epoch in range(start_epoch, config.epochs):
@@ -240,6 +260,13 @@ def fit(
                 }
             )
             stopped = config.patience > 0 and bad >= config.patience
+            if log is not None:
+                log(
+                    f"{description}: epoch {epoch + 1}/{config.epochs}, loss {history[-1]['loss']:.4f}, {score_name} "
+                    f"{score:.4f}{' (best)' if improved else f' (best {best_score:.4f} at epoch {best_epoch + 1})'}, "
+                    f"{history[-1]['seconds']:.1f} s (elapsed {time.perf_counter() - t0:.0f} s)"
+                    + (f"; stopping: no better score for {bad} epochs" if stopped else "")
+                )
             if ckpt is not None:
                 counters = {
                     "epoch": epoch,
