@@ -83,6 +83,34 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _interrupted(out: Path, task_ids: list[str], current: str | None) -> None:
+    from scoreplex.training.suite import train_progress
+
+    state = train_progress(out, task_ids, current)
+    total = len(task_ids)
+    done = f"{len(state.finished)} of {total} tasks finished and saved in {out}" if total else "no task finished"
+    if state.finished:
+        done += f" ({', '.join(state.finished)})"
+    if state.current is None:
+        where = "no task was in training"
+    elif state.checkpoint_epochs:
+        where = (
+            f"task {state.current} was interrupted; its checkpoint {state.checkpoint} holds "
+            f"{state.checkpoint_epochs} finished epoch{'s' if state.checkpoint_epochs != 1 else ''}"
+        )
+    else:
+        where = f"task {state.current} was interrupted before its first epoch finished (no checkpoint yet)"
+    then = ""
+    if state.current is not None:
+        then = (
+            f"; {state.current} continues after epoch {state.checkpoint_epochs}"
+            if state.checkpoint_epochs
+            else f"; {state.current} starts over"
+        )
+    typer.echo(f"interrupted: {done}; {where}.", err=True)
+    typer.echo(f"to resume, run the same command again: finished tasks are kept{then}.", err=True)
+
+
 def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -144,9 +172,14 @@ def train(
         ),
     ] = True,
 ) -> None:
-    """Train one module per task into a suite folder (resumable: re-run the same command after an interruption)."""
+    """Train one module per task into a suite folder (resumable: re-run the same command after an interruption).
+
+    Ctrl-C stops cleanly: finished tasks stay saved and the task in training keeps its last epoch checkpoint.
+    """
     from scoreplex.errors import ScoreplexError
 
+    task_ids: list[str] = []
+    current: dict[str, str] = {}  # {"task": the task in training}, kept by train_suite's on_task_start
     try:
         from scoreplex.data.load import read_dataset
         from scoreplex.methods import MethodSettings
@@ -154,6 +187,7 @@ def train(
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
+        task_ids = list(datasets)
         config = default_config(
             method,
             epochs=epochs,
@@ -179,6 +213,7 @@ def train(
             datasets,
             out,
             options,
+            on_task_start=lambda t: current.update(task=t),
             on_task_done=lambda r: typer.echo(
                 f"{r.task_id}: validation QWK {r.val_metrics['qwk']:.3f} ({r.fit.epochs_run} epochs, "
                 f"{r.seconds:.0f} s, {r.module_bytes:,} bytes)"
@@ -186,6 +221,9 @@ def train(
         )
     except ScoreplexError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(out, task_ids, current.get("task"))
+        raise typer.Exit(code=130) from None
     typer.echo(f"suite written to {out} ({len(suite.task_ids)} tasks, {suite.total_bytes:,} bytes)")
 
 
