@@ -46,6 +46,14 @@ TasksOpt = Annotated[
     typer.Option("--tasks", help="JSON file of task specs (ids, rubric dimensions). Default: inferred from scores."),
 ]
 EncodingOpt = Annotated[str, typer.Option("--encoding", help="Text encoding of the input file.")]
+DelimiterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--delimiter",
+        help="Field delimiter of a CSV/TSV file, e.g. ';' or '\\t' for a tab (default: read from a CSV header line; "
+        "a tab for TSV).",
+    ),
+]
 BackboneOpt = Annotated[
     str, typer.Option("--backbone", help="'minilm' (packaged all-MiniLM-L6-v2) or a local Hugging Face folder.")
 ]
@@ -81,6 +89,13 @@ def _fail(exc: Exception) -> None:
 
     Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
     raise typer.Exit(code=2)
+
+
+def _delimiter(value: str | None) -> str | None:
+    """``--delimiter`` as typed: ``\\t`` or ``tab`` is a tab (a shell passes backslash-t literally)."""
+    if value is None:
+        return None
+    return "\t" if value in ("\\t", "tab", "TAB") else value
 
 
 def _interrupted(out: Path, task_ids: list[str], current: str | None) -> None:
@@ -164,6 +179,7 @@ def train(
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
     class_weighting: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    delimiter: DelimiterOpt = None,
     progress: Annotated[
         bool,
         typer.Option(
@@ -186,7 +202,9 @@ def train(
         from scoreplex.training.suite import TrainOptions, default_config, train_suite
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
-        datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
+        datasets = read_dataset(
+            data, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=_delimiter(delimiter)
+        )
         task_ids = list(datasets)
         config = default_config(
             method,
@@ -240,6 +258,7 @@ def evaluate(
     encoding: EncodingOpt = "utf-8",
     backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the full metrics as JSON here.")] = None,
+    delimiter: DelimiterOpt = None,
 ) -> None:
     """QWK, accuracy, adjacent agreement, F1, exact match per task (and human-human agreement if a second score)."""
     from scoreplex.errors import ScoreplexError
@@ -253,7 +272,7 @@ def evaluate(
         s = Suite.open(suite)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
-        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding)
+        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
         result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets)
     except ScoreplexError as exc:
         _fail(exc)
@@ -289,6 +308,7 @@ def score(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    delimiter: DelimiterOpt = None,
 ) -> None:
     """Write predicted scores, class probabilities and a confidence for every response of a file.
 
@@ -308,6 +328,7 @@ def score(
             columns=cols,
             backbone=backbone,
             encoding=encoding,
+            delimiter=_delimiter(delimiter),
             chunk_rows=chunk_rows,
             batch_size=batch_size,
             restart=restart,
@@ -409,6 +430,7 @@ def merge(
     id_col: IdCol = "id",
     label: LabelOpt = None,
     encoding: EncodingOpt = "utf-8",
+    delimiter: DelimiterOpt = None,
 ) -> None:
     """Merge task models GW-SMM style: features -> Gromov-Wasserstein distances -> merge plan -> TIES per group.
 
@@ -428,8 +450,9 @@ def merge(
         s = Suite.open(suite)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, None, id_col, label, None)
-        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding)
-        evals = read_dataset(eval_data, columns=cols, specs=specs, encoding=encoding) if eval_data else None
+        read = dict(columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
+        datasets = read_dataset(data, **read)
+        evals = read_dataset(eval_data, **read) if eval_data else None
         job = MergeJob(
             n_groups=groups,
             plan_method=plan_method,
@@ -475,6 +498,7 @@ def distill(
     id_col: IdCol = "id",
     label: LabelOpt = None,
     encoding: EncodingOpt = "utf-8",
+    delimiter: DelimiterOpt = None,
 ) -> None:
     """Distil per-task teachers into ONE multi-task mixture-of-experts student (UniMoE-Guided).
 
@@ -494,9 +518,8 @@ def distill(
 
         s = Suite.open(teachers)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
-        datasets = read_dataset(
-            data, columns=_columns(text_col, task_col, None, id_col, label, None), specs=specs, encoding=encoding
-        )
+        cols = _columns(text_col, task_col, None, id_col, label, None)
+        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
         res = run_distill(
             s,
             datasets,
@@ -526,6 +549,7 @@ def adapt(
     id_col: IdCol = "id",
     label: LabelOpt = None,
     encoding: EncodingOpt = "utf-8",
+    delimiter: DelimiterOpt = None,
 ) -> None:
     """Add new tasks to a student: only a task embedding and a head are trained and stored per task."""
     from scoreplex.errors import ScoreplexError
@@ -536,7 +560,9 @@ def adapt(
         from scoreplex.suite import Suite
 
         cols = _columns(text_col, task_col, task_id, id_col, label, None)
-        datasets = read_dataset(data, columns=cols, tasks_file=tasks, encoding=encoding)
+        datasets = read_dataset(
+            data, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=_delimiter(delimiter)
+        )
         res = run_adapt(Suite.open(student), datasets)
     except ScoreplexError as exc:
         _fail(exc)
