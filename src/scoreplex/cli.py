@@ -2,19 +2,58 @@
 
 Heavy libraries (torch, transformers, peft) are imported inside the commands so that ``--help`` is instant. Help is
 Click's plain layout (``rich_markup_mode=None``): it wraps to any width, where rich's option table cuts long option
-names at 80 columns.
+names at 80 columns. No traceback reaches a user: a :class:`~scoreplex.errors.ScoreplexError` or an ``OSError``
+(file not found, permission denied, disk full) that a command does not handle is one ``error:`` line and exit code 2.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+
+def _error_line(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """One line for an OSError: what failed and the path(s), e.g. ``No such file or directory: data.csv``."""
+    from rich.markup import escape
+
+    what = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return escape(f"{what}: {' -> '.join(paths)}" if paths else what)
+
+
+class _Commands(TyperGroup):
+    """The command group with the last-resort handler (it runs under ``scoreplex``, ``main()`` and CliRunner)."""
+
+    def invoke(self, ctx):
+        from scoreplex.errors import ScoreplexError
+
+        try:
+            return super().invoke(ctx)
+        except ScoreplexError as exc:
+            from rich.markup import escape
+
+            _error_line(escape(str(exc)))
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # output piped into `head`: Click's own quiet exit
+                raise
+            _error_line(_os_error_text(exc))
+        raise typer.Exit(code=2)
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="scoreplex: many automated-scoring models as one efficient deployment.\n\n"
     "Train per-task LoRA adapters (or full fine-tunes, or heads) on one shared encoder, evaluate them, and score "
     "files of student responses. Start with `scoreplex demo`.",
@@ -85,9 +124,9 @@ def _columns(text_col, task_col, task_id, id_col, label, second):
 
 
 def _fail(exc: Exception) -> None:
-    from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+    _error_line(escape(str(exc)))
     raise typer.Exit(code=2)
 
 
