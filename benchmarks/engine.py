@@ -78,6 +78,15 @@ TARGETS = [
 ]
 
 GOAL_TEXT = {">=": "≥ ", "<=": "≤ ", "abs<=": "within ±"}
+COUNT_OPTION = {
+    "engine": "--tasks",
+    "engine-grouped": "--grouped-tasks",
+    "onnx-fp32": "--onnx-tasks",
+    "onnx-int8": "--onnx-tasks",
+    "peft-mixed": "--peft-tasks",
+    "peft-switch": "--peft-tasks",
+}
+"""The option that sets each system's task counts (named when a figure is not measured)."""
 
 
 def _log(msg: str) -> None:
@@ -653,42 +662,100 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _why_missing(rows: list[dict], system: str, n: int | None) -> str | None:
+    """Why no measured row of ``system`` with ``n`` tasks (any count if None) exists; None when one does."""
+    of_system = [r for r in rows if r["system"] == system]
+    if not of_system:
+        return f"not run: --systems excluded {system}"
+    at_n = [r for r in of_system if n is None or r["n_tasks"] == n]
+    if not at_n:
+        return f"not run: {COUNT_OPTION.get(system, '--tasks')} excluded {n}"
+    if all("error" in r for r in at_n):
+        error = str(at_n[0]["error"]).splitlines()[0][:120] if str(at_n[0]["error"]).strip() else "no result"
+        return f"failed: {system}" + (f" with {n} tasks" if n else "") + f" ({error})"
+    return None
+
+
 def summarise(rows: list[dict], counts: Sequence[int]) -> dict[str, Any]:
-    """The issue's machine-readable figures; "10" / "1000" / "100" are the smallest / largest / 100-or-largest count."""
+    """The issue's machine-readable figures; "10" / "1000" / "100" are the smallest / largest / 100-or-largest count.
+
+    A figure whose rows did not run (left out by ``--systems`` or a count option, or failed) is None, never a
+    stand-in: ``not_run`` maps it to why, e.g. ``"not run: --tasks excluded 1000"`` when the engine ran one task
+    count only (the engine row against itself is no measurement of 1,000 tasks).
+    """
     small, large = min(counts), max(counts)
     mid = 100 if 100 in counts else large
+    not_run: dict[str, str] = {}
 
-    def get(system, n, key):
-        row = _find(rows, system, n)
-        return None if row is None else row.get(key)
+    def get(figure: str, system: str, n: int | None, key: str) -> Any:
+        why = _why_missing(rows, system, n)
+        if why is not None:
+            not_run.setdefault(figure, why)
+            return None
+        return _find(rows, system, n).get(key)
 
-    engine_qwk = (_find(rows, "engine") or {}).get("qwk", {}).get("mean")
-    int8_qwk = (_find(rows, "onnx-int8") or {}).get("qwk", {}).get("mean")
-    plain_rss = get("plain", 0, "peak_rss_mb")
-    return {
+    def ratio(figure: str, a: tuple[str, int | None, str], b: tuple[str, int | None, str]) -> float | None:
+        top, bottom = get(figure, *a), get(figure, *b)
+        return _ratio(top, bottom)
+
+    def qwk(figure: str, system: str) -> float | None:
+        scored = [r for r in rows if r["system"] == system and "qwk" in r and "error" not in r]
+        if scored:
+            return scored[0]["qwk"]["mean"]
+        failed = [r for r in rows if r["system"] == system and "error" in r]
+        why = _why_missing(rows, system, failed[0]["n_tasks"] if failed else None)
+        not_run.setdefault(figure, why or f"not run: --no-qwk (no test-set QWK for {system})")
+        return None
+
+    engine_10 = ("engine", small, "throughput")
+    figures = {
         # the plain forward with the engine's own length-aware micro-batching: what is left is the adapters' cost
-        "engine_vs_plain_10": _ratio(
-            get("engine", small, "throughput"), get("plain-packed", 0, "throughput") or get("plain", 0, "throughput")
+        "engine_vs_plain_10": ratio("engine_vs_plain_10", engine_10, ("plain-packed", 0, "throughput")),
+        "engine_vs_plain_whole_batch_10": ratio(
+            "engine_vs_plain_whole_batch_10", engine_10, ("plain", 0, "throughput")
         ),
-        "engine_vs_plain_whole_batch_10": _ratio(get("engine", small, "throughput"), get("plain", 0, "throughput")),
-        "engine_vs_peft_mixed_10": _ratio(get("engine", small, "throughput"), get("peft-mixed", small, "throughput")),
-        "tasks_1000_vs_10": _ratio(get("engine", large, "throughput"), get("engine", small, "throughput")),
-        "cold_load_ms": get("engine", small, "cold_load_ms"),
-        "rss_100_tasks_vs_backbone": _ratio(get("engine", mid, "peak_rss_mb"), plain_rss),
-        "onnx_int8_speedup": _ratio(get("onnx-int8", small, "throughput"), get("engine", small, "throughput")),
-        "onnx_int8_qwk_delta": None if engine_qwk is None or int8_qwk is None else int8_qwk - engine_qwk,
+        "engine_vs_peft_mixed_10": ratio("engine_vs_peft_mixed_10", engine_10, ("peft-mixed", small, "throughput")),
+        "tasks_1000_vs_10": None,
+        "cold_load_ms": get("cold_load_ms", "engine", small, "cold_load_ms"),
+        "rss_100_tasks_vs_backbone": ratio(
+            "rss_100_tasks_vs_backbone", ("engine", mid, "peak_rss_mb"), ("plain", 0, "peak_rss_mb")
+        ),
+        "onnx_int8_speedup": ratio("onnx_int8_speedup", ("onnx-int8", small, "throughput"), engine_10),
+        "onnx_int8_qwk_delta": None,
+    }
+    if large > small:
+        figures["tasks_1000_vs_10"] = ratio("tasks_1000_vs_10", ("engine", large, "throughput"), engine_10)
+    else:
+        not_run["tasks_1000_vs_10"] = (
+            "not run: --tasks excluded 1000" if 1000 not in counts else f"not run: --tasks gave one count ({small})"
+        )
+    engine_qwk, int8_qwk = qwk("onnx_int8_qwk_delta", "engine"), qwk("onnx_int8_qwk_delta", "onnx-int8")
+    if engine_qwk is not None and int8_qwk is not None:
+        figures["onnx_int8_qwk_delta"] = int8_qwk - engine_qwk
+    for figure, value in figures.items():
+        if value is None:
+            not_run.setdefault(figure, "not measured")
+        else:
+            not_run.pop(figure, None)
+    return {
+        **figures,
         "summary_counts": {"small": small, "large": large, "rss": mid},
+        "not_run": {k: not_run[k] for k in figures if k in not_run},
     }
 
 
 def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its value and whether it is met; an unmeasured one has value and met None and ``why``."""
     out = []
     for key, op, bound, what in TARGETS:
         value = summary.get(key)
         met = None
         if value is not None:
             met = bool(value >= bound if op == ">=" else value <= bound if op == "<=" else abs(value) <= bound)
-        out.append({"key": key, "what": what, "target": f"{GOAL_TEXT[op]}{bound:g}", "value": value, "met": met})
+        target = {"key": key, "what": what, "target": f"{GOAL_TEXT[op]}{bound:g}", "value": value, "met": met}
+        if value is None:
+            target["why"] = summary.get("not_run", {}).get(key, "not measured")
+        out.append(target)
     return out
 
 
@@ -841,9 +908,10 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarise(rows, counts["engine"] if "engine" in args.systems else all_counts)
     qwk = {r["system"]: r["qwk"] for r in rows if "qwk" in r}
     report = {
-        **{k: v for k, v in summary.items() if k != "summary_counts"},
+        **{k: v for k, v in summary.items() if k not in ("summary_counts", "not_run")},
         "targets": check_targets(summary),
         "summary_counts": summary["summary_counts"],
+        "not_run": summary["not_run"],
         "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/engine.py", *argv]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": _machine(),
@@ -894,6 +962,14 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _figure(r: dict, key: str, suffix: str = "×") -> str:
+    """A summary figure for the text: its value, or why it was not measured."""
+    value = r.get(key)
+    if value is None:
+        return f"– ({r.get('not_run', {}).get(key, 'not measured')})"
+    return f"{value:.2f}{suffix}"
+
+
 def _row_tp(r: dict, system: str, n: int | None = None) -> float | None:
     for row in r.get("rows", []):
         if row.get("system") == system and (n is None or row.get("n_tasks") == n):
@@ -928,8 +1004,7 @@ def markdown(r: dict) -> str:
         "PEFT adapter_names and the whole-batch plain row run the 32 rows as one batch padded to its longest row; "
         "PEFT set_adapter and the full models run one sub-batch per task, padded to its own longest row. The engine "
         "target is measured against the plain backbone with the same micro-batches (what remains is the adapters' "
-        f"cost); against the whole-batch plain row the engine runs at {_fmt(r.get('engine_vs_plain_whole_batch_10'))}"
-        "×.",
+        f"cost); against the whole-batch plain row the engine runs at {_figure(r, 'engine_vs_plain_whole_batch_10')}.",
         "",
         "## Targets (issue 3)",
         "",
@@ -939,7 +1014,8 @@ def markdown(r: dict) -> str:
     for t in r["targets"]:
         met = "–" if t["met"] is None else ("**met**" if t["met"] else "not met")
         spec = ".4f" if t["key"] == "onnx_int8_qwk_delta" else ".2f"
-        lines.append(f"| {t['what']} | {_fmt(t['value'], spec)} | {t['target']} | {met} |")
+        measured = t.get("why", "not measured") if t["value"] is None else format(t["value"], spec)
+        lines.append(f"| {t['what']} | {measured} | {t['target']} | {met} |")
     lines += [
         "",
         f'"10 tasks" / "1,000" / "100" above are the task counts {counts["small"]} / {counts["large"]} / '
@@ -947,7 +1023,7 @@ def markdown(r: dict) -> str:
         "",
         "PEFT adapter_names runs each batch as one padded batch, as PEFT users do; the engine's length-aware "
         "micro-batching accounts for most of the engine / PEFT ratio. Batching aside, each against a plain forward "
-        f"batched the same way: engine {_fmt(r.get('engine_vs_plain_10'))}×, PEFT adapter_names "
+        f"batched the same way: engine {_figure(r, 'engine_vs_plain_10')}, PEFT adapter_names "
         f"{_fmt(_ratio(_peft_tp(r), _plain_tp(r)))}×.",
         "",
         "## All systems",

@@ -106,13 +106,21 @@ def test_engine_benchmark_end_to_end(bench_inputs):
     assert saved["rows"] == json.loads(json.dumps(report["rows"]))
     for key in (*SUMMARY_KEYS, "targets", "rows", "qwk", "command", "date", "machine", "torch_threads"):
         assert key in saved, key
+    # one engine count and no plain-packed row: those two figures are not measured (null, with why), the rest are
+    assert saved["not_run"] == {
+        "engine_vs_plain_10": "not run: --systems excluded plain-packed",
+        "tasks_1000_vs_10": "not run: --tasks excluded 1000",
+    }
     for key in SUMMARY_KEYS:
-        assert isinstance(saved[key], float) and math.isfinite(saved[key]), (key, saved[key])
+        if key in saved["not_run"]:
+            assert saved[key] is None, key
+        else:
+            assert isinstance(saved[key], float) and math.isfinite(saved[key]), (key, saved[key])
     assert saved["summary_counts"] == {"small": 4, "large": 4, "rss": 4}
-    assert saved["tasks_1000_vs_10"] == 1.0  # one count: the engine row against itself
     assert saved["torch_threads"] == saved["ort_intra_op_threads"] == 1
     assert {t["key"] for t in saved["targets"]} == set(SUMMARY_KEYS)
-    assert all(isinstance(t["met"], bool) for t in saved["targets"])
+    assert all((t["met"] is None) == (t["key"] in saved["not_run"]) for t in saved["targets"])
+    assert all(isinstance(t["met"], bool) for t in saved["targets"] if t["key"] not in saved["not_run"])
 
     rows = {(r["system"], r["n_tasks"]): r for r in saved["rows"]}
     expected = {
@@ -151,3 +159,119 @@ def test_engine_benchmark_end_to_end(bench_inputs):
     md = (out / "engine.md").read_text(encoding="utf-8")
     assert "Reproduce: `python benchmarks/engine.py" in md
     assert "| target |" in md and "| all-" not in md
+    assert "| not run: --tasks excluded 1000 |" in md
+
+
+# -- the summary of a partial run: what did not run is null, with why (no benchmark is run here) -----------------------
+def _row(system: str, n: int, throughput: float = 100.0, **extra) -> dict:
+    row = {
+        "system": system,
+        "n_tasks": n,
+        "throughput": throughput,
+        "p50_ms": 300.0,
+        "p99_ms": 400.0,
+        "peak_rss_mb": 500.0,
+        "disk_bytes": 1_000_000,
+        "setup_s": 1.0,
+        "cold_load_ms": None if system.startswith("plain") else 1.5,
+        "warm_switch_ms": None if system.startswith("plain") else 0.5,
+    }
+    return {**row, **extra}
+
+
+def _report(bench, rows: list[dict], counts: list[int]) -> dict:
+    """What main() assembles around the summary, enough for markdown()."""
+    summary = bench.summarise(rows, counts)
+    for row in rows:
+        row["label"] = bench.SYSTEM_LABELS[row["system"]]
+        row["vs_plain"] = None
+    return {
+        **{k: v for k, v in summary.items() if k not in ("summary_counts", "not_run")},
+        "targets": bench.check_targets(summary),
+        "summary_counts": summary["summary_counts"],
+        "not_run": summary["not_run"],
+        "command": "python benchmarks/engine.py",
+        "date": "2025-01-01",
+        "machine": "test",
+        "versions": {"torch": "x", "onnxruntime": "x", "peft": "x"},
+        "torch_threads": 2,
+        "ort_intra_op_threads": 2,
+        "batches": 2,
+        "batch_size": 4,
+        "warmup": 1,
+        "real_tasks": ["asap-1"],
+        "lora": {"lora_r": 8, "lora_alpha": 16, "lora_targets": ["query", "value"]},
+        "perturb": 0.1,
+        "max_length": 32,
+        "rows": rows,
+        "qwk": {r["system"]: r["qwk"] for r in rows if "qwk" in r},
+        "setup": {"synthesise_s": 1.0},
+        "wall_seconds": 10.0,
+    }
+
+
+def test_summary_of_a_partial_run_leaves_unmeasured_figures_null_and_says_why():
+    bench = _load_bench()
+    rows = [_row("plain", 0, 200.0, peak_rss_mb=400.0), _row("engine", 10, 150.0), _row("onnx-int8", 10, 300.0)]
+    report = _report(bench, rows, [10])  # --systems plain,engine,onnx-int8 --tasks 10 --no-qwk
+
+    saved = json.loads(json.dumps(report))  # as written to engine.json: null, never a stand-in
+    assert saved["tasks_1000_vs_10"] is None  # was 1.0: the engine row against itself
+    assert saved["engine_vs_plain_10"] is None  # was measured against the whole-batch plain row
+    assert saved["engine_vs_peft_mixed_10"] is None and saved["onnx_int8_qwk_delta"] is None
+    assert saved["not_run"] == {
+        "engine_vs_plain_10": "not run: --systems excluded plain-packed",
+        "engine_vs_peft_mixed_10": "not run: --systems excluded peft-mixed",
+        "tasks_1000_vs_10": "not run: --tasks excluded 1000",
+        "onnx_int8_qwk_delta": "not run: --no-qwk (no test-set QWK for engine)",
+    }
+    # what did run is still measured
+    assert saved["engine_vs_plain_whole_batch_10"] == pytest.approx(0.75)
+    assert saved["onnx_int8_speedup"] == pytest.approx(2.0) and saved["cold_load_ms"] == 1.5
+    assert saved["rss_100_tasks_vs_backbone"] == pytest.approx(1.25)
+
+    targets = {t["key"]: t for t in saved["targets"]}
+    assert targets["tasks_1000_vs_10"]["met"] is None
+    assert targets["tasks_1000_vs_10"]["why"] == "not run: --tasks excluded 1000"
+    assert targets["onnx_int8_speedup"]["met"] is True and "why" not in targets["onnx_int8_speedup"]
+
+    md = bench.markdown(report)
+    assert "| engine throughput with 1,000 tasks / with 10 tasks | not run: --tasks excluded 1000 | ≥ 0.9 | – |" in md
+    assert (
+        "| engine throughput on a 10-task mix / plain backbone, same micro-batches | not run: --systems excluded "
+        "plain-packed |" in md
+    )
+    assert "engine – (not run: --systems excluded plain-packed)" in md
+    assert "| ONNX int8 throughput / PyTorch engine, 10 tasks | 2.00 | ≥ 1.7 | **met** |" in md
+
+
+def test_summary_names_a_failed_row_and_a_count_left_out():
+    bench = _load_bench()
+    rows = [
+        _row("plain", 0),
+        _row("plain-packed", 0, 160.0),
+        _row("engine", 10, 150.0, qwk={"mean": 0.70, "tasks": {}, "n": 1}),
+        _row("engine", 100, 148.0),
+        {"system": "engine", "n_tasks": 1000, "error": "timed out after 1800 s"},
+        _row("peft-mixed", 100, 90.0),  # --peft-tasks 100
+        _row("onnx-int8", 10, 240.0, qwk={"mean": 0.71, "tasks": {}, "n": 1}),
+    ]
+    summary = bench.summarise(rows, [10, 100, 1000])
+    assert summary["tasks_1000_vs_10"] is None
+    assert summary["not_run"]["tasks_1000_vs_10"] == "failed: engine with 1000 tasks (timed out after 1800 s)"
+    assert summary["engine_vs_peft_mixed_10"] is None
+    assert summary["not_run"]["engine_vs_peft_mixed_10"] == "not run: --peft-tasks excluded 10"
+    assert summary["engine_vs_plain_10"] == pytest.approx(150 / 160)  # the micro-batched plain row, not the whole-batch
+    assert summary["onnx_int8_qwk_delta"] == pytest.approx(0.01)
+    assert set(summary["not_run"]) == {"tasks_1000_vs_10", "engine_vs_peft_mixed_10"}
+
+
+def test_summary_of_a_whole_run_measures_every_figure():
+    bench = _load_bench()
+    rows = [_row("plain", 0), _row("plain-packed", 0, 160.0)]
+    rows += [_row("engine", n, 150.0, **({"qwk": {"mean": 0.7}} if n == 10 else {})) for n in (10, 100, 1000)]
+    rows += [_row("peft-mixed", 10, 80.0), _row("onnx-int8", 10, 240.0, qwk={"mean": 0.7})]
+    summary = bench.summarise(rows, [10, 100, 1000])
+    assert summary["not_run"] == {}
+    assert all(isinstance(summary[key], float) for key in SUMMARY_KEYS)
+    assert summary["tasks_1000_vs_10"] == 1.0 and summary["summary_counts"] == {"small": 10, "large": 1000, "rss": 100}
