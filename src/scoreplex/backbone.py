@@ -68,7 +68,10 @@ def resolve_backbone(name_or_path: str | os.PathLike[str] = DEFAULT_BACKBONE) ->
             "hub: pass a local Hugging Face model folder (config.json, weights, tokenizer files)."
         )
     if not (path / "config.json").is_file():
-        raise BackboneError(f"backbone folder {path} has no config.json; is it a Hugging Face model folder?")
+        raise BackboneError(
+            f"backbone folder {path} has no config.json; pass a Hugging Face model folder (config.json, weights and "
+            "tokenizer files), or 'minilm'."
+        )
     return path
 
 

@@ -43,6 +43,10 @@ class DataError(ScoreplexError, ValueError):
         super().__init__(text)
 
 
+class TaskFileError(DataError, ConfigError):
+    """A task-spec file (``--tasks``) is unreadable or malformed; the message names the file and the task."""
+
+
 class UnknownTaskError(ScoreplexError, KeyError):
     """A task id that the suite or data set does not hold."""
 

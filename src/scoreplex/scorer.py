@@ -20,7 +20,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.encoding import encode_texts
-from scoreplex.errors import DataError, UnknownTaskError
+from scoreplex.errors import ConfigError, DataError, SuiteError, UnknownTaskError
 from scoreplex.methods import TaskModel
 from scoreplex.metrics import evaluate_task, human_agreement
 from scoreplex.predictions import MixedScorer, Predictions, decode, group_by_task, predict_logits
@@ -61,9 +61,18 @@ class SuiteScorer:
             return self._cache[task_id]
         info = self.suite.task_info(task_id)
         tensors = self.method.task_tensors(self.suite, task_id)
-        model = self.method.load(
-            self.bb.encoder, self.bb.hidden, self.suite.spec(task_id), info.get("config", {}), tensors, self.pooling
-        )
+        spec = self.suite.spec(task_id)
+        try:
+            model = self.method.load(
+                self.bb.encoder, self.bb.hidden, spec, info.get("config", {}), tensors, self.pooling
+            )
+        except SuiteError as exc:
+            raise SuiteError(f"task {task_id!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SuiteError(
+                f"task {task_id!r}: its task.json or module is incomplete ({exc!r}); retrain this task or restore the "
+                "suite folder."
+            ) from exc
         self._cache[task_id] = model
         while len(self._cache) > self._cache_size:
             self._cache.pop(next(iter(self._cache)))
@@ -112,6 +121,8 @@ def evaluate_suite(scorer, datasets: Mapping[str, TaskData], *, progress: bool =
 
     ``scorer`` is anything with ``suite`` and ``predict(task_id, texts, ids) -> Predictions`` (SuiteScorer, Engine).
     """
+    if not scorer.suite.task_ids:
+        raise ConfigError(f"the suite at {scorer.suite.root} holds no tasks; train some with `scoreplex train`.")
     per_task: dict[str, Any] = {}
     for task_id, data in datasets.items():
         if not scorer.suite.has_task(task_id):

@@ -113,6 +113,19 @@ def _check_manifest(manifest: Any, path: Path) -> None:
     ):
         if not isinstance(manifest.get(field), kind):
             raise bad(field, want)
+    from scoreplex.backbone import POOLINGS
+    from scoreplex.methods import METHODS
+
+    if manifest["method"] not in METHODS:
+        raise SuiteError(
+            f"{path}: field 'method' is {manifest['method']!r}, which this scoreplex does not know (it knows "
+            f"{', '.join(METHODS)}); upgrade scoreplex, or restore the manifest."
+        )
+    if manifest["pooling"] not in POOLINGS:
+        raise SuiteError(
+            f"{path}: field 'pooling' is {manifest['pooling']!r}, not one of {', '.join(POOLINGS)}; restore the "
+            "manifest."
+        )
     if not isinstance(manifest.get("max_length"), int) or not 1 <= manifest["max_length"] <= 1 << 20:
         raise bad("max_length", "a positive token count")
     if not isinstance(manifest["backbone"].get("sha256"), str):
@@ -134,7 +147,8 @@ def _check_manifest(manifest: Any, path: Path) -> None:
             )
         if entry.get("shared") is not None and entry["shared"] not in manifest.get("shared", {}):
             raise SuiteError(
-                f"{path}: task {task_id!r} refers to shared module {entry['shared']!r}, which is not listed."
+                f"{path}: task {task_id!r} refers to shared module {entry['shared']!r}, which is not listed; restore "
+                "the suite folder."
             )
     for name, entry in manifest.get("shared", {}).items():
         try:
@@ -142,7 +156,10 @@ def _check_manifest(manifest: Any, path: Path) -> None:
         except ConfigError as exc:
             raise SuiteError(f"{path}: {exc} This manifest is not trusted.") from None
         if not isinstance(entry, dict) or entry.get("file") != f"{SHARED_DIR}/{name}.safetensors":
-            raise SuiteError(f"{path}: shared module {name!r} must be stored as {SHARED_DIR}/{name}.safetensors.")
+            raise SuiteError(
+                f"{path}: shared module {name!r} must be stored as {SHARED_DIR}/{name}.safetensors inside the suite; "
+                "this manifest is not trusted: restore the suite from its source."
+            )
 
 
 def _load_tensors(data: bytes, what: str) -> dict:

@@ -156,19 +156,53 @@ class TaskSpec:
         )
 
 
+TASKS_FILE_FIX = (
+    'write a JSON list of tasks (or {"tasks": [...]}), each {"id": ..., "dimensions": [{"name": ..., "kind": '
+    '"ordinal" or "binary", "num_classes": ...}]}; `scoreplex demo` writes an example (build/demo/data/tasks.json).'
+)
+
+
 def load_task_specs(path: str) -> list[TaskSpec]:
-    """Read task specs from a JSON file: a list of task objects or ``{"tasks": [...]}``."""
-    with open(path, encoding="utf-8") as fh:
-        try:
+    """Read task specs from a JSON file: a list of task objects or ``{"tasks": [...]}``.
+
+    Raises DataError naming the file (and the task's position) for anything wrong: unreadable, not UTF-8 JSON, the
+    wrong shape, an invalid task or dimension, repeated ids.
+    """
+    from scoreplex.errors import TaskFileError
+
+    def fail(message: str, fix: str = TASKS_FILE_FIX) -> TaskFileError:
+        return TaskFileError(message, file=str(path), fix=fix)
+
+    try:
+        with open(path, encoding="utf-8") as fh:
             raw = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON ({exc}); fix the file or regenerate it.") from exc
+    except FileNotFoundError:
+        raise fail("the tasks file does not exist.", "check the --tasks path.") from None
+    except IsADirectoryError:
+        raise fail("the tasks file is a folder.", "give the JSON file inside it.") from None
+    except OSError as exc:
+        raise fail(f"the tasks file cannot be read ({exc.strerror}).", "check its permissions.") from None
+    except UnicodeDecodeError as exc:
+        raise fail(f"the tasks file is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except json.JSONDecodeError as exc:
+        raise fail(f"the tasks file is not valid JSON ({exc}).") from None
     items = raw["tasks"] if isinstance(raw, dict) and "tasks" in raw else raw
     if not isinstance(items, list):
-        raise ConfigError(f"{path}: expected a list of tasks or {{'tasks': [...]}}, got {type(items).__name__}.")
-    specs = [TaskSpec.from_dict(x) for x in items]
+        raise fail(f"expected a list of tasks or {{'tasks': [...]}}, got {type(items).__name__}.")
+    specs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise fail(f"task {i + 1} is a {type(item).__name__}, not an object.")
+        if not isinstance(item.get("dimensions"), list):
+            raise fail(f"task {i + 1} ({item.get('id')!r}) needs 'dimensions': a list of dimension objects.")
+        try:
+            if not all(isinstance(d, dict) for d in item["dimensions"]):
+                raise ConfigError("every dimension must be an object with a 'name'")
+            specs.append(TaskSpec.from_dict(item))
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise fail(f"task {i + 1} ({item.get('id')!r}) is invalid: {exc}") from None
     ids = [s.id for s in specs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise ConfigError(f"{path}: task ids {dupes} appear more than once; ids must be unique.")
+        raise fail(f"task ids {dupes} appear more than once; ids must be unique.")
     return specs

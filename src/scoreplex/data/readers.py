@@ -202,7 +202,7 @@ def resolve_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     raise DataError(
         f"cannot tell the table format from the extension {suffix or '(none)'!r}; supported extensions: {exts}.",
         file=str(path),
-        fix=f"rename the file or pass fmt= one of {', '.join(FORMATS)} (--format on the command line).",
+        fix=f"rename the file with one of the extensions {', '.join(sorted(EXTENSIONS))} (or pass fmt= in Python).",
     )
 
 

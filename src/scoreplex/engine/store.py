@@ -247,9 +247,13 @@ class AdapterStore:
                 raise SuiteError(f"its task.json describes task {spec.id!r}")
             parsed = self.method.parse(task_id, spec, config, tensors, self.hidden)
         except ScoreplexError as exc:
-            raise SuiteError(f"task {task_id!r}: {exc}") from exc
+            fix = "" if "retrain" in str(exc) or "restore" in str(exc) else "; retrain this task or restore the suite"
+            raise SuiteError(f"task {task_id!r}: {exc}{fix}") from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise SuiteError(f"task {task_id!r}: task.json or the module is incomplete ({exc!r}).") from exc
+            raise SuiteError(
+                f"task {task_id!r}: task.json or the module is incomplete ({exc!r}); retrain this task or restore the "
+                "suite folder."
+            ) from exc
         return ResidentModule(
             task_id,
             spec,

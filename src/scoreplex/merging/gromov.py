@@ -49,7 +49,7 @@ class GWSettings:
         if self.method not in GW_METHODS:
             raise unknown_name("GW method", self.method, GW_METHODS)
         if self.epsilon <= 0:
-            raise ConfigError(f"GW epsilon={self.epsilon}; it must be > 0 (5e-2 is a safe start).")
+            raise ConfigError(f"GW epsilon={self.epsilon} must be > 0; give e.g. 0.05 (a safe start).")
         if self.quantize is not None and self.quantize < 2:
             raise ConfigError(f"GW quantize={self.quantize}; give at least 2 centroids, or None for every point.")
         if self.subsample is not None and self.subsample < 2:

@@ -82,6 +82,18 @@ def run_merge(
             "for its features."
         )
     data = {t: data[t] for t in ids}
+    # everything that can be checked is checked before the features and GW distances (minutes of work)
+    method = scorer.suite.method_object
+    if not method.capabilities.mergeable:
+        from scoreplex.methods import methods_with
+
+        raise ConfigError(
+            f"the suite at {suite_dir} is a {method.name!r} suite ({method.description}); merging needs task encoders: "
+            f"give a suite of {' or '.join(methods_with('mergeable'))} models."
+        )
+    plan = MergePlan.from_file(job.plan_file, ids) if job.plan_file else None
+    if plan is None and not 1 <= job.n_groups <= len(ids):
+        raise ConfigError(f"--groups {job.n_groups} for {len(ids)} tasks; choose T' between 1 and {len(ids)}.")
     report_dir = out / "report"
     t0 = time.perf_counter()
     splits = {t: train_val_split(d, val_fraction=job.val_fraction, seed=job.seed) for t, d in data.items()}
@@ -90,8 +102,8 @@ def run_merge(
     )
     matrix = gw_matrix(feats, job.gw, progress=progress)
     sim = matrix.similarity()
-    if job.plan_file:
-        plan = MergePlan.from_file(job.plan_file, ids)
+    if plan is not None:
+        pass
     elif job.plan_method == "gw":
         plan = optimal_plan(sim, ids, job.n_groups, min_size=job.min_size, max_size=job.max_size, balanced=job.balanced)
     else:

@@ -39,7 +39,7 @@ class MergeSettings:
         if self.method not in MERGE_METHODS:
             raise unknown_name("merge method", self.method, MERGE_METHODS)
         if not 0 < self.density <= 1:
-            raise ConfigError(f"merge density={self.density}; it must be in (0, 1], e.g. 0.2 keeps the top 20%.")
+            raise ConfigError(f"merge density={self.density} is outside (0, 1]; give e.g. 0.2 to keep the top 20%.")
         if self.majority not in ("total", "frequency"):
             raise unknown_name("sign election", self.majority, ("total", "frequency"))
 

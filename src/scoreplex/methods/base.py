@@ -71,6 +71,20 @@ class MethodSettings:
     head_dropout: float = 0.1
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from scoreplex.errors import ConfigError
+
+        checks = (
+            ("lora_r", isinstance(self.lora_r, int) and self.lora_r >= 1, "give a rank >= 1, e.g. --lora-r 8"),
+            ("lora_alpha", self.lora_alpha > 0, "give a positive alpha (scaling = alpha / r), e.g. --lora-alpha 16"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "give a dropout in [0, 1), e.g. 0.1"),
+            ("head_hidden", isinstance(self.head_hidden, int) and self.head_hidden >= 0, "give 0 or a unit count"),
+            ("head_dropout", 0 <= self.head_dropout < 1, "give a dropout in [0, 1), e.g. 0.1"),
+        )
+        for name, ok, fix in checks:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is out of range; {fix}.")
+
 
 @dataclass(frozen=True)
 class Capabilities:

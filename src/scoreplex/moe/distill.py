@@ -63,9 +63,9 @@ def compute_teacher_targets(
 
     A cached file is reused when it was made by the same teacher module and covers every requested id."""
     from safetensors.torch import save_file
-    from scoreplex.predictions import predict_logits
 
     from scoreplex.encoding import encode_texts
+    from scoreplex.predictions import predict_logits
     from scoreplex.progress import progress_bar
     from scoreplex.suite import write_json_atomic
 

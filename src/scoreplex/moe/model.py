@@ -40,10 +40,13 @@ class MoEConfig:
         if self.n_layers < 0 or self.n_experts < 1 or self.task_dim < 1:
             raise ConfigError(
                 f"MoE config n_layers={self.n_layers}, n_experts={self.n_experts}, task_dim={self.task_dim}: "
-                "layers must be >= 0, experts and task_dim >= 1."
+                "give layers >= 0, experts and task_dim >= 1."
             )
         if self.top_k is not None and not 1 <= self.top_k <= self.n_experts:
-            raise ConfigError(f"top_k={self.top_k}; it must be in 1..n_experts ({self.n_experts}), or None for dense.")
+            raise ConfigError(
+                f"top_k={self.top_k} is outside 1..n_experts ({self.n_experts}); give a k in that range, or none for "
+                "dense routing."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

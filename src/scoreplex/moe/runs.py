@@ -117,7 +117,8 @@ def run_adapt(
     suite = student_suite if isinstance(student_suite, Suite) else Suite.open(student_suite)
     if not suite.method_object.capabilities.adaptable:
         raise ConfigError(
-            f"{suite.root} is a {suite.method!r} suite; only a student (`scoreplex distill`) adapts to new tasks."
+            f"{suite.root} is a {suite.method!r} suite; only a student adapts to new tasks: pass a suite made by "
+            "`scoreplex distill`, or train the new tasks into this suite with `scoreplex train`."
         )
     known = [t for t in data if suite.has_task(t)]
     if known:

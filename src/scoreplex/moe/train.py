@@ -43,7 +43,7 @@ class StudentObjective:
         if self.kd_loss not in KD_LOSSES:
             raise unknown_name("distillation loss", self.kd_loss, KD_LOSSES)
         if self.temperature <= 0:
-            raise ConfigError(f"temperature={self.temperature}; it must be > 0 (3 in the UniMoE trainer).")
+            raise ConfigError(f"temperature={self.temperature} must be > 0; give e.g. 3 (the UniMoE trainer's).")
 
 
 def distillation_loss(
