@@ -162,7 +162,14 @@ def _lora_layers(encoder: nn.Module, suite: Suite, extra: Sequence[str], targets
             as_peft = targets_of_task if isinstance(targets_of_task, str) else list(targets_of_task)
             wanted.update(target_module_names(encoder, as_peft))
     if targets is not None:
-        wanted.update(target_module_names(encoder, targets))
+        extra_layers = target_module_names(encoder, targets)
+        if not extra_layers:
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)})
+            raise ConfigError(
+                f"lora_targets={targets!r} match no linear layer of this backbone; choose from the layer names ending "
+                f"in {', '.join(suffixes)} (e.g. query,key,value)."
+            )
+        wanted.update(extra_layers)
     if not wanted:
         wanted.update(target_module_names(encoder, lora_target_modules(encoder, "qv")))
     return [name for name, _ in encoder.named_modules() if name in wanted]

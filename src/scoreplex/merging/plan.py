@@ -58,7 +58,9 @@ class MergePlan:
                 seen[t] = g
         unknown = sorted(set(seen) - set(task_ids))
         if unknown:
-            raise ConfigError(f"{where}: tasks {unknown} are not in the suite; it holds {sorted(task_ids)}.")
+            raise ConfigError(
+                f"{where}: tasks {unknown} are not in the suite; it holds {sorted(task_ids)}. Correct the task ids."
+            )
         missing = sorted(set(task_ids) - set(seen))
         if missing:
             raise ConfigError(f"{where}: tasks {missing} are in no group; add each to a group (alone is fine).")
@@ -79,10 +81,12 @@ class MergePlan:
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"plan file {p} does not exist.") from None
+            raise ConfigError(f"plan file {p} does not exist; check the --plan path.") from None
+        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"plan file {p} cannot be read ({exc}); give a UTF-8 JSON file.") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(
-                f"plan file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}."
+                f"plan file {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}; fix the file."
             ) from None
         groups = data.get("groups") if isinstance(data, dict) else None
         if not isinstance(groups, list) or not all(

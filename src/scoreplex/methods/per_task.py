@@ -126,10 +126,14 @@ class LoRA(Method):
         try:
             result = set_peft_model_state_dict(enc, split_state(state, "lora."))
         except RuntimeError as exc:  # a shape mismatch (e.g. another rank)
-            raise SuiteError(f"LoRA weights do not fit the backbone or task.json ({exc}).") from exc
+            raise SuiteError(
+                f"LoRA weights do not fit the backbone or task.json ({exc}); retrain this task or restore the suite."
+            ) from exc
         bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if bad:
-            raise SuiteError(f"LoRA weights do not fit the backbone: unexpected {bad[:5]}.")
+            raise SuiteError(
+                f"LoRA weights do not fit the backbone: unexpected {bad[:5]}; retrain this task or restore the suite."
+            )
         return TaskModel(enc, load_head(hidden, spec, config, state), pooling).eval()
 
 
