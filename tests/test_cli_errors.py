@@ -21,15 +21,15 @@ def flat(text: str) -> str:
 
 
 OS_ERRORS = [
-    FileNotFoundError(errno.ENOENT, "No such file or directory", "suite/manifest.json"),
-    PermissionError(errno.EACCES, "Permission denied", "suite/manifest.json"),
-    OSError(errno.ENOSPC, "No space left on device", "suite/tasks/q1/module.safetensors"),
-    OSError(errno.EXDEV, "Invalid cross-device link", "a.tmp", "b"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "suite/manifest.json"), "check the path"),
+    (PermissionError(errno.EACCES, "Permission denied", "suite/manifest.json"), "check the permissions"),
+    (OSError(errno.ENOSPC, "No space left on device", "suite/tasks/q1/module.safetensors"), "free some disk space"),
+    (OSError(errno.EXDEV, "Invalid cross-device link", "a.tmp", "b"), "check the path and the disk"),
 ]
 
 
-@pytest.mark.parametrize("exc", OS_ERRORS, ids=lambda e: errno.errorcode[e.errno])
-def test_an_unhandled_os_error_is_one_error_line_with_the_path(exc, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize(("exc", "fix"), OS_ERRORS, ids=[errno.errorcode[e.errno] for e, _ in OS_ERRORS])
+def test_an_unhandled_os_error_is_one_error_line_with_the_path_and_a_fix(exc, fix, tmp_path: Path, monkeypatch):
     from scoreplex.suite import Suite
 
     def failing(*args, **kwargs):
@@ -39,7 +39,8 @@ def test_an_unhandled_os_error_is_one_error_line_with_the_path(exc, tmp_path: Pa
     result = invoke("info", tmp_path)
     assert result.exit_code == 2, result.output
     paths = " -> ".join(p for p in (exc.filename, exc.filename2) if p)
-    assert result.output.strip() == f"error: {exc.strerror}: {paths}"
+    assert flat(result.output).startswith(f"error: {exc.strerror}: {paths}. Fix: {fix}")
+    assert len(result.output.strip().splitlines()) <= 2  # one line (wrapped at most once)
     assert isinstance(result.exception, SystemExit)  # handled: no exception escaped the command
 
 
@@ -65,7 +66,7 @@ def test_main_reports_an_os_error_without_traceback(tmp_path: Path, monkeypatch,
         main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert flat(err) == f"error: Permission denied: {tmp_path / 'manifest.json'}"
+    assert flat(err).startswith(f"error: Permission denied: {tmp_path / 'manifest.json'}. Fix: check the permissions")
 
 
 def test_a_scoreplex_error_no_command_catches_is_one_error_line(monkeypatch):
@@ -99,3 +100,18 @@ def test_a_huge_score_is_one_error_line(cell: str, tmp_path: Path, tiny_backbone
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 2 and "error:" in result.output and "row 2" in flat(result.output)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--label", "=score", "--label '=score' names no dimension; give DIM=COLUMN"),
+        ("--label", "score=", "--label 'score=' names no column; give DIM=COLUMN"),
+        ("--second", "=", "--second '=' names no dimension"),
+    ],
+)
+def test_a_malformed_column_mapping_names_the_option_and_the_syntax(option, value, message, tmp_path: Path):
+    data = tmp_path / "d.csv"
+    data.write_text("id,task,text,score\nr0,q1,text,1\n", encoding="utf-8")
+    result = invoke("train", data, "--out", tmp_path / "s", option, value)
+    assert result.exit_code == 2 and message in flat(result.output), result.output

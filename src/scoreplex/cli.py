@@ -24,13 +24,27 @@ def _error_line(message: str) -> None:
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
 
 
+_OS_FIXES = {
+    errno.ENOENT: "check the path: the file or a folder in it does not exist.",
+    errno.EACCES: "check the permissions, or choose a path you can write to.",
+    errno.EPERM: "check the permissions, or choose a path you can write to.",
+    errno.EROFS: "choose a path on a writable disk.",
+    errno.ENOSPC: "free some disk space (or choose another disk), then run the same command again.",
+    errno.EDQUOT: "free some disk space (or choose another disk), then run the same command again.",
+    errno.EEXIST: "choose another path, or move the file that is in the way.",
+    errno.ENOTDIR: "choose another path: a part of it is a file, not a folder.",
+    errno.EISDIR: "choose another path: a folder is in the way.",
+}
+
+
 def _os_error_text(exc: OSError) -> str:
-    """One line for an OSError: what failed and the path(s), e.g. ``No such file or directory: data.csv``."""
+    """One line for an OSError: what failed, the path(s) and a fix, e.g. ``No such file or directory: data.csv.``"""
     from rich.markup import escape
 
     what = exc.strerror or str(exc) or type(exc).__name__
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
-    return escape(f"{what}: {' -> '.join(paths)}" if paths else what)
+    fix = _OS_FIXES.get(exc.errno, "check the path and the disk, then run the same command again.")
+    return escape(f"{what}: {' -> '.join(paths)}. Fix: {fix}" if paths else f"{what}. Fix: {fix}")
 
 
 class _Commands(TyperGroup):
@@ -98,7 +112,9 @@ BackboneOpt = Annotated[
 ]
 
 
-def _mapping(values: list[str] | None, default_dim: str = "score") -> dict[str, str] | None:
+def _mapping(values: list[str] | None, option: str, default_dim: str = "score") -> dict[str, str] | None:
+    from scoreplex.errors import ConfigError
+
     if not values:
         return None
     out = {}
@@ -106,6 +122,11 @@ def _mapping(values: list[str] | None, default_dim: str = "score") -> dict[str, 
         dim, sep, col = v.partition("=")
         if not sep:
             dim, col = default_dim, v
+        if not dim.strip() or not col.strip():
+            raise ConfigError(
+                f"{option} {v!r} names no {'column' if dim.strip() else 'dimension'}; give DIM=COLUMN "
+                "(e.g. score=Score1), or just COLUMN for a single-score task."
+            )
         out[dim.strip()] = col.strip()
     return out
 
@@ -118,8 +139,8 @@ def _columns(text_col, task_col, task_id, id_col, label, second):
         task=None if task_id else task_col,
         task_id=task_id,
         id=id_col,
-        labels=_mapping(label),
-        second=_mapping(second),
+        labels=_mapping(label, "--label"),
+        second=_mapping(second, "--second"),
     )
 
 
@@ -337,10 +358,10 @@ def score(
     encoding: EncodingOpt = "utf-8",
     backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
     chunk_rows: Annotated[
-        int, typer.Option("--chunk-rows", min=1, help="Rows read, scored and saved at a time (the unit of resuming).")
+        int, typer.Option("--chunk-rows", help="Rows read, scored and saved at a time (the unit of resuming; >= 1).")
     ] = 1024,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Rows per backbone pass (default: the engine's).")
+        int | None, typer.Option("--batch-size", help="Rows per backbone pass, >= 1 (default: the engine's).")
     ] = None,
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard an unfinished earlier run on OUTPUT and start over.")

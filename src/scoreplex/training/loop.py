@@ -73,7 +73,10 @@ class TrainConfig:
         ]
         for ok, name, want in checks:
             if not ok:
-                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid; it must be {want}.")
+                raise ConfigError(
+                    f"TrainConfig.{name}={getattr(self, name)!r} is invalid; it must be {want}. "
+                    f"Fix: give {name} such a value."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

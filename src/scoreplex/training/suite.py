@@ -61,7 +61,7 @@ class TrainOptions:
                 "percentile of the training lengths."
             )
         if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction={self.val_fraction!r}; it must be in (0, 1), e.g. 0.1.")
+            raise ConfigError(f"val_fraction={self.val_fraction!r}; give a share of each task in (0, 1), e.g. 0.1.")
 
 
 @dataclass
