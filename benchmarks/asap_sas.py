@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
             backbone=bb,
             on_task_done=lambda r, m=method: print(
                 f"[{m}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
-                f"({r.fit.seconds:.0f} s)",
+                f"({r.seconds:.0f} s)",
                 flush=True,
             ),
         )

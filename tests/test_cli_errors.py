@@ -82,12 +82,6 @@ def test_a_scoreplex_error_no_command_catches_is_one_error_line(monkeypatch):
     assert flat(result.output) == "error: the [methods] table cannot be drawn; fix it."  # brackets kept, not markup
 
 
-@pytest.mark.xfail(
-    reason="scoreplex.data.readers._Reader.scores stores a huge integer score into int64: OverflowError (to be fixed "
-    "in readers.py: refuse scores above the largest class with a DataError)",
-    raises=OverflowError,
-    strict=False,
-)
 @pytest.mark.parametrize("cell", ["100000000000000000000", "1e20"])
 def test_a_huge_score_is_one_error_line(cell: str, tmp_path: Path, tiny_backbone_path):
     data = tmp_path / "d.jsonl"

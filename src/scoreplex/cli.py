@@ -321,7 +321,7 @@ def evaluate(
     delimiter: DelimiterOpt = None,
 ) -> None:
     """QWK, accuracy, adjacent agreement, F1, exact match per task (and human-human agreement if a second score)."""
-    from scoreplex.errors import ScoreplexError
+    from scoreplex.errors import ConfigError, ScoreplexError
 
     try:
         from scoreplex.data.load import read_dataset
@@ -330,6 +330,8 @@ def evaluate(
         from scoreplex.suite import Suite, write_json_atomic
 
         s = Suite.open(suite)
+        if not s.task_ids:
+            raise ConfigError(f"the suite at {suite} holds no tasks; train some with `scoreplex train`.")
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))

@@ -46,7 +46,7 @@ def run_demo(
         options,
         on_task_done=lambda r: log(
             f"  trained {r.task_id}: validation QWK {r.val_metrics['qwk']:.3f} "
-            f"({r.fit.epochs_run} epochs, {r.fit.seconds:.0f} s, module {r.module_bytes:,} B)"
+            f"({r.fit.epochs_run} epochs, {r.seconds:.0f} s, module {r.module_bytes:,} B)"
         ),
     )
     train_seconds = time.perf_counter() - t0

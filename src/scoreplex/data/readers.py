@@ -44,6 +44,8 @@ from scoreplex.data.dataset import MISSING, TaskData
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.tasks import Dimension, TaskSpec, check_id
 
+MAX_CLASSES = 100
+"""Classes a rubric dimension may have (scores 0..99), as :class:`scoreplex.tasks.Dimension` allows."""
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 """Formats :func:`read_table` and :func:`write_table` understand."""
 
@@ -159,7 +161,10 @@ class ColumnMap:
         if self.labels is not None and self.second is not None:
             shared = sorted(set(self.labels.values()) & set(self.second.values()))
             if shared:
-                raise ConfigError(f"ColumnMap uses columns {shared} for both first and second rater scores.")
+                raise ConfigError(
+                    f"ColumnMap uses columns {shared} for both first and second rater scores; give the second rater's "
+                    "scores their own column (--second DIM=COLUMN), or leave --second out."
+                )
 
 
 class Table(list[dict[str, str]]):
@@ -595,6 +600,13 @@ class _Reader:
                         f"score {score} is negative; scores are classes 0..K.",
                         **where,
                         fix="shift the scale so that the lowest score is 0.",
+                    )
+                if score >= MAX_CLASSES:
+                    raise DataError(
+                        f"score {cell.strip()!r} is beyond the largest class a rubric dimension may have "
+                        f"({MAX_CLASSES - 1}).",
+                        **where,
+                        fix="correct the score, or map the scale to classes 0..K first.",
                     )
                 out[n, j] = score
         return out
