@@ -9,6 +9,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from tests.test_readers import check_error
 
 from scoreplex.data import ColumnMap, read_responses, read_table, readers
 from scoreplex.data.readers import iter_table
@@ -21,22 +22,6 @@ CURLY = "She said \u201cyes\u201d \u2013 then left\u2026"  # curly quotes, en da
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.write_bytes(text.encode(encoding))
     return path
-
-
-def check_error(exc: pytest.ExceptionInfo, path: Path, row: int | None, column: str | None) -> str:
-    """The error is a DataError naming the file, row and column, with a fix."""
-    err = exc.value
-    assert isinstance(err, DataError) and isinstance(err, ValueError)
-    msg = str(err)
-    assert err.file == str(path) and str(path) in msg
-    assert err.row == row
-    if row is not None:
-        assert f"row {row}" in msg
-    assert err.column == column
-    if column is not None:
-        assert repr(column) in msg
-    assert err.fix and "Fix:" in msg
-    return msg
 
 
 def streamed(path: Path, **kwargs) -> list[dict[str, str]]:
