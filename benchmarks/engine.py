@@ -860,8 +860,11 @@ def main(argv: list[str] | None = None) -> dict:
 
             t0 = time.perf_counter()
             onnx_dirs[system] = work / system
-            quantize = "int8" if system == "onnx-int8" else None
-            export_onnx(real, onnx_dirs[system], quantize=quantize, backbone=backbone)
+            quantize, calibration = None, None
+            if system == "onnx-int8":  # static INT8, calibrated on training responses (never the test ones)
+                train = load_asap_sas(args.data, split="train", items=real_ids)
+                quantize, calibration = "int8", {t: d.texts for t, d in train.items()}
+            export_onnx(real, onnx_dirs[system], quantize=quantize, calibration=calibration, backbone=backbone)
             setup[f"export_{system}_s"] = round(time.perf_counter() - t0, 1)
             _log(f"[prepare] exported {system} in {setup[f'export_{system}_s']} s")
 

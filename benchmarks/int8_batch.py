@@ -3,11 +3,13 @@
     scoreplex demo --out build/demo
     python benchmarks/int8_batch.py --demo build/demo --out docs/results/int8
 
-Dynamic quantisation (ONNX Runtime ``quantize_dynamic``, the ``quantize="int8"`` export) computes one activation
+Dynamic quantisation (ONNX Runtime ``quantize_dynamic``, scoreplex's INT8 export before it became static; this
+script writes it for comparison) computes one activation
 scale per batch tensor, so a long answer in the batch changes every other row's quantisation. Static quantisation
 (:func:`scoreplex.engine.quantize.quantize_int8_static`) fixes those scales from calibration data. This script trains
 nothing: it takes the demo's LoRA suite and data (``scoreplex demo``), exports the fp32 graph with ``export_onnx``, the
-dynamic INT8 graph with ``export_onnx(..., quantize="int8")`` and the static INT8 graph calibrated on the demo's
+dynamic INT8 graph with ``quantize_dynamic`` and the static INT8 graph (what ``export_onnx(..., quantize="int8")``
+writes) calibrated on the demo's
 TRAINING responses (never the test ones), and for each of
 
   torch           the PyTorch engine (the reference)
@@ -223,6 +225,36 @@ def measure_labels(system: str, engine, suite: Path, dirs: dict[str, Path], test
     return result
 
 
+def export_dynamic(fp32_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """The comparison the library no longer offers: ONNX Runtime's dynamic INT8 (per-channel int8 weights, activation
+    scales computed per call, i.e. per batch), written as an export folder next to the fp32 one."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from scoreplex.engine.onnx_export import MODEL_FILE, SIDECAR_FILE
+    from scoreplex.engine.quantize import constant_weight_matmuls
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(fp32_dir, tmp)
+    nodes = constant_weight_matmuls(fp32_dir / MODEL_FILE)
+    quantize_dynamic(
+        str(fp32_dir / MODEL_FILE),
+        str(tmp / MODEL_FILE),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=nodes,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    details = {"scheme": "dynamic", "weight_type": "QInt8", "per_channel": True, "quantized_nodes": len(nodes)}
+    sidecar = json.loads((tmp / SIDECAR_FILE).read_text(encoding="utf-8"))
+    sidecar.update(sha256=sha256_file(tmp / MODEL_FILE), quantize="int8-dynamic", quantization=details)
+    write_json_atomic(tmp / SIDECAR_FILE, sidecar)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return details
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from scoreplex.engine.onnx_export import export_onnx
 
@@ -233,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dirs = {s: work / s for s in SYSTEMS if s != "torch"}
     _log(f"exporting fp32 and dynamic INT8 graphs of {suite} into {work}")
     export_onnx(suite, dirs["onnx-fp32"])
-    dynamic = export_onnx(suite, dirs["onnx-int8-dyn"], quantize="int8")["quantization"]
+    dynamic = export_dynamic(dirs["onnx-fp32"], dirs["onnx-int8-dyn"])
     _log(f"static INT8: calibrating ({args.calibration}) on training responses")
     static = export_static(suite, dirs["onnx-fp32"], dirs["onnx-int8-static"], train, args)
     engines = {}

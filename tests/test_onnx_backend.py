@@ -62,9 +62,11 @@ def fp32_dir(tmp_path_factory, lora_suite, tiny_bb) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8_dir(tmp_path_factory, lora_suite, tiny_bb) -> Path:
+def int8_dir(tmp_path_factory, lora_suite, tiny_bb, demo_datasets) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "int8"
-    export_onnx(lora_suite, out, backbone=tiny_bb, quantize="int8")
+    tasks = Suite.open(lora_suite, verify=False).task_ids
+    calibration = {t: demo_datasets[t].texts[:40] for t in tasks}  # training responses: the tests score others too
+    export_onnx(lora_suite, out, backbone=tiny_bb, quantize="int8", calibration=calibration)
     return out
 
 
@@ -263,16 +265,18 @@ def test_head_only_suite_has_no_lora_inputs_and_matches(head_suite, tiny_bb, tmp
 def test_int8_quantizes_only_backbone_weights(int8_dir, fp32_dir):
     sidecar = json.loads((int8_dir / SIDECAR_FILE).read_text())
     assert sidecar["quantize"] == "int8" and sidecar["quantization"]["per_channel"] is True
+    assert sidecar["quantization"]["scheme"] == "static"  # fixed activation scales: batch-independent
     graph = onnx.load(str(int8_dir / MODEL_FILE)).graph
     ops = [n.op_type for n in graph.node]
+    assert "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
     # every linear layer of the 2-layer encoder (q, k, v, attention out, intermediate, output: 6 per layer)
-    assert ops.count("MatMulInteger") == sidecar["quantization"]["quantized_nodes"] == 12
-    assert ops.count("MatMul") > 0  # attention and LoRA products (two computed operands) stay float
+    weights = {t.name: t.data_type for t in graph.initializer}
+    int8 = onnx.TensorProto.INT8
+    int8_weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and weights.get(n.input[0]) == int8]
+    assert len(int8_weights) == sidecar["quantization"]["quantized_nodes"] == 12
+    assert ops.count("MatMul") > 12  # the quantised layers (on dequantised inputs), attention and LoRA products
     lora_inputs = {i.name: i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("lora_")}
     assert lora_inputs and set(lora_inputs.values()) == {onnx.TensorProto.FLOAT}
-    weights = {t.name: t.data_type for t in graph.initializer}
-    quantized = [n.input[1] for n in graph.node if n.op_type == "MatMulInteger"]
-    assert all(weights.get(w) == onnx.TensorProto.INT8 for w in quantized)  # int8 weights stored, not computed
     n_float = sum(len(t.raw_data) for t in onnx.load(str(fp32_dir / MODEL_FILE)).graph.initializer)
     n_int8 = sum(len(t.raw_data) for t in graph.initializer)
     assert n_int8 < n_float  # tiny here: the 2 x 6 weight matrices (32 x 32 or 64) next to the float embeddings
@@ -295,6 +299,29 @@ def test_int8_scores_close_to_fp32(int8_dir, fp32_dir, lora_suite, mixed_pairs):
             agree += q["labels"][dim] == f["labels"][dim]
             total += 1
     assert agree / total >= 0.9, f"int8 and fp32 classes agree on {agree}/{total} dimension scores"
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "onnx-fp32", "onnx-int8"])
+def test_a_rows_score_never_depends_on_its_batch(backend, lora_suite, tiny_bb, fp32_dir, int8_dir, mixed_pairs):
+    if backend == "pytorch":
+        engine = Engine(lora_suite, tiny_bb, batch_size=8)
+    else:
+        engine = OnnxEngine(lora_suite, fp32_dir if backend == "onnx-fp32" else int8_dir, batch_size=8)
+    long = (mixed_pairs[0][0], " ".join(["energy flows from the sun to the plants and the animals"] * 30))
+    mixed = engine.score([long, *mixed_pairs])[1:]  # next to a long answer with large activations
+    for pair, row in zip(mixed_pairs, mixed, strict=True):
+        alone = engine.score([pair])[0]
+        assert alone["labels"] == row["labels"], (backend, pair)
+        for dim, probs in alone["probs"].items():
+            np.testing.assert_allclose(probs, row["probs"][dim], atol=1e-5, rtol=0)
+
+
+def test_int8_without_calibration_is_refused_before_any_work(lora_suite, tiny_bb, tmp_path):
+    with pytest.raises(ConfigError, match="calibrat"):
+        export_onnx(lora_suite, tmp_path / "q", backbone=tiny_bb, quantize="int8")
+    assert not (tmp_path / "q").exists()
+    with pytest.raises(ConfigError, match="does not hold"):
+        export_onnx(lora_suite, tmp_path / "q", backbone=tiny_bb, quantize="int8", calibration={"nope": ["text"]})
 
 
 # -- what is refused -------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 
 from lora_suites import QV_TASKS
 from lora_suites import train_tiny_suite as _train
-from scoreplex.engine.onnx_export import MODEL_FILE, SIDECAR_FILE, export_onnx, quantize_int8
+from scoreplex.engine.onnx_export import MODEL_FILE, SIDECAR_FILE, export_onnx
 from scoreplex.engine.quantize import (
     CALIBRATIONS,
     calibration_feeds,
@@ -52,6 +52,24 @@ def _random_tables(sidecar: dict, seed: int = 0) -> dict[str, np.ndarray]:
     return tables
 
 
+def _quantize_dynamic(src: Path, dst: Path) -> None:
+    """ONNX Runtime's dynamic INT8 (activation scales per call, i.e. per batch): the negative control."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from scoreplex.engine.quantize import constant_weight_matmuls
+
+    nodes = constant_weight_matmuls(src)
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=nodes,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path) -> SimpleNamespace:
     """The fp32 export, its random LoRA tables, and static INT8 graphs (one per calibration method) calibrated on
@@ -71,7 +89,7 @@ def graphs(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path) -> Simp
     for method in CALIBRATIONS:
         static[method] = root / f"static-{method}.onnx"
         details[method] = quantize_int8_static(fp32, static[method], feeds, method=method)
-    quantize_int8(fp32, root / "dynamic.onnx")
+    _quantize_dynamic(fp32, root / "dynamic.onnx")
     return SimpleNamespace(
         fp32=fp32,
         static=static,

@@ -30,8 +30,10 @@ The heads stay outside the graph, in PyTorch (the AdapterStore builds them; a La
 layers per task, microseconds per batch): heads of any size side by side would otherwise need one graph per head
 shape, or padded logits and per-row gathers of head weights, for no measurable gain.
 
-``quantize="int8"`` applies ONNX Runtime's dynamic quantisation with per-channel int8 weights to the backbone's
-MatMul / Gemm nodes whose weight is a constant (the frozen linear layers). The LoRA tables are inputs, so they stay
+``quantize="int8"`` applies static quantisation (:mod:`scoreplex.engine.quantize`: activation scales fixed from
+calibration responses, so a row never depends on its batch; dynamic quantisation's per-batch scales changed 17 of
+600 demo labels) with per-channel int8 weights to the backbone's MatMul / Gemm nodes whose weight is a constant (the
+frozen linear layers). The LoRA tables are inputs, so they stay
 float32; the attention products and the LoRA matmuls (both operands computed) stay float32 too. Per-channel matters:
 per-tensor scales dropped MiniLM's pooled features to cosine 0.955 on real text, per-channel kept >= 0.99.
 
@@ -46,12 +48,11 @@ A folder written by :func:`export_onnx`::
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -211,49 +212,65 @@ def _quiet_export() -> Iterator[None]:
 
 
 # -- quantisation ------------------------------------------------------------------------------------------------------
-class _DropPreprocessHint(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing before quantization" not in record.getMessage()
+def quantize_int8(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """Static INT8 (:func:`scoreplex.engine.quantize.quantize_int8_static`): per-channel int8 weights, activation
+    scales fixed by calibration, so a row's score never depends on the rows beside it in a batch."""
+    from .quantize import quantize_int8_static
+
+    return quantize_int8_static(src, dst, feeds)
 
 
-def constant_weight_matmuls(model_path: str | os.PathLike[str]) -> list[str]:
-    """Names of the MatMul / Gemm nodes whose weight (second input) is a constant: the backbone's linear layers.
-
-    The LoRA products and the attention products have two computed operands and are not listed.
-    """
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    constants = {t.name for t in graph.initializer}
-    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constants]
+QUANTIZATIONS: dict[str, Callable[[Path, Path, Sequence[Mapping[str, np.ndarray]]], dict[str, Any]]] = {
+    "int8": quantize_int8
+}
+"""Registry of post-export quantisations: ``name -> fn(fp32 model path, output path, calibration feeds) -> sidecar
+details``. Each calibrates on representative responses (``export_onnx(..., calibration=...)``)."""
+CALIBRATION_ROWS = 512
+"""Calibration responses used at most (a seeded sample; 512 and 1,600 gave the same labels on the demo suite)."""
 
 
-def quantize_int8(src: Path, dst: Path) -> dict[str, Any]:
-    """Dynamic quantisation: int8 per-channel weights for the constant-weight MatMul / Gemm nodes, activations
-    quantised to uint8 at run time (ONNX Runtime's ``quantize_dynamic``, ``MatMulInteger``)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _calibration_feeds(
+    suite: Suite, bb: Backbone, layer_info: Sequence[Mapping[str, Any]], calibration, seed: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Graph feeds over a seeded sample of ``calibration`` responses, each with its task's adapter in the tables."""
+    from scoreplex.content import has_content
 
-    nodes = constant_weight_matmuls(src)
-    hint = _DropPreprocessHint()
-    logging.getLogger().addFilter(hint)
-    try:
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_quantize=nodes,
-            extra_options={"MatMulConstBOnly": True},
+    from .onnx_runtime import onnx_slot_table
+    from .quantize import calibration_feeds
+
+    pairs = (
+        [(str(t), x) for t, xs in calibration.items() for x in xs]
+        if isinstance(calibration, Mapping)
+        else list(calibration)
+    )
+    pairs = [(t, x) for t, x in pairs if isinstance(x, str) and has_content(x)]
+    if not pairs:
+        raise ConfigError(
+            "int8 quantisation calibrates fixed activation scales on representative responses, and none were given: "
+            "pass calibration={task id: [texts]} (CLI: --calibration FILE, e.g. the training file)."
         )
-    finally:
-        logging.getLogger().removeFilter(hint)
-    return {"scheme": "dynamic", "weight_type": "QInt8", "per_channel": True, "quantized_nodes": len(nodes)}
-
-
-QUANTIZATIONS: dict[str, Callable[[Path, Path], dict[str, Any]]] = {"int8": quantize_int8}
-"""Registry of post-export quantisations: ``name -> fn(fp32 model path, output path) -> sidecar details``."""
+    unknown = sorted({t for t, _ in pairs} - set(suite.task_ids))
+    if unknown:
+        raise ConfigError(f"calibration responses of tasks {unknown[:5]} the suite does not hold; give its own tasks'.")
+    rng = np.random.default_rng(seed)
+    if len(pairs) > CALIBRATION_ROWS:
+        pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), CALIBRATION_ROWS, replace=False))]
+    tasks, texts = [t for t, _ in pairs], [x for _, x in pairs]
+    if not layer_info:
+        return calibration_feeds(bb.tokenizer, texts, suite.max_length)
+    table, method = onnx_slot_table(layer_info), suite.method_object
+    for task_id in dict.fromkeys(tasks):
+        info = suite.task_info(task_id)
+        parsed = method.parse(
+            task_id,
+            suite.spec(task_id),
+            info.get("config", {}),
+            method.task_tensors(suite, task_id, for_engine=True),
+            bb.hidden,
+        )
+        table.install(task_id, parsed.lora, parsed.scaling, task_id=task_id)
+    slots = [table.slot_of(t) for t in tasks]
+    return calibration_feeds(bb.tokenizer, texts, suite.max_length, table.feeds, slots=slots)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -292,6 +309,7 @@ def export_onnx(
     out_dir: str | os.PathLike[str],
     *,
     quantize: str | None = None,
+    calibration: Mapping[str, Sequence[str]] | Sequence[tuple[str, str]] | None = None,
     backbone: Backbone | str | os.PathLike[str] | None = None,
     lora_targets: str | Sequence[str] | None = None,
     opset: int = DEFAULT_OPSET,
@@ -304,7 +322,10 @@ def export_onnx(
             :class:`Engine` (its encoder is copied without its slot tables).
         out_dir: the folder to write (see the module docstring); an earlier export there is replaced file by file,
             each atomically, the sidecar last (it holds the graph's sha256, so a torn export is detected on load).
-        quantize: None (fp32) or a name in :data:`QUANTIZATIONS` (``"int8"``: per-channel dynamic int8 weights).
+        quantize: None (fp32) or a name in :data:`QUANTIZATIONS` (``"int8"``: static int8, per-channel weights and
+            activation scales fixed by calibration: batch-independent).
+        calibration: for ``quantize``: representative responses, ``{task id: [texts]}`` or ``[(task id, text)]``
+            (e.g. the training responses; never the set you evaluate on); at most :data:`CALIBRATION_ROWS` are used.
         backbone: for a suite, a loaded Backbone or a name / folder; None takes the manifest's. Checked against the
             suite's backbone hash (BackboneMismatchError).
         lora_targets: PEFT target names (or a regex) of layers to adapt beyond those the suite's tasks adapt, e.g.
@@ -315,6 +336,11 @@ def export_onnx(
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise unknown_name("quantization", quantize, list(QUANTIZATIONS))
+    if quantize is not None and not calibration:
+        raise ConfigError(
+            f"{quantize} quantisation calibrates fixed activation scales on representative responses: pass "
+            "calibration={task id: [texts]} (CLI: --calibration FILE, e.g. the training file)."
+        )
     if not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise ConfigError(f"opset={opset!r}; give {DEFAULT_OPSET} or later (LayerNormalization is one op from 17).")
     out = prepare_output_folder(out_dir)  # a bad out_dir fails now, not after loading and tracing the model
@@ -369,7 +395,8 @@ def export_onnx(
             _check_graph(graph, tmp_fp32, inputs, vocab, linears)
         details = None
         if quantize is not None:
-            details = QUANTIZATIONS[quantize](tmp_fp32, tmp_model)
+            feeds = _calibration_feeds(suite, bb, layer_info, calibration or {})
+            details = QUANTIZATIONS[quantize](tmp_fp32, tmp_model, feeds)
             tmp_fp32.unlink()
         else:
             os.replace(tmp_fp32, tmp_model)

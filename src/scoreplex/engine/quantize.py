@@ -50,12 +50,12 @@ import numpy as np
 from scoreplex.encoding import encode_texts
 from scoreplex.errors import ConfigError, unknown_name
 
+from .onnx_export import SLOT_INPUT
+
 CALIBRATIONS: dict[str, str] = {"minmax": "MinMax", "percentile": "Percentile"}
 """Calibration methods: scoreplex name -> ``onnxruntime.quantization.CalibrationMethod`` member."""
 DEFAULT_CALIBRATION = "percentile"
 DEFAULT_PERCENTILE = 99.999
-SLOT_INPUT = "slot"
-"""The per-row slot input of a LoRA graph (see :mod:`scoreplex.engine.onnx_backend`)."""
 
 
 def constant_weight_matmuls(model_path: str | os.PathLike[str]) -> list[str]:
