@@ -65,6 +65,10 @@ class ResumeError(ScoreplexError, FileExistsError):
     """An output, or its progress file, belongs to another run; the message says which and how to go on."""
 
 
+class NoSpaceError(ScoreplexError, OSError):
+    """The disk (or the user's quota) filled up while writing an output; ``errno`` is ENOSPC or EDQUOT."""
+
+
 class BackboneError(ScoreplexError, OSError):
     """The backbone cannot be found or loaded offline."""
 

@@ -63,7 +63,7 @@ import torch.nn as nn
 
 from scoreplex.backbone import Backbone, lora_target_modules, pool
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, unknown_name
-from scoreplex.streaming import prepare_output_folder
+from scoreplex.paths import prepare_output_folder
 from scoreplex.suite import Suite, package_versions, sha256_file, write_json_atomic
 
 from .engine import Engine

@@ -64,9 +64,9 @@ def run_merge(
     the suite before and after.
     """
     from scoreplex.data.splits import train_val_split
+    from scoreplex.paths import prepare_output_folder
     from scoreplex.reports.merging import plot_before_after, plot_gw_heatmap, task_table
     from scoreplex.scorer import SuiteScorer, evaluate_suite
-    from scoreplex.streaming import prepare_output_folder
 
     out = Path(out_dir)
     if (out / "manifest.json").is_file():  # merge_suite refuses it too, but only after the features and GW
