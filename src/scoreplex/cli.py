@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 def _error_line(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
 
 
 _OS_FIXES = {
@@ -192,10 +192,13 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
     t = Table(title=title)
     for h in header:
-        t.add_column(h)
+        t.add_column(h, overflow="fold")
     for r in rows:
         t.add_row(*r)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: never cut task ids to 80 columns
+        console = Console(width=200)
+    console.print(t)
 
 
 @app.command()
@@ -329,6 +332,12 @@ def evaluate(
         from scoreplex.scorer import SuiteScorer, evaluate_suite
         from scoreplex.suite import Suite, write_json_atomic
 
+        if report is not None:  # a bad report path fails now, not after the whole evaluation
+            from scoreplex.paths import prepare_output_folder
+
+            if report.is_dir():
+                raise ConfigError(f"--report {report} is a folder; give a file path, e.g. {report / 'metrics.json'}.")
+            prepare_output_folder(report.parent, output=report)
         s = Suite.open(suite)
         if not s.task_ids:
             raise ConfigError(f"the suite at {suite} holds no tasks; train some with `scoreplex train`.")
@@ -407,10 +416,14 @@ def score(
             f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
         )
         raise typer.Exit(code=130) from None
-    resumed = f"; resumed after {result['resumed_from']} rows" if result["resumed_from"] else ""
+    resumed = (
+        f"; resumed after {result['resumed_from']} rows, {result['scored']} scored now"
+        if result["resumed_from"]
+        else ""
+    )
     typer.echo(
         f"scored {result['rows']} responses of {result['tasks']} tasks in {result['seconds']:.1f} s "
-        f"({result['rows_per_second']:.0f} rows/s{resumed}) -> {result['output']}"
+        f"({result['rows_per_second']:.0f} rows/s once the model was loaded{resumed}) -> {result['output']}"
     )
 
 
@@ -440,7 +453,7 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
         _fail(exc)
     m = s.manifest
     typer.echo(
-        f"method {m['method']}; backbone {m['backbone']['name']} ({m['backbone']['sha256'][:12]}); "
+        f"method {m['method']}; backbone {m['backbone'].get('name', '?')} ({m['backbone']['sha256'][:12]}); "
         f"pooling {m['pooling']}; max_length {m['max_length']}"
     )
     rows = []

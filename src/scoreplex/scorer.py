@@ -23,7 +23,7 @@ from scoreplex.encoding import encode_texts
 from scoreplex.errors import ConfigError, DataError, SuiteError, UnknownTaskError
 from scoreplex.methods import TaskModel
 from scoreplex.metrics import evaluate_task, human_agreement
-from scoreplex.predictions import MixedScorer, Predictions, decode, group_by_task, predict_logits
+from scoreplex.predictions import MixedScorer, Predictions, decode, from_probabilities, group_by_task, predict_logits
 from scoreplex.suite import Suite
 
 
@@ -81,9 +81,12 @@ class SuiteScorer:
     def predict(self, task_id: str, texts: Sequence[str], ids: Sequence[str] | None = None) -> Predictions:
         """Predictions for responses of one task (ids default to ``"0", "1", ...``)."""
         model = self.model(task_id)
+        spec = self.suite.spec(task_id)
+        if not texts:
+            return from_probabilities(spec, [], [np.zeros((0, k)) for k in spec.class_counts])
         enc = encode_texts(self.bb.tokenizer, list(texts), self.max_length)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        return decode(self.suite.spec(task_id), ids, predict_logits(model, enc))
+        return decode(spec, ids, predict_logits(model, enc))
 
     def predict_mixed(
         self, task_ids: Sequence[str], texts: Sequence[str], ids: Sequence[str]

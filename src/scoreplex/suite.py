@@ -100,7 +100,8 @@ def _check_manifest(manifest: Any, path: Path) -> None:
 
     if not isinstance(manifest, dict):
         raise bad("(top level)", "a JSON object")
-    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version", 0)
+    if manifest.get("format") != FORMAT or not isinstance(version, int) or version > FORMAT_VERSION:
         raise SuiteError(
             f"{path} is format {manifest.get('format')!r} v{manifest.get('format_version')}; this scoreplex reads "
             f"{FORMAT!r} up to v{FORMAT_VERSION}. Upgrade scoreplex or retrain."
@@ -126,7 +127,8 @@ def _check_manifest(manifest: Any, path: Path) -> None:
             f"{path}: field 'pooling' is {manifest['pooling']!r}, not one of {', '.join(POOLINGS)}; restore the "
             "manifest."
         )
-    if not isinstance(manifest.get("max_length"), int) or not 1 <= manifest["max_length"] <= 1 << 20:
+    max_length = manifest.get("max_length")
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or not 1 <= max_length <= 1 << 20:
         raise bad("max_length", "a positive token count")
     if not isinstance(manifest["backbone"].get("sha256"), str):
         raise bad("backbone", "an object with a 'sha256' string")
@@ -504,11 +506,9 @@ class Suite:
         what = f"shared module {name!r}"
         return self._read(entry["file"], entry["sha256"], what, lambda b: _load_tensors(b, what))
 
-    def load_shared(self, name: str, *, verify: bool = True) -> dict:
-        """Tensors of one shared module (see :meth:`shared_tensors`; always verified on first read)."""
-        return self.shared_tensors(name)
+    load_shared = shared_tensors  # the name earlier versions used
 
-    def load_module(self, task_id: str, *, verify: bool = True) -> tuple[dict[str, Any], dict]:
+    def load_module(self, task_id: str) -> tuple[dict[str, Any], dict]:
         """``(task_info, tensors)`` of one task as its model needs them (its method joins a shared module in)."""
         tensors = self.method_object.task_tensors(self, task_id)
         return self.task_info(task_id), tensors
