@@ -203,11 +203,10 @@ def resolve_format(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in EXTENSIONS:
         return EXTENSIONS[suffix]
-    exts = ", ".join(EXTENSIONS)
     raise DataError(
-        f"cannot tell the table format from the extension {suffix or '(none)'!r}; supported extensions: {exts}.",
+        f"cannot tell the table format from the extension {suffix or '(none)'!r}.",
         file=str(path),
-        fix=f"rename the file with one of the extensions {', '.join(sorted(EXTENSIONS))} (or pass fmt= in Python).",
+        fix=f"rename the file with one of the extensions {', '.join(EXTENSIONS)} (in Python, or pass fmt=).",
     )
 
 
@@ -520,12 +519,13 @@ class _Reader:
         labels: np.ndarray | None = None
         if absent and (self.require or len(absent) < len(dims)):
             dim = absent[0]
-            alt = " (or 'score' / 'label')" if single else ""
+            alt = " (or 'label')" if single and dim == "score" else " (or 'score' / 'label')" if single else ""
             raise _missing_column(
                 self.table,
                 dim,
-                f"add a score column named {dim!r}{alt}, or map it with ColumnMap(labels={{{dim!r}: '<column>'}})"
-                + ("" if not self.require else ", or pass require_labels=False for unscored data")
+                f"name the score column with --label {dim}=COLUMN (Python: ColumnMap(labels={{{dim!r}: 'COLUMN'}})), "
+                f"or add a column named {dim!r}{alt}"
+                + ("" if not self.require else "; unscored data is for `scoreplex score`")
                 + ".",
                 task=spec.id if spec is not None else key,
             )
