@@ -735,5 +735,84 @@ def demo(
     (Path(out) / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
 
 
+@app.command()
+def serve(
+    suite: Annotated[Path, typer.Argument(help="Suite folder to serve (lora, head or moe).")],
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1; loopback without keys).")] = (
+        None
+    ),
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8000; 0: any free port).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
+    max_batch_rows: Annotated[
+        int | None, typer.Option("--max-batch-rows", help="Rows of concurrent requests scored together (default 64).")
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option("--max-wait-ms", help="How long a batch waits for more requests (default 5).")
+    ] = None,
+    queue_size: Annotated[
+        int | None, typer.Option("--queue-size", help="Requests waiting at most; more get 429 (default 64).")
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option("--max-body-bytes", help="Largest request body; more gets 413 (default 4 MiB).")
+    ] = None,
+    max_upload_bytes: Annotated[
+        int | None, typer.Option("--max-upload-bytes", help="Largest module upload (default 256 MiB).")
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", help="Responses per score request; more gets 413 (default 1024).")
+    ] = None,
+    max_tasks: Annotated[
+        int | None, typer.Option("--max-tasks", help="Task modules kept in memory (default: no limit).")
+    ] = None,
+    keys_file: Annotated[
+        Path | None, typer.Option("--keys-file", help="API keys, one 'role:key' a line (roles: scorer, admin).")
+    ] = None,
+    import_root: Annotated[
+        list[Path] | None,
+        typer.Option("--import-root", help="Folder whose suites admins may import tasks from by path (repeatable)."),
+    ] = None,
+    shutdown_timeout_s: Annotated[
+        float | None, typer.Option("--shutdown-timeout", help="Seconds queued requests get on SIGTERM (default 30).")
+    ] = None,
+) -> None:
+    """Serve a suite over HTTP: POST /v1/score, /v1/tasks, /healthz, /readyz, /metrics (OpenAPI at /docs).
+
+    Every option can also be set as SCOREPLEX_<OPTION> (e.g. SCOREPLEX_PORT, SCOREPLEX_API_KEYS="admin:KEY,scorer:KEY").
+    Without API keys the server binds to loopback only. SIGTERM finishes queued requests, then exits 0.
+    """
+    from scoreplex.errors import ConfigError, ScoreplexError
+
+    try:
+        from pydantic import ValidationError
+
+        from scoreplex.service import ServiceSettings, settings_error_text
+        from scoreplex.service import serve as run_service
+    except ImportError as exc:
+        _fail(ConfigError(f"the service needs its extra ({exc.name} is missing): pip install 'scoreplex[service]'."))
+    given = {
+        "host": host,
+        "port": port,
+        "backbone": backbone,
+        "max_batch_rows": max_batch_rows,
+        "max_wait_ms": max_wait_ms,
+        "queue_size": queue_size,
+        "max_body_bytes": max_body_bytes,
+        "max_upload_bytes": max_upload_bytes,
+        "max_rows": max_rows,
+        "max_tasks": max_tasks,
+        "keys_file": keys_file,
+        "import_roots": tuple(import_root) if import_root else None,
+        "shutdown_timeout_s": shutdown_timeout_s,
+    }
+    try:
+        settings = ServiceSettings(suite=suite, **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        _fail(ConfigError(settings_error_text(exc)))
+    try:
+        run_service(settings, log=lambda message: typer.echo(message, err=True))
+    except ScoreplexError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
