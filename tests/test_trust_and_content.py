@@ -216,3 +216,23 @@ def test_store_add_refuses_a_module_of_the_wrong_width_before_writing(copy, tiny
     assert "new-task" not in Suite.open(copy, verify=False).task_ids
     assert not (copy / "tasks" / "new-task").exists()
     np.testing.assert_array_equal(engine.predict(ORDINAL, ["sugar"]).labels.shape, (1, 1))
+
+
+def test_every_row_empty_or_invalid_fails_alone_and_a_lone_surrogate_is_one_error(head_suite, tiny_bb, tmp_path):
+    from scoreplex.data.readers import ColumnMap, read_responses
+    from scoreplex.engine import Engine
+    from scoreplex.tasks import TaskSpec
+
+    engine = Engine(head_suite, tiny_bb)
+    rows = engine.score([(ORDINAL, "\u200b"), (ORDINAL, "sugar \ud800")], on_error="row")
+    assert EMPTY_TEXT in rows[0]["error"] and "surrogate" in rows[1]["error"]
+    with pytest.raises(DataError, match="row 1.*surrogate"):
+        engine.score([(ORDINAL, "sugar"), (ORDINAL, "sugar \ud800")])
+    path = tmp_path / "x.jsonl"
+    path.write_text(
+        '{"id": "a", "task": "t", "text": "fine", "score": 1}\n'
+        '{"id": "b", "task": "t", "text": "bad \\ud800", "score": 0}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match="row 2.*surrogate"):
+        read_responses(path, ColumnMap(), {"t": TaskSpec.ordinal("t", 2)})

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, has_content
+from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, text_problem
 from scoreplex.data.dataset import MISSING, TaskData
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.tasks import Dimension, TaskSpec, check_id
@@ -404,8 +404,9 @@ class RowCheck:
                 )
             self.seen[rid] = row
         text = self.filled(record, row, self.cmap.text, task, EMPTY_TEXT, EMPTY_TEXT_FIX)
-        if not has_content(text):  # only zero-width / control characters: the same rule as every scorer's
-            raise self.error(EMPTY_TEXT, row, self.cmap.text, task, EMPTY_TEXT_FIX)
+        problem = text_problem(text)  # only zero-width / control characters, a lone surrogate: every scorer's rule
+        if problem is not None:
+            raise self.error(problem[0], row, self.cmap.text, task, problem[1])
         self.tasks.add(task)
         return task, rid, text
 

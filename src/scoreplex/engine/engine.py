@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from scoreplex.backbone import Backbone
-from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, empty_rows
+from scoreplex.content import problem_rows
 from scoreplex.encoding import DEFAULT_MAX_TOKENS, collate, encode_texts, token_batches
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
@@ -194,12 +194,15 @@ class Engine:
         out: list[Any] = [None] * len(pairs)
         if not pairs:
             return out
-        empty = empty_rows(texts)  # the one content rule (scoreplex.content)
-        if empty and on_error == "raise":
-            raise DataError(EMPTY_TEXT, row=empty[0], fix=EMPTY_TEXT_FIX)
-        for i in empty:
-            out[i] = DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
+        problems = problem_rows(texts)  # the one content rule (scoreplex.content)
+        if problems and on_error == "raise":
+            i, message, fix = problems[0]
+            raise DataError(message, row=i, fix=fix)
+        for i, message, fix in problems:
+            out[i] = DataError(message, row=i, fix=fix)
         keep = [i for i in range(len(pairs)) if out[i] is None]
+        if not keep:
+            return out
         enc = encode_texts(self.tokenizer, [texts[i] for i in keep], self.max_length)
         for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
             rows = [int(i) for i in idx if task_ids[keep[i]] not in errors]
