@@ -380,16 +380,47 @@ def score(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
     delimiter: DelimiterOpt = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="Score through a running `scoreplex serve` at this URL (e.g. http://127.0.0.1:8000) instead of "
+            "locally. SUITE is still read for the output columns and must be the suite the server serves (same "
+            "manifest.json SHA-256, checked on every answer); --backbone and --batch-size are then unused.",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            envvar="SCOREPLEX_KEY",
+            help="API key (scorer role) for --url; or set SCOREPLEX_KEY.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write predicted scores, class probabilities and a confidence for every response of a file.
 
     Streams: rows are read, scored and appended chunk by chunk, in input order. Interrupted (Ctrl-C, kill -9)? Run the
-    same command again: it resumes after the last saved chunk (progress in OUTPUT.progress.json).
+    same command again: it resumes after the last saved chunk (progress in OUTPUT.progress.json). With --url, a
+    running server scores the rows; the output and resuming are the same.
     """
-    from scoreplex.errors import ScoreplexError
+    from scoreplex.errors import ConfigError, ScoreplexError
 
     try:
         from scoreplex.streaming import score_file
+
+        scorer = None
+        if url is not None:
+            try:
+                from scoreplex.client import remote_scorer
+            except ImportError as exc:
+                raise ConfigError(
+                    f"--url needs the service extra ({exc.name} is missing): pip install 'scoreplex[service]'."
+                ) from None
+
+            def scorer():
+                return remote_scorer(url, suite, key)
 
         cols = _columns(text_col, task_col, task_id, id_col, None, None)
         result = score_file(
@@ -398,6 +429,7 @@ def score(
             output,
             columns=cols,
             backbone=backbone,
+            scorer=scorer,
             encoding=encoding,
             delimiter=_delimiter(delimiter),
             chunk_rows=chunk_rows,
