@@ -254,7 +254,7 @@ def write_peft_folders(suite, task_ids: Sequence[str], root: Path) -> None:
         done = folder / "head.json"
         if done.is_file() and json.loads(done.read_text(encoding="utf-8")).get("module_sha256") == digest:
             continue
-        info, tensors = suite.load_module(task_id, verify=False)
+        info, tensors = suite.load_module(task_id)
         cfg = info["config"]
         folder.mkdir(parents=True, exist_ok=True)
         lora_cfg = LoraConfig(

@@ -190,14 +190,15 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table()
     for h in header:
-        t.add_column(h, overflow="fold")
+        t.add_column(h)
     for r in rows:
         t.add_row(*r)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: never cut task ids to 80 columns
-        console = Console(width=200)
+        console = Console(width=max(console.width, 200))
+    console.print(title, soft_wrap=True, highlight=False, markup=False)  # one line, never wrapped to the table
     console.print(t)
 
 
