@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from test_service import (  # noqa: E402
     SCORER_KEY,
     _free_port,
     _pairs,
+    _wait_ready,
     served_suite,  # noqa: F401  (a fixture)
     texts,  # noqa: F401  (a fixture)
 )
@@ -58,16 +58,7 @@ def server(served_suite, tiny_backbone_path, tmp_path_factory):  # noqa: F811
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the server did not become ready: " + log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        _wait_ready(proc, url, log)
         yield url
     finally:
         proc.terminate()

@@ -538,6 +538,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 60) -> None:
+    """Wait until a `scoreplex serve` process answers /readyz (its log in the failure if it dies or times out)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the server did not become ready: " + log.read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+
+
 def test_real_server_finishes_in_flight_requests_on_sigterm_and_exits_0(served_suite, tiny_backbone_path, tmp_path):
     import httpx
 
@@ -549,16 +565,7 @@ def test_real_server_finishes_in_flight_requests_on_sigterm_and_exits_0(served_s
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the server did not become ready: " + log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        _wait_ready(proc, url, log)
         with httpx.Client(base_url=url, timeout=WAIT_S) as client:
             r = client.post("/v1/score", json={"responses": [{"task": QV_TASKS[0], "text": "light"}]})
             assert r.status_code == 200 and r.json()["results"][0]["error"] is None

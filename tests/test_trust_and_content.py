@@ -94,6 +94,7 @@ def test_a_huge_answer_is_cut_before_tokenising_with_the_same_tokens(tiny_bb):
         return tok(texts, **kw)
 
     spy.pad_token_id = tok.pad_token_id
+    spy.num_special_tokens_to_add = tok.num_special_tokens_to_add
     huge = "the plant makes sugar " * 200_000  # 4.4 MB
     enc = encode_texts(spy, ["short answer", huge], max_length=32)
     assert max(calls) <= CHARS_PER_TOKEN * 32

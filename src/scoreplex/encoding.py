@@ -45,13 +45,17 @@ class Encoded:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
-def encode_texts(tokenizer, texts: Sequence[str], max_length: int, labels: np.ndarray | None = None) -> Encoded:
+def encode_texts(
+    tokenizer, texts: Sequence[str], max_length: int, labels: np.ndarray | None = None, *, checked: bool = False
+) -> Encoded:
     """Tokenise ``texts`` with special tokens, truncating to ``max_length`` (memory bounded by ``max_length``, see the
-    module docstring); counts what was truncated. DataError (row = 0-based index) for a text without content."""
-    check_texts(texts)
+    module docstring); counts what was truncated. DataError (row = 0-based index) for a text without content, unless
+    ``checked`` says the caller already applied :func:`scoreplex.content.problem_rows` (the engine does, per row)."""
+    if not checked:
+        check_texts(texts)
     cap = CHARS_PER_TOKEN * max_length
     full = tokenizer([t[:cap] for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
-    n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    n_special = tokenizer.num_special_tokens_to_add(pair=False)
     for i, x in enumerate(full):
         if len(x) <= n_special:  # visible characters the tokenizer drops entirely
             raise DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)

@@ -20,8 +20,9 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.encoding import encode_texts
-from scoreplex.errors import ConfigError, DataError, SuiteError, UnknownTaskError
+from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.methods import TaskModel
+from scoreplex.methods.base import task_module_error
 from scoreplex.metrics import evaluate_task, human_agreement
 from scoreplex.predictions import MixedScorer, Predictions, decode, from_probabilities, group_by_task, predict_logits
 from scoreplex.suite import Suite
@@ -66,13 +67,8 @@ class SuiteScorer:
             model = self.method.load(
                 self.bb.encoder, self.bb.hidden, spec, info.get("config", {}), tensors, self.pooling
             )
-        except SuiteError as exc:
-            raise SuiteError(f"task {task_id!r}: {exc}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SuiteError(
-                f"task {task_id!r}: its task.json or module is incomplete ({exc!r}); retrain this task or restore the "
-                "suite folder."
-            ) from exc
+        except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
+            raise task_module_error(task_id, exc) from exc
         self._cache[task_id] = model
         while len(self._cache) > self._cache_size:
             self._cache.pop(next(iter(self._cache)))

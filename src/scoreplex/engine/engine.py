@@ -203,7 +203,7 @@ class Engine:
         keep = [i for i in range(len(pairs)) if out[i] is None]
         if not keep:
             return out
-        enc = encode_texts(self.tokenizer, [texts[i] for i in keep], self.max_length)
+        enc = encode_texts(self.tokenizer, [texts[i] for i in keep], self.max_length, checked=True)
         for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
             rows = [int(i) for i in idx if task_ids[keep[i]] not in errors]
             if rows:

@@ -195,12 +195,15 @@ def lora_weights_from_peft(state: Mapping[str, torch.Tensor]) -> dict[str, tuple
     out = {}
     for module, ab in sorted(parts.items()):
         if set(ab) != {"A", "B"}:
-            raise SuiteError(f"LoRA weights of {module!r} hold only lora_{''.join(ab)}; both A and B are needed.")
+            raise SuiteError(
+                f"LoRA weights of {module!r} hold only lora_{''.join(ab)}; both A and B are needed: retrain this task "
+                "or restore the suite folder."
+            )
         a, b = ab["A"], ab["B"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise SuiteError(
                 f"LoRA weights of {module!r} have shapes A {tuple(a.shape)}, B {tuple(b.shape)}; expected "
-                "A (r, in) and B (out, r) with the same r."
+                "A (r, in) and B (out, r) with the same r: retrain this task or restore the suite folder."
             )
         out[module] = (a, b)
     return out

@@ -27,6 +27,7 @@ import torch
 
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
 from scoreplex.heads import ScoringHead
+from scoreplex.methods.base import MODULE_FIX, task_module_error
 from scoreplex.suite import MODULE_FILE, Suite
 from scoreplex.tasks import TaskSpec
 
@@ -234,7 +235,7 @@ class AdapterStore:
         files = self._require(task_id)["files"]
         info = self.suite.task_info(task_id)
         tensors = self.method.task_tensors(self.suite, task_id, for_engine=True)
-        module = self.parse(task_id, info.get("spec", {}), info.get("config", {}), tensors)
+        module = self.parse(task_id, self.suite.spec(task_id), info.get("config", {}), tensors)
         module.sha256 = files[MODULE_FILE]
         return module
 
@@ -242,18 +243,16 @@ class AdapterStore:
         """Build a ResidentModule from a task's spec, module config and tensors with the suite's method; SuiteError
         naming the task if they do not fit (used on load, and on add before anything is written)."""
         try:
-            spec = spec if isinstance(spec, TaskSpec) else TaskSpec.from_dict(spec)
+            if not isinstance(spec, TaskSpec):
+                try:
+                    spec = TaskSpec.from_dict(spec)
+                except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
+                    raise SuiteError(f"its spec is invalid ({exc}); {MODULE_FIX}.") from None
             if spec.id != task_id:
-                raise SuiteError(f"its task.json describes task {spec.id!r}")
+                raise SuiteError(f"its task.json describes task {spec.id!r}; {MODULE_FIX}.")
             parsed = self.method.parse(task_id, spec, config, tensors, self.hidden)
-        except ScoreplexError as exc:
-            fix = "" if "retrain" in str(exc) or "restore" in str(exc) else "; retrain this task or restore the suite"
-            raise SuiteError(f"task {task_id!r}: {exc}{fix}") from exc
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SuiteError(
-                f"task {task_id!r}: task.json or the module is incomplete ({exc!r}); retrain this task or restore the "
-                "suite folder."
-            ) from exc
+        except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
+            raise task_module_error(task_id, exc) from exc
         return ResidentModule(
             task_id,
             spec,

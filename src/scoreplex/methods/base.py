@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.backbone import pool
-from scoreplex.errors import SuiteError
+from scoreplex.errors import ScoreplexError, SuiteError
 from scoreplex.heads import ScoringHead
 from scoreplex.tasks import TaskSpec
 
@@ -125,6 +125,19 @@ class ParsedModule:
     nbytes: int = 0
 
 
+MODULE_FIX = "retrain this task or restore the suite folder"
+"""The fix of every task module that does not fit its method."""
+
+
+def task_module_error(task_id: str, exc: Exception) -> SuiteError:
+    """The one SuiteError naming ``task_id`` for a module that failed to parse or load: a ScoreplexError keeps its
+    message (which says how to fix it); a KeyError / TypeError / ValueError means task.json or the module is
+    incomplete."""
+    if isinstance(exc, ScoreplexError):
+        return SuiteError(f"task {task_id!r}: {exc}")
+    return SuiteError(f"task {task_id!r}: task.json or the module is incomplete ({exc!r}); {MODULE_FIX}.")
+
+
 def split_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``state`` under ``prefix`` (``"encoder."``, ``"lora."``, ``"head."``, ``"moe."``), unprefixed."""
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -211,7 +224,9 @@ class Method:
         """
         other = [k for k in tensors if not k.startswith(self.own_prefixes)]
         if other:
-            raise SuiteError(f"its module holds tensors a {self.name!r} suite does not use: {sorted(other)[:5]}")
+            raise SuiteError(
+                f"its module holds tensors a {self.name!r} suite does not use: {sorted(other)[:5]}; {MODULE_FIX}."
+            )
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         return ParsedModule(head=load_head(hidden, spec, config, tensors), nbytes=nbytes)
 

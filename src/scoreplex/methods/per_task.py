@@ -20,6 +20,7 @@ from scoreplex.backbone import lora_target_modules
 from scoreplex.errors import SuiteError
 
 from .base import (
+    MODULE_FIX,
     Capabilities,
     Method,
     ParsedModule,
@@ -115,7 +116,9 @@ class LoRA(Method):
         parsed.rank, alpha = int(config["lora_r"]), float(config["lora_alpha"])
         bad = {n: tuple(a.shape) for n, (a, _) in parsed.lora.items() if a.shape[0] != parsed.rank}
         if bad or not parsed.lora:
-            raise SuiteError(f"task.json says lora_r={parsed.rank} but the LoRA weights hold {bad or 'none'}")
+            raise SuiteError(
+                f"task.json says lora_r={parsed.rank} but the LoRA weights hold {bad or 'none'}; {MODULE_FIX}."
+            )
         parsed.scaling = alpha / parsed.rank
         return parsed
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 import copy
 
 from scoreplex.errors import SuiteError
-from scoreplex.methods.base import Capabilities, Method, ParsedModule, load_head, load_strict, split_state
+from scoreplex.methods.base import (
+    MODULE_FIX,
+    Capabilities,
+    Method,
+    ParsedModule,
+    load_head,
+    load_strict,
+    split_state,
+)
 
 SHARED_NAME = "student"
 """Name of the student's shared module in its suite."""
@@ -41,7 +49,7 @@ class MoEStudentMethod(Method):
         parsed = super().parse(task_id, spec, config, tensors, hidden)
         parsed.task_vec = tensors.get("task_embedding")
         if parsed.task_vec is None:
-            raise SuiteError("its module has no task embedding (a MoE student task needs one)")
+            raise SuiteError(f"its module has no task embedding (a MoE student task needs one); {MODULE_FIX}.")
         return parsed
 
     def load(self, encoder, hidden, spec, config, state, pooling):
