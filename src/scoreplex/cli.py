@@ -323,39 +323,88 @@ def evaluate(
     backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Write the full metrics as JSON here.")] = None,
     delimiter: DelimiterOpt = None,
+    markdown: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the deployment-criteria report as Markdown here.")
+    ] = None,
+    min_qwk: Annotated[
+        float, typer.Option("--min-qwk", help="Deployment criterion: engine-human QWK at least this (-1..1).")
+    ] = 0.70,
+    max_degradation: Annotated[
+        float,
+        typer.Option(
+            "--max-degradation",
+            help="Deployment criterion: human-human QWK minus engine-human QWK at most this (0..2).",
+        ),
+    ] = 0.10,
+    max_smd: Annotated[
+        float,
+        typer.Option("--max-smd", help="Deployment criterion: |standardized mean difference| at most this (>= 0)."),
+    ] = 0.15,
+    min_exact: Annotated[
+        float | None,
+        typer.Option("--min-exact", help="Optional criterion: exact agreement at least this (0..1; default: none)."),
+    ] = None,
+    min_adjacent: Annotated[
+        float | None,
+        typer.Option(
+            "--min-adjacent", help="Optional criterion: adjacent agreement at least this (0..1; default: none)."
+        ),
+    ] = None,
 ) -> None:
-    """QWK, accuracy, adjacent agreement, F1, exact match per task (and human-human agreement if a second score)."""
+    """QWK, accuracy, adjacent agreement, F1, exact match per task (and human-human agreement if a second score),
+    and the deployment criteria of Williamson, Xi & Breyer (2012) with pass/fail, for all responses and for the
+    automated ones (defaults: QWK >= 0.70, degradation <= 0.10, |SMD| <= 0.15)."""
     from scoreplex.errors import ConfigError, ScoreplexError
 
     try:
         from scoreplex.data.load import read_dataset
-        from scoreplex.reports.evaluation import evaluation_table
+        from scoreplex.metrics import Criteria
+        from scoreplex.paths import prepare_output_folder
+        from scoreplex.reports.evaluation import evaluation_criteria_table, write_criteria_markdown
         from scoreplex.scorer import SuiteScorer, evaluate_suite
         from scoreplex.suite import Suite, write_json_atomic
 
-        if report is not None:  # a bad report path fails now, not after the whole evaluation
-            from scoreplex.paths import prepare_output_folder
-
-            if report.is_dir():
-                raise ConfigError(f"--report {report} is a folder; give a file path, e.g. {report / 'metrics.json'}.")
-            prepare_output_folder(report.parent, output=report)
+        criteria = Criteria(
+            min_qwk=min_qwk,
+            max_degradation=max_degradation,
+            max_smd=max_smd,
+            min_exact=min_exact,
+            min_adjacent=min_adjacent,
+        )
+        outputs = {"--report": (report, "metrics.json"), "--markdown": (markdown, "criteria.md")}
+        for option, (path, example) in outputs.items():  # a bad output path fails now, not after the evaluation
+            if path is None:
+                continue
+            if path.is_dir():
+                raise ConfigError(f"{option} {path} is a folder; give a file path, e.g. {path / example}.")
+            prepare_output_folder(path.parent, output=path)
+        if report is not None and markdown is not None and report.resolve() == markdown.resolve():
+            raise ConfigError(f"--report and --markdown are the same file ({report}); give two different paths.")
         s = Suite.open(suite)
         if not s.task_ids:
             raise ConfigError(f"the suite at {suite} holds no tasks; train some with `scoreplex train`.")
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
-        result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets)
+        result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria)
     except ScoreplexError as exc:
         _fail(exc)
-    _table(
-        f"{suite}: mean QWK {result['mean_qwk']:.3f}",
-        ["task", "n", "QWK", "accuracy", "exact match", "human QWK"],
-        evaluation_table(result),
+    header, rows = evaluation_criteria_table(result)
+    _table(f"{suite}: mean QWK {result['mean_qwk']:.3f}", header, rows)
+    rate = result["mean_automation_rate"]
+    typer.echo(
+        f"deployment criteria (Williamson, Xi & Breyer 2012): {result['items_passing_criteria']} of "
+        f"{len(result['tasks'])} tasks pass; automated: mean rate "
+        + ("n/a" if rate is None else f"{100 * rate:.1f}%")
+        + f"; on {result['items_auto_meeting_human']} of {len(result['tasks'])} tasks the automated responses agree "
+        "with the human score at least as well as two humans do"
     )
     if report:
         write_json_atomic(report, result)
         typer.echo(f"metrics written to {report}")
+    if markdown:
+        write_criteria_markdown(markdown, result, title=f"Deployment criteria: {suite} on {data}")
+        typer.echo(f"criteria report written to {markdown}")
 
 
 @app.command()

@@ -8,12 +8,18 @@ those are defined; ``tests/test_metrics.py`` checks this on random data.
 Shapes: a single dimension is ``(N,)``; a task with ``D`` rubric dimensions is ``(N, D)``. In task-level functions
 (:func:`evaluate_task`, :func:`human_agreement`) a ``y_true`` cell of ``-1`` means "not scored" and that row is
 ignored for that dimension only.
+
+The deployment criteria of Williamson, Xi & Breyer (2012) for an automated score (QWK, degradation from human-human
+agreement, standardized mean difference, with exact and adjacent agreement) are :func:`deployment_criteria` (all
+responses) and :func:`automated_criteria` (the responses the engine scores alone), with thresholds in
+:class:`Criteria` and the human-human yardstick in :class:`HumanReference`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -24,8 +30,13 @@ from scoreplex.tasks import TaskSpec
 
 __all__ = [
     "MISSING",
+    "WILLIAMSON_2012",
+    "Criteria",
+    "HumanReference",
     "accuracy_score",
     "adjacent_agreement_score",
+    "automated_criteria",
+    "deployment_criteria",
     "evaluate_task",
     "exact_match_score",
     "f1_scores",
@@ -35,6 +46,9 @@ __all__ = [
     "paired_t_test",
     "per_label_accuracy",
     "quadratic_weighted_kappa",
+    "reference_from_scores",
+    "standardized_mean_difference",
+    "training_reference",
 ]
 
 MISSING = -1
@@ -500,3 +514,462 @@ def mean_over_tasks(results: Mapping[str, Mapping[str, Any]], key: str = "qwk") 
     if not values:
         raise ConfigError(f"mean_over_tasks: every task has {key!r} = None (no scored rows).")
     return float(np.mean(values))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Deployment criteria (Williamson, Xi & Breyer 2012)
+# --------------------------------------------------------------------------------------------------------------------
+
+WILLIAMSON_2012 = (
+    'Williamson, Xi & Breyer (2012), "A framework for evaluation and use of automated scoring", Educational '
+    "Measurement: Issues and Practice 31(1), 2-13"
+)
+
+_TOLERANCE = 1e-9
+"""Slack in threshold comparisons: ``0.80 - 0.70`` is ``0.10000000000000009`` in floating point and must meet
+``<= 0.10``. Far below any difference a rubric score can make."""
+
+
+def _is_real(x: Any) -> bool:
+    """True for a finite int or float that is not a bool."""
+    return (
+        isinstance(x, (int, float, np.integer, np.floating))
+        and not isinstance(x, (bool, np.bool_))
+        and math.isfinite(float(x))
+    )
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """Thresholds of the deployment criteria of Williamson, Xi & Breyer (2012) for an automated score.
+
+    Defaults are the paper's: engine-human QWK at least 0.70, degradation from human-human QWK at most 0.10, and
+    absolute standardized mean difference at most 0.15. Exact and adjacent agreement are reported without a
+    threshold unless one is set. Every field is checked on construction (ConfigError naming the field, its command
+    line option and a valid value).
+    """
+
+    min_qwk: float = 0.70
+    """Engine-human QWK must be ``>= min_qwk`` (``--min-qwk``); in ``[-1, 1]``."""
+    max_degradation: float = 0.10
+    """Human-human QWK minus engine-human QWK must be ``<= max_degradation`` (``--max-degradation``); in ``[0, 2]``."""
+    max_smd: float = 0.15
+    """``|SMD|`` (:func:`standardized_mean_difference`) must be ``<= max_smd`` (``--max-smd``); ``>= 0``."""
+    min_exact: float | None = None
+    """Exact agreement must be ``>= min_exact`` (``--min-exact``); in ``[0, 1]``; None reports it without a test."""
+    min_adjacent: float | None = None
+    """Adjacent agreement (within one point) must be ``>= min_adjacent`` (``--min-adjacent``); in ``[0, 1]``; None
+    reports it without a test."""
+
+    def __post_init__(self) -> None:
+        limits = {
+            "min_qwk": (-1.0, 1.0, "0.70"),
+            "max_degradation": (0.0, 2.0, "0.10"),
+            "max_smd": (0.0, math.inf, "0.15"),
+            "min_exact": (0.0, 1.0, "0.60"),
+            "min_adjacent": (0.0, 1.0, "0.95"),
+        }
+        for name, (lo, hi, example) in limits.items():
+            value = getattr(self, name)
+            if value is None and name in ("min_exact", "min_adjacent"):
+                continue
+            if not _is_real(value) or not lo <= float(value) <= hi:
+                span = f">= {lo:g}" if hi == math.inf else f"between {lo:g} and {hi:g}"
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(
+                    f"deployment criteria: {name} ({flag}) must be a finite number {span}; got {value!r}. "
+                    f"Fix: pass e.g. {flag} {example}."
+                )
+            object.__setattr__(self, name, float(value))
+
+    def to_dict(self) -> dict[str, float | None]:
+        """The thresholds as a JSON-ready dict (field name: value)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HumanReference:
+    """Agreement of two human raters on a task: the yardstick of the degradation criterion and of the automated
+    subset.
+
+    Task-level figures are defined as in :mod:`scoreplex.decoding`'s routing fit: ``qwk`` is the mean over rubric
+    dimensions of each dimension's QWK, ``exact`` the share of rows on which the raters agree on every dimension,
+    ``adjacent`` the share within one point on every dimension.
+    """
+
+    source: str
+    """``"data"`` (the evaluated file's second score) or ``"training"`` (the task module's record of the two raters
+    on its training data)."""
+    qwk: float
+    exact: float | None = None
+    adjacent: float | None = None
+    n: int | None = None
+    """Double-scored responses the figures come from (None when the record does not say)."""
+    dimension_qwk: tuple[float | None, ...] | None = None
+    """QWK per rubric dimension (source ``"data"``); None when only the task's figure is known, which then stands
+    for every dimension."""
+
+    def qwk_of(self, j: int) -> float | None:
+        """Human-human QWK of dimension ``j``."""
+        return self.qwk if self.dimension_qwk is None else self.dimension_qwk[j]
+
+
+def standardized_mean_difference(human: Any, engine: Any) -> float:
+    """Standardized mean difference (SMD) of engine scores from human scores of the same ``N`` responses.
+
+    ::
+
+        SMD = (mean(engine) - mean(human)) / sqrt((var(engine) + var(human)) / 2)
+
+    with sample variances (``ddof=1``, as RSMTool's ``standardized_mean_difference``); population variances would
+    multiply SMD by ``sqrt(N / (N - 1))``, a difference below 1 % from ``N = 51``. Positive: the engine scores higher
+    than the humans on average. Reference: Williamson, Xi & Breyer (2012), who require ``|SMD| <= 0.15``.
+
+    Args:
+        human: ``(N,)`` human scores (the ``y_true`` of other metrics).
+        engine: ``(N,)`` engine scores (the ``y_pred``).
+
+    Returns:
+        SMD in score-SD units. When both raters give one constant score each (pooled SD 0) it is 0.0 if the two
+        constants are equal and ``±inf`` (sign of the difference) otherwise; never ``nan``.
+
+    Raises:
+        ConfigError: on non-1-D, unequal-length, non-numeric or non-finite input, or fewer than 2 responses.
+    """
+    what = "standardized_mean_difference"
+    h, e = np.asarray(human), np.asarray(engine)
+    if h.ndim != 1 or e.ndim != 1 or h.shape != e.shape:
+        raise ConfigError(
+            f"{what} needs two 1-D arrays of equal length (human, engine); got shapes {h.shape} and {e.shape}."
+        )
+    if not (np.issubdtype(h.dtype, np.number) and np.issubdtype(e.dtype, np.number)) or h.dtype == bool:
+        raise ConfigError(f"{what} needs numeric scores; got dtypes {h.dtype} and {e.dtype}.")
+    h, e = h.astype(np.float64), e.astype(np.float64)
+    if h.size < 2:
+        raise ConfigError(f"{what} needs at least 2 responses to estimate a variance; got {h.size}.")
+    if not (np.all(np.isfinite(h)) and np.all(np.isfinite(e))):
+        raise ConfigError(f"{what}: scores must be finite; found nan or inf. Drop or fix those responses first.")
+    diff = float(e.mean() - h.mean())
+    pooled_sd = math.sqrt((float(e.var(ddof=1)) + float(h.var(ddof=1))) / 2.0)
+    if pooled_sd == 0.0:
+        return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
+    return diff / pooled_sd
+
+
+def _task_agreement(spec: TaskSpec, t: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """Task-level agreement of validated ``(N, D)`` scores (``t`` may hold MISSING): QWK per dimension over its
+    scored rows and their mean, exact and adjacent agreement on every dimension over the fully scored rows."""
+    dim_qwk: list[float | None] = []
+    for j, dim in enumerate(spec.dimensions):
+        rows = t[:, j] != MISSING
+        dim_qwk.append(
+            quadratic_weighted_kappa(t[rows, j], p[rows, j], labels=range(dim.num_classes)) if rows.any() else None
+        )
+    complete = np.all(t != MISSING, axis=1)  # (N,)
+    tc, pc = t[complete], p[complete]  # (M, D)
+    return {
+        "qwk": _mean_or_none(dim_qwk),
+        "dimension_qwk": dim_qwk,
+        "exact": float(np.mean(np.all(tc == pc, axis=1))) if complete.any() else None,
+        "adjacent": float(np.mean(np.all(np.abs(tc - pc) <= 1, axis=1))) if complete.any() else None,
+        "n": int(t.shape[0]),
+    }
+
+
+def reference_from_scores(spec: TaskSpec, first: Any, second: Any) -> HumanReference | None:
+    """The human-human reference (source ``"data"``) from two raters' scores of the same responses.
+
+    Args:
+        spec: the task.
+        first: ``(N, D)`` first-rater scores (the reference of every metric); ``-1`` marks a missing cell.
+        second: ``(N, D)`` second-rater scores; a row with any ``-1`` is not double-scored and is left out.
+
+    Returns:
+        The reference over the double-scored rows, or None when there are none (or no dimension has a score).
+
+    Raises:
+        ConfigError: on shape mismatch or a score outside the rubric (other than ``-1``).
+    """
+    a = _task_scores(spec, first, "first", allow_missing=True)
+    b = _task_scores(spec, second, "second", allow_missing=True)
+    if a.shape != b.shape:
+        raise ConfigError(f"task {spec.id!r}: first has shape {a.shape} but second has shape {b.shape}.")
+    rows = np.all(b != MISSING, axis=1)  # (N,)
+    if not rows.any():
+        return None
+    agr = _task_agreement(spec, a[rows], b[rows])
+    if agr["qwk"] is None:
+        return None
+    return HumanReference(
+        source="data",
+        qwk=agr["qwk"],
+        exact=agr["exact"],
+        adjacent=agr["adjacent"],
+        n=agr["n"],
+        dimension_qwk=tuple(agr["dimension_qwk"]),
+    )
+
+
+def training_reference(record: Any) -> HumanReference | None:
+    """The human-human reference (source ``"training"``) from a task module's ``decoding.human`` record,
+    ``{"qwk": float, "exact": float, "adjacent": float, "n": int}`` (see :mod:`scoreplex.decoding`).
+
+    The record comes from a suite's ``task.json``, possibly written by someone else, so it is read defensively:
+    anything but a mapping, or a ``qwk`` that is not a finite number in ``[-1, 1]``, gives None (no reference);
+    an ``exact`` / ``adjacent`` outside ``[0, 1]`` or not a finite number, or an ``n`` that is not a non-negative
+    integer, is left out (None). Never raises.
+    """
+    if not isinstance(record, Mapping):
+        return None
+    qwk = record.get("qwk")
+    if not _is_real(qwk) or not -1.0 <= float(qwk) <= 1.0:
+        return None
+
+    def share(key: str) -> float | None:
+        v = record.get(key)
+        return float(v) if _is_real(v) and 0.0 <= float(v) <= 1.0 else None
+
+    n = record.get("n")
+    n_ok = isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) and n >= 0
+    return HumanReference(
+        source="training", qwk=float(qwk), exact=share("exact"), adjacent=share("adjacent"), n=int(n) if n_ok else None
+    )
+
+
+def _check(value: float | None, threshold: float | None, kind: str) -> dict[str, Any]:
+    """One criterion: ``{"value", "threshold", "pass"}``; ``pass`` is None when either is None. ``kind`` is
+    ``"min"`` (value >= threshold), ``"max"`` (value <= threshold) or ``"max_abs"`` (|value| <= threshold)."""
+    if value is None or threshold is None:
+        passed = None
+    elif kind == "min":
+        passed = value >= threshold - _TOLERANCE
+    elif kind == "max":
+        passed = value <= threshold + _TOLERANCE
+    else:
+        passed = abs(value) <= threshold + _TOLERANCE
+    return {"value": value, "threshold": threshold, "pass": passed}
+
+
+def _all_pass(flags: Sequence[bool | None]) -> bool | None:
+    """False if any flag is False, True if every available flag is True, None if none is available."""
+    present = [f for f in flags if f is not None]
+    if not present:
+        return None
+    return all(present)
+
+
+_KINDS = {"qwk": "min", "degradation": "max", "smd": "max_abs", "exact": "min", "adjacent": "min"}
+"""Each criterion and how its value is held against its threshold (also the order of the ``criteria`` dicts)."""
+
+
+def _badness(entry: Mapping[str, Any], kind: str) -> float:
+    """How far an entry is from passing: larger is worse (a failing entry without a value is the worst)."""
+    v = entry["value"]
+    if v is None:
+        return math.inf
+    return -v if kind == "min" else (abs(v) if kind == "max_abs" else v)
+
+
+def _worst(per_dim: Mapping[str, Mapping[str, Any]], kind: str, threshold: float | None, many: bool) -> dict[str, Any]:
+    """A task's criterion from its dimensions': the worst dimension's value, passing only if every dimension with a
+    value passes (a dimension with no scored rows is left out)."""
+    candidates = {n: e for n, e in per_dim.items() if e["value"] is not None or e["pass"] is False}
+    out: dict[str, Any] = {"value": None, "threshold": threshold, "pass": None}
+    if candidates:
+        name = max(candidates, key=lambda n: _badness(candidates[n], kind))
+        out = dict(candidates[name])
+        out["pass"] = _all_pass([e["pass"] for e in per_dim.values()])
+        if many:
+            out["dimension"] = name
+    return out
+
+
+def _dimension_criteria(
+    t: np.ndarray, p: np.ndarray, num_classes: int, human_qwk: float | None, criteria: Criteria
+) -> dict[str, Any]:
+    """Criteria of one rubric dimension on its scored rows ``t, p`` (``(n,)`` ints, no MISSING)."""
+    n = int(t.size)
+    qwk = quadratic_weighted_kappa(t, p, labels=range(num_classes)) if n else None
+    exact = accuracy_score(t, p) if n else None
+    adjacent = adjacent_agreement_score(t, p) if n else None
+    smd = standardized_mean_difference(t, p) if n >= 2 else None
+    degradation = human_qwk - qwk if human_qwk is not None and qwk is not None else None
+    smd_check = _check(smd, criteria.max_smd, "max_abs")
+    if smd is not None and not math.isfinite(smd):  # JSON has no inf: keep the verdict, say why there is no value
+        smd_check = {
+            "value": None,
+            "threshold": criteria.max_smd,
+            "pass": False,
+            "note": "pooled SD is 0 (each rater gave one score to every response) and the two means differ",
+        }
+        smd = None
+    checks = {
+        "qwk": _check(qwk, criteria.min_qwk, "min"),
+        "degradation": _check(degradation, criteria.max_degradation, "max"),
+        "smd": smd_check,
+        "exact": _check(exact, criteria.min_exact, "min"),
+        "adjacent": _check(adjacent, criteria.min_adjacent, "min"),
+    }
+    return {
+        "n": n,
+        "qwk": qwk,
+        "human_qwk": human_qwk,
+        "degradation": degradation,
+        "smd": smd,
+        "exact": exact,
+        "adjacent": adjacent,
+        "criteria": checks,
+        "pass": _all_pass([c["pass"] for c in checks.values()]),
+    }
+
+
+def deployment_criteria(
+    spec: TaskSpec,
+    y_true: Any,
+    y_pred: Any,
+    *,
+    reference: HumanReference | None = None,
+    criteria: Criteria | None = None,
+) -> dict[str, Any]:
+    """The deployment criteria of Williamson, Xi & Breyer (2012) for one task; the result is JSON-ready.
+
+    Each criterion is computed per rubric dimension, on the rows where that dimension has a human score:
+    engine-human QWK ``>= min_qwk``; degradation ``= human-human QWK - engine-human QWK <= max_degradation`` (needs
+    a ``reference``); ``|SMD| <= max_smd`` (:func:`standardized_mean_difference`, needs 2 rows); exact and adjacent
+    agreement ``>=`` their thresholds when set. A task meets a criterion only if every dimension does; its entry
+    shows the worst dimension's value (and, for a multi-dimension task, that dimension's name).
+
+    Args:
+        spec: the task; its dimensions give the columns and class ranges.
+        y_true: ``(N, D)`` human scores; ``-1`` marks a cell not scored (left out of that dimension).
+        y_pred: ``(N, D)`` engine scores. ``N`` may be 0 (e.g. an automated subset that is empty): every value is
+            then None.
+        reference: the human-human agreement (:func:`reference_from_scores`, :func:`training_reference`); None
+            leaves degradation unavailable. A reference with one task-level QWK (source ``"training"``) stands for
+            every dimension.
+        criteria: the thresholds (default :class:`Criteria`).
+
+    Returns:
+        ``{"n", "qwk", "human_qwk", "degradation", "smd", "exact", "adjacent", "human_exact", "human_adjacent",
+        "human_n", "human_source", "criteria", "pass", "dimensions"}`` where
+
+        * ``qwk`` is the mean QWK over dimensions, ``exact`` / ``adjacent`` the share of fully scored rows that
+          agree exactly / within one point on every dimension (the definitions of :class:`HumanReference`, so they
+          compare with ``human_*``), ``degradation = human_qwk - qwk`` and ``smd`` the worst dimension's SMD;
+        * ``criteria`` maps ``qwk``, ``degradation``, ``smd``, ``exact``, ``adjacent`` to ``{"value", "threshold",
+          "pass"}``; ``pass`` is None where the value or the threshold is unavailable;
+        * ``pass`` is True when every available criterion passes, False when one fails, None when none is
+          available;
+        * ``dimensions`` maps each dimension name to its own ``n``, values, ``criteria`` and ``pass``.
+
+        Every unavailable value (no scored row, no reference, fewer than 2 rows for SMD) is None, never 0 or nan.
+
+    Raises:
+        ConfigError: naming the task, on a shape mismatch or a score outside the rubric, or when ``reference`` /
+            ``criteria`` are not a HumanReference / Criteria.
+    """
+    criteria = Criteria() if criteria is None else criteria
+    if not isinstance(criteria, Criteria):
+        raise ConfigError(f"deployment_criteria: criteria must be a Criteria; got {type(criteria).__name__}.")
+    if reference is not None and not isinstance(reference, HumanReference):
+        raise ConfigError(
+            f"deployment_criteria: reference must be a HumanReference or None; got {type(reference).__name__}."
+        )
+    t = _task_scores(spec, y_true, "y_true", allow_missing=True)
+    p = _task_scores(spec, y_pred, "y_pred", allow_missing=False)
+    if t.shape != p.shape:
+        raise ConfigError(f"task {spec.id!r}: y_true has shape {t.shape} but y_pred has shape {p.shape}.")
+
+    dims: dict[str, dict[str, Any]] = {}
+    for j, dim in enumerate(spec.dimensions):
+        rows = t[:, j] != MISSING  # (N,)
+        human_qwk = reference.qwk_of(j) if reference is not None else None
+        dims[dim.name] = _dimension_criteria(t[rows, j], p[rows, j], dim.num_classes, human_qwk, criteria)
+
+    many = len(dims) > 1
+    thresholds = {
+        "qwk": criteria.min_qwk,
+        "degradation": criteria.max_degradation,
+        "smd": criteria.max_smd,
+        "exact": criteria.min_exact,
+        "adjacent": criteria.min_adjacent,
+    }
+    checks = {
+        name: _worst({d: m["criteria"][name] for d, m in dims.items()}, kind, thresholds[name], many)
+        for name, kind in _KINDS.items()
+    }
+    agr = _task_agreement(spec, t, p)
+    human_qwk = reference.qwk if reference is not None else None
+    return {
+        "n": int(t.shape[0]),
+        "qwk": agr["qwk"],
+        "human_qwk": human_qwk,
+        "degradation": human_qwk - agr["qwk"] if human_qwk is not None and agr["qwk"] is not None else None,
+        "smd": checks["smd"]["value"],
+        "exact": agr["exact"],
+        "adjacent": agr["adjacent"],
+        "human_exact": reference.exact if reference is not None else None,
+        "human_adjacent": reference.adjacent if reference is not None else None,
+        "human_n": reference.n if reference is not None else None,
+        "human_source": reference.source if reference is not None else None,
+        "criteria": checks,
+        "pass": _all_pass([c["pass"] for c in checks.values()]),
+        "dimensions": dims,
+    }
+
+
+def automated_criteria(
+    spec: TaskSpec,
+    y_true: Any,
+    y_pred: Any,
+    automated: Any,
+    *,
+    reference: HumanReference | None = None,
+    criteria: Criteria | None = None,
+) -> dict[str, Any]:
+    """:func:`deployment_criteria` on the responses the engine scores alone (``automated``), held against the
+    same human-human reference as all responses.
+
+    Args:
+        spec, y_true, y_pred, reference, criteria: as :func:`deployment_criteria`.
+        automated: ``(N,)`` bool, True where the engine's score stands alone (route ``auto``,
+            :attr:`scoreplex.predictions.Predictions.automated`).
+
+    Returns:
+        :func:`deployment_criteria`'s dict over the automated rows (``n`` = ``n_automated``; every value None when
+        no response is automated), plus ``automation_rate`` (share of the ``N`` responses automated; None when
+        ``N = 0``), ``n_automated``, and ``meets_human``: True when the automated responses agree with the human
+        score at least as well as two humans do (``qwk >= human_qwk`` and ``exact >= human_exact``, the test
+        :mod:`scoreplex.decoding` fits its routing threshold to), None when either side is unavailable.
+
+        The reference is computed on all double-scored responses, not only the automated ones; since the engine
+        automates the responses it is surest of, which tend to be the easier ones for humans too, ``meets_human``
+        flatters the engine somewhat compared with human agreement on the same responses.
+
+    Raises:
+        ConfigError: as :func:`deployment_criteria`, or when ``automated`` is not ``(N,)`` of booleans.
+    """
+    t = _task_scores(spec, y_true, "y_true", allow_missing=True)
+    p = _task_scores(spec, y_pred, "y_pred", allow_missing=False)
+    if t.shape != p.shape:
+        raise ConfigError(f"task {spec.id!r}: y_true has shape {t.shape} but y_pred has shape {p.shape}.")
+    mask = np.asarray(automated)
+    if mask.shape != (t.shape[0],):
+        raise ConfigError(
+            f"task {spec.id!r}: automated has shape {mask.shape}; expected ({t.shape[0]},), one flag per response."
+        )
+    if mask.dtype != bool:
+        if not (np.issubdtype(mask.dtype, np.number) and np.all(np.isin(mask, (0, 1)))):
+            raise ConfigError(f"task {spec.id!r}: automated must hold booleans (or 0/1); got dtype {mask.dtype}.")
+        mask = mask.astype(bool)
+    sub = deployment_criteria(spec, t[mask], p[mask], reference=reference, criteria=criteria)
+    n_auto = int(mask.sum())
+    meets = None
+    if None not in (sub["qwk"], sub["exact"], sub["human_qwk"], sub["human_exact"]):
+        meets = sub["qwk"] >= sub["human_qwk"] - _TOLERANCE and sub["exact"] >= sub["human_exact"] - _TOLERANCE
+    return {
+        "automation_rate": n_auto / t.shape[0] if t.shape[0] else None,
+        "n_automated": n_auto,
+        **sub,
+        "meets_human": meets,
+    }

@@ -23,7 +23,16 @@ from scoreplex.encoding import encode_texts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.methods import TaskModel
 from scoreplex.methods.base import task_module_error
-from scoreplex.metrics import evaluate_task, human_agreement
+from scoreplex.metrics import (
+    Criteria,
+    HumanReference,
+    automated_criteria,
+    deployment_criteria,
+    evaluate_task,
+    human_agreement,
+    reference_from_scores,
+    training_reference,
+)
 from scoreplex.predictions import MixedScorer, Predictions, decode, from_probabilities, group_by_task, predict_logits
 from scoreplex.suite import Suite
 
@@ -115,11 +124,45 @@ def open_scorer(
     return SuiteScorer(suite, backbone)
 
 
-def evaluate_suite(scorer, datasets: Mapping[str, TaskData], *, progress: bool = True) -> dict[str, Any]:
-    """Metrics per task (and human-human agreement where a second score exists), plus means over tasks.
+def human_reference(scorer, data: TaskData) -> HumanReference | None:
+    """The human-human yardstick of a task's deployment criteria: the data's own second score where any response
+    has one (source ``"data"``), else the two raters' agreement on the training data that the task module records
+    under ``decoding.human`` in its ``task.json`` (source ``"training"``), else None.
+
+    The suite may come from someone else: a record that is not an object, or a QWK that is not a finite number in
+    ``[-1, 1]``, counts as absent (:func:`~scoreplex.metrics.training_reference`).
+    """
+    if data.second is not None:
+        ref = reference_from_scores(data.spec, data.labels, data.second)
+        if ref is not None:
+            return ref
+    decoding = scorer.suite.task_info(data.spec.id).get("decoding") or {}
+    return training_reference(decoding.get("human") if isinstance(decoding, Mapping) else None)
+
+
+def evaluate_suite(
+    scorer, datasets: Mapping[str, TaskData], *, progress: bool = True, criteria: Criteria | None = None
+) -> dict[str, Any]:
+    """Metrics per task (and human-human agreement where a second score exists), the deployment criteria of
+    Williamson, Xi & Breyer (2012), plus means and counts over tasks.
 
     ``scorer`` is anything with ``suite`` and ``predict(task_id, texts, ids) -> Predictions`` (SuiteScorer, Engine).
+    ``criteria`` holds the thresholds (default :class:`~scoreplex.metrics.Criteria`: QWK >= 0.70, degradation <=
+    0.10, |SMD| <= 0.15).
+
+    Returns:
+        ``{"tasks": {task id: metrics}, "mean_qwk", "human_mean_qwk" (when a task has a second score),
+        "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate"}``.
+        Each task's metrics are :func:`~scoreplex.metrics.evaluate_task`'s, plus ``"human"``
+        (:func:`~scoreplex.metrics.human_agreement`, when the data has a second score), ``"criteria"``
+        (:func:`~scoreplex.metrics.deployment_criteria` on every response) and ``"criteria_automated"``
+        (:func:`~scoreplex.metrics.automated_criteria` on the responses whose ``Predictions.automated`` is True),
+        both against :func:`human_reference`. ``items_passing_criteria`` counts tasks whose criteria ``pass`` is
+        True, ``items_auto_meeting_human`` tasks whose automated responses agree with the human score at least as
+        well as two humans do (``meets_human``), and ``mean_automation_rate`` is the unweighted mean over tasks of
+        the share automated (None without tasks).
     """
+    criteria = Criteria() if criteria is None else criteria
     if not scorer.suite.task_ids:
         raise ConfigError(f"the suite at {scorer.suite.root} holds no tasks; train some with `scoreplex train`.")
     per_task: dict[str, Any] = {}
@@ -139,6 +182,15 @@ def evaluate_suite(scorer, datasets: Mapping[str, TaskData], *, progress: bool =
             human = human_agreement(data.spec, data.labels, data.second)
             if human:
                 metrics["human"] = human
+        reference = human_reference(scorer, data)
+        automated = getattr(pred, "automated", None)  # None: no routing, every response automated
+        automated = np.ones(len(data), dtype=bool) if automated is None else automated
+        metrics["criteria"] = deployment_criteria(
+            data.spec, data.labels, pred.labels, reference=reference, criteria=criteria
+        )
+        metrics["criteria_automated"] = automated_criteria(
+            data.spec, data.labels, pred.labels, automated, reference=reference, criteria=criteria
+        )
         per_task[task_id] = metrics
     summary = {
         "tasks": per_task,
@@ -147,4 +199,9 @@ def evaluate_suite(scorer, datasets: Mapping[str, TaskData], *, progress: bool =
     humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
     if humans:
         summary["human_mean_qwk"] = float(np.mean(humans))
+    rates = [m["criteria_automated"]["automation_rate"] for m in per_task.values()]
+    summary["criteria_thresholds"] = criteria.to_dict()
+    summary["items_passing_criteria"] = sum(m["criteria"]["pass"] is True for m in per_task.values())
+    summary["items_auto_meeting_human"] = sum(m["criteria_automated"]["meets_human"] is True for m in per_task.values())
+    summary["mean_automation_rate"] = float(np.mean(rates)) if rates else None
     return summary

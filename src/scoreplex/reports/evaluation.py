@@ -1,9 +1,13 @@
-"""Evaluation reports as table rows for the terminal."""
+"""Evaluation reports: table rows for the terminal and the deployment-criteria report in Markdown."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from scoreplex.metrics import WILLIAMSON_2012
 
 
 def evaluation_table(report: Mapping[str, Any]) -> list[list[str]]:
@@ -22,3 +26,163 @@ def evaluation_table(report: Mapping[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+# ---------------------------------------------------------------------------------------------- deployment criteria
+
+_VERDICT = {True: "pass", False: "FAIL", None: "n/a"}
+_YES_NO = {True: "yes", False: "no", None: "n/a"}
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _thresholds(report: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(report.get("criteria_thresholds") or {})
+
+
+def _criteria_headers(th: Mapping[str, Any]) -> list[str]:
+    """Pass/fail column names with their thresholds, e.g. ``QWK >= 0.70``."""
+    heads = [
+        f"QWK >= {th.get('min_qwk', 0.70):.2f}",
+        f"degradation <= {th.get('max_degradation', 0.10):.2f}",
+        f"|SMD| <= {th.get('max_smd', 0.15):.2f}",
+    ]
+    if th.get("min_exact") is not None:
+        heads.append(f"exact >= {th['min_exact']:.2f}")
+    if th.get("min_adjacent") is not None:
+        heads.append(f"adjacent >= {th['min_adjacent']:.2f}")
+    return heads
+
+
+def _criteria_keys(th: Mapping[str, Any]) -> list[str]:
+    keys = ["qwk", "degradation", "smd"]
+    keys += [k for k, f in (("exact", "min_exact"), ("adjacent", "min_adjacent")) if th.get(f) is not None]
+    return keys
+
+
+def _value(c: Mapping[str, Any] | None, key: str) -> str:
+    """A criterion's value, with the dimension it comes from for a multi-dimension task."""
+    entry = (c or {}).get("criteria", {}).get(key) or {}
+    text = _num(entry.get("value"))
+    return f"{text} ({entry['dimension']})" if entry.get("dimension") else text
+
+
+def _verdicts(c: Mapping[str, Any] | None, keys: list[str]) -> list[str]:
+    crit = (c or {}).get("criteria", {})
+    return [_VERDICT[(crit.get(k) or {}).get("pass")] for k in keys]
+
+
+def evaluation_criteria_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows for ``scoreplex evaluate``: :func:`evaluation_table`'s columns, then degradation, SMD, a
+    pass/fail column per criterion and overall, the share automated and whether the automated responses agree with
+    the human score at least as well as two humans do. ``n/a``: not computable (e.g. no human-human reference)."""
+    th = _thresholds(report)
+    keys = _criteria_keys(th)
+    header = ["task", "n", "QWK", "accuracy", "exact match", "human QWK", "degradation", "SMD"]
+    header += _criteria_headers(th) + ["criteria", "automated", "auto >= human"]
+    rows = []
+    for base, m in zip(evaluation_table(report), report["tasks"].values(), strict=True):
+        c, a = m.get("criteria"), m.get("criteria_automated") or {}
+        rows.append(
+            base
+            + [_value(c, "degradation"), _value(c, "smd")]
+            + _verdicts(c, keys)
+            + [_VERDICT[(c or {}).get("pass")], _pct(a.get("automation_rate")), _YES_NO[a.get("meets_human")]]
+        )
+    return header, rows
+
+
+def _md_cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell (pipes escaped, line breaks as spaces)."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]], left: tuple[str, ...] = ("task", "reference")) -> list[str]:
+    align = ["---" if h in left else "---:" for h in header]
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_md_cell(x) for x in r) + " |" for r in rows]
+    return lines
+
+
+def criteria_markdown(report: Mapping[str, Any], *, title: str = "Deployment criteria") -> str:
+    """The deployment-criteria report of an :func:`~scoreplex.scorer.evaluate_suite` result as Markdown.
+
+    A summary, then one table for all responses and one for the automated responses (route ``auto``): per task its
+    QWK, human-human QWK and where it comes from, degradation, SMD, exact and adjacent agreement, a pass/fail column
+    per criterion and overall. Multi-dimension tasks show each criterion's worst dimension (named in brackets); a
+    task passes only if every dimension does. ``n/a`` marks a value that cannot be computed.
+    """
+    th = _thresholds(report)
+    keys = _criteria_keys(th)
+    tasks: Mapping[str, Any] = report["tasks"]
+    n_tasks = len(tasks)
+    tests = ", ".join(_criteria_headers(th))
+    lines = [f"# {_md_cell(title)}", ""]
+    lines.append(
+        f"Criteria ({WILLIAMSON_2012}): {tests}. Degradation is human-human QWK minus engine-human QWK; SMD is "
+        "(mean engine - mean human) / sqrt((var engine + var human) / 2), sample variances. A task passes when every "
+        "criterion that can be computed passes on every rubric dimension; `n/a` marks one that cannot be computed "
+        "(degradation needs a human-human reference: the file's second score, else the two raters on the training "
+        "data, recorded by the task module)."
+    )
+    lines.append("")
+    lines.append(f"- Tasks meeting the criteria: **{report.get('items_passing_criteria', 0)} of {n_tasks}**")
+    lines.append(f"- Mean automation rate (unweighted over tasks): **{_pct(report.get('mean_automation_rate'))}**")
+    lines.append(
+        f"- Tasks whose automated responses agree with the human score at least as well as two humans do (QWK and "
+        f"exact agreement): **{report.get('items_auto_meeting_human', 0)} of {n_tasks}**"
+    )
+    lines += ["", "## All responses", ""]
+    header = ["task", "n", "QWK", "human QWK", "reference", "degradation", "SMD", "exact", "human exact", "adjacent"]
+    header += _criteria_headers(th) + ["pass"]
+    rows = []
+    for tid, m in tasks.items():
+        c = m.get("criteria") or {}
+        rows.append(
+            [tid, str(c.get("n", m.get("n", "")))]
+            + [_value(c, "qwk"), _num(c.get("human_qwk")), c.get("human_source") or "none"]
+            + [_value(c, "degradation"), _value(c, "smd"), _num(c.get("exact")), _num(c.get("human_exact"))]
+            + [_num(c.get("adjacent"))]
+            + _verdicts(c, keys)
+            + [_VERDICT[c.get("pass")]]
+        )
+    lines += _md_table(header, rows)
+    lines += ["", '## Automated responses (route "auto")', ""]
+    header = ["task", "automated", "rate", "QWK", "human QWK", "degradation", "SMD", "exact", "human exact"]
+    header += ["adjacent"] + _criteria_headers(th) + ["pass", "meets human"]
+    rows = []
+    for tid, m in tasks.items():
+        a = m.get("criteria_automated") or {}
+        rows.append(
+            [tid, f"{a.get('n_automated', 0)} of {m.get('n', '')}", _pct(a.get("automation_rate"))]
+            + [_value(a, "qwk"), _num(a.get("human_qwk")), _value(a, "degradation"), _value(a, "smd")]
+            + [_num(a.get("exact")), _num(a.get("human_exact")), _num(a.get("adjacent"))]
+            + _verdicts(a, keys)
+            + [_VERDICT[a.get("pass")], _YES_NO[a.get("meets_human")]]
+        )
+    lines += _md_table(header, rows)
+    lines += [
+        "",
+        "The automated responses are held against the human-human agreement on all double-scored responses; the "
+        "engine automates the responses it is surest of, which tend to be easier for human raters too, so this "
+        "comparison flatters the engine somewhat. Exact and adjacent agreement in the tables are on every rubric "
+        "dimension at once (a multi-dimension task's criteria columns use each dimension's own).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_criteria_markdown(path: str | os.PathLike[str], report: Mapping[str, Any], **kwargs: Any) -> Path:
+    """Write :func:`criteria_markdown` of ``report`` to ``path`` (UTF-8, atomically: a reader never sees half a
+    file). Keyword arguments go to :func:`criteria_markdown`. Returns the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(criteria_markdown(report, **kwargs), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
