@@ -128,6 +128,8 @@ def assert_matches_reference(rows: list[dict[str, str]], reference: dict[str, di
                 assert row[col] == "", f"{col} does not apply to task {ref['task']}"
             elif col.startswith("pred_"):
                 assert int(row[col]) == ref[col], (row["id"], col)
+            elif col == "route":
+                assert row[col] == ref[col], (row["id"], col)
             else:
                 assert float(row[col]) == pytest.approx(ref[col], abs=2e-5), (row["id"], col)
 

@@ -116,16 +116,22 @@ def test_predictions_have_valid_shapes_probabilities_and_confidence(scorers, dem
         pred = scorers[method].predict(tid, data.texts, data.ids)
         spec = data.spec
         assert pred.ids == data.ids and pred.labels.shape == (len(data), len(spec.dimensions))
+        decoding = scorers[method].suite.decoding(tid)
+        chosen = []
         for d, (dim, p) in enumerate(zip(spec.dimensions, pred.probs, strict=True)):
             assert p.shape == (len(data), dim.num_classes)
             np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-            np.testing.assert_array_equal(pred.labels[:, d], p.argmax(axis=1))
+            np.testing.assert_array_equal(pred.labels[:, d], decoding.dimensions[d].classes(p))
+            if decoding.dimensions[d].rule == "argmax":
+                np.testing.assert_array_equal(pred.labels[:, d], p.argmax(axis=1))
+            chosen.append(p[np.arange(len(data)), pred.labels[:, d]])
         conf = pred.confidence
         assert conf.shape == (len(data),)
-        assert (conf <= 1.0).all() and (conf >= 1.0 / max(spec.class_counts) - 1e-6).all()
+        np.testing.assert_allclose(conf, np.min(chosen, axis=0))
         rows = pred.rows()
         assert len(rows) == len(data) and rows[0]["task"] == tid
-        assert rows[0].keys() == {"id", "task", "confidence"} | {f"pred_{d}" for d in spec.dimension_names} | {
+        assert {r["route"] for r in rows} <= {"auto", "human"}
+        assert rows[0].keys() == {"id", "task", "confidence", "route"} | {f"pred_{d}" for d in spec.dimension_names} | {
             f"prob_{dim.name}_{k}" for dim in spec.dimensions for k in range(dim.num_classes)
         }
 

@@ -312,7 +312,11 @@ class RemoteScorer:
             names = spec.dimension_names
             probs = [np.asarray([results[i]["probabilities"][n] for i in positions], dtype=np.float64) for n in names]
             labels = np.asarray([[results[i]["scores"][n] for n in names] for i in positions], dtype=np.int64)
-            out.append((positions, Predictions(spec=spec, ids=[ids[i] for i in positions], labels=labels, probs=probs)))
+            automated = np.asarray([results[i].get("route", "auto") != "human" for i in positions], dtype=bool)
+            pred = Predictions(
+                spec=spec, ids=[ids[i] for i in positions], labels=labels, probs=probs, automated=automated
+            )
+            out.append((positions, pred))
         return out
 
 

@@ -656,7 +656,7 @@ def standardized_mean_difference(human: Any, engine: Any) -> float:
     return diff / pooled_sd
 
 
-def _task_agreement(spec: TaskSpec, t: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+def task_agreement(spec: TaskSpec, t: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     """Task-level agreement of validated ``(N, D)`` scores (``t`` may hold MISSING): QWK per dimension over its
     scored rows and their mean, exact and adjacent agreement on every dimension over the fully scored rows."""
     dim_qwk: list[float | None] = []
@@ -697,7 +697,7 @@ def reference_from_scores(spec: TaskSpec, first: Any, second: Any) -> HumanRefer
     rows = np.all(b != MISSING, axis=1)  # (N,)
     if not rows.any():
         return None
-    agr = _task_agreement(spec, a[rows], b[rows])
+    agr = task_agreement(spec, a[rows], b[rows])
     if agr["qwk"] is None:
         return None
     return HumanReference(
@@ -898,7 +898,7 @@ def deployment_criteria(
         name: _worst({d: m["criteria"][name] for d, m in dims.items()}, kind, thresholds[name], many)
         for name, kind in _KINDS.items()
     }
-    agr = _task_agreement(spec, t, p)
+    agr = task_agreement(spec, t, p)
     human_qwk = reference.qwk if reference is not None else None
     return {
         "n": int(t.shape[0]),

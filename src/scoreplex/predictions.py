@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -20,20 +20,41 @@ from scoreplex.encoding import DEFAULT_MAX_TOKENS, Encoded, collate, token_batch
 from scoreplex.heads import probabilities
 from scoreplex.tasks import TaskSpec
 
+if TYPE_CHECKING:
+    from scoreplex.decoding import Decoding
+
 
 @dataclass
 class Predictions:
-    """Per response: predicted class per dimension ``(N, D)``, probabilities per dimension ``[(N, K_d)]``, and
-    confidence ``(N,)`` = the smallest top-class probability over the dimensions."""
+    """Per response: predicted class per dimension ``labels (N, D)``, class probabilities per dimension
+    ``probs [(N, K_d)]`` (calibrated when the task module holds a temperature), and ``automated (N,)``: True where the
+    engine's score may stand alone (route ``auto``), False where the response goes to a human rater (route
+    ``human``; see :mod:`scoreplex.decoding`). ``confidence (N,)`` is the smallest probability of the predicted class
+    over the dimensions."""
 
     spec: TaskSpec
     ids: list[str]
     labels: np.ndarray
     probs: list[np.ndarray]
+    automated: np.ndarray | None = None
+    """``(N,)`` bool; None means every response is automated (no routing threshold)."""
+
+    def __post_init__(self) -> None:
+        if self.automated is None:
+            self.automated = np.ones(len(self.ids), dtype=bool)
 
     @property
     def confidence(self) -> np.ndarray:
-        return np.min(np.stack([p.max(axis=1) for p in self.probs], axis=1), axis=1)
+        if not self.probs or len(self.ids) == 0:
+            return np.zeros(len(self.ids))
+        rows = np.arange(len(self.ids))
+        chosen = [p[rows, self.labels[:, d]] for d, p in enumerate(self.probs)]
+        return np.min(np.stack(chosen, axis=1), axis=1)
+
+    @property
+    def routes(self) -> list[str]:
+        """``auto`` or ``human`` per response."""
+        return ["auto" if a else "human" for a in self.automated]
 
     def rows(self) -> list[dict]:
         """One JSON-ready dict per response (for writing score files)."""
@@ -46,12 +67,13 @@ class Predictions:
                 for k in range(dim.num_classes):
                     row[f"prob_{dim.name}_{k}"] = round(float(self.probs[d][i, k]), 6)
             row["confidence"] = round(float(conf[i]), 6)
+            row["route"] = "auto" if self.automated[i] else "human"
             out.append(row)
         return out
 
 
 Row = dict[str, Any]
-"""One output row: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence``."""
+"""One output row: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence``, ``route``."""
 
 
 class MixedScorer(Protocol):
@@ -89,8 +111,14 @@ def group_by_task(task_ids: Sequence[str]) -> dict[str, list[int]]:
     return groups
 
 
-def from_probabilities(spec: TaskSpec, ids: Sequence[str], probs: list[np.ndarray]) -> Predictions:
-    """Predictions (argmax per dimension) from class probabilities ``[(N, K_d)]``."""
+def from_probabilities(
+    spec: TaskSpec, ids: Sequence[str], probs: list[np.ndarray], decoding: Decoding | None = None
+) -> Predictions:
+    """Predictions from the model's class probabilities ``[(N, K_d)]``: by the task module's ``decoding``
+    (calibration, ordinal decoding rule, routing; :mod:`scoreplex.decoding`) when given, else argmax per dimension
+    with every response automated."""
+    if decoding is not None:
+        return decoding.predictions(spec, ids, probs)
     labels = np.stack([p.argmax(axis=1) for p in probs], axis=1).astype(np.int64) if probs else np.zeros((0, 0))
     return Predictions(spec=spec, ids=list(ids), labels=labels, probs=probs)
 
@@ -127,7 +155,7 @@ def embed_all(model, enc: Encoded, batch_size: int = 64, max_tokens: int | None 
     return out if out is not None else torch.empty((0, 0))
 
 
-def decode(spec: TaskSpec, ids: Sequence[str], logits: torch.Tensor) -> Predictions:
-    """Predictions from logits ``(N, sum K_d)``: softmax per rubric dimension, argmax."""
+def decode(spec: TaskSpec, ids: Sequence[str], logits: torch.Tensor, decoding: Decoding | None = None) -> Predictions:
+    """Predictions from logits ``(N, sum K_d)``: softmax per rubric dimension, then :func:`from_probabilities`."""
     probs = [p.detach().numpy() for p in probabilities(logits.detach(), spec.class_counts)]
-    return from_probabilities(spec, ids, probs)
+    return from_probabilities(spec, ids, probs, decoding)

@@ -19,6 +19,7 @@ import numpy as np
 
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
+from scoreplex.decoding import Decoding
 from scoreplex.encoding import encode_texts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.methods import TaskModel
@@ -91,7 +92,14 @@ class SuiteScorer:
             return from_probabilities(spec, [], [np.zeros((0, k)) for k in spec.class_counts])
         enc = encode_texts(self.bb.tokenizer, list(texts), self.max_length)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        return decode(spec, ids, predict_logits(model, enc))
+        return decode(spec, ids, predict_logits(model, enc), self.decoding(task_id))
+
+    def decoding(self, task_id: str) -> Decoding:
+        """The task module's :class:`~scoreplex.decoding.Decoding` (SuiteError naming the task if it is invalid)."""
+        try:
+            return self.suite.decoding(task_id)
+        except ScoreplexError as exc:
+            raise task_module_error(task_id, exc) from exc
 
     def predict_mixed(
         self, task_ids: Sequence[str], texts: Sequence[str], ids: Sequence[str]

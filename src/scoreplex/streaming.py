@@ -10,12 +10,11 @@ by default :func:`scoreplex.scorer.open_scorer` picks it from the suite's method
 share one backbone pass (the rows of a chunk share one pass per batch, whatever their tasks), else
 :class:`scoreplex.scorer.SuiteScorer`, task by task within a chunk.
 
-Output: one row per response: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence`` (the columns of
-:meth:`scoreplex.predictions.Predictions.rows`, formatted by :func:`scoreplex.predictions.ordered_rows`). The
-header is fixed at the start from the suite's task specs (:func:`output_columns`): every dimension of every task, a
-dimension name shared by tasks getting the largest class count's probability columns; cells that do not apply to a
-row's task are empty (``null`` in JSON Lines and
-Parquet).
+Output: one row per response: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence``, ``route``
+(the columns of :meth:`scoreplex.predictions.Predictions.rows`, formatted by
+:func:`scoreplex.predictions.ordered_rows`). The header is fixed at the start from the suite's task specs
+(:func:`output_columns`): every dimension of every task, a dimension name shared by tasks getting the largest class
+count's probability columns; cells that do not apply to a row's task are empty (``null`` in JSON Lines and Parquet).
 CSV, TSV and JSON Lines outputs are appended to in place. Parquet cannot be appended to, so its rows go to a staging
 JSON Lines file next to the output (``<output>.partial.jsonl``), converted at the end into a temporary Parquet file
 that is renamed onto the output: a Parquet output is complete or absent.
@@ -137,7 +136,8 @@ def lock_path(output: str | os.PathLike[str]) -> Path:
 
 def output_columns(specs: Iterable[TaskSpec]) -> list[str]:
     """The output header for a suite: ``id``, ``task``, per dimension ``pred_<dim>`` and ``prob_<dim>_<k>``,
-    ``confidence``. Dimensions in order of first appearance; a name shared by tasks gets its largest class count."""
+    ``confidence``, ``route`` (``auto`` / ``human``, :mod:`scoreplex.decoding`). Dimensions in order of first
+    appearance; a name shared by tasks gets its largest class count."""
     classes: dict[str, int] = {}
     for spec in specs:
         for dim in spec.dimensions:
@@ -145,7 +145,7 @@ def output_columns(specs: Iterable[TaskSpec]) -> list[str]:
     columns = ["id", "task"]
     for name, k in classes.items():
         columns += [f"pred_{name}"] + [f"prob_{name}_{i}" for i in range(k)]
-    return columns + ["confidence"]
+    return columns + ["confidence", "route"]
 
 
 def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -402,7 +402,7 @@ def _jsonl_to_parquet(source: Path, target: Path, columns: list[str], batch_rows
     import pyarrow.parquet as pq
 
     def kind(col: str) -> pa.DataType:
-        if col in ("id", "task"):
+        if col in ("id", "task", "route"):
             return pa.string()
         return pa.int64() if col.startswith("pred_") else pa.float64()
 

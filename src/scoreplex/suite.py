@@ -318,10 +318,12 @@ class Suite:
         summary: dict[str, Any],
         *,
         shared: str | None = None,
+        decoding: dict[str, Any] | None = None,
     ) -> None:
         """Write one task's module and record it in the manifest (replacing an existing one of the same id).
 
-        ``shared`` names a module written by :meth:`add_shared` that this task's tensors complete.
+        ``shared`` names a module written by :meth:`add_shared` that this task's tensors complete; ``decoding`` is
+        its :class:`scoreplex.decoding.Decoding` as a dict (calibration, decoding rule, routing threshold).
         """
         from safetensors.torch import save_file
 
@@ -333,10 +335,10 @@ class Suite:
         tmp = folder / f".{MODULE_FILE}.{os.getpid()}.tmp"
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"task": spec.id})
         os.replace(tmp, folder / MODULE_FILE)
-        write_json_atomic(
-            folder / TASK_FILE,
-            {"spec": spec.to_dict(), "method": self.manifest["method"], "config": config, "summary": summary},
-        )
+        info = {"spec": spec.to_dict(), "method": self.manifest["method"], "config": config, "summary": summary}
+        if decoding is not None:
+            info["decoding"] = decoding
+        write_json_atomic(folder / TASK_FILE, info)
         files = {name: sha256_file(folder / name) for name in TASK_FILES}
         entry = {
             "files": files,
@@ -478,6 +480,31 @@ class Suite:
             return info
 
         return self._read(f"tasks/{task_id}/{TASK_FILE}", entry["files"][TASK_FILE], f"task {task_id!r}", parse)
+
+    def decoding(self, task_id: str):
+        """The task's :class:`scoreplex.decoding.Decoding` (argmax at temperature 1, all automated, when its module
+        holds none); SuiteError naming the task when the stored one is invalid."""
+        from scoreplex.decoding import Decoding
+
+        return Decoding.from_dict(self.task_info(task_id).get("decoding"), self.spec(task_id))
+
+    def set_decoding(self, task_id: str, decoding) -> None:
+        """Store (or with None, drop) a task's :class:`scoreplex.decoding.Decoding` in its ``task.json``: rewritten
+        atomically and re-hashed in the manifest, under the suite's lock."""
+        folder = self.path("tasks", task_id)
+        with self.edit() as m:
+            entry = m["tasks"].get(task_id)
+            if entry is None:
+                raise UnknownTaskError(f"task {task_id!r} is not in the suite at {self.root}.")
+            self.manifest = m  # task_info checks against the freshly read hashes
+            info = dict(self.task_info(task_id))
+            if decoding is None:
+                info.pop("decoding", None)
+            else:
+                info["decoding"] = decoding.to_dict()
+            write_json_atomic(folder / TASK_FILE, info)
+            entry["files"][TASK_FILE] = sha256_file(folder / TASK_FILE)
+            entry["bytes"] = sum((folder / n).stat().st_size for n in TASK_FILES)
 
     def spec(self, task_id: str) -> TaskSpec:
         info = self.task_info(task_id)  # UnknownTaskError / SuiteError pass through

@@ -31,7 +31,6 @@ from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTask
 from scoreplex.heads import probabilities
 from scoreplex.predictions import Predictions, from_probabilities, group_by_task
 from scoreplex.suite import Suite
-from scoreplex.tasks import TaskSpec
 
 from .encoders import EncoderBackend, TorchEncoder
 from .multilora import DEFAULT_LORA_IMPL
@@ -171,8 +170,8 @@ class Engine:
             self.store.get(task_id)
 
     # -- scoring -----------------------------------------------------------------------------------------------------
-    def _run(self, pairs: Sequence[tuple[str, str]], on_error: str) -> list[tuple[TaskSpec, list] | Exception]:
-        """Per row ``(spec, [probabilities (K_d,) per dimension])``, or its task's error (``on_error='row'``)."""
+    def _run(self, pairs: Sequence[tuple[str, str]], on_error: str) -> list[tuple[ResidentModule, list] | Exception]:
+        """Per row ``(module, [probabilities (K_d,) per dimension])``, or its task's error (``on_error='row'``)."""
         if on_error not in ON_ERROR:
             raise ConfigError(f"on_error={on_error!r}; choose one of: {', '.join(ON_ERROR)}.")
         task_ids, texts = [], []
@@ -240,13 +239,15 @@ class Engine:
                 logits = module.head(pooled[batch_pos])  # (n_t, sum K_t)
                 probs = [p.cpu().numpy() for p in probabilities(logits, module.spec.class_counts)]  # [(n_t, K_d)]
                 for j, p in enumerate(batch_pos):
-                    out[positions[rows[p]]] = (module.spec, [pd[j] for pd in probs])
+                    out[positions[rows[p]]] = (module, [pd[j] for pd in probs])
 
     def score(self, pairs: Sequence[tuple[str, str]], *, on_error: str = "raise") -> list[dict[str, Any]]:
         """Score ``(task id, response)`` pairs that mix any tasks; one dict per pair, in input order.
 
         Each dict: ``task``; ``labels`` {dimension: predicted class}; ``probs`` {dimension: class probabilities};
-        ``confidence`` (the smallest top-class probability over the dimensions). An unknown task raises
+        ``confidence`` (the smallest probability of the predicted class over the dimensions); ``route`` (``auto`` or
+        ``human``). Labels, probabilities and route follow the task module's decoding (:mod:`scoreplex.decoding`:
+        temperature, ordinal cut points, routing threshold). An unknown task raises
         UnknownTaskError and a missing or corrupt module SuiteError naming the task; with ``on_error="row"`` those
         rows get ``{"task", "error"}`` instead and the other rows are scored.
         """
@@ -255,14 +256,17 @@ class Engine:
             if isinstance(item, Exception):
                 out.append({"task": str(task_id), "error": str(item)})
                 continue
-            spec, probs = item
+            module, probs = item
+            spec = module.spec
             names = spec.dimension_names
+            pred = from_probabilities(spec, [""], [p[None, :] for p in probs], module.decoding)
             out.append(
                 {
                     "task": spec.id,
-                    "labels": {n: int(p.argmax()) for n, p in zip(names, probs, strict=True)},
-                    "probs": {n: p.tolist() for n, p in zip(names, probs, strict=True)},
-                    "confidence": float(min(p.max() for p in probs)),
+                    "labels": {n: int(pred.labels[0, d]) for d, n in enumerate(names)},
+                    "probs": {n: pred.probs[d][0].tolist() for d, n in enumerate(names)},
+                    "confidence": float(pred.confidence[0]),
+                    "route": pred.routes[0],
                 }
             )
         return out
@@ -283,7 +287,8 @@ class Engine:
         items = self._run(list(zip(task_ids, texts, strict=True)), "raise")
         out = []
         for positions in group_by_task(task_ids).values():
-            spec = items[positions[0]][0]
+            module = items[positions[0]][0]
+            spec = module.spec
             probs = [np.stack([items[i][1][d] for i in positions]) for d in range(len(spec.class_counts))]
-            out.append((positions, from_probabilities(spec, [ids[i] for i in positions], probs)))
+            out.append((positions, from_probabilities(spec, [ids[i] for i in positions], probs, module.decoding)))
         return out

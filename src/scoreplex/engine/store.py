@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from scoreplex.decoding import Decoding
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
 from scoreplex.heads import ScoringHead
 from scoreplex.methods.base import MODULE_FIX, task_module_error
@@ -57,6 +58,8 @@ class ResidentModule:
     """A MoE student's task embedding (None for other suites)."""
     key: str = ""
     """Unique name of this loaded instance (``task#n``): a replaced task's old and new modules never share it."""
+    decoding: Decoding | None = None
+    """The task's calibration, decoding rule and routing threshold (None: argmax, all automated)."""
     pins: int = field(default=0, repr=False)
     retired: bool = field(default=False, repr=False)
 
@@ -236,6 +239,10 @@ class AdapterStore:
         info = self.suite.task_info(task_id)
         tensors = self.method.task_tensors(self.suite, task_id, for_engine=True)
         module = self.parse(task_id, self.suite.spec(task_id), info.get("config", {}), tensors)
+        try:
+            module.decoding = self.suite.decoding(task_id)
+        except ScoreplexError as exc:
+            raise task_module_error(task_id, exc) from exc
         module.sha256 = files[MODULE_FILE]
         return module
 
@@ -276,10 +283,12 @@ class AdapterStore:
         summary: dict[str, Any] | None = None,
         *,
         replace: bool = False,
+        decoding: dict[str, Any] | None = None,
     ) -> None:
         """Write a task module into the suite (atomically) and serve it from the next request.
 
-        The module is checked before anything is written. An existing task is only overwritten with ``replace``.
+        The module (and its ``decoding``, :class:`scoreplex.decoding.Decoding` as a dict) is checked before anything
+        is written. An existing task is only overwritten with ``replace``.
         """
         if not self.method.capabilities.trains_per_task:
             raise ConfigError(
@@ -294,10 +303,15 @@ class AdapterStore:
             if self.suite.has_task(spec.id) and not replace:
                 raise ConfigError(f"task {spec.id!r} is already in the suite; pass replace=True to overwrite it.")
             module = self.parse(spec.id, spec, config, tensors)
+            if decoding is not None:
+                try:
+                    Decoding.from_dict(decoding, spec)
+                except ScoreplexError as exc:
+                    raise task_module_error(spec.id, exc) from exc
             if self.on_check is not None:
                 self.on_check(module)  # fits the engine's encoder? checked before anything is written
             self.evict(spec.id)
-            self.suite.add_task(spec, tensors, config, summary or {})
+            self.suite.add_task(spec, tensors, config, summary or {}, decoding=decoding)
 
     def replace(self, spec: TaskSpec, tensors: dict[str, torch.Tensor], config: dict[str, Any], summary=None) -> None:
         """Overwrite an existing task's module (UnknownTaskError if there is none)."""
@@ -318,7 +332,14 @@ class AdapterStore:
                 "differ. Retrain the task with this suite's backbone, method and pooling."
             )
         info, tensors = src.load_module(task_id)
-        self.add(TaskSpec.from_dict(info["spec"]), tensors, info["config"], info.get("summary", {}), replace=replace)
+        self.add(
+            TaskSpec.from_dict(info["spec"]),
+            tensors,
+            info["config"],
+            info.get("summary", {}),
+            replace=replace,
+            decoding=info.get("decoding"),
+        )
 
     def remove(self, task_id: str) -> None:
         """Remove a task from the suite (manifest first, then its folder) and from memory."""

@@ -54,7 +54,14 @@ class ScoredResponse(BaseModel):
     task: str
     scores: dict[str, int] | None = Field(None, description="Predicted class per rubric dimension.")
     probabilities: dict[str, list[float]] | None = Field(None, description="Class probabilities per dimension.")
-    confidence: float | None = Field(None, description="The smallest top-class probability over the dimensions.")
+    confidence: float | None = Field(
+        None, description="The smallest probability of the predicted class over the dimensions (calibrated)."
+    )
+    route: Literal["auto", "human"] | None = Field(
+        None,
+        description="'auto': the engine's score may stand alone; 'human': below the task's routing threshold, "
+        "send the response to a human rater.",
+    )
     error: RowError | None = None
 
 

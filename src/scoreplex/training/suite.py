@@ -15,6 +15,7 @@ import torch
 
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone
 from scoreplex.data.dataset import TaskData
+from scoreplex.decoding import Decoding, describe_decoding
 from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts, train_batches
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.heads import balanced_class_weights, rubric_loss
@@ -50,6 +51,10 @@ class TrainOptions:
     val_fraction: float = 0.1
     config: TrainConfig = field(default_factory=TrainConfig)
     settings: MethodSettings = field(default_factory=MethodSettings)
+    decoding: bool = True
+    """After training, fit the task's decoding on its validation split (:func:`scoreplex.decoding.fit_decoding`:
+    temperature, ordinal cut points or binary thresholds, and, when the data has a second human score, the routing
+    threshold) and store it in the task module. False keeps argmax at temperature 1 with every response automated."""
     progress: bool = True
     """A bar per task on a terminal; elsewhere (``nohup``, CI) plain lines on stderr: each task's start and each
     epoch's loss, validation QWK and time."""
@@ -222,6 +227,45 @@ def train_task(
     return model, result, evaluate_task(spec, val.labels, val_pred.labels)
 
 
+def human_reference(spec, *datasets: TaskData) -> dict[str, Any] | None:
+    """Agreement of the two human raters (:func:`scoreplex.decoding.agreement`, first score as reference) over the
+    double-scored responses of ``datasets``; None when fewer than 20 responses have a second score."""
+    from scoreplex.decoding import agreement
+
+    firsts, seconds = [], []
+    for d in datasets:
+        if d is not None and d.second is not None and d.has_labels:
+            rows = np.all(d.second >= 0, axis=1) & np.all(d.labels >= 0, axis=1)
+            firsts.append(d.labels[rows])
+            seconds.append(d.second[rows])
+    if not firsts or sum(len(f) for f in firsts) < 20:
+        return None
+    return agreement(spec, np.concatenate(firsts), np.concatenate(seconds))
+
+
+def fit_task_decoding(
+    bb: Backbone,
+    model: TaskModel,
+    val: TaskData,
+    max_length: int,
+    human: dict[str, Any] | None,
+    *,
+    method: str,
+    pooling: str,
+) -> Decoding:
+    """The task's :class:`~scoreplex.decoding.Decoding` fitted on its validation responses (see
+    :func:`scoreplex.decoding.fit_decoding`)."""
+    from scoreplex.decoding import fit_decoding
+    from scoreplex.heads import probabilities
+
+    if get_method(method).capabilities.uses_features:  # a head-only model holds no encoder: the backbone's
+        model = TaskModel(bb.encoder, model.head, pooling)
+    with torch.no_grad():
+        logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length))
+    probs = [p.numpy().astype(np.float64) for p in probabilities(logits, val.spec.class_counts)]
+    return fit_decoding(val.spec, probs, val.labels, human=human)
+
+
 def pick_max_length(bb: Backbone, datasets: Mapping[str, TaskData]) -> tuple[int, float]:
     """Max length covering 99% of all training responses, and the share of responses it truncates."""
     from scoreplex.encoding import token_lengths
@@ -311,6 +355,14 @@ def train_suite(
             checkpoint_dir=ckpt,
             progress=options.progress,
         )
+        decoding = None
+        if options.decoding:
+            human = human_reference(train.spec, train, val)
+            decoding = fit_task_decoding(
+                bb, model, val, max_length, human, method=options.method, pooling=options.pooling
+            )
+            if log is not None:
+                log(f"task {task_id}: {describe_decoding(decoding)}")
         seconds = time.perf_counter() - t0
         summary = {
             "metrics": {"validation": val_metrics},
@@ -327,7 +379,13 @@ def train_suite(
                 "config": options.config.to_dict(),
             },
         }
-        suite.add_task(train.spec, method.module_state(model), method.module_config(model, options.settings), summary)
+        suite.add_task(
+            train.spec,
+            method.module_state(model),
+            method.module_config(model, options.settings),
+            summary,
+            decoding=decoding.to_dict() if decoding is not None else None,
+        )
         shutil.rmtree(ckpt, ignore_errors=True)
         if on_task_done is not None:
             on_task_done(

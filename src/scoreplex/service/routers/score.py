@@ -46,6 +46,7 @@ def _scored(response: ResponseIn, row: dict[str, Any]) -> ScoredResponse:
         scores=row["labels"],
         probabilities=row["probs"],
         confidence=row["confidence"],
+        route=row["route"],
     )
 
 

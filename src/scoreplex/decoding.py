@@ -1,0 +1,411 @@
+"""From class probabilities to the score a testing programme uses: calibrated, ordinal, and routed.
+
+A task module's ``decoding`` (a top-level key of its ``task.json``) holds, per rubric dimension,
+
+* a **temperature** ``T`` (Guo et al. 2017, "On calibration of modern neural networks", Sec. 4.2): the model's
+  probabilities ``p`` become ``softmax(log p / T)``, with ``T`` minimising the negative log-likelihood on the
+  validation split (``T > 1`` softens an over-confident model);
+* a **rule**: ``argmax``; ``cutpoints`` for an ordinal dimension (the expected score ``E = sum_k k p_k`` is cut at
+  ``K - 1`` increasing points tuned on validation to maximise QWK, the "optimised rounder" of the Kaggle ASAP
+  competitions); or ``threshold`` for a binary dimension (``1`` when ``p_1 >= t``, ``t`` tuned on validation).
+
+and, per task, a **routing threshold** on the confidence (the smallest probability of the predicted class over the
+dimensions): responses at or above it are scored by the engine alone (route ``auto``), the others go to a human
+rater (route ``human``). The threshold is the lowest one whose automated validation responses agree with the human
+score at least as well as a second human rater does (QWK and exact agreement of the two raters on the training data,
+Williamson, Xi & Breyer 2012), so the engine automates as much as it can without lowering agreement.
+
+Every scorer (:class:`~scoreplex.scorer.SuiteScorer`, the engine, the ONNX engine, the service, ``scoreplex score``)
+decodes through :meth:`Decoding.predictions`. A module without ``decoding`` decodes by argmax at ``T = 1`` and
+automates everything, as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from scoreplex.errors import SuiteError
+from scoreplex.metrics import quadratic_weighted_kappa
+from scoreplex.tasks import TaskSpec
+
+RULES = ("argmax", "cutpoints", "threshold")
+ALL_HUMAN = 2.0
+"""A routing threshold above every possible confidence: every response goes to a human rater."""
+MIN_AUTOMATED = 20
+"""Fewest validation responses a routing threshold may automate (agreement on fewer is too noisy to trust)."""
+_LOG_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class DimensionDecoding:
+    """How one rubric dimension turns probabilities ``(N, K)`` into classes ``(N,)``."""
+
+    temperature: float = 1.0
+    """Divides the log-probabilities (Guo et al. 2017); 1.0 leaves them as the model gave them."""
+    rule: str = "argmax"
+    """``argmax``, ``cutpoints`` (ordinal) or ``threshold`` (binary)."""
+    cutpoints: tuple[float, ...] = ()
+    """``K - 1`` increasing points on the expected-score scale ``[0, K - 1]``; class = how many are <= E."""
+    threshold: float = 0.5
+    """Binary ``threshold`` rule: class 1 when ``p_1 >= threshold``."""
+
+    def calibrate(self, probs: np.ndarray) -> np.ndarray:
+        """Temperature-scaled probabilities ``(N, K)``."""
+        return temperature_scale(probs, self.temperature)
+
+    def classes(self, probs: np.ndarray) -> np.ndarray:
+        """Classes ``(N,)`` from (calibrated) probabilities ``(N, K)`` by this dimension's rule."""
+        if self.rule == "cutpoints":
+            return np.searchsorted(np.asarray(self.cutpoints), expected_score(probs), side="right").astype(np.int64)
+        if self.rule == "threshold":
+            return (probs[:, 1] >= self.threshold).astype(np.int64)
+        return probs.argmax(axis=1).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"temperature": self.temperature, "rule": self.rule}
+        if self.rule == "cutpoints":
+            out["cutpoints"] = list(self.cutpoints)
+        if self.rule == "threshold":
+            out["threshold"] = self.threshold
+        return out
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """A task's decoding: one :class:`DimensionDecoding` per rubric dimension, the routing threshold, and the facts
+    it was fitted to (``human`` reference agreement, validation figures) for reports."""
+
+    dimensions: tuple[DimensionDecoding, ...]
+    route_threshold: float | None = None
+    """Confidence at or above which a response is automated; None automates every response; a value above 1
+    (:data:`ALL_HUMAN`) sends every response to a human rater."""
+    human: Mapping[str, Any] | None = None
+    """Agreement of two human raters on the training data: ``{"qwk", "exact", "adjacent", "n"}``."""
+    fitted: Mapping[str, Any] = field(default_factory=dict)
+    """Validation figures of the fit (for reports only; scoring never reads them)."""
+
+    @classmethod
+    def identity(cls, spec: TaskSpec) -> Decoding:
+        """Argmax at temperature 1, every response automated: what a module without ``decoding`` gets."""
+        return cls(tuple(DimensionDecoding() for _ in spec.dimensions))
+
+    def calibrate(self, probs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [d.calibrate(p) for d, p in zip(self.dimensions, probs, strict=True)]
+
+    def predictions(self, spec: TaskSpec, ids: Sequence[str], probs: Sequence[np.ndarray]):
+        """:class:`~scoreplex.predictions.Predictions` from the model's probabilities ``[(N, K_d)]``: calibrated,
+        decoded by each dimension's rule, and routed."""
+        from scoreplex.predictions import Predictions
+
+        calibrated = self.calibrate(probs)
+        n = len(ids)
+        if n == 0:
+            labels = np.zeros((0, len(spec.dimensions)), dtype=np.int64)
+        else:
+            labels = np.stack([d.classes(p) for d, p in zip(self.dimensions, calibrated, strict=True)], axis=1)
+        pred = Predictions(spec=spec, ids=list(ids), labels=labels, probs=calibrated)
+        if self.route_threshold is not None:
+            pred.automated = pred.confidence >= self.route_threshold
+        return pred
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dimensions": [d.to_dict() for d in self.dimensions],
+            "route_threshold": self.route_threshold,
+        }
+        if self.human is not None:
+            out["human"] = dict(self.human)
+        if self.fitted:
+            out["fitted"] = dict(self.fitted)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, spec: TaskSpec) -> Decoding:
+        """Parse a task module's ``decoding`` (untrusted JSON); SuiteError naming the task and the field."""
+
+        def bad(what: str) -> SuiteError:
+            return SuiteError(
+                f"task {spec.id!r}: its decoding {what}; refit it with `scoreplex calibrate` or retrain the task."
+            )
+
+        if d is None:
+            return cls.identity(spec)
+        if not isinstance(d, Mapping) or not isinstance(d.get("dimensions"), list):
+            raise bad("is not an object with a 'dimensions' list")
+        if len(d["dimensions"]) != len(spec.dimensions):
+            raise bad(f"has {len(d['dimensions'])} dimensions but the task has {len(spec.dimensions)}")
+        dims = []
+        for dim, raw in zip(spec.dimensions, d["dimensions"], strict=True):
+            if not isinstance(raw, Mapping):
+                raise bad(f"entry for dimension {dim.name!r} is not an object")
+            t = raw.get("temperature", 1.0)
+            if not _finite(t) or not 0.01 <= t <= 100:
+                raise bad(f"temperature of dimension {dim.name!r} is {t!r}, not a number in [0.01, 100]")
+            rule = raw.get("rule", "argmax")
+            if rule not in RULES:
+                raise bad(f"rule of dimension {dim.name!r} is {rule!r}, not one of {', '.join(RULES)}")
+            cuts: tuple[float, ...] = ()
+            threshold = 0.5
+            if rule == "cutpoints":
+                c = raw.get("cutpoints")
+                if (
+                    dim.kind != "ordinal"
+                    or not isinstance(c, list)
+                    or len(c) != dim.num_classes - 1
+                    or not all(_finite(x) for x in c)
+                    or any(b < a for a, b in zip(c, c[1:], strict=False))
+                ):
+                    raise bad(
+                        f"cutpoints of dimension {dim.name!r} are not {dim.num_classes - 1} increasing numbers "
+                        "of an ordinal dimension"
+                    )
+                cuts = tuple(float(x) for x in c)
+            if rule == "threshold":
+                threshold = raw.get("threshold")
+                if dim.num_classes != 2 or not _finite(threshold) or not 0 <= threshold <= 1:
+                    raise bad(f"threshold of dimension {dim.name!r} is not a number in [0, 1] of a binary dimension")
+            dims.append(DimensionDecoding(float(t), rule, cuts, float(threshold)))
+        route = d.get("route_threshold")
+        if route is not None and (not _finite(route) or not 0 <= route <= ALL_HUMAN):
+            raise bad(f"route_threshold is {route!r}, not null or a number in [0, {ALL_HUMAN}]")
+        human = d.get("human")
+        human = dict(human) if isinstance(human, Mapping) else None
+        fitted = d.get("fitted") if isinstance(d.get("fitted"), Mapping) else {}
+        return cls(tuple(dims), None if route is None else float(route), human, dict(fitted))
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ---------------------------------------------------------------------------------------------------------- pieces
+
+
+def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)`` row-wise for probabilities ``(N, K)`` (equal to dividing the logits by ``T``)."""
+    if temperature == 1.0:
+        return probs
+    z = np.log(np.clip(probs, _LOG_FLOOR, 1.0)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def expected_score(probs: np.ndarray) -> np.ndarray:
+    """``E = sum_k k p_k`` per row ``(N,)`` on the scale ``[0, K - 1]``."""
+    return probs @ np.arange(probs.shape[1], dtype=probs.dtype)
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The ``T`` in ``[0.05, 20]`` minimising the negative log-likelihood of classes ``y (N,)`` under
+    ``softmax(log p / T)`` (Guo et al. 2017, Sec. 4.2); a bounded 1-D search on ``log T`` (scipy)."""
+    from scipy.optimize import minimize_scalar
+
+    logp = np.log(np.clip(probs, _LOG_FLOOR, 1.0))
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        z = logp / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(-(z[rows, y] - np.log(np.exp(z).sum(axis=1))).mean())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def fit_cutpoints(expected: np.ndarray, y: np.ndarray, num_classes: int, passes: int = 3) -> tuple[float, ...]:
+    """``K - 1`` increasing cut points on the expected score maximising QWK with ``y`` (the optimised rounder):
+    coordinate search, each point over a 41-step grid between its neighbours, starting at ``k - 0.5``."""
+    cuts = np.arange(num_classes - 1, dtype=np.float64) + 0.5
+    labels = range(num_classes)
+
+    def qwk(c: np.ndarray) -> float:
+        return quadratic_weighted_kappa(y, np.searchsorted(c, expected, side="right"), labels=labels)
+
+    best = qwk(cuts)
+    for _ in range(passes):
+        improved = False
+        for j in range(len(cuts)):
+            lo = cuts[j - 1] if j > 0 else 0.0
+            hi = cuts[j + 1] if j + 1 < len(cuts) else float(num_classes - 1)
+            for v in np.linspace(lo, hi, 41)[1:-1]:
+                trial = cuts.copy()
+                trial[j] = v
+                score = qwk(trial)
+                if score > best + 1e-12:
+                    best, cuts, improved = score, trial, True
+        if not improved:
+            break
+    return tuple(float(c) for c in cuts)
+
+
+def fit_binary_threshold(p1: np.ndarray, y: np.ndarray) -> float:
+    """The threshold on ``p_1`` maximising Cohen's kappa with ``y`` (0/1) over a grid 0.05..0.95."""
+    grid = np.linspace(0.05, 0.95, 19)
+    scores = [quadratic_weighted_kappa(y, (p1 >= t).astype(int), labels=range(2)) for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE (Guo et al. 2017, Eq. 3): ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over ``bins``
+    equal-width confidence bins of the argmax probability; ``probs (N, K)``, ``y (N,)``."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def agreement(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """QWK (mean over dimensions), exact and adjacent agreement (every dimension equal / within 1) and ``n`` of
+    ``(N, D)`` scores, as :func:`scoreplex.metrics.task_agreement`; a figure with no scored rows is ``nan``."""
+    from scoreplex.metrics import task_agreement
+
+    a = task_agreement(spec, np.asarray(y_true), np.asarray(y_pred))
+    return {k: float("nan") if a[k] is None else float(a[k]) for k in ("qwk", "exact", "adjacent")} | {"n": a["n"]}
+
+
+def fit_route_threshold(
+    spec: TaskSpec, confidence: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, human: Mapping[str, Any]
+) -> tuple[float, dict[str, Any]]:
+    """The lowest confidence threshold whose automated responses (confidence >= it, at least :data:`MIN_AUTOMATED`)
+    agree with ``y_true`` at least as well as two humans do (QWK and exact agreement), and its validation figures;
+    :data:`ALL_HUMAN` when no threshold does."""
+    order = np.sort(np.unique(confidence))
+    for t in order:
+        auto = confidence >= t
+        if auto.sum() < MIN_AUTOMATED:
+            break
+        a = agreement(spec, y_true[auto], y_pred[auto])
+        if a["n"] >= MIN_AUTOMATED and a["qwk"] >= human["qwk"] and a["exact"] >= human["exact"]:
+            return float(t), {"automation_rate": float(auto.mean()), **{f"auto_{k}": v for k, v in a.items()}}
+    return ALL_HUMAN, {"automation_rate": 0.0}
+
+
+# ------------------------------------------------------------------------------------------------------------ fit
+
+
+def _split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n // 2], order[n // 2 :]
+
+
+def _keeps_rule(fit_one, apply_one, base_one, y: np.ndarray, k: int, seed: int) -> tuple[bool, float, float]:
+    """2-fold cross-fitting inside validation: fit the rule on one half, score both rules on the other; keep the
+    rule when its out-of-fold QWK (mean of the two folds) is higher than argmax's."""
+    a, b = _split_halves(len(y), seed)
+    tuned, plain = [], []
+    for fit_idx, eval_idx in ((a, b), (b, a)):
+        params = fit_one(fit_idx)
+        tuned.append(quadratic_weighted_kappa(y[eval_idx], apply_one(params, eval_idx), labels=range(k)))
+        plain.append(quadratic_weighted_kappa(y[eval_idx], base_one(eval_idx), labels=range(k)))
+    return float(np.mean(tuned)) > float(np.mean(plain)), float(np.mean(tuned)), float(np.mean(plain))
+
+
+def _fit_dimension(dim, pd: np.ndarray, y: np.ndarray, seed: int) -> tuple[DimensionDecoding, dict[str, Any]]:
+    """One dimension's temperature and rule from its validation probabilities ``(n, K)`` and scores ``(n,)``."""
+    k = dim.num_classes
+    if len(y) == 0:
+        return DimensionDecoding(), {"temperature": 1.0, "rule": "argmax", "n": 0}
+    t = fit_temperature(pd, y)
+    pc = temperature_scale(pd, t)
+    report: dict[str, Any] = {
+        "n": int(len(y)),
+        "temperature": t,
+        "ece_before": expected_calibration_error(pd, y),
+        "ece_after": expected_calibration_error(pc, y),
+        "qwk_argmax": quadratic_weighted_kappa(y, pc.argmax(axis=1), labels=range(k)),
+    }
+    rule, cuts, threshold = "argmax", (), 0.5
+    if len(y) >= 20 and dim.kind == "ordinal" and k > 2:
+        e = expected_score(pc)
+        keep, oof, oof_plain = _keeps_rule(
+            lambda idx: fit_cutpoints(e[idx], y[idx], k),
+            lambda c, idx: np.searchsorted(np.asarray(c), e[idx], side="right"),
+            lambda idx: pc[idx].argmax(axis=1),
+            y,
+            k,
+            seed,
+        )
+        report.update(qwk_cutpoints_out_of_fold=oof, qwk_argmax_out_of_fold=oof_plain)
+        if keep:
+            rule, cuts = "cutpoints", fit_cutpoints(e, y, k)
+    elif len(y) >= 20 and k == 2:
+        keep, oof, oof_plain = _keeps_rule(
+            lambda idx: fit_binary_threshold(pc[idx, 1], y[idx]),
+            lambda th, idx: (pc[idx, 1] >= th).astype(int),
+            lambda idx: pc[idx].argmax(axis=1),
+            y,
+            k,
+            seed,
+        )
+        report.update(qwk_threshold_out_of_fold=oof, qwk_argmax_out_of_fold=oof_plain)
+        if keep:
+            rule, threshold = "threshold", fit_binary_threshold(pc[:, 1], y)
+    report["rule"] = rule
+    return DimensionDecoding(t, rule, cuts, threshold), report
+
+
+def fit_decoding(
+    spec: TaskSpec,
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    human: Mapping[str, Any] | None = None,
+    route: bool = True,
+    seed: int = 0,
+) -> Decoding:
+    """Fit a task's :class:`Decoding` on its validation split.
+
+    Args:
+        spec: the task.
+        probs: the model's class probabilities per dimension ``[(N, K_d)]`` on the validation responses.
+        labels: ``(N, D)`` human scores (``-1``: not scored; such rows are left out of that dimension's fit).
+        human: agreement of two human raters (:func:`agreement` of the training data's two scores); routing needs it.
+        route: fit a routing threshold (when ``human`` is given).
+        seed: seeds the halves of the cross-fitting that decides whether a tuned rule beats argmax.
+
+    Per dimension: the temperature (always), then the cut points (ordinal) or threshold (binary), kept only when
+    2-fold cross-fitting inside validation says they beat argmax out of fold (so a rule is not both tuned and judged
+    on the same responses); the final rule is refitted on all validation responses. Then the routing threshold.
+    """
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    dims: list[DimensionDecoding] = []
+    fitted: dict[str, Any] = {"n_validation": int(len(labels)), "dimensions": {}}
+    for d, (dim, p) in enumerate(zip(spec.dimensions, probs, strict=True)):
+        rows = labels[:, d] >= 0
+        decoding_d, report = _fit_dimension(dim, p[rows], labels[rows, d], seed)
+        dims.append(decoding_d)
+        fitted["dimensions"][dim.name] = report
+    decoding = Decoding(tuple(dims), None, dict(human) if human else None, fitted)
+    pred = decoding.predictions(spec, [str(i) for i in range(len(labels))], list(probs))
+    fitted["decoded"] = agreement(spec, labels, pred.labels)
+    if route and human and _finite(human.get("qwk")) and _finite(human.get("exact")):
+        threshold, route_report = fit_route_threshold(spec, pred.confidence, labels, pred.labels, human)
+        fitted["routing"] = route_report
+        decoding = Decoding(decoding.dimensions, threshold, decoding.human, fitted)
+    return decoding
+
+
+def describe_decoding(decoding: Decoding) -> str:
+    """One line for logs: each dimension's temperature and rule, the validation QWK, and the automation rate."""
+    parts = []
+    for name, rep in decoding.fitted.get("dimensions", {}).items():
+        parts.append(f"{name}: T={rep['temperature']:.2f}, {rep['rule']}")
+    decoded = decoding.fitted.get("decoded", {})
+    if _finite(decoded.get("qwk")):
+        parts.append(f"validation QWK {decoded['qwk']:.3f}")
+    routing = decoding.fitted.get("routing")
+    if routing is not None:
+        parts.append(f"automation rate {routing['automation_rate']:.0%} at the human-human agreement")
+    return "decoding " + "; ".join(parts) if parts else "decoding: argmax"

@@ -1,0 +1,177 @@
+"""Decoding: temperature scaling, ordinal cut points, binary thresholds, routing, storage in the task module."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scoreplex.decoding import (
+    ALL_HUMAN,
+    Decoding,
+    DimensionDecoding,
+    agreement,
+    expected_calibration_error,
+    fit_cutpoints,
+    fit_decoding,
+    fit_temperature,
+    temperature_scale,
+)
+from scoreplex.errors import SuiteError
+from scoreplex.metrics import quadratic_weighted_kappa
+from scoreplex.tasks import TaskSpec
+
+SPEC = TaskSpec.ordinal("item", 3)  # scores 0..3
+
+
+def _overconfident(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities whose argmax is right 60% of the time but which claim ~99% confidence."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    guess = np.where(rng.random(n) < 0.6, y, rng.integers(0, k, n))
+    logits = rng.normal(0, 0.3, (n, k))
+    logits[np.arange(n), guess] += 6.0
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True), y
+
+
+def test_temperature_softens_an_overconfident_model_and_lowers_ece():
+    p, y = _overconfident(2000, 4)
+    t = fit_temperature(p, y)
+    assert t > 1.5
+    before, after = expected_calibration_error(p, y), expected_calibration_error(temperature_scale(p, t), y)
+    assert before > 0.25
+    assert after < 0.05
+    # the argmax never changes under a temperature
+    assert np.array_equal(temperature_scale(p, t).argmax(axis=1), p.argmax(axis=1))
+
+
+def test_ece_is_zero_for_a_calibrated_predictor():
+    y = np.array([0, 1] * 50)
+    p = np.full((100, 2), 0.5)  # 50% confident, right half of the time
+    assert expected_calibration_error(p, y) == pytest.approx(0.0)
+
+
+def test_cutpoints_fix_a_biased_expected_score():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 1500)
+    # the model's expected score is squeezed towards the middle: argmax and k-0.5 rounding under-use 0 and 3
+    e = 1.5 + 0.35 * (y - 1.5) + rng.normal(0, 0.2, y.size)
+    default = quadratic_weighted_kappa(y, np.searchsorted([0.5, 1.5, 2.5], e, side="right"), labels=range(4))
+    cuts = fit_cutpoints(e, y, 4)
+    tuned = quadratic_weighted_kappa(y, np.searchsorted(cuts, e, side="right"), labels=range(4))
+    assert list(cuts) == sorted(cuts)
+    assert tuned > default + 0.1
+
+
+def _ordinal_probs(y: np.ndarray, k: int, spread: float, rng) -> np.ndarray:
+    centre = 1.5 + 0.5 * (y - 1.5) + rng.normal(0, spread, y.size)
+    logits = -((np.arange(k)[None, :] - centre[:, None]) ** 2) * 2.0
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def test_fit_decoding_keeps_cutpoints_only_when_they_beat_argmax_out_of_fold():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 600)
+    p = _ordinal_probs(y, 4, 0.15, rng)
+    dec = fit_decoding(SPEC, [p], y[:, None], human=None)
+    rep = dec.fitted["dimensions"]["score"]
+    assert dec.dimensions[0].rule == "cutpoints"
+    assert rep["qwk_cutpoints_out_of_fold"] > rep["qwk_argmax_out_of_fold"]
+    assert dec.route_threshold is None  # no human reference: no routing
+    # already perfect probabilities: nothing to gain, argmax stays
+    exact = np.eye(4)[y] * 0.97 + 0.01
+    assert fit_decoding(SPEC, [exact], y[:, None]).dimensions[0].rule == "argmax"
+
+
+def test_routing_automates_the_confident_part_at_human_agreement():
+    rng = np.random.default_rng(3)
+    n = 800
+    y = rng.integers(0, 4, n)
+    sure = rng.random(n) < 0.6  # 60% easy responses the model gets right with high confidence
+    guess = np.where(sure, y, rng.integers(0, 4, n))
+    p = np.full((n, 4), 0.0)
+    p[np.arange(n), guess] = np.where(sure, 0.95, 0.4)
+    p += (1 - p.sum(axis=1, keepdims=True)) / 4
+    human = {"qwk": 0.9, "exact": 0.85, "adjacent": 1.0, "n": 100}
+    dec = fit_decoding(SPEC, [p], y[:, None], human=human)
+    assert dec.route_threshold is not None and 0 < dec.route_threshold <= 1
+    pred = dec.predictions(SPEC, [str(i) for i in range(n)], [p])
+    auto = pred.automated
+    assert 0.5 < auto.mean() < 0.75
+    a = agreement(SPEC, y[auto][:, None], pred.labels[auto])
+    assert a["qwk"] >= human["qwk"] and a["exact"] >= human["exact"]
+    assert set(pred.routes) == {"auto", "human"}
+    # a human reference no engine subset reaches: everything goes to humans
+    never = fit_decoding(SPEC, [p], y[:, None], human={"qwk": 1.01, "exact": 1.01})
+    assert never.route_threshold == ALL_HUMAN
+    assert not never.predictions(SPEC, ["a"], [p[:1]]).automated.any()
+
+
+def test_binary_dimensions_get_thresholds():
+    spec = TaskSpec.multilabel("ml", ["evidence", "claim"])
+    rng = np.random.default_rng(4)
+    n = 600
+    y = np.stack([rng.random(n) < 0.15, rng.random(n) < 0.5], axis=1).astype(int)
+    # dimension 0 under-predicts the rare class: p1 sits at 0.3 for true positives
+    p0 = np.where(y[:, 0] == 1, 0.3, 0.05) + rng.normal(0, 0.03, n).clip(-0.04, 0.04)
+    p1 = np.where(y[:, 1] == 1, 0.8, 0.2)
+    probs = [np.stack([1 - p0, p0], axis=1), np.stack([1 - p1, p1], axis=1)]
+    dec = fit_decoding(spec, probs, y)
+    assert dec.dimensions[0].rule == "threshold"
+    assert dec.dimensions[0].threshold < 0.5
+    pred = dec.predictions(spec, [str(i) for i in range(n)], probs)
+    assert quadratic_weighted_kappa(y[:, 0], pred.labels[:, 0], labels=range(2)) > 0.9
+
+
+def test_round_trip_and_untrusted_json_is_rejected_clearly():
+    dec = Decoding((DimensionDecoding(1.7, "cutpoints", (0.4, 1.6, 2.2)),), 0.55, {"qwk": 0.9, "exact": 0.8}, {})
+    again = Decoding.from_dict(json.loads(json.dumps(dec.to_dict())), SPEC)
+    assert again == dec
+    assert Decoding.from_dict(None, SPEC) == Decoding.identity(SPEC)
+    bad = [
+        "nonsense",
+        {"dimensions": []},
+        {"dimensions": [{"temperature": 0}]},
+        {"dimensions": [{"temperature": float("nan")}]},
+        {"dimensions": [{"rule": "eval"}]},
+        {"dimensions": [{"rule": "cutpoints", "cutpoints": [2.0, 1.0, 0.5]}]},
+        {"dimensions": [{"rule": "cutpoints", "cutpoints": [0.5]}]},
+        {"dimensions": [{"rule": "threshold", "threshold": 0.5}]},  # not a binary dimension
+        {"dimensions": [{}], "route_threshold": -1},
+        {"dimensions": [{}], "route_threshold": "high"},
+    ]
+    for raw in bad:
+        with pytest.raises(SuiteError, match="task 'item': its decoding"):
+            Decoding.from_dict(raw, SPEC)
+
+
+def test_trained_suite_stores_decoding_and_every_scorer_uses_it(tiny_bb, small_options, demo_datasets, tmp_path):
+    from scoreplex.engine import Engine
+    from scoreplex.scorer import SuiteScorer
+    from scoreplex.suite import Suite
+    from scoreplex.training.suite import train_suite
+
+    task = next(iter(demo_datasets))
+    suite = train_suite({task: demo_datasets[task]}, tmp_path / "s", small_options("lora"), backbone=tiny_bb)
+    info = suite.task_info(task)
+    assert "decoding" in info and info["decoding"]["dimensions"]
+    data = demo_datasets[task]
+    texts, ids = data.texts[:30], data.ids[:30]
+    spec = suite.spec(task)
+    # force a decoding whose effect is visible: route everything to humans, temperature 3
+    forced = Decoding(tuple(DimensionDecoding(3.0) for _ in spec.dimensions), ALL_HUMAN)
+    suite.set_decoding(task, forced)
+    reopened = Suite.open(tmp_path / "s")  # hashes re-checked against the rewritten task.json
+    assert reopened.decoding(task) == forced
+    for scorer in (SuiteScorer(reopened, backbone=tiny_bb), Engine(reopened, tiny_bb)):
+        pred = scorer.predict(task, texts, ids)
+        assert not pred.automated.any()
+        assert all(p.max() < 0.9 for p in pred.probs)  # softened
+        assert pred.rows()[0]["route"] == "human"
+    rows = Engine(reopened, tiny_bb).score([(task, texts[0])])
+    assert rows[0]["route"] == "human"
+    reopened.set_decoding(task, None)
+    assert "decoding" not in Suite.open(tmp_path / "s").task_info(task)
