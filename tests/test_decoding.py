@@ -175,3 +175,34 @@ def test_trained_suite_stores_decoding_and_every_scorer_uses_it(tiny_bb, small_o
     assert rows[0]["route"] == "human"
     reopened.set_decoding(task, None)
     assert "decoding" not in Suite.open(tmp_path / "s").task_info(task)
+
+
+def test_calibrate_command_fits_and_stores_decoding(tiny_bb, tiny_backbone_path, small_options, demo_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+    from scoreplex.suite import Suite
+
+    runner = CliRunner()
+    out = tmp_path / "suite"
+    common = ["--task-col", "task", "--text-col", "text", "--id-col", "id"]
+    r = runner.invoke(
+        app,
+        ["train", str(demo_files["train"]), "--out", str(out), "--tasks", str(demo_files["tasks"]), "--method", "head",
+         "--backbone", str(tiny_backbone_path), "--epochs", "2", "--no-decoding", "--no-progress", *common],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    suite = Suite.open(out)
+    assert all("decoding" not in suite.task_info(t) for t in suite.task_ids)
+    r = runner.invoke(app, ["calibrate", str(out), str(demo_files["test"]), *common])
+    assert r.exit_code == 0, r.output
+    assert "stored the decoding of" in r.output
+    suite = Suite.open(out)
+    for t in suite.task_ids:
+        dec = suite.decoding(t)
+        assert dec.fitted["n_validation"] > 0 and all(d.temperature != 1.0 for d in dec.dimensions)
+    # data for a task the suite lacks: a clear error, exit code 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,task,text,score\n1,nope,some answer,1\n", encoding="utf-8")
+    r = runner.invoke(app, ["calibrate", str(out), str(bad), *common])
+    assert r.exit_code == 2 and "nope" in r.output

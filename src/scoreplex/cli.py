@@ -242,6 +242,14 @@ def train(
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
     class_weighting: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
+    decoding: Annotated[
+        bool,
+        typer.Option(
+            "--decoding/--no-decoding",
+            help="Fit each task's decoding on its validation split: temperature, ordinal cut points or binary "
+            "thresholds, and a routing threshold at the two raters' agreement when the data has a second score.",
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     delimiter: DelimiterOpt = None,
     progress: Annotated[
@@ -289,6 +297,7 @@ def train(
             val_fraction=val_fraction,
             config=config,
             settings=settings,
+            decoding=decoding,
             progress=progress,
         )
         suite = train_suite(
@@ -405,6 +414,55 @@ def evaluate(
     if markdown:
         write_criteria_markdown(markdown, result, title=f"Deployment criteria: {suite} on {data}")
         typer.echo(f"criteria report written to {markdown}")
+
+
+@app.command()
+def calibrate(
+    suite: Annotated[Path, typer.Argument(help="Suite folder.")],
+    data: Annotated[Path, typer.Argument(help="Held-out scored responses (not the ones the tasks trained on).")],
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    task_id: TaskId = None,
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    second: SecondOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
+    route: Annotated[
+        bool,
+        typer.Option(
+            "--route/--no-route",
+            help="Fit a routing threshold (responses below it go to a human rater) at the two raters' agreement.",
+        ),
+    ] = True,
+    delimiter: DelimiterOpt = None,
+) -> None:
+    """Fit each task's decoding on held-out scored responses and store it in the suite.
+
+    Per rubric dimension: a temperature (calibrated probabilities), cut points on the expected score (ordinal) or
+    a threshold (binary) where they beat argmax out of fold; per task a routing threshold so that the responses
+    scored alone agree with the human score at least as well as a second rater does (the data's second score, or
+    the one recorded at training). `train` does this on its validation split already; use `calibrate` for merged
+    or distilled suites, or a new validation set.
+    """
+    from scoreplex.errors import ScoreplexError
+
+    try:
+        from scoreplex.data.load import read_dataset
+        from scoreplex.decoding import describe_decoding
+        from scoreplex.scorer import calibrate_suite
+        from scoreplex.suite import Suite
+
+        s = Suite.open(suite)
+        specs = {tid: s.spec(tid) for tid in s.task_ids}
+        cols = _columns(text_col, task_col, task_id, id_col, label, second)
+        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
+        fitted = calibrate_suite(s, datasets, backbone, route=route)
+    except ScoreplexError as exc:
+        _fail(exc)
+    for tid, dec in fitted.items():
+        typer.echo(f"{tid}: {describe_decoding(dec)}")
+    typer.echo(f"stored the decoding of {len(fitted)} task(s) in {suite}")
 
 
 @app.command()

@@ -47,6 +47,9 @@ class SuiteScorer:
         backbone: a backbone name / folder or a loaded :class:`Backbone`; None takes the suite's
             (:func:`scoreplex.backbone.suite_backbone`). Checked against the manifest's fingerprint.
         cache_size: task models kept in memory.
+        decoding: decode by each task module's :class:`~scoreplex.decoding.Decoding` (calibration, cut points,
+            routing); False gives the model's own probabilities, argmax and every response automated (for fitting a
+            decoding, or comparing with one).
     """
 
     def __init__(
@@ -55,7 +58,9 @@ class SuiteScorer:
         backbone: str | os.PathLike[str] | Backbone | None = None,
         *,
         cache_size: int = 2,
+        decoding: bool = True,
     ) -> None:
+        self.use_decoding = decoding
         self.suite = suite if isinstance(suite, Suite) else Suite.open(suite)
         self.method = self.suite.method_object
         self.bb = Backbone.for_suite(self.suite, backbone)
@@ -95,7 +100,10 @@ class SuiteScorer:
         return decode(spec, ids, predict_logits(model, enc), self.decoding(task_id))
 
     def decoding(self, task_id: str) -> Decoding:
-        """The task module's :class:`~scoreplex.decoding.Decoding` (SuiteError naming the task if it is invalid)."""
+        """The task module's :class:`~scoreplex.decoding.Decoding` (SuiteError naming the task if it is invalid);
+        argmax at temperature 1 when this scorer was made with ``decoding=False``."""
+        if not self.use_decoding:
+            return Decoding.identity(self.suite.spec(task_id))
         try:
             return self.suite.decoding(task_id)
         except ScoreplexError as exc:
@@ -213,3 +221,42 @@ def evaluate_suite(
     summary["items_auto_meeting_human"] = sum(m["criteria_automated"]["meets_human"] is True for m in per_task.values())
     summary["mean_automation_rate"] = float(np.mean(rates)) if rates else None
     return summary
+
+
+def calibrate_suite(
+    suite: Suite,
+    datasets: Mapping[str, TaskData],
+    backbone: str | os.PathLike[str] | Backbone | None = None,
+    *,
+    route: bool = True,
+    on_task_done=None,
+) -> dict[str, Decoding]:
+    """Fit each task's :class:`~scoreplex.decoding.Decoding` on held-out scored responses and store it in its module
+    (``scoreplex calibrate``): for suites trained with ``decoding=False``, merged suites, or a fresh validation set.
+
+    ``datasets`` must not overlap the responses the task was trained on (the fit would be optimistic). The human
+    reference for routing is the data's own second score when it has one, else the one the module already records.
+    Raises UnknownTaskError for a task the suite lacks and DataError for unscored data.
+    """
+    from scoreplex.decoding import fit_decoding
+
+    scorer = SuiteScorer(suite, backbone, decoding=False)
+    fitted: dict[str, Decoding] = {}
+    for task_id, data in datasets.items():
+        if not suite.has_task(task_id):
+            raise UnknownTaskError(
+                f"the data has task {task_id!r} but the suite does not; suite tasks: {', '.join(suite.task_ids)}."
+            )
+        if not data.has_labels:
+            raise DataError("calibration needs scored responses.", task=task_id, file=data.source or None)
+        reference = human_reference(scorer, data)
+        human = None
+        if reference is not None and reference.qwk is not None and reference.exact is not None:
+            human = {"qwk": reference.qwk, "exact": reference.exact, "adjacent": reference.adjacent, "n": reference.n}
+        raw = scorer.predict(task_id, data.texts, data.ids)
+        decoding = fit_decoding(data.spec, raw.probs, data.labels, human=human, route=route)
+        suite.set_decoding(task_id, decoding)
+        fitted[task_id] = decoding
+        if on_task_done is not None:
+            on_task_done(task_id, decoding)
+    return fitted
