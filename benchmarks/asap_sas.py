@@ -25,6 +25,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
+from scoreplex.decoding import expected_calibration_error
 from scoreplex.encoding import token_lengths
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
@@ -125,25 +126,49 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             ),
         )
-        scorer = SuiteScorer(suite, backbone=args.backbone)
-        evaluation = evaluate_suite(scorer, test_all)
+        decoded, argmax = evaluate_decoded(suite, args.backbone, test_all)
         per_task = {}
         for tid in train_sets:
             info = suite.task_info(tid)
+            dec = suite.decoding(tid)
+            task_eval = decoded["tasks"][tid]
+            auto = task_eval["criteria_automated"]
+            fitted = dec.fitted.get("dimensions", {}).get("score", {})
             per_task[tid] = {
-                "test_qwk": evaluation["tasks"][tid]["qwk"],
-                "test_accuracy": evaluation["tasks"][tid]["accuracy"],
+                "test_qwk": task_eval["qwk"],
+                "test_qwk_argmax": argmax["tasks"][tid]["qwk"],
+                "test_accuracy": task_eval["accuracy"],
                 "val_qwk": info["summary"]["metrics"]["validation"]["qwk"],
+                "decoding_rule": fitted.get("rule"),
+                "temperature": fitted.get("temperature"),
+                "criteria": task_eval["criteria"],
+                "passes_criteria": task_eval["criteria"]["pass"],
+                "passes_criteria_argmax": argmax["tasks"][tid]["criteria"]["pass"],
+                "automation_rate": auto["automation_rate"],
+                "automated_qwk": auto["qwk"],
+                "automated_exact": auto["exact"],
+                "automated_meets_human": auto["meets_human"],
+                "human_exact": auto.get("human_exact"),
+                "ece_before": task_eval["ece_before"],
+                "ece_after": task_eval["ece_after"],
                 "train_seconds": info["summary"]["train"]["seconds"],
                 "epochs_run": info["summary"]["train"]["epochs_run"],
                 "best_epoch": info["summary"]["train"]["best_epoch"],
                 "module_bytes": suite.task_bytes(tid),
             }
+        evaluation = decoded
         results["methods"][method] = {
             "label": LABELS[method],
             "config": configs[method].to_dict(),
             "settings": {k: v for k, v in METHOD_SETTINGS[method].__dict__.items() if k != "extra"},
-            "mean_test_qwk": evaluation["mean_qwk"],
+            "mean_test_qwk": decoded["mean_qwk"],
+            "mean_test_qwk_argmax": argmax["mean_qwk"],
+            "items_passing_criteria": decoded["items_passing_criteria"],
+            "items_passing_criteria_argmax": argmax["items_passing_criteria"],
+            "items_auto_meeting_human": decoded["items_auto_meeting_human"],
+            "mean_automation_rate": decoded["mean_automation_rate"],
+            "mean_ece_before": float(np.mean([t["ece_before"] for t in per_task.values()])),
+            "mean_ece_after": float(np.mean([t["ece_after"] for t in per_task.values()])),
             "suite_bytes": Suite.open(suite.root, verify=False).total_bytes,
             "mean_train_seconds_per_task": float(np.mean([p["train_seconds"] for p in per_task.values()])),
             "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
@@ -165,6 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
         results["items"][tid] = row
     summary = {f"{m}_mean_qwk": results["methods"][m]["mean_test_qwk"] for m in methods}
     summary["human_mean_qwk"] = float(np.mean([r["human_qwk"] for r in results["items"].values()]))
+    primary = "lora" if "lora" in methods else methods[0]  # the default method carries the top-level figures
+    summary["primary_method"] = primary
+    for key in ("items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate", "mean_ece_after"):
+        summary[key] = results["methods"][primary][key]
+    summary["mean_ece_before"] = results["methods"][primary]["mean_ece_before"]
     if "lora" in methods and "full" in methods:
         summary["lora_minus_full"] = summary["lora_mean_qwk"] - summary["full_mean_qwk"]
         a = [results["items"][t]["lora_qwk"] for t in results["items"]]
@@ -200,6 +230,33 @@ def main(argv: list[str] | None = None) -> dict:
     plot(report, methods, out / "asap-sas.png")
     print(f"wrote {out / 'asap-sas.json'}, {out / 'asap-sas.md'}, {out / 'asap-sas.png'}")
     return report
+
+
+class _Fixed:
+    """A scorer-like view of predictions already made (so argmax and decoded results share one encoder pass)."""
+
+    def __init__(self, suite: Suite, preds: dict) -> None:
+        self.suite, self.preds = suite, preds
+
+    def predict(self, task_id, texts, ids):
+        return self.preds[task_id]
+
+
+def evaluate_decoded(suite: Suite, backbone: str, test: dict) -> tuple[dict, dict]:
+    """Test-set evaluations (with the deployment criteria) of the suite's decoding and of plain argmax, from one pass
+    of the model; the decoded one also carries each task's top-label ECE before and after temperature scaling."""
+    raw_scorer = SuiteScorer(suite, backbone=backbone, decoding=False)
+    raw, decoded = {}, {}
+    for tid, data in test.items():
+        raw[tid] = raw_scorer.predict(tid, data.texts, data.ids)
+        decoded[tid] = suite.decoding(tid).predictions(data.spec, data.ids, raw[tid].probs)
+    with_decoding = evaluate_suite(_Fixed(suite, decoded), test)
+    plain = evaluate_suite(_Fixed(suite, raw), test)
+    for tid, data in test.items():
+        y = data.labels[:, 0]
+        with_decoding["tasks"][tid]["ece_before"] = expected_calibration_error(raw[tid].probs[0], y)
+        with_decoding["tasks"][tid]["ece_after"] = expected_calibration_error(decoded[tid].probs[0], y)
+    return with_decoding, plain
 
 
 def _mb(n: float) -> str:
@@ -271,8 +328,70 @@ def markdown(r: dict, methods: list[str]) -> str:
             f"{r['lora_mean_qwk']:.3f}, {met(r['lora_mean_qwk'] >= 0.78)}; LoRA within 0.02 of full fine-tuning — "
             f"{r['lora_minus_full']:+.3f}, {met(abs(r['lora_minus_full']) <= 0.02)}.",
         ]
-    lines += ["", "![per-item test QWK](asap-sas.png)", "", HOW_CHOSEN]
+    lines += criteria_section(r, r["primary_method"])
+    lines += ["", "![per-item test QWK and automation rate](asap-sas.png)", "", HOW_CHOSEN]
     return "\n".join(lines)
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _yes(x) -> str:
+    return "–" if x is None else ("pass" if x else "**fail**")
+
+
+def criteria_section(r: dict, method: str) -> list[str]:
+    """Deployment criteria (every response automated), routing and calibration of ``method`` on test."""
+    m = r["methods"][method]
+    lines = [
+        "",
+        f"## {LABELS[method]}: deployment criteria, routing and calibration (test)",
+        "",
+        "Criteria of Williamson, Xi & Breyer (2012) with every response scored by the engine: QWK ≥ 0.70, "
+        "degradation (human–human QWK − engine QWK) ≤ 0.10, |SMD| ≤ 0.15; the human–human figures are Score1 vs "
+        "Score2 on train.tsv, as recorded in each task module. *Routing*: responses whose confidence is below the "
+        "task's threshold (chosen on validation) go to a human rater; the automated part must agree with the human "
+        "score at least as well as a second rater (QWK and exact agreement). ECE: top-label expected calibration "
+        "error, 15 bins, before and after the task's temperature.",
+        "",
+        "| item | QWK (argmax) | QWK (decoded) | rule | degradation | SMD | criteria | automation | auto QWK "
+        "| auto exact | human QWK / exact | auto ≥ human | T | ECE before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tid, t in m["tasks"].items():
+        c = t["criteria"]
+        lines.append(
+            f"| {tid} | {_f(t['test_qwk_argmax'])} | {_f(t['test_qwk'])} | {t['decoding_rule']} "
+            f"| {_f(c['degradation'])} | {_f(c['smd'], '+.3f')} | {_yes(t['passes_criteria'])} "
+            f"| {_f(t['automation_rate'], '.0%')} | {_f(t['automated_qwk'])} | {_f(t['automated_exact'])} "
+            f"| {_f(c['human_qwk'])} / {_f(t['human_exact'])} | {_yes(t['automated_meets_human'])} "
+            f"| {_f(t['temperature'], '.2f')} | {_f(t['ece_before'])} → {_f(t['ece_after'])} |"
+        )
+    lines += [
+        "",
+        f"Items passing the criteria with every response automated: **{m['items_passing_criteria']} of "
+        f"{len(m['tasks'])}** (argmax decoding: {m['items_passing_criteria_argmax']}). With routing, items whose "
+        f"automated part meets human–human agreement on test: **{m['items_auto_meeting_human']} of "
+        f"{len(m['tasks'])}**, mean automation rate **{_f(m['mean_automation_rate'], '.1%')}**. Mean ECE "
+        f"{m['mean_ece_before']:.3f} → **{m['mean_ece_after']:.3f}** after temperature scaling.",
+    ]
+    others = [k for k in r["methods"] if k != method]
+    if others:
+        lines += [
+            "",
+            "| method | mean QWK argmax | mean QWK decoded | items passing (decoded) | items auto ≥ human "
+            "| mean automation | mean ECE before → after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, mm in r["methods"].items():
+            lines.append(
+                f"| {LABELS[k]} | {mm['mean_test_qwk_argmax']:.4f} | {mm['mean_test_qwk']:.4f} "
+                f"| {mm['items_passing_criteria']} | {mm['items_auto_meeting_human']} "
+                f"| {_f(mm['mean_automation_rate'], '.1%')} "
+                f"| {mm['mean_ece_before']:.3f} → {mm['mean_ece_after']:.3f} |"
+            )
+    return lines
 
 
 def plot(r: dict, methods: list[str], path: Path) -> None:
@@ -284,12 +403,20 @@ def plot(r: dict, methods: list[str], path: Path) -> None:
     items = list(r["items"])
     series = [("human", "human–human")] + [(m, LABELS[m]) for m in methods]
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 7.2), height_ratios=[3, 2], sharex=True)
     x = np.arange(len(items))
+    primary = r["methods"][r["primary_method"]]["tasks"]
+    rates = [primary[t]["automation_rate"] or 0.0 for t in items]
+    colors = ["tab:green" if primary[t]["automated_meets_human"] else "tab:red" for t in items]
+    ax2.bar(x, rates, 0.6, color=colors)
+    ax2.set_ylabel(f"automated share\n({LABELS[r['primary_method']]})")
+    ax2.set_ylim(0, 1)
+    ax2.grid(axis="y", alpha=0.3)
+    ax2.set_title("routing: green = automated part meets human–human agreement on test, red = it does not", fontsize=9)
     for i, (key, label) in enumerate(series):
         vals = [r["items"][t][f"{key}_qwk"] for t in items]
         ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=label)
-    ax.set_xticks(x, [t.replace("asap-", "item ") for t in items])
+    ax2.set_xticks(x, [t.replace("asap-", "item ") for t in items])
     ax.set_ylabel("QWK (test)")
     ax.set_ylim(0.4, 1.0)
     ax.legend(ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)

@@ -127,7 +127,13 @@ def test_binary_dimensions_get_thresholds():
 
 
 def test_round_trip_and_untrusted_json_is_rejected_clearly():
-    dec = Decoding((DimensionDecoding(1.7, "cutpoints", (0.4, 1.6, 2.2)),), 0.55, {"qwk": 0.9, "exact": 0.8}, {})
+    dec = Decoding(
+        (DimensionDecoding(1.7, "cutpoints", (0.4, 1.6, 2.2)),),
+        0.55,
+        {"qwk": 0.9, "exact": 0.8},
+        {"qwk": 0.7, "exact": 0.9, "n": 40},
+        {},
+    )
     again = Decoding.from_dict(json.loads(json.dumps(dec.to_dict())), SPEC)
     assert again == dec
     assert Decoding.from_dict(None, SPEC) == Decoding.identity(SPEC)
@@ -206,3 +212,29 @@ def test_calibrate_command_fits_and_stores_decoding(tiny_bb, tiny_backbone_path,
     bad.write_text("id,task,text,score\n1,nope,some answer,1\n", encoding="utf-8")
     r = runner.invoke(app, ["calibrate", str(out), str(bad), *common])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+def test_routing_holds_the_engine_to_the_second_rater_on_the_same_responses():
+    """A confident subset that is almost all one score has a low QWK for any pair of raters; with the second
+    rater's scores the threshold compares like with like and still automates it."""
+    rng = np.random.default_rng(5)
+    n = 400
+    y = np.where(rng.random(n) < 0.5, 0, rng.integers(1, 4, n))
+    easy = y == 0  # blank-like answers: the model is sure, and right
+    guess = np.where(easy, 0, np.clip(y + rng.integers(-1, 2, n), 0, 3))
+    p = np.full((n, 4), 0.0)
+    p[np.arange(n), guess] = np.where(easy, 0.97, 0.45)
+    p += (1 - p.sum(axis=1, keepdims=True)) / 4
+    second = np.where(rng.random(n) < 0.9, y, np.clip(y + 1, 0, 3))  # a second rater agreeing 90% of the time
+    human = agreement(SPEC, y[:, None], second[:, None])
+    global_only = fit_decoding(SPEC, [p], y[:, None], human=human)
+    same_responses = fit_decoding(SPEC, [p], y[:, None], human=human, second=second[:, None])
+    assert same_responses.human_automated is not None
+    assert same_responses.human_automated["qwk"] < human["qwk"]  # the narrower range lowers the raters' QWK too
+    pred = same_responses.predictions(SPEC, [str(i) for i in range(n)], [p])
+    assert pred.automated.mean() >= 0.4
+    auto = pred.automated
+    a = agreement(SPEC, y[auto][:, None], pred.labels[auto])
+    h = agreement(SPEC, y[auto][:, None], second[auto][:, None])
+    assert a["qwk"] >= h["qwk"] and a["exact"] >= h["exact"]
+    assert global_only.human_automated is None

@@ -86,6 +86,10 @@ class Decoding:
     (:data:`ALL_HUMAN`) sends every response to a human rater."""
     human: Mapping[str, Any] | None = None
     """Agreement of two human raters on the training data: ``{"qwk", "exact", "adjacent", "n"}``."""
+    human_automated: Mapping[str, Any] | None = None
+    """Agreement of the two raters on the validation responses the routing threshold automates (``{"qwk",
+    "exact", "n"}``): the fair yardstick of the automated part, which holds the responses the engine is surest of
+    (and a narrower score range, which lowers any rater pair's QWK)."""
     fitted: Mapping[str, Any] = field(default_factory=dict)
     """Validation figures of the fit (for reports only; scoring never reads them)."""
 
@@ -120,6 +124,8 @@ class Decoding:
         }
         if self.human is not None:
             out["human"] = dict(self.human)
+        if self.human_automated is not None:
+            out["human_automated"] = dict(self.human_automated)
         if self.fitted:
             out["fitted"] = dict(self.fitted)
         return out
@@ -175,8 +181,10 @@ class Decoding:
             raise bad(f"route_threshold is {route!r}, not null or a number in [0, {ALL_HUMAN}]")
         human = d.get("human")
         human = dict(human) if isinstance(human, Mapping) else None
+        human_auto = d.get("human_automated")
+        human_auto = dict(human_auto) if isinstance(human_auto, Mapping) else None
         fitted = d.get("fitted") if isinstance(d.get("fitted"), Mapping) else {}
-        return cls(tuple(dims), None if route is None else float(route), human, dict(fitted))
+        return cls(tuple(dims), None if route is None else float(route), human, human_auto, dict(fitted))
 
 
 def _finite(x: Any) -> bool:
@@ -276,19 +284,44 @@ def agreement(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dict[st
 
 
 def fit_route_threshold(
-    spec: TaskSpec, confidence: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, human: Mapping[str, Any]
+    spec: TaskSpec,
+    confidence: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    human: Mapping[str, Any],
+    second: np.ndarray | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """The lowest confidence threshold whose automated responses (confidence >= it, at least :data:`MIN_AUTOMATED`)
-    agree with ``y_true`` at least as well as two humans do (QWK and exact agreement), and its validation figures;
-    :data:`ALL_HUMAN` when no threshold does."""
+    agree with the human score ``y_true`` at least as well as a second human rater does, in QWK and exact agreement;
+    :data:`ALL_HUMAN` when no threshold does.
+
+    With ``second`` (``(N, D)`` second-rater scores of the same responses, -1 where absent) the second rater is
+    judged on the same automated responses, so both sides face the same, narrower score range; without it, on the
+    reference ``human`` (the two raters over all double-scored training responses). Returns the threshold and its
+    validation figures (``automation_rate``, ``auto_qwk``, ``auto_exact``, ``human_qwk``, ``human_exact``)."""
     order = np.sort(np.unique(confidence))
+    has_second = second is not None and np.all(second >= 0, axis=1).sum() >= MIN_AUTOMATED
     for t in order:
         auto = confidence >= t
         if auto.sum() < MIN_AUTOMATED:
             break
         a = agreement(spec, y_true[auto], y_pred[auto])
-        if a["n"] >= MIN_AUTOMATED and a["qwk"] >= human["qwk"] and a["exact"] >= human["exact"]:
-            return float(t), {"automation_rate": float(auto.mean()), **{f"auto_{k}": v for k, v in a.items()}}
+        if has_second:
+            both = auto & np.all(second >= 0, axis=1)
+            if both.sum() < MIN_AUTOMATED:
+                break
+            h = agreement(spec, y_true[both], second[both])
+        else:
+            h = {"qwk": human["qwk"], "exact": human["exact"], "n": human.get("n")}
+        if a["n"] >= MIN_AUTOMATED and a["qwk"] >= h["qwk"] and a["exact"] >= h["exact"]:
+            return float(t), {
+                "automation_rate": float(auto.mean()),
+                **{f"auto_{k}": v for k, v in a.items()},
+                "human_qwk": h["qwk"],
+                "human_exact": h["exact"],
+                "human_n": h["n"],
+                "human_on": "the automated responses" if has_second else "all double-scored training responses",
+            }
     return ALL_HUMAN, {"automation_rate": 0.0}
 
 
@@ -362,6 +395,7 @@ def fit_decoding(
     labels: np.ndarray,
     *,
     human: Mapping[str, Any] | None = None,
+    second: np.ndarray | None = None,
     route: bool = True,
     seed: int = 0,
 ) -> Decoding:
@@ -372,6 +406,8 @@ def fit_decoding(
         probs: the model's class probabilities per dimension ``[(N, K_d)]`` on the validation responses.
         labels: ``(N, D)`` human scores (``-1``: not scored; such rows are left out of that dimension's fit).
         human: agreement of two human raters (:func:`agreement` of the training data's two scores); routing needs it.
+        second: ``(N, D)`` second-rater scores of the validation responses (-1: none), when there are; the routing
+            threshold then holds the engine to the second rater's agreement on the same automated responses.
         route: fit a routing threshold (when ``human`` is given).
         seed: seeds the halves of the cross-fitting that decides whether a tuned rule beats argmax.
 
@@ -387,13 +423,17 @@ def fit_decoding(
         decoding_d, report = _fit_dimension(dim, p[rows], labels[rows, d], seed)
         dims.append(decoding_d)
         fitted["dimensions"][dim.name] = report
-    decoding = Decoding(tuple(dims), None, dict(human) if human else None, fitted)
+    decoding = Decoding(tuple(dims), None, dict(human) if human else None, None, fitted)
     pred = decoding.predictions(spec, [str(i) for i in range(len(labels))], list(probs))
     fitted["decoded"] = agreement(spec, labels, pred.labels)
     if route and human and _finite(human.get("qwk")) and _finite(human.get("exact")):
-        threshold, route_report = fit_route_threshold(spec, pred.confidence, labels, pred.labels, human)
+        second = None if second is None else np.asarray(second).reshape(len(labels), -1)
+        threshold, route_report = fit_route_threshold(spec, pred.confidence, labels, pred.labels, human, second)
         fitted["routing"] = route_report
-        decoding = Decoding(decoding.dimensions, threshold, decoding.human, fitted)
+        human_auto = None
+        if "human_qwk" in route_report and second is not None:
+            human_auto = {k: route_report[f"human_{k}"] for k in ("qwk", "exact", "n")}
+        decoding = Decoding(decoding.dimensions, threshold, decoding.human, human_auto, fitted)
     return decoding
 
 

@@ -927,8 +927,8 @@ def automated_criteria(
     reference: HumanReference | None = None,
     criteria: Criteria | None = None,
 ) -> dict[str, Any]:
-    """:func:`deployment_criteria` on the responses the engine scores alone (``automated``), held against the
-    same human-human reference as all responses.
+    """:func:`deployment_criteria` on the responses the engine scores alone (``automated``), held against
+    ``reference``.
 
     Args:
         spec, y_true, y_pred, reference, criteria: as :func:`deployment_criteria`.
@@ -942,9 +942,9 @@ def automated_criteria(
         score at least as well as two humans do (``qwk >= human_qwk`` and ``exact >= human_exact``, the test
         :mod:`scoreplex.decoding` fits its routing threshold to), None when either side is unavailable.
 
-        The reference is computed on all double-scored responses, not only the automated ones; since the engine
-        automates the responses it is surest of, which tend to be the easier ones for humans too, ``meets_human``
-        flatters the engine somewhat compared with human agreement on the same responses.
+        Give as ``reference`` the two raters' agreement on the automated responses themselves where it is known
+        (:func:`scoreplex.scorer.automated_reference`): the engine automates the responses it is surest of, which
+        span a narrower score range (lowering any rater pair's QWK) and tend to be easier for humans too.
 
     Raises:
         ConfigError: as :func:`deployment_criteria`, or when ``automated`` is not ``(N,)`` of booleans.

@@ -10,6 +10,7 @@ around the one shared backbone and keeps the most recent ones; it serves every m
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -156,6 +157,27 @@ def human_reference(scorer, data: TaskData) -> HumanReference | None:
     return training_reference(decoding.get("human") if isinstance(decoding, Mapping) else None)
 
 
+def automated_reference(scorer, data: TaskData, automated: np.ndarray) -> HumanReference | None:
+    """The yardstick of the automated part: agreement of two humans on the responses the engine scores alone.
+
+    The data's own second score on the automated responses where it has one (source ``"data"``); else the module's
+    ``decoding.human_automated`` record, the second rater on the validation responses its routing threshold
+    automates (source ``"validation, automated responses"``); else :func:`human_reference` over all responses. The
+    automated responses are the ones the engine is surest of and span a narrower score range, which lowers any
+    rater pair's QWK, so a reference on the same kind of responses is the fair one.
+    """
+    if data.second is not None and automated.any():
+        ref = reference_from_scores(data.spec, data.labels[automated], data.second[automated])
+        if ref is not None:
+            return ref
+    decoding = scorer.suite.task_info(data.spec.id).get("decoding") or {}
+    record = decoding.get("human_automated") if isinstance(decoding, Mapping) else None
+    ref = training_reference(record)
+    if ref is not None:
+        return dataclasses.replace(ref, source="validation, automated responses")
+    return human_reference(scorer, data)
+
+
 def evaluate_suite(
     scorer, datasets: Mapping[str, TaskData], *, progress: bool = True, criteria: Criteria | None = None
 ) -> dict[str, Any]:
@@ -199,13 +221,17 @@ def evaluate_suite(
             if human:
                 metrics["human"] = human
         reference = human_reference(scorer, data)
-        automated = getattr(pred, "automated", None)  # None: no routing, every response automated
-        automated = np.ones(len(data), dtype=bool) if automated is None else automated
+        automated = np.asarray(pred.automated, dtype=bool)
         metrics["criteria"] = deployment_criteria(
             data.spec, data.labels, pred.labels, reference=reference, criteria=criteria
         )
         metrics["criteria_automated"] = automated_criteria(
-            data.spec, data.labels, pred.labels, automated, reference=reference, criteria=criteria
+            data.spec,
+            data.labels,
+            pred.labels,
+            automated,
+            reference=automated_reference(scorer, data, automated),
+            criteria=criteria,
         )
         per_task[task_id] = metrics
     summary = {
@@ -254,7 +280,7 @@ def calibrate_suite(
         if reference is not None and reference.qwk is not None and reference.exact is not None:
             human = {"qwk": reference.qwk, "exact": reference.exact, "adjacent": reference.adjacent, "n": reference.n}
         raw = scorer.predict(task_id, data.texts, data.ids)
-        decoding = fit_decoding(data.spec, raw.probs, data.labels, human=human, route=route)
+        decoding = fit_decoding(data.spec, raw.probs, data.labels, human=human, second=data.second, route=route)
         suite.set_decoding(task_id, decoding)
         fitted[task_id] = decoding
         if on_task_done is not None:

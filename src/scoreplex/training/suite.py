@@ -263,7 +263,7 @@ def fit_task_decoding(
     with torch.no_grad():
         logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length))
     probs = [p.numpy().astype(np.float64) for p in probabilities(logits, val.spec.class_counts)]
-    return fit_decoding(val.spec, probs, val.labels, human=human)
+    return fit_decoding(val.spec, probs, val.labels, human=human, second=val.second)
 
 
 def pick_max_length(bb: Backbone, datasets: Mapping[str, TaskData]) -> tuple[int, float]:
