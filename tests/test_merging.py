@@ -267,9 +267,11 @@ def lora_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path):
 
 
 def _scorer(suite, path):
+    """The models' own probabilities: a merged task keeps neither its source's decoding nor a stacked lexical model
+    (both were fitted to the unmerged model; `scoreplex calibrate` refits them)."""
     from scoreplex.scorer import SuiteScorer
 
-    return SuiteScorer(suite.root, backbone=str(path))
+    return SuiteScorer(suite.root, backbone=str(path), decoding=False, lexical=False)
 
 
 def test_features_are_subsampled_by_id_and_cached(full_suite, demo_datasets, tiny_backbone_path, tmp_path):

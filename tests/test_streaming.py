@@ -364,6 +364,7 @@ def test_output_columns_cover_every_dimension_once():
         "prob_claim_0",
         "prob_claim_1",
         "confidence",
+        "route",
     ]
 
 

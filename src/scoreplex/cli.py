@@ -242,6 +242,14 @@ def train(
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
     class_weighting: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
+    lexical: Annotated[
+        bool,
+        typer.Option(
+            "--lexical/--no-lexical",
+            help="Fit a per-task TF-IDF + logistic-regression model and stack it onto the neural head where "
+            "validation says it helps (cross-fitted; otherwise nothing is stored).",
+        ),
+    ] = True,
     decoding: Annotated[
         bool,
         typer.Option(
@@ -298,6 +306,7 @@ def train(
             config=config,
             settings=settings,
             decoding=decoding,
+            lexical=lexical,
             progress=progress,
         )
         suite = train_suite(

@@ -23,6 +23,7 @@ from scoreplex.data.dataset import TaskData
 from scoreplex.decoding import Decoding
 from scoreplex.encoding import encode_texts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
+from scoreplex.heads import probabilities
 from scoreplex.methods import TaskModel
 from scoreplex.methods.base import task_module_error
 from scoreplex.metrics import (
@@ -35,7 +36,8 @@ from scoreplex.metrics import (
     reference_from_scores,
     training_reference,
 )
-from scoreplex.predictions import MixedScorer, Predictions, decode, from_probabilities, group_by_task, predict_logits
+from scoreplex.predictions import MixedScorer, Predictions, from_probabilities, group_by_task, predict_logits
+from scoreplex.stacking import LexicalStack
 from scoreplex.suite import Suite
 
 
@@ -51,6 +53,8 @@ class SuiteScorer:
         decoding: decode by each task module's :class:`~scoreplex.decoding.Decoding` (calibration, cut points,
             routing); False gives the model's own probabilities, argmax and every response automated (for fitting a
             decoding, or comparing with one).
+        lexical: stack each task module's lexical model onto the neural probabilities where it has one
+            (:mod:`scoreplex.stacking`); False gives the neural head's alone (for fitting the stacking weight).
     """
 
     def __init__(
@@ -60,8 +64,10 @@ class SuiteScorer:
         *,
         cache_size: int = 2,
         decoding: bool = True,
+        lexical: bool = True,
     ) -> None:
         self.use_decoding = decoding
+        self.use_lexical = lexical
         self.suite = suite if isinstance(suite, Suite) else Suite.open(suite)
         self.method = self.suite.method_object
         self.bb = Backbone.for_suite(self.suite, backbone)
@@ -98,7 +104,20 @@ class SuiteScorer:
             return from_probabilities(spec, [], [np.zeros((0, k)) for k in spec.class_counts])
         enc = encode_texts(self.bb.tokenizer, list(texts), self.max_length)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        return decode(spec, ids, predict_logits(model, enc), self.decoding(task_id))
+        probs = [p.numpy() for p in probabilities(predict_logits(model, enc), spec.class_counts)]
+        stack = self.lexical(task_id)
+        if stack is not None:
+            probs = stack.apply(probs, list(texts))
+        return from_probabilities(spec, ids, probs, self.decoding(task_id))
+
+    def lexical(self, task_id: str) -> LexicalStack | None:
+        """The task module's stacked lexical model (None without one, or when made with ``lexical=False``)."""
+        if not self.use_lexical:
+            return None
+        try:
+            return self.suite.lexical(task_id)
+        except ScoreplexError as exc:
+            raise task_module_error(task_id, exc) from exc
 
     def decoding(self, task_id: str) -> Decoding:
         """The task module's :class:`~scoreplex.decoding.Decoding` (SuiteError naming the task if it is invalid);

@@ -180,6 +180,7 @@ class Suite:
         self.root = Path(root)
         self.manifest = manifest
         self.cache_bytes = cache_bytes
+        self._lexical_cache: dict[tuple[str, str, str], Any] = {}
         self.hash_counts: Counter[str] = Counter()
         """How many times each file (path relative to the root) was hash-checked by this object."""
         self._cache: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()  # (file, sha256) -> (parsed, bytes)
@@ -319,11 +320,14 @@ class Suite:
         *,
         shared: str | None = None,
         decoding: dict[str, Any] | None = None,
+        lexical: dict[str, Any] | None = None,
     ) -> None:
         """Write one task's module and record it in the manifest (replacing an existing one of the same id).
 
         ``shared`` names a module written by :meth:`add_shared` that this task's tensors complete; ``decoding`` is
-        its :class:`scoreplex.decoding.Decoding` as a dict (calibration, decoding rule, routing threshold).
+        its :class:`scoreplex.decoding.Decoding` as a dict (calibration, decoding rule, routing threshold);
+        ``lexical`` the record of a stacked lexical model (:mod:`scoreplex.stacking`) whose ``lexical.*`` tensors are
+        among ``tensors``.
         """
         from safetensors.torch import save_file
 
@@ -338,6 +342,8 @@ class Suite:
         info = {"spec": spec.to_dict(), "method": self.manifest["method"], "config": config, "summary": summary}
         if decoding is not None:
             info["decoding"] = decoding
+        if lexical is not None:
+            info["lexical"] = lexical
         write_json_atomic(folder / TASK_FILE, info)
         files = {name: sha256_file(folder / name) for name in TASK_FILES}
         entry = {
@@ -518,12 +524,55 @@ class Suite:
             raise SuiteError(f"task {task_id!r}: its {TASK_FILE} describes task {spec.id!r}; restore the suite folder.")
         return spec
 
-    def module_tensors(self, task_id: str) -> dict:
-        """The task's own tensors (its ``module.safetensors``), verified. Do not modify them in place: they are
-        shared by every consumer in this process."""
+    def module_tensors(self, task_id: str, *, lexical: bool = False) -> dict:
+        """The task's own tensors (its ``module.safetensors``), verified: the neural ones, or with ``lexical`` also
+        those of its stacked lexical model (``lexical.*``, :mod:`scoreplex.stacking`). Do not modify them in place:
+        they are shared by every consumer in this process."""
         digest = self._entry(task_id)["files"][MODULE_FILE]
         what = f"task {task_id!r}"
-        return self._read(f"tasks/{task_id}/{MODULE_FILE}", digest, what, lambda b: _load_tensors(b, what))
+        tensors = self._read(f"tasks/{task_id}/{MODULE_FILE}", digest, what, lambda b: _load_tensors(b, what))
+        if lexical:
+            return tensors
+        return {k: v for k, v in tensors.items() if not k.startswith("lexical.")}
+
+    def lexical(self, task_id: str):
+        """The task's stacked lexical model (:class:`scoreplex.stacking.LexicalStack`) or None; built once per
+        module version; SuiteError naming the task when it is inconsistent."""
+        from scoreplex.stacking import LexicalStack, split_tensors
+
+        info = self.task_info(task_id)
+        if info.get("lexical") is None:
+            return None
+        key = (task_id, self._entry(task_id)["files"][MODULE_FILE], self._entry(task_id)["files"][TASK_FILE])
+        if key not in self._lexical_cache:
+            _, tensors = split_tensors(self.module_tensors(task_id, lexical=True))
+            self._lexical_cache[key] = LexicalStack.from_module(self.spec(task_id), tensors, info["lexical"])
+        return self._lexical_cache[key]
+
+    def set_lexical(self, task_id: str, stack) -> None:
+        """Store (or with None, drop) a task's stacked lexical model: its module file and ``task.json`` are rewritten
+        atomically and re-hashed, under the suite's lock."""
+        from safetensors.torch import save_file
+
+        folder = self.path("tasks", task_id)
+        with self.edit() as m:
+            entry = m["tasks"].get(task_id)
+            if entry is None:
+                raise UnknownTaskError(f"task {task_id!r} is not in the suite at {self.root}.")
+            self.manifest = m
+            info = dict(self.task_info(task_id))
+            tensors = dict(self.module_tensors(task_id))  # the neural ones
+            if stack is None:
+                info.pop("lexical", None)
+            else:
+                lexical_tensors, info["lexical"] = stack.record()
+                tensors.update(lexical_tensors)
+            tmp = folder / f".{MODULE_FILE}.{os.getpid()}.tmp"
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"task": task_id})
+            os.replace(tmp, folder / MODULE_FILE)
+            write_json_atomic(folder / TASK_FILE, info)
+            entry["files"] = {name: sha256_file(folder / name) for name in TASK_FILES}
+            entry["bytes"] = sum((folder / n).stat().st_size for n in TASK_FILES)
 
     def shared_tensors(self, name: str) -> dict:
         """Tensors of one shared module, verified (read once per process)."""

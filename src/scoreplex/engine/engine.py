@@ -252,14 +252,17 @@ class Engine:
         rows get ``{"task", "error"}`` instead and the other rows are scored.
         """
         out = []
-        for (task_id, _), item in zip(pairs, self._run(pairs, on_error), strict=True):
+        for (task_id, text), item in zip(pairs, self._run(pairs, on_error), strict=True):
             if isinstance(item, Exception):
                 out.append({"task": str(task_id), "error": str(item)})
                 continue
             module, probs = item
             spec = module.spec
             names = spec.dimension_names
-            pred = from_probabilities(spec, [""], [p[None, :] for p in probs], module.decoding)
+            probs = [p[None, :] for p in probs]
+            if module.lexical is not None:
+                probs = module.lexical.apply(probs, [text])
+            pred = from_probabilities(spec, [""], probs, module.decoding)
             out.append(
                 {
                     "task": spec.id,
@@ -290,5 +293,7 @@ class Engine:
             module = items[positions[0]][0]
             spec = module.spec
             probs = [np.stack([items[i][1][d] for i in positions]) for d in range(len(spec.class_counts))]
+            if module.lexical is not None:
+                probs = module.lexical.apply(probs, [texts[i] for i in positions])
             out.append((positions, from_probabilities(spec, [ids[i] for i in positions], probs, module.decoding)))
         return out

@@ -29,6 +29,7 @@ from scoreplex.decoding import Decoding
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
 from scoreplex.heads import ScoringHead
 from scoreplex.methods.base import MODULE_FIX, task_module_error
+from scoreplex.stacking import LexicalStack, split_tensors
 from scoreplex.suite import MODULE_FILE, Suite
 from scoreplex.tasks import TaskSpec
 
@@ -60,6 +61,8 @@ class ResidentModule:
     """Unique name of this loaded instance (``task#n``): a replaced task's old and new modules never share it."""
     decoding: Decoding | None = None
     """The task's calibration, decoding rule and routing threshold (None: argmax, all automated)."""
+    lexical: LexicalStack | None = None
+    """The task's stacked lexical model (:mod:`scoreplex.stacking`), None without one."""
     pins: int = field(default=0, repr=False)
     retired: bool = field(default=False, repr=False)
 
@@ -241,6 +244,7 @@ class AdapterStore:
         module = self.parse(task_id, self.suite.spec(task_id), info.get("config", {}), tensors)
         try:
             module.decoding = self.suite.decoding(task_id)
+            module.lexical = self.suite.lexical(task_id)
         except ScoreplexError as exc:
             raise task_module_error(task_id, exc) from exc
         module.sha256 = files[MODULE_FILE]
@@ -257,7 +261,7 @@ class AdapterStore:
                     raise SuiteError(f"its spec is invalid ({exc}); {MODULE_FIX}.") from None
             if spec.id != task_id:
                 raise SuiteError(f"its task.json describes task {spec.id!r}; {MODULE_FIX}.")
-            parsed = self.method.parse(task_id, spec, config, tensors, self.hidden)
+            parsed = self.method.parse(task_id, spec, config, split_tensors(tensors)[0], self.hidden)
         except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
             raise task_module_error(task_id, exc) from exc
         return ResidentModule(
@@ -284,6 +288,7 @@ class AdapterStore:
         *,
         replace: bool = False,
         decoding: dict[str, Any] | None = None,
+        lexical: dict[str, Any] | None = None,
     ) -> None:
         """Write a task module into the suite (atomically) and serve it from the next request.
 
@@ -303,15 +308,17 @@ class AdapterStore:
             if self.suite.has_task(spec.id) and not replace:
                 raise ConfigError(f"task {spec.id!r} is already in the suite; pass replace=True to overwrite it.")
             module = self.parse(spec.id, spec, config, tensors)
-            if decoding is not None:
-                try:
+            try:
+                if decoding is not None:
                     Decoding.from_dict(decoding, spec)
-                except ScoreplexError as exc:
-                    raise task_module_error(spec.id, exc) from exc
+                if lexical is not None:
+                    LexicalStack.from_module(spec, split_tensors(tensors)[1], lexical)
+            except ScoreplexError as exc:
+                raise task_module_error(spec.id, exc) from exc
             if self.on_check is not None:
                 self.on_check(module)  # fits the engine's encoder? checked before anything is written
             self.evict(spec.id)
-            self.suite.add_task(spec, tensors, config, summary or {}, decoding=decoding)
+            self.suite.add_task(spec, tensors, config, summary or {}, decoding=decoding, lexical=lexical)
 
     def replace(self, spec: TaskSpec, tensors: dict[str, torch.Tensor], config: dict[str, Any], summary=None) -> None:
         """Overwrite an existing task's module (UnknownTaskError if there is none)."""
@@ -332,6 +339,7 @@ class AdapterStore:
                 "differ. Retrain the task with this suite's backbone, method and pooling."
             )
         info, tensors = src.load_module(task_id)
+        tensors = {**tensors, **split_tensors(src.module_tensors(task_id, lexical=True))[1]}
         self.add(
             TaskSpec.from_dict(info["spec"]),
             tensors,
@@ -339,6 +347,7 @@ class AdapterStore:
             info.get("summary", {}),
             replace=replace,
             decoding=info.get("decoding"),
+            lexical=info.get("lexical"),
         )
 
     def remove(self, task_id: str) -> None:

@@ -23,6 +23,7 @@ from scoreplex.methods import METHODS, MethodSettings, TaskModel, get_method
 from scoreplex.metrics import evaluate_task
 from scoreplex.predictions import decode, embed_all, predict_logits
 from scoreplex.progress import progress_log
+from scoreplex.stacking import LexicalStack, fit_stack
 from scoreplex.suite import Suite
 from scoreplex.training.loop import FitResult, TrainConfig, checkpoint_epochs, fit
 
@@ -51,6 +52,10 @@ class TrainOptions:
     val_fraction: float = 0.1
     config: TrainConfig = field(default_factory=TrainConfig)
     settings: MethodSettings = field(default_factory=MethodSettings)
+    lexical: bool = True
+    """After training, fit a per-task lexical model (word + character n-gram TF-IDF, logistic regression) on the
+    training responses and stack it onto the neural head where validation says it helps
+    (:mod:`scoreplex.stacking`); a task whose cross-fitted check fails stores nothing."""
     decoding: bool = True
     """After training, fit the task's decoding on its validation split (:func:`scoreplex.decoding.fit_decoding`:
     temperature, ordinal cut points or binary thresholds, and, when the data has a second human score, the routing
@@ -243,27 +248,53 @@ def human_reference(spec, *datasets: TaskData) -> dict[str, Any] | None:
     return agreement(spec, np.concatenate(firsts), np.concatenate(seconds))
 
 
-def fit_task_decoding(
-    bb: Backbone,
-    model: TaskModel,
-    val: TaskData,
-    max_length: int,
-    human: dict[str, Any] | None,
-    *,
-    method: str,
-    pooling: str,
-) -> Decoding:
-    """The task's :class:`~scoreplex.decoding.Decoding` fitted on its validation responses (see
-    :func:`scoreplex.decoding.fit_decoding`)."""
-    from scoreplex.decoding import fit_decoding
+def describe_stack(report: dict[str, Any]) -> str:
+    """One log line on the lexical model's keep/drop decision."""
+    if report.get("skipped"):
+        return f"lexical model skipped ({report['skipped']})"
+    kept = f"kept, weight {report['weight']:g}" if report["kept"] else "dropped"
+    return (
+        f"lexical model {kept} (validation QWK neural {report['neural_qwk']:.3f}, lexical {report['lexical_qwk']:.3f})"
+    )
+
+
+def val_probabilities(
+    bb: Backbone, model: TaskModel, val: TaskData, max_length: int, *, method: str, pooling: str
+) -> list[np.ndarray]:
+    """The trained model's class probabilities ``[(N_val, K_d)]`` on the validation responses."""
     from scoreplex.heads import probabilities
 
     if get_method(method).capabilities.uses_features:  # a head-only model holds no encoder: the backbone's
         model = TaskModel(bb.encoder, model.head, pooling)
     with torch.no_grad():
         logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length))
-    probs = [p.numpy().astype(np.float64) for p in probabilities(logits, val.spec.class_counts)]
-    return fit_decoding(val.spec, probs, val.labels, human=human, second=val.second)
+    return [p.numpy().astype(np.float64) for p in probabilities(logits, val.spec.class_counts)]
+
+
+def finish_task(
+    train: TaskData,
+    val: TaskData,
+    probs: list[np.ndarray],
+    *,
+    lexical: bool,
+    decoding: bool,
+) -> tuple[Decoding | None, LexicalStack | None, dict[str, Any] | None]:
+    """After training: the stacked lexical model (fitted on ``train``, kept only if validation says so,
+    :func:`scoreplex.stacking.fit_stack`) and the decoding fitted on the validation probabilities ``probs`` (stacked
+    when a lexical model is kept; :func:`scoreplex.decoding.fit_decoding`). Returns ``(decoding, stack, stack
+    report)``; each is None when not asked for (or, for the stack, not kept)."""
+    from scoreplex.decoding import fit_decoding
+
+    stack, report = None, None
+    if lexical:
+        stack, report = fit_stack(train.spec, train.texts, train.labels, val.texts, val.labels, probs)
+        if stack is not None:
+            probs = stack.apply(probs, val.texts)
+    fitted = None
+    if decoding:
+        human = human_reference(train.spec, train, val)
+        fitted = fit_decoding(val.spec, probs, val.labels, human=human, second=val.second)
+    return fitted, stack, report
 
 
 def pick_max_length(bb: Backbone, datasets: Mapping[str, TaskData]) -> tuple[int, float]:
@@ -355,13 +386,15 @@ def train_suite(
             checkpoint_dir=ckpt,
             progress=options.progress,
         )
-        decoding = None
-        if options.decoding:
-            human = human_reference(train.spec, train, val)
-            decoding = fit_task_decoding(
-                bb, model, val, max_length, human, method=options.method, pooling=options.pooling
+        decoding, stack, stack_report = None, None, None
+        if options.decoding or options.lexical:
+            probs = val_probabilities(bb, model, val, max_length, method=options.method, pooling=options.pooling)
+            decoding, stack, stack_report = finish_task(
+                train, val, probs, lexical=options.lexical, decoding=options.decoding
             )
-            if log is not None:
+            if log is not None and stack_report is not None:
+                log(f"task {task_id}: {describe_stack(stack_report)}")
+            if log is not None and decoding is not None:
                 log(f"task {task_id}: {describe_decoding(decoding)}")
         seconds = time.perf_counter() - t0
         summary = {
@@ -379,12 +412,19 @@ def train_suite(
                 "config": options.config.to_dict(),
             },
         }
+        tensors, lexical_record = method.module_state(model), None
+        if stack is not None:
+            lexical_tensors, lexical_record = stack.record()
+            tensors = {**tensors, **lexical_tensors}
+        if stack_report is not None:
+            summary["lexical"] = stack_report
         suite.add_task(
             train.spec,
-            method.module_state(model),
+            tensors,
             method.module_config(model, options.settings),
             summary,
             decoding=decoding.to_dict() if decoding is not None else None,
+            lexical=lexical_record,
         )
         shutil.rmtree(ckpt, ignore_errors=True)
         if on_task_done is not None:
@@ -395,3 +435,28 @@ def train_suite(
     if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
         ckpt_root.rmdir()
     return suite
+
+
+def restack_suite(
+    suite: Suite,
+    train_sets: Mapping[str, TaskData],
+    val_sets: Mapping[str, TaskData],
+    backbone: Backbone | str | None = None,
+    *,
+    lexical: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """For a suite trained earlier: per task in ``val_sets``, fit the stacked lexical model on its ``train_sets``
+    responses (kept only where validation says so) and refit its decoding on the (stacked) validation probabilities,
+    storing both in the task module — what :func:`train_suite` does after each task. ``val_sets`` must be the
+    responses held out from the task's training. Returns per task ``{"lexical": stack report or None}``."""
+    from scoreplex.scorer import SuiteScorer
+
+    scorer = SuiteScorer(suite, backbone, decoding=False, lexical=False)
+    reports: dict[str, dict[str, Any]] = {}
+    for task_id, val in val_sets.items():
+        probs = scorer.predict(task_id, val.texts, val.ids).probs
+        decoding, stack, report = finish_task(train_sets[task_id], val, probs, lexical=lexical, decoding=True)
+        suite.set_lexical(task_id, stack)
+        suite.set_decoding(task_id, decoding)
+        reports[task_id] = {"lexical": report}
+    return reports
