@@ -1,0 +1,235 @@
+"""Training-recipe sweep for LoRA on ASAP-SAS, chosen on the validation split only (issue 11, item 2).
+
+    python benchmarks/recipe.py --items 2,8 --out docs/results --work runs/recipe
+
+Each configuration trains a LoRA module per item with :func:`scoreplex.training.suite.train_task` on the same seeded
+stratified 10% validation split of train.tsv as ``benchmarks/asap_sas.py``; test.tsv is never read. Every epoch's
+validation QWK is kept (``patience 0`` on the epochs configuration shows where more epochs stop paying), and the best
+state's validation logits are saved so decoding and stacking can be compared on the same models afterwards
+(``benchmarks/recipe.py --report-only``). Resumable: a finished (configuration, item) is skipped, an interrupted one
+continues from its last epoch. Writes ``recipe.json`` and ``recipe.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from scoreplex.backbone import Backbone
+from scoreplex.data.asap_sas import load_asap_sas
+from scoreplex.data.splits import train_val_split
+from scoreplex.encoding import encode_texts
+from scoreplex.methods import MethodSettings
+from scoreplex.predictions import predict_logits
+from scoreplex.suite import write_json_atomic
+from scoreplex.training.suite import default_config, pick_max_length, train_task
+
+BASE = default_config("lora")
+CONFIGS: dict[str, dict] = {
+    # name: TrainConfig overrides, MethodSettings overrides, what it asks
+    "qv-r8-10ep": {
+        "config": {"epochs": 10, "patience": 0},
+        "settings": {},
+        "question": "today's recipe run for 10 epochs without early stopping: where does more training stop paying?",
+    },
+    "all-linear-r8": {
+        "config": {"epochs": 8, "patience": 0, "lr": 1e-3},
+        "settings": {"lora_targets": "all-linear"},
+        "question": "LoRA on every linear layer (query, key, value, output, both FFN layers) instead of query/value",
+    },
+    "qv-r16": {
+        "config": {"epochs": 8, "patience": 0},
+        "settings": {"lora_r": 16, "lora_alpha": 32},
+        "question": "a higher rank on query/value",
+    },
+    "qv-r8-balanced": {
+        "config": {"epochs": 8, "patience": 0, "class_weighting": True},
+        "settings": {},
+        "question": "class weighting by inverse frequency for skewed score distributions",
+    },
+    "qv-r8-lr1e-3": {
+        "config": {"epochs": 8, "patience": 0, "lr": 1e-3},
+        "settings": {},
+        "question": "a lower learning rate",
+    },
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="docs/results", help="folder for recipe.{json,md}")
+    ap.add_argument("--work", default="runs/recipe", help="folder for logits, results and checkpoints (resumable)")
+    ap.add_argument("--items", default="2,8", help="comma-separated item numbers")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configuration names")
+    ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the report from finished runs")
+    return ap.parse_args(argv)
+
+
+def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) -> dict:
+    folder = work / name / tid
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    spec = CONFIGS[name]
+    config = replace(BASE, **spec["config"])
+    settings = replace(MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"), **spec["settings"])
+    t0 = time.perf_counter()
+    model, fit, val_metrics = train_task(
+        bb,
+        train,
+        val,
+        method="lora",
+        pooling="mean",
+        max_length=max_length,
+        config=config,
+        settings=settings,
+        checkpoint_dir=folder / "checkpoint",
+        progress=True,
+    )
+    logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length)).numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "val_logits.npy", logits)
+    np.save(folder / "val_labels.npy", val.labels)
+    result = {
+        "config": name,
+        "item": tid,
+        "val_qwk": val_metrics["qwk"],
+        "best_epoch": fit.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "val_qwk_per_epoch": [h.get("val") for h in fit.history],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "train_config": config.to_dict(),
+        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
+    }
+    write_json_atomic(done, result)
+    print(f"[{name}] {tid}: val QWK {result['val_qwk']:.3f} (best epoch {fit.best_epoch})", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    names = [c for c in args.configs.split(",") if c]
+    items = [int(i) for i in args.items.split(",") if i.strip()]
+    results: list[dict] = []
+    if not args.report_only:
+        train_all = load_asap_sas(args.data, split="train")  # all items: the max length is the benchmark's
+        splits = {tid: train_val_split(d, val_fraction=0.1, seed=0) for tid, d in train_all.items()}
+        bb = Backbone.load("minilm")
+        max_length, _ = pick_max_length(bb, {t: s[0] for t, s in splits.items()})
+        for name in names:
+            for i in items:
+                tid = f"asap-{i}"
+                results.append(run_one(name, tid, bb, *splits[tid], max_length, work))
+    else:
+        results = [json.loads(p.read_text()) for p in sorted(work.glob("*/*/result.json"))]
+        results = [r for r in results if r["config"] in names]
+    report = {
+        "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/recipe.py", *argv]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "runs": results,
+    }
+    for r in results:
+        r["decoding_out_of_fold"] = decoding_check(work / r["config"] / r["item"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "recipe.json", report)
+    (out / "recipe.md").write_text(markdown(report), encoding="utf-8")
+    print(f"wrote {out / 'recipe.json'}, {out / 'recipe.md'}")
+    return report
+
+
+def decoding_check(folder: Path) -> dict | None:
+    """Argmax vs cut points on the expected score, out of fold (2-fold cross-fitting inside validation), and the
+    validation ECE before / after temperature scaling, from a run's saved validation logits."""
+    from scoreplex.decoding import fit_decoding
+    from scoreplex.tasks import TaskSpec
+
+    if not (folder / "val_logits.npy").is_file():
+        return None
+    logits = np.load(folder / "val_logits.npy")
+    labels = np.load(folder / "val_labels.npy").reshape(len(logits), -1)
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    spec = TaskSpec.ordinal(folder.name, probs.shape[1] - 1)
+    rep = fit_decoding(spec, [probs], labels, route=False).fitted["dimensions"]["score"]
+    keys = ("qwk_argmax_out_of_fold", "qwk_cutpoints_out_of_fold", "ece_before", "ece_after", "temperature", "rule")
+    return {k: rep.get(k) for k in keys}
+
+
+def markdown(report: dict) -> str:
+    runs = report["runs"]
+    items = sorted({r["item"] for r in runs}, key=lambda t: int(t.split("-")[1]))
+    names = list(dict.fromkeys(r["config"] for r in runs))
+    by = {(r["config"], r["item"]): r for r in runs}
+    lines = [
+        "# LoRA training recipe on ASAP-SAS, chosen on validation (issue 11)",
+        "",
+        f"Reproduce: `{report['command']}` ({report['date']}; {report['machine']}).",
+        "",
+        "Every figure is on the seeded stratified 10% validation split of train.tsv (the one the benchmark uses);",
+        "test.tsv is not read. The sweep is kept cheap because this machine has 2 CPU cores and no GPU: "
+        f"items {', '.join(items)} only (item 2 is the smallest, item 8 the weakest of the last run), one seed, "
+        "≤ 10 epochs, `patience 0` so every epoch's validation QWK is seen.",
+        "",
+        "| configuration | what it asks | " + " | ".join(f"{i} best val QWK (epoch)" for i in items) + " | mean |",
+        "|---|---|" + "---|" * (len(items) + 1),
+    ]
+    for name in names:
+        cells, vals = [], []
+        for i in items:
+            r = by.get((name, i))
+            if r is None:
+                cells.append("not run")
+                continue
+            vals.append(r["val_qwk"])
+            cells.append(f"{r['val_qwk']:.3f} ({r['best_epoch']}/{r['epochs_run']})")
+        mean = f"{np.mean(vals):.3f}" if len(vals) == len(items) else "–"
+        lines.append(f"| `{name}` | {CONFIGS[name]['question']} | " + " | ".join(cells) + f" | {mean} |")
+    lines += [
+        "",
+        "Validation QWK per epoch:",
+        "",
+        "| configuration | item | " + " | ".join(f"e{e}" for e in range(1, 11)) + " |",
+        "|---|---|" + "---|" * 10,
+    ]
+    for r in runs:
+        curve = [f"{v:.3f}" for v in r["val_qwk_per_epoch"]] + [""] * (10 - len(r["val_qwk_per_epoch"]))
+        lines.append(f"| `{r['config']}` | {r['item']} | " + " | ".join(curve[:10]) + " |")
+    lines += [
+        "",
+        "Decoding on the same models (validation, out of fold: cut points fitted on one half, scored on the other):",
+        "",
+        "| configuration | item | QWK argmax | QWK cut points | ECE before → after temperature | T |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        d = r.get("decoding_out_of_fold")
+        if d:
+            lines.append(
+                f"| `{r['config']}` | {r['item']} | {d['qwk_argmax_out_of_fold']:.3f} | "
+                f"{d['qwk_cutpoints_out_of_fold']:.3f} | {d['ece_before']:.3f} → {d['ece_after']:.3f} | "
+                f"{d['temperature']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
