@@ -25,13 +25,20 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
-from scoreplex.decoding import expected_calibration_error
+from scoreplex.decoding import describe_decoding, expected_calibration_error
 from scoreplex.encoding import token_lengths
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
 from scoreplex.scorer import SuiteScorer, evaluate_suite
 from scoreplex.suite import Suite, write_json_atomic
-from scoreplex.training.suite import TrainOptions, default_config, pick_max_length, train_suite
+from scoreplex.training.suite import (
+    TrainOptions,
+    default_config,
+    describe_stack,
+    finish_task,
+    pick_max_length,
+    train_suite,
+)
 
 METHOD_CONFIGS = {m: default_config(m) for m in ("full", "lora", "head")}
 """scoreplex's defaults: full 5e-5 (head 1e-3) for <= 5 epochs as in the 001 paper; LoRA 2e-3 for <= 6 epochs after
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
             max_length=max_length,
             config=configs[method],
             settings=METHOD_SETTINGS[method],
+            decoding=False,  # fitted below from one validation pass, with and without the lexical model
+            lexical=False,
         )
         suite = train_suite(
             train_sets,
@@ -126,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             ),
         )
-        decoded, argmax = evaluate_decoded(suite, args.backbone, test_all)
+        evals = evaluate_decoded(suite, args.backbone, train_sets, val_sets, test_all)
+        decoded, neural, argmax = evals["stacked"], evals["neural"], evals["argmax"]
         per_task = {}
         for tid in train_sets:
             info = suite.task_info(tid)
@@ -137,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict:
             per_task[tid] = {
                 "test_qwk": task_eval["qwk"],
                 "test_qwk_argmax": argmax["tasks"][tid]["qwk"],
+                "test_qwk_without_lexical": neural["tasks"][tid]["qwk"],
+                "lexical": task_eval["lexical"],
+                "passes_criteria_without_lexical": neural["tasks"][tid]["criteria"]["pass"],
+                "automation_rate_without_lexical": neural["tasks"][tid]["criteria_automated"]["automation_rate"],
+                "ece_after_without_lexical": neural["tasks"][tid]["ece_after"],
                 "test_accuracy": task_eval["accuracy"],
                 "val_qwk": info["summary"]["metrics"]["validation"]["qwk"],
                 "decoding_rule": fitted.get("rule"),
@@ -148,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "automated_qwk": auto["qwk"],
                 "automated_exact": auto["exact"],
                 "automated_meets_human": auto["meets_human"],
+                "automated_human_qwk": auto.get("human_qwk"),
                 "human_exact": auto.get("human_exact"),
                 "ece_before": task_eval["ece_before"],
                 "ece_after": task_eval["ece_after"],
@@ -163,6 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
             "settings": {k: v for k, v in METHOD_SETTINGS[method].__dict__.items() if k != "extra"},
             "mean_test_qwk": decoded["mean_qwk"],
             "mean_test_qwk_argmax": argmax["mean_qwk"],
+            "mean_test_qwk_without_lexical": neural["mean_qwk"],
+            "items_lexical_kept": sum(bool((t["lexical"] or {}).get("kept")) for t in per_task.values()),
+            "items_passing_criteria_without_lexical": neural["items_passing_criteria"],
+            "items_auto_meeting_human_without_lexical": neural["items_auto_meeting_human"],
+            "mean_automation_rate_without_lexical": neural["mean_automation_rate"],
             "items_passing_criteria": decoded["items_passing_criteria"],
             "items_passing_criteria_argmax": argmax["items_passing_criteria"],
             "items_auto_meeting_human": decoded["items_auto_meeting_human"],
@@ -242,21 +263,44 @@ class _Fixed:
         return self.preds[task_id]
 
 
-def evaluate_decoded(suite: Suite, backbone: str, test: dict) -> tuple[dict, dict]:
-    """Test-set evaluations (with the deployment criteria) of the suite's decoding and of plain argmax, from one pass
-    of the model; the decoded one also carries each task's top-label ECE before and after temperature scaling."""
-    raw_scorer = SuiteScorer(suite, backbone=backbone, decoding=False)
-    raw, decoded = {}, {}
+def evaluate_decoded(suite: Suite, backbone: str, train_sets: dict, val_sets: dict, test: dict) -> dict:
+    """Per task: fit on validation (never test) the decoding on the neural probabilities alone, and the stacked
+    lexical model with the decoding on the stacked probabilities (stored in the suite: what users get), then evaluate
+    on test, with the deployment criteria, (a) argmax, (b) decoded without the lexical model, (c) decoded with it
+    where validation kept it — all from one pass of the model over validation and test. Each decoded evaluation
+    also carries each task's top-label ECE before and after temperature scaling."""
+    raw_scorer = SuiteScorer(suite, backbone=backbone, decoding=False, lexical=False)
+    raw, fits = {}, {}
     for tid, data in test.items():
+        val = val_sets[tid]
+        vprobs = raw_scorer.predict(tid, val.texts, val.ids).probs
+        neural_dec, _, _ = finish_task(train_sets[tid], val, vprobs, lexical=False, decoding=True)
+        stacked_dec, stack, report = finish_task(train_sets[tid], val, vprobs, lexical=True, decoding=True)
+        fits[tid] = (neural_dec, stacked_dec, stack, report)
         raw[tid] = raw_scorer.predict(tid, data.texts, data.ids)
-        decoded[tid] = suite.decoding(tid).predictions(data.spec, data.ids, raw[tid].probs)
-    with_decoding = evaluate_suite(_Fixed(suite, decoded), test)
-    plain = evaluate_suite(_Fixed(suite, raw), test)
-    for tid, data in test.items():
-        y = data.labels[:, 0]
-        with_decoding["tasks"][tid]["ece_before"] = expected_calibration_error(raw[tid].probs[0], y)
-        with_decoding["tasks"][tid]["ece_after"] = expected_calibration_error(decoded[tid].probs[0], y)
-    return with_decoding, plain
+        print(f"{tid}: {describe_stack(report)}; {describe_decoding(stacked_dec)}", flush=True)
+
+    def evaluate(which: int) -> dict:
+        preds = {}
+        for tid, data in test.items():
+            dec, stack = fits[tid][which], (fits[tid][2] if which == 1 else None)
+            suite.set_lexical(tid, stack)  # the stored decoding's routing yardstick is the one evaluated
+            suite.set_decoding(tid, dec)
+            probs = stack.apply(raw[tid].probs, data.texts) if stack is not None else raw[tid].probs
+            preds[tid] = dec.predictions(data.spec, data.ids, probs)
+        result = evaluate_suite(_Fixed(suite, preds), test)
+        for tid, data in test.items():
+            y = data.labels[:, 0]
+            result["tasks"][tid]["ece_before"] = expected_calibration_error(raw[tid].probs[0], y)
+            result["tasks"][tid]["ece_after"] = expected_calibration_error(preds[tid].probs[0], y)
+            result["tasks"][tid]["lexical"] = fits[tid][3] if which == 1 else None
+        return result
+
+    return {
+        "argmax": evaluate_suite(_Fixed(suite, raw), test),
+        "neural": evaluate(0),
+        "stacked": evaluate(1),  # last: the suite keeps what users get
+    }
 
 
 def _mb(n: float) -> str:
@@ -355,17 +399,18 @@ def criteria_section(r: dict, method: str) -> list[str]:
         "score at least as well as a second rater (QWK and exact agreement). ECE: top-label expected calibration "
         "error, 15 bins, before and after the task's temperature.",
         "",
-        "| item | QWK (argmax) | QWK (decoded) | rule | degradation | SMD | criteria | automation | auto QWK "
-        "| auto exact | human QWK / exact | auto ≥ human | T | ECE before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| item | QWK argmax | QWK decoded | QWK decoded + lexical (w) | rule | degradation | SMD | criteria "
+        "| automation | auto QWK | auto exact | human QWK / exact on those | auto ≥ human | T | ECE before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tid, t in m["tasks"].items():
         c = t["criteria"]
         lines.append(
-            f"| {tid} | {_f(t['test_qwk_argmax'])} | {_f(t['test_qwk'])} | {t['decoding_rule']} "
+            f"| {tid} | {_f(t['test_qwk_argmax'])} | {_f(t['test_qwk_without_lexical'])} "
+            f"| {_f(t['test_qwk'])} ({(t['lexical'] or {}).get('weight', 0):g}) | {t['decoding_rule']} "
             f"| {_f(c['degradation'])} | {_f(c['smd'], '+.3f')} | {_yes(t['passes_criteria'])} "
             f"| {_f(t['automation_rate'], '.0%')} | {_f(t['automated_qwk'])} | {_f(t['automated_exact'])} "
-            f"| {_f(c['human_qwk'])} / {_f(t['human_exact'])} | {_yes(t['automated_meets_human'])} "
+            f"| {_f(t['automated_human_qwk'])} / {_f(t['human_exact'])} | {_yes(t['automated_meets_human'])} "
             f"| {_f(t['temperature'], '.2f')} | {_f(t['ece_before'])} → {_f(t['ece_after'])} |"
         )
     lines += [
@@ -380,13 +425,14 @@ def criteria_section(r: dict, method: str) -> list[str]:
     if others:
         lines += [
             "",
-            "| method | mean QWK argmax | mean QWK decoded | items passing (decoded) | items auto ≥ human "
-            "| mean automation | mean ECE before → after |",
-            "|---|---|---|---|---|---|---|",
+            "| method | mean QWK argmax | decoded | decoded + lexical | lexical kept | items passing "
+            "| items auto ≥ human | mean automation | mean ECE before → after |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for k, mm in r["methods"].items():
             lines.append(
-                f"| {LABELS[k]} | {mm['mean_test_qwk_argmax']:.4f} | {mm['mean_test_qwk']:.4f} "
+                f"| {LABELS[k]} | {mm['mean_test_qwk_argmax']:.4f} | {mm['mean_test_qwk_without_lexical']:.4f} "
+                f"| {mm['mean_test_qwk']:.4f} | {mm['items_lexical_kept']} "
                 f"| {mm['items_passing_criteria']} | {mm['items_auto_meeting_human']} "
                 f"| {_f(mm['mean_automation_rate'], '.1%')} "
                 f"| {mm['mean_ece_before']:.3f} → {mm['mean_ece_after']:.3f} |"
