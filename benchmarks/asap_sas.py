@@ -84,6 +84,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--max-epochs", type=int, default=0, help="cap every method's epochs (smoke runs only)")
+    ap.add_argument(
+        "--max-length", type=int, default=0, help="token cap (default: 99th percentile of the items' training lengths)"
+    )
     return ap.parse_args(argv)
 
 
@@ -108,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     bb = Backbone.load(args.backbone)
     max_length, trunc_train = pick_max_length(bb, train_sets)
+    if args.max_length:  # e.g. a subset of items evaluated with the whole run's suites
+        lengths = np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in train_sets.values()])
+        max_length, trunc_train = args.max_length, float((lengths > args.max_length).mean())
     test_lengths = np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in test_all.values()])
     trunc_test = float((test_lengths > max_length).mean())
     print(
