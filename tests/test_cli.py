@@ -94,6 +94,7 @@ def test_info_lists_the_tasks(cli_suite):
     assert "method lora" in out and "4 tasks" in out
     assert all(t in out for t in TASK_IDS)
     assert "claim:binary/2" in out and "score:ordinal/4" in out
+    assert "decoding" in out and "T=" in out  # each task's fitted decoding (train fits it by default)
 
 
 def test_evaluate_writes_a_report(cli_suite, demo_csvs, tmp_path: Path):

@@ -592,7 +592,9 @@ def methods() -> None:
 
 @app.command()
 def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
-    """Show a suite's backbone, method, tasks, sizes and validation metrics (verifies every file's hash)."""
+    """Show a suite's backbone, method, tasks, sizes and validation metrics (verifies every file's hash), and each
+    task's decoding: rule and temperature per dimension, a stacked lexical model, the decoded validation QWK and the
+    share of validation responses its routing threshold automates."""
     from scoreplex.errors import ScoreplexError
     from scoreplex.suite import Suite
 
@@ -611,10 +613,26 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
         val = m["tasks"][tid].get("metrics", {}).get("validation", {})
         dims = ", ".join(f"{d.name}:{d.kind}/{d.num_classes}" for d in spec.dimensions)
         qwk = val.get("qwk")
+        try:
+            dec, stack = s.decoding(tid), s.lexical(tid)
+        except ScoreplexError as exc:
+            _fail(exc)
+        decoded = dec.fitted.get("decoded", {}).get("qwk")
+        rule = ", ".join(f"{d.rule} T={d.temperature:.2f}" for d in dec.dimensions)
+        routing = dec.fitted.get("routing", {}).get("automation_rate")
         rows.append(
-            [tid, dims, f"{s.task_bytes(tid):,}", s.shared_of(tid) or "–", "–" if qwk is None else f"{qwk:.3f}"]
+            [
+                tid,
+                dims,
+                f"{s.task_bytes(tid):,}",
+                s.shared_of(tid) or "–",
+                "–" if qwk is None else f"{qwk:.3f}",
+                rule + (f" + lexical w={stack.weight:g}" if stack is not None else ""),
+                "–" if decoded is None else f"{decoded:.3f}",
+                "all" if dec.route_threshold is None else "–" if routing is None else f"{routing:.0%}",
+            ]
         )
-    header = ["task", "dimensions", "own bytes", "shared module", "val QWK"]
+    header = ["task", "dimensions", "own bytes", "shared module", "val QWK", "decoding", "val QWK decoded", "automated"]
     _table(f"{suite}: {len(rows)} tasks, {s.total_bytes:,} bytes", header, rows)
 
 
