@@ -468,6 +468,16 @@ def evaluate_task(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dic
     return out
 
 
+def _double_scored(spec: TaskSpec, first: Any, second: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(first, second)`` ``(M, D)`` over the rows with a full second score, or None when there are none."""
+    a = _task_scores(spec, first, "first", allow_missing=True)
+    b = _task_scores(spec, second, "second", allow_missing=True)
+    if a.shape != b.shape:
+        raise ConfigError(f"task {spec.id!r}: first has shape {a.shape} but second has shape {b.shape}.")
+    rows = np.all(b != MISSING, axis=1)  # (N,)
+    return (a[rows], b[rows]) if rows.any() else None
+
+
 def human_agreement(spec: TaskSpec, first: np.ndarray, second: np.ndarray) -> dict[str, Any]:
     """Agreement between two human raters: :func:`evaluate_task` with ``first`` as reference and ``second`` as
     prediction, on the rows where ``second`` is present (``>= 0``) on every dimension.
@@ -483,14 +493,8 @@ def human_agreement(spec: TaskSpec, first: np.ndarray, second: np.ndarray) -> di
     Raises:
         ConfigError: on shape mismatch or a score outside the rubric (other than ``-1``).
     """
-    a = _task_scores(spec, first, "first", allow_missing=True)
-    b = _task_scores(spec, second, "second", allow_missing=True)
-    if a.shape != b.shape:
-        raise ConfigError(f"task {spec.id!r}: first has shape {a.shape} but second has shape {b.shape}.")
-    rows = np.all(b != MISSING, axis=1)  # (N,)
-    if not rows.any():
-        return {}
-    return evaluate_task(spec, a[rows], b[rows])
+    pair = _double_scored(spec, first, second)
+    return {} if pair is None else evaluate_task(spec, *pair)
 
 
 def mean_over_tasks(results: Mapping[str, Mapping[str, Any]], key: str = "qwk") -> float:
@@ -690,14 +694,10 @@ def reference_from_scores(spec: TaskSpec, first: Any, second: Any) -> HumanRefer
     Raises:
         ConfigError: on shape mismatch or a score outside the rubric (other than ``-1``).
     """
-    a = _task_scores(spec, first, "first", allow_missing=True)
-    b = _task_scores(spec, second, "second", allow_missing=True)
-    if a.shape != b.shape:
-        raise ConfigError(f"task {spec.id!r}: first has shape {a.shape} but second has shape {b.shape}.")
-    rows = np.all(b != MISSING, axis=1)  # (N,)
-    if not rows.any():
+    pair = _double_scored(spec, first, second)
+    if pair is None:
         return None
-    agr = task_agreement(spec, a[rows], b[rows])
+    agr = task_agreement(spec, *pair)
     if agr["qwk"] is None:
         return None
     return HumanReference(

@@ -251,27 +251,25 @@ class Engine:
         UnknownTaskError and a missing or corrupt module SuiteError naming the task; with ``on_error="row"`` those
         rows get ``{"task", "error"}`` instead and the other rows are scored.
         """
-        out = []
-        for (task_id, text), item in zip(pairs, self._run(pairs, on_error), strict=True):
-            if isinstance(item, Exception):
-                out.append({"task": str(task_id), "error": str(item)})
-                continue
-            module, probs = item
-            spec = module.spec
-            names = spec.dimension_names
-            probs = [p[None, :] for p in probs]
-            if module.lexical is not None:
-                probs = module.lexical.apply(probs, [text])
-            pred = from_probabilities(spec, [""], probs, module.decoding)
-            out.append(
-                {
-                    "task": spec.id,
-                    "labels": {n: int(pred.labels[0, d]) for d, n in enumerate(names)},
-                    "probs": {n: pred.probs[d][0].tolist() for d, n in enumerate(names)},
-                    "confidence": float(pred.confidence[0]),
-                    "route": pred.routes[0],
+        items = self._run(pairs, on_error)
+        out: list[dict[str, Any]] = [
+            {"task": str(task_id), "error": str(item)} if isinstance(item, Exception) else {}
+            for (task_id, _), item in zip(pairs, items, strict=True)
+        ]
+        scored = [i for i, item in enumerate(items) if not isinstance(item, Exception)]
+        texts = [pairs[i][1] for i in range(len(pairs))]
+        for positions in group_by_task([pairs[i][0] for i in scored]).values():
+            positions = [scored[j] for j in positions]
+            pred = _decoded(items, positions, texts, [""] * len(positions))
+            names = pred.spec.dimension_names
+            for j, i in enumerate(positions):
+                out[i] = {
+                    "task": pred.spec.id,
+                    "labels": {n: int(pred.labels[j, d]) for d, n in enumerate(names)},
+                    "probs": {n: pred.probs[d][j].tolist() for d, n in enumerate(names)},
+                    "confidence": float(pred.confidence[j]),
+                    "route": pred.routes[j],
                 }
-            )
         return out
 
     def predict(self, task_id: str, texts: Sequence[str], ids: Sequence[str] | None = None) -> Predictions:
@@ -288,12 +286,17 @@ class Engine:
         """Rows of mixed tasks in one pass per batch; per task, its input positions and :class:`Predictions` (see
         :class:`~scoreplex.predictions.MixedScorer`). An unknown or broken task raises, naming it."""
         items = self._run(list(zip(task_ids, texts, strict=True)), "raise")
-        out = []
-        for positions in group_by_task(task_ids).values():
-            module = items[positions[0]][0]
-            spec = module.spec
-            probs = [np.stack([items[i][1][d] for i in positions]) for d in range(len(spec.class_counts))]
-            if module.lexical is not None:
-                probs = module.lexical.apply(probs, [texts[i] for i in positions])
-            out.append((positions, from_probabilities(spec, [ids[i] for i in positions], probs, module.decoding)))
-        return out
+        return [
+            (positions, _decoded(items, positions, texts, [ids[i] for i in positions]))
+            for positions in group_by_task(task_ids).values()
+        ]
+
+
+def _decoded(items: list, positions: list[int], texts: Sequence[str], ids: Sequence[str]) -> Predictions:
+    """The :class:`Predictions` of rows ``positions`` of one task from :meth:`Engine._run`'s per-row probabilities:
+    its stacked lexical model applied to the group at once, then its decoding."""
+    module = items[positions[0]][0]
+    probs = [np.stack([items[i][1][d] for i in positions]) for d in range(len(module.spec.class_counts))]
+    if module.lexical is not None:
+        probs = module.lexical.apply(probs, [texts[i] for i in positions])
+    return from_probabilities(module.spec, ids, probs, module.decoding)

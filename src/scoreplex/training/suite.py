@@ -233,9 +233,10 @@ def train_task(
 
 
 def human_reference(spec, *datasets: TaskData) -> dict[str, Any] | None:
-    """Agreement of the two human raters (:func:`scoreplex.decoding.agreement`, first score as reference) over the
-    double-scored responses of ``datasets``; None when fewer than 20 responses have a second score."""
-    from scoreplex.decoding import agreement
+    """Agreement of the two human raters (:func:`scoreplex.metrics.reference_from_scores`, first score as reference)
+    over the double-scored responses of ``datasets``, as the dict a decoding records; None when fewer than 20
+    responses have both scores."""
+    from scoreplex.metrics import reference_from_scores
 
     firsts, seconds = [], []
     for d in datasets:
@@ -245,7 +246,8 @@ def human_reference(spec, *datasets: TaskData) -> dict[str, Any] | None:
             seconds.append(d.second[rows])
     if not firsts or sum(len(f) for f in firsts) < 20:
         return None
-    return agreement(spec, np.concatenate(firsts), np.concatenate(seconds))
+    ref = reference_from_scores(spec, np.concatenate(firsts), np.concatenate(seconds))
+    return None if ref is None else {"qwk": ref.qwk, "exact": ref.exact, "adjacent": ref.adjacent, "n": ref.n}
 
 
 def describe_stack(report: dict[str, Any]) -> str:
