@@ -120,3 +120,29 @@ def test_write_demo_files(tmp_path: Path):
 def test_column_labels_map_each_dimension_to_its_own_column(spec):
     labels = demo_column_labels([spec])
     assert labels == {d: d for d in spec.dimension_names}
+
+
+def test_generate_demo_is_the_same_under_any_hash_seed():
+    """The demo is seeded: string hashing (PYTHONHASHSEED) must not change the order of random draws."""
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib,json; from scoreplex.data.demo import generate_demo; "
+        "print(hashlib.sha256(json.dumps(generate_demo(30)).encode()).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": h},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for h in ("1", "2", "3")
+    }
+    assert len(digests) == 1
+    assert digests.pop().strip() == hashlib.sha256(json.dumps(generate_demo(30)).encode()).hexdigest()

@@ -72,8 +72,12 @@ def token_lengths(tokenizer, texts: Sequence[str], *, max_chars: int | None = 1 
 
 
 def choose_max_length(lengths: np.ndarray, *, quantile: float = 0.99, multiple: int = 8, cap: int = 512) -> int:
-    """Smallest multiple of ``multiple`` covering ``quantile`` of the lengths, capped at ``cap``."""
-    q = float(np.quantile(lengths, quantile)) if len(lengths) else 16.0
+    """Smallest multiple of ``multiple`` covering ``quantile`` of the lengths, capped at ``cap``.
+
+    The quantile is the empirical one (``inverted_cdf``), so at most ``1 - quantile`` of the lengths exceed the result
+    unless ``cap`` cuts it; an interpolated quantile could leave a few more responses truncated.
+    """
+    q = float(np.quantile(lengths, quantile, method="inverted_cdf")) if len(lengths) else 16.0
     return int(min(cap, max(multiple, int(np.ceil(q / multiple)) * multiple)))
 
 

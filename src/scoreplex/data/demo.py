@@ -148,7 +148,7 @@ def _score(item: _Item, present: set[str], misconception: bool) -> list[int]:
 def _response(item: _Item, rng: np.random.Generator) -> tuple[str, list[int]]:
     crit = list(item.ideas)
     p = rng.uniform(0.15, 0.85)
-    present = {c for c in crit if rng.random() < p}
+    present = [c for c in crit if rng.random() < p]  # a list: a set's order changes with PYTHONHASHSEED
     misconception = rng.random() < 0.15
     parts = [str(rng.choice(item.ideas[c])) for c in present]
     parts += [str(rng.choice(item.filler)) for _ in range(int(rng.integers(0, 3)))]
@@ -161,7 +161,7 @@ def _response(item: _Item, rng: np.random.Generator) -> tuple[str, list[int]]:
         parts.insert(0, str(rng.choice(_FILLER_COMMON)))
     text = ", ".join(parts)
     text = text[0].upper() + text[1:] + "."
-    return text, _score(item, present, misconception)
+    return text, _score(item, set(present), misconception)
 
 
 def generate_demo(n_per_task: int = 400, *, seed: int = 0, noise: float = 0.05) -> list[dict[str, str]]:
