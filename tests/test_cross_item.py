@@ -208,9 +208,30 @@ def test_cli_trains_and_evaluates_a_cross_item_suite(demo_files, demo_column_map
     result = CliRunner().invoke(app, [str(a) for a in [*args, *labels]], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "suite written to" in result.output and "validation QWK" in result.output
+    assert not (out / ".checkpoints").exists()  # removed once the suite is written
     suite = Suite.open(out)
     assert suite.method == CrossItemMethod.name and len(suite.task_ids) == 4
     ev = ["evaluate", out, demo_files["test"], "--backbone", tiny_backbone_path, *labels]
     result = CliRunner().invoke(app, [str(a) for a in ev], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert all(t in result.output for t in suite.task_ids)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(demo_datasets, tiny_bb, small_options, tmp_path):
+    from dataclasses import replace
+
+    from scoreplex.crossitem.train import CHECKPOINT, fit_cross_item, train_cross_item
+
+    data = {t: demo_datasets[t] for t in ITEMS[:2]}
+    options = small_options("cross-item", max_length=32, lexical=False, decoding=False)
+    out = tmp_path / "suite"
+    first = fit_cross_item(
+        data,
+        replace(options, config=replace(options.config, epochs=1)),
+        tiny_bb,
+        checkpoint_dir=out / ".checkpoints" / CHECKPOINT,
+    )  # the run "stops" after epoch 1, its checkpoint kept
+    suite = train_cross_item(data, out, options, backbone=tiny_bb)
+    fit = suite.manifest["cross_item"]["fit"]
+    assert fit["epochs_run"] == 2 and fit["history"][0] == first.result.history[0]
+    assert sorted(suite.task_ids) == sorted(data) and not (out / ".checkpoints").exists()

@@ -94,14 +94,20 @@ def _split(
     return train, val, unsplit
 
 
+def defined_qwk(metrics: Mapping[str, Any]) -> float | None:
+    """The ``qwk`` of :func:`~scoreplex.metrics.evaluate_task`'s metrics, None where it is undefined (None or NaN)."""
+    qwk = metrics.get("qwk")
+    return None if qwk is None or not np.isfinite(float(qwk)) else float(qwk)
+
+
 def pooled_qwk(model: CrossItemModel, val: Mapping[str, TaskData], encs: Mapping[str, Encoded]) -> float:
     """Validation QWK pooled over items: the mean of each item's QWK weighted by its validation rows, items whose
     QWK is undefined (one class in truth and prediction) left out; 0 when none is defined."""
     scores, weights = [], []
     for task_id, data in val.items():
         pred = decode(data.spec, data.ids, predict_logits(model.task_view(task_id), encs[task_id]))
-        qwk = float(evaluate_task(data.spec, data.labels, pred.labels)["qwk"])
-        if np.isfinite(qwk):
+        qwk = defined_qwk(evaluate_task(data.spec, data.labels, pred.labels))
+        if qwk is not None:
             scores.append(qwk)
             weights.append(len(data))
     return float(np.average(scores, weights=weights)) if scores else 0.0
@@ -354,8 +360,8 @@ def save_cross_item(
             decoding=decoding.to_dict() if decoding is not None else None,
             lexical=lexical_record,
         )
-        if on_task_done is not None:
-            seconds = time.perf_counter() - t0
+        if on_task_done is not None:  # an item without validation rows reports an undefined QWK
+            seconds, val_metrics = time.perf_counter() - t0, val_metrics or {"qwk": float("nan"), "n": 0}
             on_task_done(
                 TaskResult(task_id, run.result, val_metrics, len(train), n_val, suite.task_bytes(task_id), seconds)
             )
@@ -490,8 +496,8 @@ def add_item(
         return rubric_loss(model(features=batch["features"]), batch["labels"], spec.class_counts)
 
     def validate(model) -> float:
-        qwk = float(evaluate_task(spec, val.labels, decode(spec, val.ids, model(features=f_val)).labels)["qwk"])
-        return qwk if np.isfinite(qwk) else 0.0
+        qwk = defined_qwk(evaluate_task(spec, val.labels, decode(spec, val.ids, model(features=f_val)).labels))
+        return 0.0 if qwk is None else qwk
 
     steps = (len(data) + config.batch_size - 1) // config.batch_size
     result = fit(
