@@ -32,7 +32,7 @@ def _tiny_suite(case: str, root: Path, datasets, tiny_bb, tiny_backbone_path, sm
     data = {t: datasets[t] for t in TASKS}
     name = case.removeprefix("merged-")
     method = METHODS[name]
-    if method.capabilities.trains_per_task:
+    if method.capabilities.trains_per_task or method.capabilities.trains_jointly:  # both through train_suite
         from scoreplex.training.suite import train_suite
 
         suite = train_suite(data, root / name, small_options(name, max_length=32), backbone=tiny_bb)

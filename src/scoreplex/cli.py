@@ -207,7 +207,11 @@ def train(
     data: Annotated[Path, typer.Argument(help="Scored responses: CSV, TSV, JSONL or Parquet.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Suite folder to write (re-running resumes it).")],
     method: Annotated[
-        str, typer.Option(help="lora (an adapter + head per task), full (fine-tune a copy per task) or head.")
+        str,
+        typer.Option(
+            help="lora (an adapter + head per task), full (fine-tune a copy per task), head, or cross-item (one "
+            "adapter over question + response pairs for all tasks at once, a head per task)."
+        ),
     ] = "lora",
     tasks: TasksOpt = None,
     text_col: TextCol = "text",
@@ -581,7 +585,7 @@ def methods() -> None:
     """List the training methods: what each stores per task, what its suites can do, its default training settings."""
     from scoreplex.methods import METHODS
 
-    flags = ("trains_per_task", "shares_backbone_pass", "exportable_onnx", "mergeable", "adaptable")
+    flags = ("trains_per_task", "trains_jointly", "shares_backbone_pass", "exportable_onnx", "mergeable", "adaptable")
     rows = []
     for name, m in METHODS.items():
         caps = ", ".join(f.replace("_", " ") for f in flags if getattr(m.capabilities, f))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, check_texts
-from scoreplex.errors import DataError
+from scoreplex.errors import ConfigError, DataError
 
 CHARS_PER_TOKEN = 128
 """Characters kept per token of ``max_length`` before tokenising (a WordPiece token spans at most ~100 characters:
@@ -61,6 +61,60 @@ def encode_texts(
             raise DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
     truncated = sum(len(x) > max_length or len(t) > cap for x, t in zip(full, texts, strict=True))
     ids = [x if len(x) <= max_length else x[: max_length - 1] + [x[-1]] for x in full]  # keep the [SEP]
+    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated)
+
+
+def pair_template(tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """The special tokens a tokenizer puts before, between and after a text pair (BERT: ``[CLS]``, ``[SEP]``,
+    ``[SEP]``), read off its own encoding of a two-word pair (fast tokenizers no longer build pairs from ids)."""
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    both = tokenizer("a", "b")["input_ids"]
+    i = next(k for k in range(len(both)) if both[k : k + len(a)] == a)
+    j = next(k for k in range(i + len(a), len(both)) if both[k : k + len(b)] == b)
+    return both[:i], both[i + len(a) : j], both[j + len(b) :]
+
+
+def encode_pairs(
+    tokenizer,
+    first: str,
+    texts: Sequence[str],
+    max_length: int,
+    labels: np.ndarray | None = None,
+    *,
+    checked: bool = False,
+    first_share: float = 0.25,
+) -> Encoded:
+    """Tokenise each response of ``texts`` after the same ``first`` text (an item's question, reference answer or
+    rubric) as a text pair ``[CLS] first [SEP] text [SEP]`` (the tokenizer's own pair template), cut to ``max_length``.
+
+    The question is cut first: a pair that does not fit keeps the whole response when it can, down to a question of
+    ``first_share`` of the budget (or the whole question, if shorter); only then is the response cut (its end). The
+    question keeps its *last* tokens, since an item's question usually ends with what it asks (ASAP-SAS items 1, 2
+    and 10 give the procedure first). ``truncated`` counts the responses cut, not questions. An empty ``first`` gives
+    :func:`encode_texts`. DataError (row = 0-based index) for a text without content, as :func:`encode_texts`.
+    """
+    if not first.strip():
+        return encode_texts(tokenizer, texts, max_length, labels, checked=checked)
+    if not checked:
+        check_texts(texts)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    if budget < 2:
+        raise ConfigError(f"max_length={max_length} leaves no room for a question and a response; give 16 or more.")
+    cap = CHARS_PER_TOKEN * max_length
+    question = tokenizer(first[-cap:], add_special_tokens=False)["input_ids"]
+    responses = tokenizer([t[:cap] for t in texts], add_special_tokens=False, truncation=False)["input_ids"]
+    prefix, middle, suffix = pair_template(tokenizer)
+    floor = min(len(question), max(1, int(first_share * budget)))
+    ids, truncated = [], 0
+    for i, (r, t) in enumerate(zip(responses, texts, strict=True)):
+        if not r:  # visible characters the tokenizer drops entirely
+            raise DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
+        keep_r = min(len(r), budget - floor)
+        keep_q = min(len(question), budget - keep_r)
+        truncated += keep_r < len(r) or len(t) > cap
+        q = question[len(question) - keep_q :]
+        ids.append(prefix + q + middle + r[:keep_r] + suffix)
     return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated)
 
 

@@ -21,7 +21,6 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.decoding import Decoding
-from scoreplex.encoding import encode_texts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
 from scoreplex.methods import TaskModel
@@ -102,7 +101,7 @@ class SuiteScorer:
         spec = self.suite.spec(task_id)
         if not texts:
             return from_probabilities(spec, [], [np.zeros((0, k)) for k in spec.class_counts])
-        enc = encode_texts(self.bb.tokenizer, list(texts), self.max_length)
+        enc = self.method.encode(self.bb.tokenizer, list(texts), self.max_length, self.suite.task_info(task_id))
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
         probs = [p.numpy() for p in probabilities(predict_logits(model, enc), spec.class_counts)]
         stack = self.lexical(task_id)

@@ -64,11 +64,32 @@ def _item_number(item: int | str) -> str:
     return key
 
 
+QUESTION_ENDS = ("Scoring Rubric", "Scoring and Rubric", "Reading for Information Scoring", "Rubric for", "Rubric:")
+"""Headers that end an item's question in ``items/item-N.txt`` (the scoring rubric follows)."""
+
+
+def question_text(item_text: str) -> str:
+    """The question a student answered, from the text of ``items/item-N.txt``: what follows the last ``Prompt-<title>``
+    header (the rest of its line is the title) up to the first rubric header (:data:`QUESTION_ENDS`), whitespace
+    collapsed. Source-dependent items keep their procedure or data table (the question refers to it); the reading
+    passages of items 3, 4, 7, 8 and 9 come before the header and are left out. Empty when there is no header."""
+    start = item_text.rfind("Prompt-")
+    if start < 0:
+        return ""
+    newline = item_text.find("\n", start)
+    if newline < 0:
+        return ""
+    body = item_text[newline + 1 :]
+    cut = min((i for i in (body.find(end) for end in QUESTION_ENDS) if i >= 0), default=len(body))
+    return " ".join(body[:cut].split())
+
+
 def task_specs(root: str | os.PathLike[str] | None = None) -> dict[str, TaskSpec]:
     """The 10 item specs, keyed by the ``EssaySet`` value (``"1"``..``"10"``); spec ids are ``asap-N``.
 
     The score range comes from ``stats.json`` (``num_classes = max score + 1``); the prompt is the first line of
-    ``items/item-N.txt`` and the rubric its whole text.
+    ``items/item-N.txt``, the rubric its whole text, and ``metadata["question"]`` the question itself
+    (:func:`question_text`: what a cross-item model pairs with each response).
     """
     folder = _folder(root)
     stats_path = folder / "stats.json"
@@ -99,6 +120,7 @@ def task_specs(root: str | os.PathLike[str] | None = None) -> dict[str, TaskSpec
                 "train": item.get("train"),
                 "test": item.get("test"),
                 "human_human_qwk_train": item.get("human_human_qwk_train"),
+                "question": question_text(rubric),
             },
         )
     return specs

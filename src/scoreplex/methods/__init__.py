@@ -8,13 +8,16 @@ it without edits.
 
 from __future__ import annotations
 
+from scoreplex.crossitem.method import CrossItemMethod
 from scoreplex.errors import unknown_name
 from scoreplex.moe.method import MoEStudentMethod
 
 from .base import Capabilities, Method, MethodSettings, ParsedModule, TaskModel, load_strict, split_state
 from .per_task import FullFineTune, HeadOnly, LoRA
 
-METHODS: dict[str, Method] = {m.name: m for m in (FullFineTune(), LoRA(), HeadOnly(), MoEStudentMethod())}
+METHODS: dict[str, Method] = {
+    m.name: m for m in (FullFineTune(), LoRA(), HeadOnly(), MoEStudentMethod(), CrossItemMethod())
+}
 """Every registered method by name."""
 
 PER_TASK_METHODS = tuple(name for name, m in METHODS.items() if m.capabilities.trains_per_task)

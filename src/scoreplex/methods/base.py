@@ -106,6 +106,8 @@ class Capabilities:
     """Training runs on precomputed pooled features (the encoder is frozen and untouched)."""
     suite_wide_shared: bool = False
     """The suite's one shared module is loaded once into the engine's encoder (not joined into each task)."""
+    trains_jointly: bool = False
+    """All tasks train at once, as one model, through ``train_suite`` (:meth:`Method.train_all`)."""
 
 
 @dataclass
@@ -206,7 +208,26 @@ class Method:
         """The JSON config a task module needs to be rebuilt (stored in its ``task.json``)."""
         return {"head_hidden": settings.head_hidden, "head_dropout": settings.head_dropout}
 
+    def train_all(self, datasets, out_dir, options, *, val_sets=None, backbone=None, on_task_done=None) -> Suite:
+        """Train every task of ``datasets`` at once into a suite (methods with ``trains_jointly``; what
+        :func:`scoreplex.training.suite.train_suite` hands them). ConfigError for the others."""
+        from scoreplex.errors import ConfigError
+        from scoreplex.methods import PER_TASK_METHODS, methods_with
+
+        raise ConfigError(
+            f"method {self.name!r} does not train one task at a time ({self.description}); train_suite takes "
+            f"{', '.join(PER_TASK_METHODS + tuple(methods_with('trains_jointly')))}."
+        )
+
     # -- reading a suite -----------------------------------------------------------------------------------------------
+    def encode(self, tokenizer, texts, max_length: int, info: Mapping[str, Any]):
+        """The responses ``texts`` of one task as its model reads them (:class:`scoreplex.encoding.Encoded`), given the
+        task's ``task.json`` ``info``: the response alone (:func:`~scoreplex.encoding.encode_texts`) unless the method
+        pairs it with task text."""
+        from scoreplex.encoding import encode_texts
+
+        return encode_texts(tokenizer, texts, max_length)
+
     def task_tensors(self, suite: Suite, task_id: str, *, for_engine: bool = False) -> dict[str, torch.Tensor]:
         """A task's tensors as its model needs them: its own, completed by its shared module (a merged group's, or a
         suite-wide one). ``for_engine`` leaves a suite-wide shared module out: the engine installs it once

@@ -331,12 +331,9 @@ def train_suite(
     if not datasets:
         raise ConfigError("no tasks to train: the data held no responses.")
     method = get_method(options.method)  # fail fast on an unknown name
-    if not method.capabilities.trains_per_task:
-        from scoreplex.methods import PER_TASK_METHODS
-
-        raise ConfigError(
-            f"method {options.method!r} does not train one task at a time ({method.description}); train_suite takes "
-            f"{', '.join(PER_TASK_METHODS)}."
+    if not method.capabilities.trains_per_task:  # one model across tasks, or a ConfigError naming the others
+        return method.train_all(
+            datasets, out_dir, options, val_sets=val_sets, backbone=backbone, on_task_done=on_task_done
         )
     bb = backbone or Backbone.load(options.backbone)
     root = Path(out_dir)

@@ -1,0 +1,542 @@
+"""Train the cross-item scorer on every item at once, save it as a suite, and add new items to it.
+
+The objective is each row's rubric loss through its own item's head (rows of a mixed batch weighted by their share),
+run by the one training loop (:func:`scoreplex.training.fit`); early stopping and model selection use *pooled*
+validation: the mean validation QWK over items weighted by their validation rows (items whose QWK is undefined
+left out), so an item with 2-3 validation rows does not decide the epoch alone. An item too small to split keeps all
+its rows for training and is named in a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scoreplex.backbone import Backbone, lora_target_modules
+from scoreplex.crossitem.method import SHARED_NAME, CrossItemMethod
+from scoreplex.crossitem.model import CrossItemModel, pairing_text
+from scoreplex.data.dataset import TaskData
+from scoreplex.encoding import Encoded, choose_max_length, collate, encode_pairs, train_batches
+from scoreplex.errors import ConfigError, DataError, SuiteError
+from scoreplex.heads import probabilities, rubric_loss
+from scoreplex.methods.base import TaskModel, build_head, split_state
+from scoreplex.methods.per_task import LoRA
+from scoreplex.metrics import evaluate_task
+from scoreplex.predictions import decode, embed_all, predict_logits
+from scoreplex.progress import progress_log
+from scoreplex.suite import Suite
+from scoreplex.training.loop import FitResult, TrainConfig, fit
+from scoreplex.training.suite import TaskResult, TrainOptions, _features_batches, finish_task
+
+CHECKPOINT = "cross-item"
+"""Name of the training checkpoint under ``<suite>/.checkpoints/`` until the suite is written."""
+
+
+@dataclass(frozen=True)
+class CrossItemSettings:
+    """The cross-item method's own settings, given as ``MethodSettings.extra`` (``TrainOptions.settings.extra``)."""
+
+    with_rubric: bool = False
+    """Append each item's rubric text to its question in the pairing text (long rubrics cost response tokens)."""
+    question_share: float = 0.25
+    """Share of the token budget the item text keeps when a pair does not fit (the response keeps the rest)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.question_share < 1:
+            raise ConfigError(
+                f"question_share={self.question_share!r}; give a share of the token budget in (0, 1), e.g. 0.25."
+            )
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> CrossItemSettings:
+        """The settings in ``extra``; ConfigError naming an unknown key and the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(extra) - known)
+        if unknown:
+            raise ConfigError(f"unknown cross-item settings {unknown}; the known ones are {sorted(known)}.")
+        return cls(**dict(extra))
+
+
+def _split(
+    datasets: Mapping[str, TaskData], val_sets: Mapping[str, TaskData] | None, options: TrainOptions
+) -> tuple[dict[str, TaskData], dict[str, TaskData], list[str]]:
+    """Per item ``(train, val)``: ``val_sets`` where given, else a seeded stratified split; items too small to split
+    train on all their rows (returned third, for the warning)."""
+    from scoreplex.data.splits import train_val_split
+
+    train, val, unsplit = {}, {}, []
+    for task_id, data in datasets.items():
+        if not data.has_labels:
+            raise DataError("training needs scored responses (labels).", task=task_id, file=data.source or None)
+        if val_sets is not None and task_id in val_sets:
+            train[task_id], val[task_id] = data, val_sets[task_id]
+            continue
+        try:
+            train[task_id], val[task_id] = train_val_split(
+                data, val_fraction=options.val_fraction, seed=options.config.seed
+            )
+        except DataError:
+            train[task_id] = data
+            unsplit.append(task_id)
+    if not val:
+        raise ConfigError(
+            f"no item has enough responses for a validation split ({len(datasets)} items); pass val_sets= or give "
+            "the items more scored responses."
+        )
+    return train, val, unsplit
+
+
+def defined_qwk(metrics: Mapping[str, Any]) -> float | None:
+    """The ``qwk`` of :func:`~scoreplex.metrics.evaluate_task`'s metrics, None where it is undefined (None or NaN)."""
+    qwk = metrics.get("qwk")
+    return None if qwk is None or not np.isfinite(float(qwk)) else float(qwk)
+
+
+def pooled_qwk(model: CrossItemModel, val: Mapping[str, TaskData], encs: Mapping[str, Encoded]) -> float:
+    """Validation QWK pooled over items: the mean of each item's QWK weighted by its validation rows, items whose
+    QWK is undefined (one class in truth and prediction) left out; 0 when none is defined."""
+    scores, weights = [], []
+    for task_id, data in val.items():
+        pred = decode(data.spec, data.ids, predict_logits(model.task_view(task_id), encs[task_id]))
+        qwk = defined_qwk(evaluate_task(data.spec, data.labels, pred.labels))
+        if qwk is not None:
+            scores.append(qwk)
+            weights.append(len(data))
+    return float(np.average(scores, weights=weights)) if scores else 0.0
+
+
+def cross_item_objective(model: CrossItemModel, batch: dict) -> torch.Tensor:
+    """Loss of one mixed batch: each item's rows through its own head, weighted by their share of the batch."""
+    pooled = model.embed(batch["input_ids"], batch["attention_mask"])  # (B, H)
+    tasks = batch["tasks"]
+    total = pooled.new_zeros(())
+    for task_id in dict.fromkeys(tasks):
+        rows = torch.as_tensor([i for i, t in enumerate(tasks) if t == task_id])
+        counts = model.specs[task_id].class_counts
+        logits = model.heads[task_id](pooled[rows])  # (b, sum K)
+        total = total + rubric_loss(logits, batch["labels"][rows][:, : len(counts)], counts) * (len(rows) / len(tasks))
+    return total
+
+
+def _mixed_batches(encs: Mapping[str, Encoded], batch_size: int):
+    """``make_batches(rng)`` over every item's rows, labels padded with -1 to the widest rubric."""
+    task_ids = list(encs)
+    ids = [x for e in encs.values() for x in e.input_ids]
+    owner = np.concatenate([np.full(len(e), k) for k, e in enumerate(encs.values())])
+    width = max(e.labels.shape[1] for e in encs.values())
+    labels = np.full((len(ids), width), -1, dtype=np.int64)
+    start = 0
+    for e in encs.values():
+        labels[start : start + len(e), : e.labels.shape[1]] = e.labels
+        start += len(e)
+    pad_id = next(iter(encs.values())).pad_id
+    mixed = Encoded(ids, labels, pad_id)
+    lengths = mixed.lengths
+
+    def make(rng: np.random.Generator):
+        for idx in train_batches(lengths, batch_size, rng):
+            batch = collate(mixed, idx)
+            batch["tasks"] = [task_ids[owner[i]] for i in idx]
+            yield batch
+
+    return make, (len(ids) + batch_size - 1) // batch_size
+
+
+def _pick_max_length(bb: Backbone, train: Mapping[str, TaskData], texts: Mapping[str, str], share: float):
+    """Max length covering 99% of the training pairs (whole question + response), and the share of responses a
+    pair of that length cuts."""
+    lengths, cut = [], 0
+    for task_id, data in train.items():
+        enc = encode_pairs(bb.tokenizer, texts[task_id], data.texts, bb.max_positions, first_share=share)
+        lengths.append(enc.lengths)
+    lengths = np.concatenate(lengths)
+    max_length = min(choose_max_length(lengths), bb.max_positions)
+    for task_id, data in train.items():
+        cut += encode_pairs(bb.tokenizer, texts[task_id], data.texts, max_length, first_share=share).truncated
+    return max_length, cut / max(1, len(lengths))
+
+
+def _task_config(model: CrossItemModel, text: str, settings: CrossItemSettings) -> dict[str, Any]:
+    pc = model.encoder.peft_config["default"]
+    return {
+        "head_hidden": model.head_hidden,
+        "head_dropout": model.head_dropout,
+        "lora_r": pc.r,
+        "lora_alpha": pc.lora_alpha,
+        "lora_dropout": pc.lora_dropout,
+        "lora_targets": sorted(pc.target_modules),
+        "pairing_text": text,
+        "question_share": settings.question_share,
+    }
+
+
+@dataclass
+class CrossItemRun:
+    """A trained cross-item model with what writing its suite needs (:func:`fit_cross_item`)."""
+
+    model: CrossItemModel
+    result: FitResult
+    train: dict[str, TaskData]
+    val: dict[str, TaskData]
+    """Validation rows of the items that have them (items too small to split are missing)."""
+    texts: dict[str, str]
+    """Each item's pairing text."""
+    max_length: int
+    truncated_share: float | None
+    """Share of training responses cut at ``max_length`` when it was picked from the data (None when given)."""
+    unsplit: list[str]
+    """Items too small for a validation split (trained on all their rows)."""
+    settings: CrossItemSettings
+    encodings: dict[str, Encoded]
+    """Validation encodings per item."""
+    truncated: dict[str, int]
+    """Training responses cut per item."""
+
+
+def fit_cross_item(
+    datasets: Mapping[str, TaskData],
+    options: TrainOptions,
+    bb: Backbone,
+    *,
+    val_sets: Mapping[str, TaskData] | None = None,
+    pairing_texts: Mapping[str, str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> CrossItemRun:
+    """Train the cross-item model on every item of ``datasets`` (see :func:`train_cross_item`); writes nothing but
+    the loop's checkpoint."""
+    if not datasets:
+        raise ConfigError("no items to train: the data held no responses.")
+    settings = CrossItemSettings.from_extra(options.settings.extra)
+    log = progress_log(options.progress)
+    train, val, unsplit = _split(datasets, val_sets, options)
+    if unsplit and log is not None:
+        log(
+            f"warning: {len(unsplit)} items have too few responses for a validation split and train on all their "
+            f"rows (validation pools the other items): {', '.join(unsplit[:20])}"
+            + (" ..." if len(unsplit) > 20 else "")
+        )
+    texts = {
+        t: (pairing_texts or {}).get(t) or pairing_text(d.spec, with_rubric=settings.with_rubric)
+        for t, d in datasets.items()
+    }
+    share = settings.question_share
+    if options.max_length is not None:
+        if options.max_length > bb.max_positions:
+            raise ConfigError(
+                f"max_length={options.max_length} is beyond the backbone's {bb.max_positions} positions; give "
+                f"--max-length {bb.max_positions} or less."
+            )
+        max_length, truncated = options.max_length, None
+    else:
+        max_length, truncated = _pick_max_length(bb, train, texts, share)
+
+    torch.manual_seed(options.config.seed)
+    s = options.settings
+    encoder = LoRA.wrap(
+        bb.encoder, s.lora_r, s.lora_alpha, s.lora_dropout, lora_target_modules(bb.encoder, s.lora_targets)
+    )
+    model = CrossItemModel(
+        encoder,
+        bb.hidden,
+        [d.spec for d in datasets.values()],
+        options.pooling,
+        head_hidden=s.head_hidden,
+        head_dropout=s.head_dropout,
+    )
+    enc_train = {
+        t: encode_pairs(bb.tokenizer, texts[t], d.texts, max_length, d.labels, first_share=share)
+        for t, d in train.items()
+    }
+    enc_val = {t: encode_pairs(bb.tokenizer, texts[t], d.texts, max_length, first_share=share) for t, d in val.items()}
+    cut = sum(e.truncated for e in enc_train.values())
+    if log is not None:
+        log(
+            f"cross-item: {len(datasets)} items, {sum(len(d) for d in train.values())} training and "
+            f"{sum(len(d) for d in val.values())} validation responses, max_length {max_length}"
+            + (f"; {cut} training responses cut" if cut else "")
+        )
+    make_batches, steps = _mixed_batches(enc_train, options.config.batch_size)
+    result = fit(
+        model,
+        make_batches,
+        steps,
+        cross_item_objective,
+        lambda m: pooled_qwk(m, val, enc_val),
+        options.config,
+        checkpoint_dir=checkpoint_dir,
+        description="cross-item",
+        progress=options.progress,
+        score_name="pooled validation QWK",
+    )
+    return CrossItemRun(
+        model,
+        result,
+        train,
+        val,
+        texts,
+        max_length,
+        truncated,
+        unsplit,
+        settings,
+        enc_val,
+        {t: e.truncated for t, e in enc_train.items()},
+    )
+
+
+def save_cross_item(
+    run: CrossItemRun,
+    out_dir: str | os.PathLike[str],
+    bb: Backbone,
+    options: TrainOptions,
+    *,
+    on_task_done: Callable[[TaskResult], None] | None = None,
+) -> Suite:
+    """Write a trained run as a suite (reopening an unfinished one of the same settings): the adapter as the shared
+    module, then per item its decoding and stacked lexical model (fitted on its validation rows, as
+    :func:`~scoreplex.training.suite.train_suite` does) and its module."""
+    from peft import get_peft_model_state_dict
+
+    t0 = time.perf_counter()
+    model, val = run.model, run.val
+    suite = Suite.create(
+        out_dir,
+        method=CrossItemMethod.name,
+        backbone=bb.info.to_dict(),
+        pooling=model.pooling,
+        max_length=run.max_length,
+    )
+    extra = {"cross_item": {"items": len(model.specs), "unsplit_items": run.unsplit, "fit": _fit_record(run.result)}}
+    if run.truncated_share is not None:
+        extra["truncated_share"] = run.truncated_share
+    suite.update(**extra)
+    lora = {f"lora.{k}": v for k, v in get_peft_model_state_dict(model.encoder).items()}
+    first = _task_config(model, "", run.settings)
+    suite.add_shared(SHARED_NAME, lora, {k: first[k] for k in ("lora_r", "lora_alpha", "lora_targets")})
+    for task_id, spec in model.specs.items():
+        train = run.train[task_id]
+        val_metrics: dict[str, Any] = {}
+        decoding = stack = report = None
+        if task_id in val:
+            with torch.no_grad():
+                logits = predict_logits(model.task_view(task_id), run.encodings[task_id])
+            val_metrics = evaluate_task(spec, val[task_id].labels, decode(spec, val[task_id].ids, logits).labels)
+            if options.decoding or options.lexical:
+                probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
+                decoding, stack, report = finish_task(
+                    train, val[task_id], probs, lexical=options.lexical, decoding=options.decoding
+                )
+        n_val = len(val[task_id]) if task_id in val else 0
+        summary: dict[str, Any] = {
+            "metrics": {"validation": val_metrics},
+            "train": {
+                "n_train": len(train),
+                "n_val": n_val,
+                "truncated": run.truncated[task_id],
+                "joint": True,
+                "config": options.config.to_dict(),
+            },
+        }
+        tensors = {f"head.{k}": v for k, v in model.heads[task_id].state_dict().items()}
+        lexical_record = None
+        if stack is not None:
+            lexical_tensors, lexical_record = stack.record()
+            tensors.update(lexical_tensors)
+        if report is not None:
+            summary["lexical"] = report
+        suite.add_task(
+            spec,
+            tensors,
+            _task_config(model, run.texts[task_id], run.settings),
+            summary,
+            shared=SHARED_NAME,
+            decoding=decoding.to_dict() if decoding is not None else None,
+            lexical=lexical_record,
+        )
+        if on_task_done is not None:  # an item without validation rows reports an undefined QWK
+            seconds, val_metrics = time.perf_counter() - t0, val_metrics or {"qwk": float("nan"), "n": 0}
+            on_task_done(
+                TaskResult(task_id, run.result, val_metrics, len(train), n_val, suite.task_bytes(task_id), seconds)
+            )
+    return suite
+
+
+def train_cross_item(
+    datasets: Mapping[str, TaskData],
+    out_dir: str | os.PathLike[str],
+    options: TrainOptions | None = None,
+    *,
+    val_sets: Mapping[str, TaskData] | None = None,
+    backbone: Backbone | None = None,
+    pairing_texts: Mapping[str, str] | None = None,
+    on_task_done: Callable[[TaskResult], None] | None = None,
+) -> Suite:
+    """Train one cross-item scorer on every item of ``datasets`` and write it as a suite at ``out_dir``.
+
+    One LoRA adapter (``options.settings``: rank, alpha, targets) on the shared backbone reads each response paired
+    with its item's text (``pairing_texts[task]``, else :func:`~scoreplex.crossitem.model.pairing_text` of its spec),
+    and each item gets its own head; all items train together in mixed batches by the one training loop
+    (``options.config``; early stopping on pooled validation QWK, see the module docstring). Validation rows are
+    ``val_sets`` where given, else a ``options.val_fraction`` split per item. After training, each item's decoding
+    and stacked lexical model are fitted on its validation rows as in :func:`~scoreplex.training.suite.train_suite`
+    (items without validation rows get neither). ``options.settings.extra`` takes :class:`CrossItemSettings`.
+
+    Resumable: the loop's epoch checkpoint lives in ``out_dir/.checkpoints/cross-item`` until the suite is written;
+    a re-run continues from it. SuiteError if ``out_dir`` already holds a finished suite. ``on_task_done`` is called
+    per item as it is written (as by ``train_suite``).
+    """
+    options = options or TrainOptions(method=CrossItemMethod.name)
+    root = Path(out_dir)
+    ckpt = root / ".checkpoints" / CHECKPOINT
+    if (root / "manifest.json").is_file() and not ckpt.is_dir():
+        raise SuiteError(
+            f"{root} already holds a suite; write the cross-item suite to a new folder, or add items to it with "
+            "scoreplex.crossitem.add_item."
+        )
+    bb = backbone or Backbone.load(options.backbone)
+    run = fit_cross_item(datasets, options, bb, val_sets=val_sets, pairing_texts=pairing_texts, checkpoint_dir=ckpt)
+    suite = save_cross_item(run, root, bb, options, on_task_done=on_task_done)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    ckpt_root = root / ".checkpoints"
+    if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
+        ckpt_root.rmdir()
+    return suite
+
+
+def _fit_record(result: FitResult) -> dict[str, Any]:
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "best_pooled_qwk": result.best_score,
+        "seconds": round(result.seconds, 2),
+        "history": result.history,
+    }
+
+
+# -- new items ---------------------------------------------------------------------------------------------------------
+def shared_encoder(suite: Suite, bb: Backbone):
+    """A copy of ``bb``'s encoder with the suite's cross-item adapter (eval mode, frozen)."""
+    from peft import set_peft_model_state_dict
+
+    if not isinstance(suite.method_object, CrossItemMethod):
+        raise ConfigError(
+            f"{suite.root} is a {suite.method!r} suite, not a cross-item one ({CrossItemMethod.name!r}); train one "
+            "with `scoreplex train --method cross-item`."
+        )
+    meta = suite.manifest.get("shared", {}).get(SHARED_NAME)
+    if meta is None:
+        raise SuiteError(f"{suite.root} has no {SHARED_NAME!r} shared module; restore the suite or retrain it.")
+    enc = LoRA.wrap(bb.encoder, int(meta["lora_r"]), float(meta["lora_alpha"]), 0.0, list(meta["lora_targets"]))
+    set_peft_model_state_dict(enc, split_state(suite.shared_tensors(SHARED_NAME), "lora."))
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc.eval()
+
+
+ADD_ITEM_CONFIG = TrainConfig(epochs=40, lr=2e-3, batch_size=16, patience=5)
+"""Training settings of a new item's head on frozen cross-item features (cheap: one encoder pass)."""
+
+
+def add_item(
+    suite: Suite | str | os.PathLike[str],
+    data: TaskData,
+    *,
+    val: TaskData | None = None,
+    backbone: Backbone | str | None = None,
+    pairing: str | None = None,
+    config: TrainConfig = ADD_ITEM_CONFIG,
+    val_fraction: float = 0.2,
+    decoding: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Add a new item to a cross-item suite: only its head trains, on the frozen cross-item encoder's pooled features
+    of its responses paired with its text (``pairing``, else :func:`~scoreplex.crossitem.model.pairing_text`); the
+    shared adapter and every other item stay as they are (their files untouched).
+
+    Validation rows are ``val``, else a ``val_fraction`` split of ``data``; an item too small to split validates on
+    its training rows (reported as ``"validated_on": "train"``). Returns the item's summary (metrics, rows, new
+    parameters). ConfigError if the item is already in the suite; DataError for unscored data.
+    """
+    from scoreplex.data.splits import train_val_split
+
+    suite = suite if isinstance(suite, Suite) else Suite.open(suite)
+    spec = data.spec
+    if suite.has_task(spec.id):
+        raise ConfigError(f"item {spec.id!r} is already in the suite at {suite.root}; give the new item another id.")
+    if not data.has_labels:
+        raise DataError("adding an item needs scored responses.", task=spec.id, file=data.source or None)
+    bb = backbone if isinstance(backbone, Backbone) else Backbone.for_suite(suite, backbone)
+    encoder = shared_encoder(suite, bb)
+    meta = suite.manifest["shared"][SHARED_NAME]
+    text = pairing if pairing is not None else pairing_text(spec)
+    validated_on = "validation"
+    if val is None:
+        try:
+            data, val = train_val_split(data, val_fraction=val_fraction, seed=config.seed)
+        except DataError:
+            val, validated_on = data, "train"
+    any_task = suite.task_ids[0] if suite.task_ids else None
+    share = float(suite.task_info(any_task)["config"].get("question_share", 0.25)) if any_task else 0.25
+    torch.manual_seed(config.seed)
+    head_cfg = suite.task_info(any_task)["config"] if any_task else {}
+    head = build_head(bb.hidden, spec, head_cfg)
+    view = TaskModel(encoder, head, suite.pooling)
+    f_train = embed_all(view, encode_pairs(bb.tokenizer, text, data.texts, suite.max_length, first_share=share))
+    f_val = embed_all(view, encode_pairs(bb.tokenizer, text, val.texts, suite.max_length, first_share=share))
+    make_batches = _features_batches(f_train, data.labels, config.batch_size)
+
+    def objective(model, batch):
+        return rubric_loss(model(features=batch["features"]), batch["labels"], spec.class_counts)
+
+    def validate(model) -> float:
+        qwk = defined_qwk(evaluate_task(spec, val.labels, decode(spec, val.ids, model(features=f_val)).labels))
+        return 0.0 if qwk is None else qwk
+
+    steps = (len(data) + config.batch_size - 1) // config.batch_size
+    result = fit(
+        view, make_batches, steps, objective, validate, config, description=f"add {spec.id}", progress=progress
+    )
+    with torch.no_grad():
+        logits = view(features=f_val)
+    metrics = evaluate_task(spec, val.labels, decode(spec, val.ids, logits).labels)
+    fitted = None
+    if decoding and validated_on == "validation":
+        probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
+        fitted, _, _ = finish_task(data, val, probs, lexical=False, decoding=True)
+    config_out = {
+        "head_hidden": int(head_cfg.get("head_hidden", 0)),
+        "head_dropout": float(head_cfg.get("head_dropout", 0.1)),
+        "lora_r": int(meta["lora_r"]),
+        "lora_alpha": meta["lora_alpha"],
+        "lora_dropout": 0.0,
+        "lora_targets": list(meta["lora_targets"]),
+        "pairing_text": text,
+        "question_share": share,
+    }
+    new = sum(p.numel() for p in head.parameters())
+    summary = {
+        "metrics": {"validation": metrics},
+        "added": {
+            "n_train": len(data),
+            "n_val": len(val),
+            "validated_on": validated_on,
+            "new_parameters": new,
+            "best_epoch": result.best_epoch,
+        },
+    }
+    suite.add_task(
+        spec,
+        {f"head.{k}": v for k, v in head.state_dict().items()},
+        config_out,
+        summary,
+        shared=SHARED_NAME,
+        decoding=fitted.to_dict() if fitted is not None else None,
+    )
+    return summary

@@ -1,0 +1,237 @@
+"""The cross-item scorer (one LoRA adapter over question + response pairs, a head per item) on the tiny BERT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scoreplex.crossitem import CrossItemMethod, pairing_text
+from scoreplex.crossitem.method import SHARED_NAME
+from scoreplex.data.asap_sas import question_text
+from scoreplex.encoding import encode_pairs, encode_texts
+from scoreplex.errors import ConfigError, SuiteError
+from scoreplex.suite import Suite
+from scoreplex.tasks import TaskSpec
+
+ITEMS = ("demo-photosynthesis", "demo-circuit", "demo-argument")
+"""Three of the four demo items (one is multi-label); the fourth joins later."""
+
+
+# -- pairing -----------------------------------------------------------------------------------------------------------
+def test_pairs_put_the_item_text_before_the_response(tiny_bb):
+    tok = tiny_bb.tokenizer
+    q, r = "why do plants need light", "they make sugar from it"
+    enc = encode_pairs(tok, q, [r], 64)
+    q_ids = tok(q, add_special_tokens=False)["input_ids"]
+    r_ids = tok(r, add_special_tokens=False)["input_ids"]
+    assert enc.input_ids[0] == [tok.cls_token_id, *q_ids, tok.sep_token_id, *r_ids, tok.sep_token_id]
+    assert enc.input_ids[0] == tok(q, r)["input_ids"]  # the tokenizer's own pair encoding
+    assert enc.input_ids[0] != encode_texts(tok, [r], 64).input_ids[0]
+    assert enc.input_ids != encode_pairs(tok, "what is a circuit", [r], 64).input_ids  # the question matters
+    assert encode_pairs(tok, "  ", [r], 64).input_ids == encode_texts(tok, [r], 64).input_ids  # no item text
+    assert enc.truncated == 0
+
+
+def test_the_question_is_cut_before_the_response(tiny_bb):
+    tok = tiny_bb.tokenizer
+    long_q = " ".join(f"word{i}" for i in range(200)) + " explain the result"
+    r = "the lid was black so it got hot"
+    r_ids = tok(r, add_special_tokens=False)["input_ids"]
+    enc = encode_pairs(tok, long_q, [r], 48)
+    ids = enc.input_ids[0]
+    assert len(ids) == 48 and enc.truncated == 0
+    assert ids[-len(r_ids) - 1 : -1] == r_ids  # the whole response is kept
+    end_q = tok(" explain the result", add_special_tokens=False)["input_ids"]
+    sep = ids.index(tok.sep_token_id)
+    assert ids[sep - len(end_q) : sep] == end_q  # the question keeps its end (what it asks)
+
+    long_r = " ".join(["heat"] * 300)
+    enc = encode_pairs(tok, long_q, [long_r], 48, first_share=0.25)
+    ids = enc.input_ids[0]
+    assert len(ids) == 48 and enc.truncated == 1
+    assert ids.index(tok.sep_token_id) - 1 == int(0.25 * (48 - 3))  # the question kept its floor
+
+
+def test_question_text_of_an_asap_item_file():
+    text = (
+        "Data Set #9\nType of response: ... Rubric range:0-2\nA passage about space junk.\n"
+        "Prompt-Organization of Article Item\nHow does the author organize\nthe article?\n"
+        "Rubric for Organization of Article\n2 points\n"
+    )
+    assert question_text(text) == "How does the author organize the article?"
+    assert question_text("no header here") == ""
+
+
+def test_pairing_text_prefers_the_question_and_adds_the_reference():
+    spec = TaskSpec.ordinal("q1", 2, prompt="Data Set #1", rubric="Score 2: full", metadata={"question": "Why?"})
+    assert pairing_text(spec) == "Why?"
+    assert pairing_text(spec, with_rubric=True) == "Why?\nScore 2: full"
+    ref = TaskSpec.ordinal("q2", 2, prompt="Explain.", metadata={"reference_answer": "Because."})
+    assert pairing_text(ref) == "Explain.\nBecause."
+
+
+# -- training, scoring, adding ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_datasets, tiny_bb, small_options):
+    from scoreplex.crossitem.train import fit_cross_item, save_cross_item
+
+    options = small_options("cross-item", max_length=48, lexical=False)
+    data = {t: demo_datasets[t] for t in ITEMS}
+    run = fit_cross_item(data, options, tiny_bb)
+    suite = save_cross_item(run, tmp_path_factory.mktemp("cross") / "suite", tiny_bb, options)
+    return run, suite
+
+
+def test_training_scores_every_item_and_stores_its_text(trained, demo_datasets, tiny_bb):
+    from scoreplex.scorer import SuiteScorer, open_scorer
+
+    run, suite = trained
+    suite = Suite.open(suite.root)  # every file verified
+    assert suite.method == CrossItemMethod.name and sorted(suite.task_ids) == sorted(ITEMS)
+    assert SHARED_NAME in suite.manifest["shared"]
+    scorer = open_scorer(suite, tiny_bb)
+    assert isinstance(scorer, SuiteScorer)  # the engine cannot pair rows with their items' texts yet
+    for t in ITEMS:
+        info = suite.task_info(t)
+        assert info["config"]["pairing_text"] == pairing_text(demo_datasets[t].spec)
+        assert set(suite.module_tensors(t)) == {k for k in suite.module_tensors(t) if k.startswith("head.")}
+        pred = scorer.predict(t, demo_datasets[t].texts[:10])
+        assert pred.labels.shape == (10, len(suite.spec(t).dimensions))
+        assert all(np.allclose(p.sum(axis=1), 1.0, atol=1e-5) for p in pred.probs)
+    assert len(run.result.history) == 2  # the small config: 2 epochs, no early stopping
+
+
+def test_saved_suite_gives_the_trained_models_probabilities(trained, demo_datasets, tiny_bb):
+    from scoreplex.heads import probabilities
+    from scoreplex.predictions import predict_logits
+    from scoreplex.scorer import SuiteScorer
+
+    run, suite = trained
+    scorer = SuiteScorer(Suite.open(suite.root), tiny_bb, decoding=False, lexical=False)
+    for t in ITEMS:
+        texts = demo_datasets[t].texts[:12]
+        enc = encode_pairs(tiny_bb.tokenizer, run.texts[t], texts, run.max_length)
+        with torch.no_grad():
+            want = probabilities(predict_logits(run.model.task_view(t), enc), suite.spec(t).class_counts)
+        got = scorer.predict(t, texts).probs
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
+
+
+def test_the_pairing_text_changes_the_scores(trained, demo_datasets, tiny_bb):
+    from scoreplex.scorer import SuiteScorer
+
+    run, suite = trained
+    t = ITEMS[0]
+    scorer = SuiteScorer(Suite.open(suite.root), tiny_bb, decoding=False, lexical=False)
+    texts = demo_datasets[t].texts[:8]
+    info = dict(suite.task_info(t), config={**suite.task_info(t)["config"], "pairing_text": "an unrelated text"})
+    model = scorer.model(t)
+    from scoreplex.predictions import predict_logits
+
+    with torch.no_grad():
+        own = predict_logits(model, CrossItemMethod().encode(tiny_bb.tokenizer, texts, suite.max_length, info))
+        paired = predict_logits(
+            model, CrossItemMethod().encode(tiny_bb.tokenizer, texts, suite.max_length, suite.task_info(t))
+        )
+    assert not torch.allclose(own, paired)
+
+
+def test_adding_an_item_trains_only_its_head(trained, demo_datasets, tiny_bb, tmp_path):
+    import shutil
+
+    from scoreplex.crossitem import add_item
+    from scoreplex.scorer import SuiteScorer
+    from scoreplex.suite import sha256_file
+
+    _, trained_suite = trained
+    root = tmp_path / "suite"
+    shutil.copytree(trained_suite.root, root)
+    suite = Suite.open(root)
+    shared_file = root / suite.manifest["shared"][SHARED_NAME]["file"]
+    before = {p: sha256_file(p) for p in [shared_file, *(root / "tasks" / t / "module.safetensors" for t in ITEMS)]}
+    new = demo_datasets["demo-food-web"]
+    summary = add_item(suite, new, backbone=tiny_bb, progress=False)
+    assert {p: sha256_file(p) for p in before} == before  # the adapter and the other items are untouched
+    reopened = Suite.open(root)
+    assert new.spec.id in reopened.task_ids and reopened.shared_of(new.spec.id) == SHARED_NAME
+    own = reopened.module_tensors(new.spec.id)  # the new item stores its head alone
+    assert all(k.startswith("head.") for k in own)
+    assert sum(v.numel() for v in own.values()) == summary["added"]["new_parameters"]
+    pred = SuiteScorer(reopened, tiny_bb).predict(new.spec.id, new.texts[:5])
+    assert pred.labels.shape == (5, len(new.spec.dimensions))
+    with pytest.raises(ConfigError, match="already in the suite"):
+        add_item(reopened, new, backbone=tiny_bb, progress=False)
+
+
+def test_train_suite_hands_cross_item_to_its_trainer_and_refuses_a_finished_suite(
+    trained, demo_datasets, tiny_bb, small_options
+):
+    from scoreplex.training.suite import train_suite
+
+    _, suite = trained
+    with pytest.raises(SuiteError, match="already holds a suite"):
+        train_suite({t: demo_datasets[t] for t in ITEMS}, suite.root, small_options("cross-item"), backbone=tiny_bb)
+
+
+def test_items_too_small_to_split_train_on_all_rows(demo_datasets, tiny_bb, small_options, tmp_path):
+    from scoreplex.crossitem.train import fit_cross_item
+
+    data = {t: demo_datasets[t] for t in ITEMS[:2]}
+    tiny = demo_datasets[ITEMS[0]].subset([0])
+    data[ITEMS[0]] = tiny
+    options = small_options("cross-item", max_length=32, lexical=False, decoding=False)
+    run = fit_cross_item(data, options, tiny_bb)
+    assert run.unsplit == [ITEMS[0]] and len(run.train[ITEMS[0]]) == 1 and ITEMS[0] not in run.val
+    assert ITEMS[1] in run.val
+
+
+def test_unknown_cross_item_settings_are_refused():
+    from scoreplex.crossitem.train import CrossItemSettings
+
+    with pytest.raises(ConfigError, match="question_shares"):
+        CrossItemSettings.from_extra({"question_shares": 0.3})
+    with pytest.raises(ConfigError, match="question_share"):
+        CrossItemSettings(question_share=1.5)
+
+
+def test_cli_trains_and_evaluates_a_cross_item_suite(demo_files, demo_column_map, tiny_backbone_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+
+    labels = [a for d, c in demo_column_map.labels.items() for a in ("--label", f"{d}={c}")]
+    out = tmp_path / "suite"
+    args = ["train", demo_files["train"], "--out", out, "--method", "cross-item", "--backbone", tiny_backbone_path]
+    args += ["--tasks", demo_files["tasks"], "--epochs", 1, "--batch-size", 16, "--max-length", 48, "--no-lexical"]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, *labels]], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "suite written to" in result.output and "validation QWK" in result.output
+    assert not (out / ".checkpoints").exists()  # removed once the suite is written
+    suite = Suite.open(out)
+    assert suite.method == CrossItemMethod.name and len(suite.task_ids) == 4
+    ev = ["evaluate", out, demo_files["test"], "--backbone", tiny_backbone_path, *labels]
+    result = CliRunner().invoke(app, [str(a) for a in ev], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert all(t in result.output for t in suite.task_ids)
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(demo_datasets, tiny_bb, small_options, tmp_path):
+    from dataclasses import replace
+
+    from scoreplex.crossitem.train import CHECKPOINT, fit_cross_item, train_cross_item
+
+    data = {t: demo_datasets[t] for t in ITEMS[:2]}
+    options = small_options("cross-item", max_length=32, lexical=False, decoding=False)
+    out = tmp_path / "suite"
+    first = fit_cross_item(
+        data,
+        replace(options, config=replace(options.config, epochs=1)),
+        tiny_bb,
+        checkpoint_dir=out / ".checkpoints" / CHECKPOINT,
+    )  # the run "stops" after epoch 1, its checkpoint kept
+    suite = train_cross_item(data, out, options, backbone=tiny_bb)
+    fit = suite.manifest["cross_item"]["fit"]
+    assert fit["epochs_run"] == 2 and fit["history"][0] == first.result.history[0]
+    assert sorted(suite.task_ids) == sorted(data) and not (out / ".checkpoints").exists()
