@@ -451,3 +451,40 @@ def test_cli_markdown_path_is_checked_before_evaluating(tiny_suite, double_score
     same = tmp_path / "same.out"
     result = invoke("evaluate", tiny_suite, double_scored, "--report", same, "--markdown", same, "--label", "score")
     assert result.exit_code == 2 and "same file" in flat(result.output)
+
+
+# -- undefined QWK, n per task and pooled figures ------------------------------------------------------------------
+
+
+def test_single_class_item_shows_qwk_undefined_not_one():
+    one = np.array([2, 2, 2, 2, 2])  # every response scored 2 and predicted 2
+    out = deployment_criteria(ORD, one, one)
+    assert out["qwk"] is None and out["criteria"]["qwk"]["value"] is None and out["criteria"]["qwk"]["pass"] is None
+    assert out["exact"] == 1.0 and out["n"] == 5
+    assert reference_from_scores(ORD, one, one) is None  # two raters on one class: no usable QWK reference
+
+
+def test_evaluate_suite_leaves_undefined_tasks_out_of_the_mean_and_pools_every_response():
+    good_t, good_p = np.array([0, 1, 2, 3, 0, 1, 2, 3]), np.array([0, 1, 2, 3, 1, 1, 2, 2])
+    flat = np.array([1, 1, 1])
+    automated = {"good": np.ones(8, bool), "flat": np.ones(3, bool)}
+    scorer = _Scorer({"good": (good_p, automated["good"]), "flat": (flat, automated["flat"])}, {"good": {}, "flat": {}})
+    datasets = {"good": _data("good", good_t), "flat": _data("flat", flat)}
+    result = evaluate_suite(scorer, datasets, progress=False)
+
+    assert result["tasks"]["flat"]["qwk"] is None and result["qwk_undefined_tasks"] == ["flat"]
+    assert result["mean_qwk"] == pytest.approx(quadratic_weighted_kappa(good_t, good_p, labels=range(4)))
+    pooled = result["pooled"]
+    both_t, both_p = np.concatenate([good_t, flat]), np.concatenate([good_p, flat])
+    assert pooled["n"] == 11 and pooled["n_tasks"] == 2
+    assert pooled["qwk"] == pytest.approx(quadratic_weighted_kappa(both_t, both_p, labels=range(4)))
+    assert pooled["rmse"] == pytest.approx(np.sqrt(np.mean(((both_t - both_p) / 3) ** 2)))
+    json.dumps(result, allow_nan=False)
+
+    header, rows = evaluation_criteria_table(result)
+    flat_row = next(r for r in rows if r[0] == "flat")
+    assert flat_row[header.index("n")] == "3" and flat_row[header.index("QWK")] == "n/a"
+    md = criteria_markdown(result)
+    assert "over 1 of 2 tasks (1 with QWK undefined" in md and ": flat)" in md
+    assert f"Pooled over 11 responses of 2 tasks: QWK {pooled['qwk']:.3f}" in md
+    assert "| flat | 3 | n/a |" in md

@@ -23,7 +23,10 @@ from scoreplex.metrics import (
     multilabel_f1,
     paired_t_test,
     per_label_accuracy,
+    pooled_metrics,
     quadratic_weighted_kappa,
+    undefined_tasks,
+    validation_qwk,
 )
 from scoreplex.tasks import Dimension, TaskSpec
 
@@ -55,8 +58,11 @@ def test_qwk_matches_sklearn_on_random_draws():
             for labels in (list(range(k)), None):
                 ref = skm.cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=labels)
                 ours = quadratic_weighted_kappa(y_true, y_pred, labels=labels)
-                if np.isnan(ref):  # sklearn's undefined case: our documented policy applies instead
-                    assert ours == (1.0 if np.array_equal(y_true, y_pred) else 0.0)
+                if np.isnan(ref):  # sklearn's undefined case: replace_undefined_by applies instead
+                    assert ours == 1.0 and np.array_equal(y_true, y_pred)  # undefined only when both agree
+                    assert math.isnan(
+                        quadratic_weighted_kappa(y_true, y_pred, labels=labels, replace_undefined_by=math.nan)
+                    )
                     continue
                 assert ours == pytest.approx(ref, abs=1e-12)
                 checked += 1
@@ -90,6 +96,10 @@ def test_qwk_zero_expected_disagreement_policy():
     assert quadratic_weighted_kappa([0, 0], [0, 0]) == 1.0  # one observed label only
     assert quadratic_weighted_kappa([1, 1], [3, 3], labels=range(4)) == 0.0  # constant but different: chance level
     assert not math.isnan(quadratic_weighted_kappa([1], [1], labels=range(3)))
+    assert math.isnan(quadratic_weighted_kappa([2, 2, 2], [2, 2, 2], labels=range(4), replace_undefined_by=math.nan))
+    assert quadratic_weighted_kappa([2, 2], [2, 2], labels=range(4), replace_undefined_by=-9.0) == -9.0
+    # defined (constant but different raters) is never replaced
+    assert quadratic_weighted_kappa([1, 1], [3, 3], labels=range(4), replace_undefined_by=math.nan) == 0.0
 
 
 def test_qwk_labels_set_the_weight_scale():
@@ -272,7 +282,8 @@ def test_evaluate_single_dimension_matches_sklearn():
     rng = np.random.default_rng(6)
     y_true, y_pred = _random_scores(ESSAY, 50, rng)
     res = evaluate_task(ESSAY, y_true, y_pred)
-    assert set(res) == {"qwk", "accuracy", "n", "dimensions"}
+    assert set(res) == {"qwk", "accuracy", "qwk_undefined", "n", "dimensions"}
+    assert res["qwk_undefined"] == []
     dim = res["dimensions"]["score"]
     assert set(dim) == {"qwk", "accuracy", "adjacent", "macro_f1", "micro_f1", "n"}
     t, p, labels = y_true[:, 0], y_pred[:, 0], list(range(4))
@@ -392,3 +403,75 @@ def test_mean_over_tasks():
         mean_over_tasks({})
     with pytest.raises(ConfigError, match="None"):
         mean_over_tasks({"c": {"qwk": None}})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Undefined QWK and pooled metrics (small items)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_undefined_qwk_is_none_never_one_and_left_out_of_means():
+    t = np.array([[1, 0], [1, 1], [1, 0]])  # "score" has one class in truth...
+    p = np.array([[1, 0], [1, 1], [1, 1]])  # ... and in the prediction: QWK undefined; "on_topic" is defined
+    res = evaluate_task(MIXED, t, p)
+    assert res["dimensions"]["score"]["qwk"] is None and res["dimensions"]["score"]["accuracy"] == 1.0
+    assert res["qwk_undefined"] == ["score"]
+    on_topic = quadratic_weighted_kappa(t[:, 1], p[:, 1], labels=range(2))
+    assert res["qwk"] == pytest.approx(on_topic)  # the mean over the defined dimension only
+    assert json.loads(json.dumps(res))["dimensions"]["score"]["qwk"] is None  # null in JSON, not NaN
+    only = evaluate_task(ESSAY, [2, 2, 2], [2, 2, 2])
+    assert only["qwk"] is None and only["qwk_undefined"] == ["score"]
+    # a single class in truth but not in the prediction is defined (chance level), not undefined
+    assert evaluate_task(ESSAY, [2, 2, 2], [2, 2, 1])["qwk"] == pytest.approx(0.0)
+    results = {"a": {"qwk": 0.4}, "b": only, "c": {"qwk": 0.8}}
+    assert mean_over_tasks(results) == pytest.approx(0.6) and undefined_tasks(results) == ["b"]
+
+
+def test_validation_qwk_is_always_a_number():
+    assert validation_qwk(ESSAY, [2, 2, 2], [2, 2, 2]) == 1.0  # undefined: every response right
+    rng = np.random.default_rng(3)
+    t, p = _random_scores(MIXED, 40, rng)
+    assert validation_qwk(MIXED, t, p) == pytest.approx(evaluate_task(MIXED, t, p)["qwk"])
+
+
+def _normalised(spec: TaskSpec, y: np.ndarray) -> np.ndarray:
+    return y / np.array([d.num_classes - 1 for d in spec.dimensions])
+
+
+def test_pooled_metrics_equal_a_direct_computation():
+    rng = np.random.default_rng(11)
+    tasks = {}
+    for spec, n in ((ESSAY, 30), (MIXED, 25), (RUBRIC, 20)):
+        t, p = _random_scores(spec, n, rng)
+        tasks[spec.id] = (spec, t, p)
+    t_rub = tasks[RUBRIC.id][1].copy()
+    t_rub[:5, 1] = -1  # unscored cells drop out
+    tasks[RUBRIC.id] = (RUBRIC, t_rub, tasks[RUBRIC.id][2])
+    truth, pred = [], []
+    for spec, t, p in tasks.values():
+        scored = t != -1
+        truth.append(_normalised(spec, t)[scored])
+        pred.append(_normalised(spec, p)[scored])
+    truth, pred = np.concatenate(truth), np.concatenate(pred)
+    out = pooled_metrics(tasks)
+    assert out["n"] == truth.size == 30 + 2 * 25 + 3 * 20 - 5 and out["n_tasks"] == 3
+    assert out["pearson_r"] == pytest.approx(stats.pearsonr(truth, pred).statistic)
+    assert out["rmse"] == pytest.approx(np.sqrt(np.mean((truth - pred) ** 2)))
+    assert out["qwk"] is None and "different numbers of classes" in out["qwk_note"]
+    json.dumps(out)
+
+
+def test_pooled_qwk_over_tasks_of_one_scale():
+    rng = np.random.default_rng(5)
+    a, b = TaskSpec.ordinal("a", 3), TaskSpec.ordinal("b", 3)
+    (ta, pa), (tb, pb) = _random_scores(a, 15, rng), _random_scores(b, 9, rng)
+    out = pooled_metrics({"a": (a, ta, pa), "b": (b, tb, pb)})
+    both_t, both_p = np.concatenate([ta[:, 0], tb[:, 0]]), np.concatenate([pa[:, 0], pb[:, 0]])
+    assert out["qwk"] == pytest.approx(quadratic_weighted_kappa(both_t, both_p, labels=range(4)))
+    assert out["qwk"] == pytest.approx(skm.cohen_kappa_score(both_t, both_p, weights="quadratic", labels=range(4)))
+    assert out["qwk_note"] is None
+    # one class everywhere: QWK and Pearson r undefined (None), RMSE 0
+    flat = pooled_metrics({"a": (a, np.full(4, 2), np.full(4, 2))})
+    assert flat["qwk"] is None and flat["pearson_r"] is None and flat["rmse"] == 0.0
+    with pytest.raises(ConfigError, match="'b'"):
+        pooled_metrics({"b": (b, np.zeros(3, dtype=int), np.zeros(4, dtype=int))})

@@ -202,6 +202,10 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
     console.print(t)
 
 
+def _qwk_text(qwk: float | None) -> str:
+    return "n/a (undefined: one class in both scores and predictions)" if qwk is None else f"{qwk:.3f}"
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Scored responses: CSV, TSV, JSONL or Parquet.")],
@@ -242,6 +246,22 @@ def train(
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Token cap (default: 99th percentile of the data).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
+    min_val_rows: Annotated[
+        int,
+        typer.Option(
+            "--min-val-rows",
+            help="A task whose validation split has fewer responses than this (or one class) is a small item: "
+            "named in a warning, and cross-validated with --cv-folds (0: flag single-class splits only).",
+        ),
+    ] = 20,
+    cv_folds: Annotated[
+        int,
+        typer.Option(
+            "--cv-folds",
+            help="Small items: choose their epochs by k-fold cross-validation within the item, then refit on all "
+            "their responses (0: train them on their own split).",
+        ),
+    ] = 0,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
@@ -307,6 +327,8 @@ def train(
             pooling=pooling,
             max_length=max_length,
             val_fraction=val_fraction,
+            min_val_rows=min_val_rows,
+            cv_folds=cv_folds,
             config=config,
             settings=settings,
             decoding=decoding,
@@ -319,9 +341,10 @@ def train(
             options,
             on_task_start=lambda t: current.update(task=t),
             on_task_done=lambda r: typer.echo(
-                f"{r.task_id}: validation QWK {r.val_metrics['qwk']:.3f} ({r.fit.epochs_run} epochs, "
+                f"{r.task_id}: validation QWK {_qwk_text(r.val_metrics['qwk'])} ({r.fit.epochs_run} epochs, "
                 f"{r.seconds:.0f} s, {r.module_bytes:,} bytes)"
             ),
+            on_warning=lambda message: typer.echo(f"warning: {message}", err=True),
         )
     except ScoreplexError as exc:
         _fail(exc)
@@ -382,7 +405,7 @@ def evaluate(
         from scoreplex.data.load import read_dataset
         from scoreplex.metrics import Criteria
         from scoreplex.paths import prepare_output_folder
-        from scoreplex.reports.evaluation import evaluation_criteria_table, write_criteria_markdown
+        from scoreplex.reports.evaluation import evaluation_criteria_table, summary_lines, write_criteria_markdown
         from scoreplex.scorer import SuiteScorer, evaluate_suite
         from scoreplex.suite import Suite, write_json_atomic
 
@@ -412,7 +435,10 @@ def evaluate(
     except ScoreplexError as exc:
         _fail(exc)
     header, rows = evaluation_criteria_table(result)
-    _table(f"{suite}: mean QWK {result['mean_qwk']:.3f}", header, rows)
+    first, *rest = summary_lines(result)
+    _table(f"{suite}: {first}", header, rows)
+    for line in rest:
+        typer.echo(line)
     rate = result["mean_automation_rate"]
     typer.echo(
         f"deployment criteria (Williamson, Xi & Breyer 2012): {result['items_passing_criteria']} of "

@@ -30,6 +30,7 @@ from scoreplex.tasks import TaskSpec
 
 __all__ = [
     "MISSING",
+    "POOLED_SCALE",
     "WILLIAMSON_2012",
     "Criteria",
     "HumanReference",
@@ -45,10 +46,13 @@ __all__ = [
     "multilabel_f1",
     "paired_t_test",
     "per_label_accuracy",
+    "pooled_metrics",
     "quadratic_weighted_kappa",
     "reference_from_scores",
     "standardized_mean_difference",
     "training_reference",
+    "undefined_tasks",
+    "validation_qwk",
 ]
 
 MISSING = -1
@@ -147,7 +151,9 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str,
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def quadratic_weighted_kappa(y_true: Any, y_pred: Any, *, labels: Sequence[Any] | None = None) -> float:
+def quadratic_weighted_kappa(
+    y_true: Any, y_pred: Any, *, labels: Sequence[Any] | None = None, replace_undefined_by: float = 1.0
+) -> float:
     """Cohen's kappa with quadratic weights (QWK) between two ratings of the same ``N`` items.
 
     With ``K`` classes indexed ``i, j = 0..K-1`` in the order of ``labels``::
@@ -167,12 +173,19 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, *, labels: Sequence[Any] 
             this list, so passing the full rubric range makes a miss by 2 cost 4 times a miss by 1 even if some
             scores never occur. ``None`` uses the sorted values that occur in either array.
 
+        replace_undefined_by: the value returned when QWK is undefined (below); scikit-learn's name
+            (``cohen_kappa_score(..., replace_undefined_by=...)``). Pass ``math.nan`` to detect the case, as every
+            report in scoreplex does (:func:`evaluate_task` shows it as None).
+
     Returns:
         QWK in ``[-1, 1]``; 1 is perfect agreement, 0 is chance level.
 
-    Undefined case: when the expected disagreement ``sum(W * E)`` is 0 (both raters give the same single class to
-    every item, or ``labels`` has one class) scikit-learn returns ``nan``; this function returns 1.0 if
-    ``y_true == y_pred`` on every item and 0.0 otherwise, so the result is always a finite number.
+    Undefined case: the expected disagreement ``sum(W * E)`` is 0 exactly when both raters give one and the same
+    class to every item (or ``labels`` has one class); then the observed disagreement is 0 too and QWK is ``0 / 0``.
+    scikit-learn returns ``nan`` by default; this function returns ``replace_undefined_by``, by default 1.0 (the
+    raters do agree on every item), so that optimisers over QWK (cut points, thresholds, cross-validated model
+    choice) always compare finite numbers. Reports must not show that 1.0 as agreement: a single class says nothing
+    about how well a scorer ranks responses.
 
     Raises:
         ConfigError: on shape mismatch, empty input, duplicate labels, or a value not in ``labels``.
@@ -188,8 +201,8 @@ def quadratic_weighted_kappa(y_true: Any, y_pred: Any, *, labels: Sequence[Any] 
     idx = np.arange(k, dtype=np.float64)
     weights = (idx[:, None] - idx[None, :]) ** 2  # (K, K); the 1 / (K - 1)^2 factor cancels in the ratio
     expected_disagreement = float((weights * expected).sum())
-    if expected_disagreement == 0.0:
-        return 1.0 if bool(np.all(ti == pi)) else 0.0
+    if expected_disagreement == 0.0:  # one class in both ratings: 0 / 0
+        return float(replace_undefined_by)
     return float(1.0 - (weights * observed).sum() / expected_disagreement)
 
 
@@ -391,6 +404,14 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _qwk_or_none(t: np.ndarray, p: np.ndarray, num_classes: int) -> float | None:
+    """QWK over the full rubric range, or None when there are no rows or it is undefined (one class in both)."""
+    if t.size == 0:
+        return None
+    q = quadratic_weighted_kappa(t, p, labels=range(num_classes), replace_undefined_by=math.nan)
+    return None if math.isnan(q) else q
+
+
 def evaluate_task(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     """Score predictions for one task, per rubric dimension and overall; the result is JSON-ready.
 
@@ -405,8 +426,10 @@ def evaluate_task(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dic
 
         * ``"dimensions"``: ``{name: {"qwk", "accuracy", "adjacent", "macro_f1", "micro_f1", "n"}}`` computed over
           the rows where that dimension is scored, with ``labels=range(num_classes)``; ``n`` is that row count. If
-          no row is scored the metric values are ``None``.
-        * ``"qwk"``, ``"accuracy"``: means over the dimensions that have scored rows (``None`` if none has).
+          no row is scored the metric values are ``None``. ``qwk`` is also ``None`` where it is undefined (the
+          truth and the prediction hold one and the same class: :func:`quadratic_weighted_kappa`), never 1.0.
+        * ``"qwk"``, ``"accuracy"``: means over the dimensions that have a value (``None`` if none has).
+        * ``"qwk_undefined"``: names of the dimensions with scored rows whose QWK is undefined (empty if none).
         * ``"n"``: number of rows ``N``.
         * for tasks with more than one dimension, also ``"per_label_accuracy"`` (list in dimension order, the same
           numbers as each dimension's accuracy), ``"exact_match"`` (share of rows with every dimension right, over
@@ -437,7 +460,7 @@ def evaluate_task(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dic
         labels = range(dim.num_classes)
         f1 = f1_scores(tj, pj, labels=labels)
         dims[dim.name] = {
-            "qwk": quadratic_weighted_kappa(tj, pj, labels=labels),
+            "qwk": _qwk_or_none(tj, pj, dim.num_classes),
             "accuracy": accuracy_score(tj, pj),
             "adjacent": adjacent_agreement_score(tj, pj),
             "macro_f1": f1["macro"],
@@ -448,6 +471,7 @@ def evaluate_task(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dic
     out: dict[str, Any] = {
         "qwk": _mean_or_none([m["qwk"] for m in dims.values()]),
         "accuracy": _mean_or_none([m["accuracy"] for m in dims.values()]),
+        "qwk_undefined": [name for name, m in dims.items() if m["n"] and m["qwk"] is None],
         "n": int(t.shape[0]),
         "dimensions": dims,
     }
@@ -497,10 +521,110 @@ def human_agreement(spec: TaskSpec, first: np.ndarray, second: np.ndarray) -> di
     return {} if pair is None else evaluate_task(spec, *pair)
 
 
+def validation_qwk(spec: TaskSpec, y_true: Any, y_pred: Any) -> float:
+    """The score early stopping and model selection maximise: the mean over rubric dimensions of QWK, always a
+    number.
+
+    Unlike :func:`evaluate_task`'s ``qwk`` (None where undefined, for reports), a dimension whose QWK is undefined
+    counts as 1.0 here (truth and prediction hold one class: every response right) and one without scored rows is
+    left out; 0.0 when no dimension has a scored row. Shapes and errors as :func:`evaluate_task`.
+    """
+    t = _task_scores(spec, y_true, "y_true", allow_missing=True)
+    p = _task_scores(spec, y_pred, "y_pred", allow_missing=False)
+    if t.shape != p.shape:
+        raise ConfigError(f"task {spec.id!r}: y_true has shape {t.shape} but y_pred has shape {p.shape}.")
+    qwk = task_agreement(spec, t, p, undefined_qwk=1.0)["qwk"]
+    return 0.0 if qwk is None else float(qwk)
+
+
+POOLED_SCALE = "each dimension's class index / (number of classes - 1), so every task's scores lie in 0..1"
+"""How :func:`pooled_metrics` puts tasks of different score ranges on one scale (recorded in its result)."""
+
+
+def pooled_metrics(tasks: Mapping[str, tuple[TaskSpec, Any, Any]]) -> dict[str, Any]:
+    """Agreement over every scored response of every task at once, beside the per-task mean of a report.
+
+    A bank of many small items has per-item QWKs on a handful of responses each; pooling all rows gives one figure
+    with a usable sample. Each scored cell (response x rubric dimension, ``y_true != -1``) is one pair. Tasks have
+    different score ranges, so scores are normalised per dimension to ``0..1`` (:data:`POOLED_SCALE`: class ``c`` of
+    ``K`` becomes ``c / (K - 1)``) and
+
+    * ``pearson_r``: Pearson's r of the normalised pairs (``scipy.stats.pearsonr``); None when either side is
+      constant (r undefined) or there are fewer than 2 pairs;
+    * ``rmse``: ``sqrt(mean((pred - true)^2))`` of the normalised pairs, in units of each dimension's full range;
+    * ``qwk``: :func:`quadratic_weighted_kappa` of the class indices over all pairs, only when every pooled dimension
+      has the same number of classes (one scale; QWK over normalised scores of different ranges would mix class
+      distances), else None with ``qwk_note`` saying why; None too where it is undefined.
+
+    Args:
+        tasks: ``{task id: (spec, y_true (N, D), y_pred (N, D))}``; ``-1`` in ``y_true`` marks an unscored cell.
+
+    Returns:
+        ``{"n": pairs pooled, "n_tasks": tasks with at least one pair, "qwk", "pearson_r", "rmse", "scale",
+        "qwk_note"}`` (JSON-ready; ``qwk_note`` is None when ``qwk`` is computed).
+
+    Raises:
+        ConfigError: naming the task, as :func:`evaluate_task`, on a shape mismatch or a score outside the rubric.
+    """
+    true_n: list[np.ndarray] = []
+    pred_n: list[np.ndarray] = []
+    true_c: list[np.ndarray] = []
+    pred_c: list[np.ndarray] = []
+    ks: set[int] = set()
+    n_tasks = 0
+    for task_id, (spec, y_true, y_pred) in tasks.items():
+        t = _task_scores(spec, y_true, "y_true", allow_missing=True)
+        p = _task_scores(spec, y_pred, "y_pred", allow_missing=False)
+        if t.shape != p.shape:
+            raise ConfigError(f"task {task_id!r}: y_true has shape {t.shape} but y_pred has shape {p.shape}.")
+        had_rows = False
+        for j, dim in enumerate(spec.dimensions):
+            rows = t[:, j] != MISSING  # (N,)
+            if not rows.any():
+                continue
+            had_rows = True
+            ks.add(dim.num_classes)
+            span = float(max(dim.num_classes - 1, 1))
+            true_c.append(t[rows, j])
+            pred_c.append(p[rows, j])
+            true_n.append(t[rows, j] / span)
+            pred_n.append(p[rows, j] / span)
+        n_tasks += had_rows
+    out: dict[str, Any] = {
+        "n": 0,
+        "n_tasks": n_tasks,
+        "qwk": None,
+        "pearson_r": None,
+        "rmse": None,
+        "scale": POOLED_SCALE,
+        "qwk_note": None,
+    }
+    if not true_n:
+        out["qwk_note"] = "no scored responses"
+        return out
+    tn, pn = np.concatenate(true_n), np.concatenate(pred_n)  # (M,)
+    out["n"] = int(tn.size)
+    out["rmse"] = float(np.sqrt(np.mean((pn - tn) ** 2)))
+    if tn.size >= 2 and np.ptp(tn) > 0 and np.ptp(pn) > 0:
+        out["pearson_r"] = float(stats.pearsonr(tn, pn).statistic)
+    if len(ks) == 1:
+        k = ks.pop()
+        q = quadratic_weighted_kappa(
+            np.concatenate(true_c), np.concatenate(pred_c), labels=range(k), replace_undefined_by=math.nan
+        )
+        out["qwk"] = None if math.isnan(q) else q
+        if out["qwk"] is None:
+            out["qwk_note"] = "undefined: one class in both the scores and the predictions"
+    else:
+        out["qwk_note"] = f"not pooled: the tasks' dimensions have {len(ks)} different numbers of classes"
+    return out
+
+
 def mean_over_tasks(results: Mapping[str, Mapping[str, Any]], key: str = "qwk") -> float:
     """Unweighted mean of ``results[task][key]`` over tasks (each task counts once, whatever its size).
 
-    Tasks whose value is ``None`` (no scored rows, see :func:`evaluate_task`) are skipped.
+    Tasks whose value is ``None`` (no scored rows, or QWK undefined: see :func:`evaluate_task`) are skipped; report
+    how many beside the mean (:func:`undefined_tasks`).
 
     Raises:
         ConfigError: if ``results`` is empty, a task lacks ``key``, or no task has a value.
@@ -516,8 +640,13 @@ def mean_over_tasks(results: Mapping[str, Mapping[str, Any]], key: str = "qwk") 
         if res[key] is not None:
             values.append(float(res[key]))
     if not values:
-        raise ConfigError(f"mean_over_tasks: every task has {key!r} = None (no scored rows).")
+        raise ConfigError(f"mean_over_tasks: every task has {key!r} = None (no scored rows, or undefined).")
     return float(np.mean(values))
+
+
+def undefined_tasks(results: Mapping[str, Mapping[str, Any]], key: str = "qwk") -> list[str]:
+    """The tasks :func:`mean_over_tasks` leaves out: those whose ``results[task][key]`` is missing or None."""
+    return [task for task, res in results.items() if res.get(key) is None]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -660,15 +789,20 @@ def standardized_mean_difference(human: Any, engine: Any) -> float:
     return diff / pooled_sd
 
 
-def task_agreement(spec: TaskSpec, t: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+def task_agreement(
+    spec: TaskSpec, t: np.ndarray, p: np.ndarray, *, undefined_qwk: float | None = 1.0
+) -> dict[str, Any]:
     """Task-level agreement of validated ``(N, D)`` scores (``t`` may hold MISSING): QWK per dimension over its
-    scored rows and their mean, exact and adjacent agreement on every dimension over the fully scored rows."""
+    scored rows and their mean, exact and adjacent agreement on every dimension over the fully scored rows.
+
+    ``undefined_qwk`` stands for a dimension's QWK where it is undefined (one class in both): None in reports (left
+    out of the mean); the default 1.0 is for fits that compare agreements (the routing threshold of
+    :mod:`scoreplex.decoding`), where a single class scored right on every response is full agreement."""
     dim_qwk: list[float | None] = []
     for j, dim in enumerate(spec.dimensions):
         rows = t[:, j] != MISSING
-        dim_qwk.append(
-            quadratic_weighted_kappa(t[rows, j], p[rows, j], labels=range(dim.num_classes)) if rows.any() else None
-        )
+        q = _qwk_or_none(t[rows, j], p[rows, j], dim.num_classes)
+        dim_qwk.append(undefined_qwk if q is None and rows.any() else q)
     complete = np.all(t != MISSING, axis=1)  # (N,)
     tc, pc = t[complete], p[complete]  # (M, D)
     return {
@@ -697,7 +831,7 @@ def reference_from_scores(spec: TaskSpec, first: Any, second: Any) -> HumanRefer
     pair = _double_scored(spec, first, second)
     if pair is None:
         return None
-    agr = task_agreement(spec, *pair)
+    agr = task_agreement(spec, *pair, undefined_qwk=None)
     if agr["qwk"] is None:
         return None
     return HumanReference(
@@ -789,7 +923,7 @@ def _dimension_criteria(
 ) -> dict[str, Any]:
     """Criteria of one rubric dimension on its scored rows ``t, p`` (``(n,)`` ints, no MISSING)."""
     n = int(t.size)
-    qwk = quadratic_weighted_kappa(t, p, labels=range(num_classes)) if n else None
+    qwk = _qwk_or_none(t, p, num_classes)
     exact = accuracy_score(t, p) if n else None
     adjacent = adjacent_agreement_score(t, p) if n else None
     smd = standardized_mean_difference(t, p) if n >= 2 else None
@@ -862,7 +996,8 @@ def deployment_criteria(
           available;
         * ``dimensions`` maps each dimension name to its own ``n``, values, ``criteria`` and ``pass``.
 
-        Every unavailable value (no scored row, no reference, fewer than 2 rows for SMD) is None, never 0 or nan.
+        Every unavailable value (no scored row, QWK undefined because truth and prediction hold one and the same
+        class, no reference, fewer than 2 rows for SMD) is None, never 0, 1 or nan.
 
     Raises:
         ConfigError: naming the task, on a shape mismatch or a score outside the rubric, or when ``reference`` /
@@ -898,7 +1033,7 @@ def deployment_criteria(
         name: _worst({d: m["criteria"][name] for d, m in dims.items()}, kind, thresholds[name], many)
         for name, kind in _KINDS.items()
     }
-    agr = task_agreement(spec, t, p)
+    agr = task_agreement(spec, t, p, undefined_qwk=None)
     human_qwk = reference.qwk if reference is not None else None
     return {
         "n": int(t.shape[0]),

@@ -32,8 +32,10 @@ from scoreplex.metrics import (
     deployment_criteria,
     evaluate_task,
     human_agreement,
+    pooled_metrics,
     reference_from_scores,
     training_reference,
+    undefined_tasks,
 )
 from scoreplex.predictions import MixedScorer, Predictions, from_probabilities, group_by_task, predict_logits
 from scoreplex.stacking import LexicalStack
@@ -207,8 +209,11 @@ def evaluate_suite(
     0.10, |SMD| <= 0.15).
 
     Returns:
-        ``{"tasks": {task id: metrics}, "mean_qwk", "human_mean_qwk" (when a task has a second score),
-        "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate"}``.
+        ``{"tasks": {task id: metrics}, "mean_qwk", "qwk_undefined_tasks", "pooled", "human_mean_qwk" (when a task
+        has a second score), "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human",
+        "mean_automation_rate"}``. ``mean_qwk`` is the unweighted mean over the tasks whose QWK is defined (None
+        when none is); ``qwk_undefined_tasks`` lists the others (one class in both truth and prediction);
+        ``pooled`` is :func:`~scoreplex.metrics.pooled_metrics` over every response of every task.
         Each task's metrics are :func:`~scoreplex.metrics.evaluate_task`'s, plus ``"human"``
         (:func:`~scoreplex.metrics.human_agreement`, when the data has a second score), ``"criteria"``
         (:func:`~scoreplex.metrics.deployment_criteria` on every response) and ``"criteria_automated"``
@@ -222,6 +227,7 @@ def evaluate_suite(
     if not scorer.suite.task_ids:
         raise ConfigError(f"the suite at {scorer.suite.root} holds no tasks; train some with `scoreplex train`.")
     per_task: dict[str, Any] = {}
+    pairs: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
     for task_id, data in datasets.items():
         if not scorer.suite.has_task(task_id):
             raise UnknownTaskError(
@@ -252,9 +258,14 @@ def evaluate_suite(
             criteria=criteria,
         )
         per_task[task_id] = metrics
+        pairs[task_id] = (data.spec, data.labels, pred.labels)
+    undefined = undefined_tasks(per_task, "qwk")
+    defined = [m["qwk"] for m in per_task.values() if m["qwk"] is not None]
     summary = {
         "tasks": per_task,
-        "mean_qwk": float(np.mean([m["qwk"] for m in per_task.values()])) if per_task else float("nan"),
+        "mean_qwk": float(np.mean(defined)) if defined else None,
+        "qwk_undefined_tasks": undefined,
+        "pooled": pooled_metrics(pairs),
     }
     humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
     if humans:

@@ -58,17 +58,22 @@ def _strata(data: TaskData, order: np.ndarray, n_test: int) -> list[str] | None:
     return None
 
 
-def _split(data: TaskData, n_test: int, seed: int, what: str) -> tuple[TaskData, TaskData]:
-    """Split ``n_test`` responses off ``data``; both parts sorted by id. ``what`` names the fraction for errors."""
-    from sklearn.model_selection import train_test_split
-
-    n = len(data)
-    if len(set(data.ids)) != n:
+def _check_unique_ids(data: TaskData) -> None:
+    """A split is by response id: DataError when the ids are not unique."""
+    if len(set(data.ids)) != len(data):
         raise DataError(
             "response ids are not unique, so a split by id is ambiguous.",
             task=data.spec.id,
             fix="give every response a unique id.",
         )
+
+
+def _split(data: TaskData, n_test: int, seed: int, what: str) -> tuple[TaskData, TaskData]:
+    """Split ``n_test`` responses off ``data``; both parts sorted by id. ``what`` names the fraction for errors."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(data)
+    _check_unique_ids(data)
     if n_test < 1 or n_test >= n:
         raise DataError(
             f"cannot split {n} responses by {what}: each part needs at least one response ({n_test} of {n} asked).",
@@ -115,3 +120,58 @@ def train_val_test_split(
     rest, test = _split(data, _count(test_fraction, n), seed, "test_fraction")
     train, val = _split(rest, _count(val_fraction, n), seed, "val_fraction")
     return train, val, test
+
+
+def validation_shortfall(val: TaskData, *, min_rows: int) -> str | None:
+    """Why ``val`` is too small to choose a task's number of epochs on, or None when it is not.
+
+    A validation split is too small when it has fewer than ``min_rows`` responses (QWK on 2-3 responses is 0 or 1
+    by chance), or when a rubric dimension has at most one class among its scored responses (QWK is undefined or
+    degenerate there). ``min_rows=0`` checks only the classes. Returns a short phrase for warnings, e.g.
+    ``"3 validation responses (fewer than 20)"``.
+    """
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 0:
+        raise ConfigError(f"min_rows={min_rows!r} must be a whole number >= 0, e.g. 20 (0 checks only the classes).")
+    reasons = []
+    if len(val) < min_rows:
+        reasons.append(f"{len(val)} validation responses (fewer than {min_rows})")
+    if val.labels is not None:
+        for j, dim in enumerate(val.spec.dimensions):
+            scored = val.labels[:, j][val.labels[:, j] >= 0]
+            if np.unique(scored).size < 2:
+                reasons.append(f"one class or none in validation on dimension {dim.name!r}")
+    return "; ".join(reasons) or None
+
+
+def kfold_split(data: TaskData, *, folds: int = 5, seed: int = 0) -> list[tuple[TaskData, TaskData]]:
+    """``folds`` disjoint ``(train, val)`` pairs of one task's responses: each response is in exactly one ``val``.
+
+    For choosing the number of epochs of a task whose own validation split would be too small
+    (:func:`validation_shortfall`): every response is validated on once, out of fold. Stratified on the first
+    dimension's label when every class has at least ``folds`` responses
+    (:class:`sklearn.model_selection.StratifiedKFold`), else unstratified (:class:`~sklearn.model_selection.KFold`);
+    shuffled by ``seed``. Like :func:`train_val_split` it depends only on the ids, labels and seed, never on the row
+    order, and each part is sorted by id.
+
+    Raises:
+        ConfigError: ``folds`` below 2.
+        DataError: duplicate ids, or fewer responses than ``folds``.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds={folds!r} must be a whole number >= 2, e.g. 5.")
+    n = len(data)
+    _check_unique_ids(data)
+    if n < folds:
+        raise DataError(f"cannot split {n} responses into {folds} folds.", task=data.spec.id, fix="use fewer folds.")
+    order = np.array(sorted(range(n), key=data.ids.__getitem__), dtype=np.int64)
+    y = None
+    if data.labels is not None:
+        first = data.labels[order, 0]
+        counts = Counter(first.tolist())
+        if len(counts) > 1 and min(counts.values()) >= folds:
+            y = first
+    splitter = (StratifiedKFold if y is not None else KFold)(n_splits=folds, shuffle=True, random_state=seed)
+    parts = splitter.split(np.zeros(n), y) if y is not None else splitter.split(np.zeros(n))
+    return [(data.subset(order[np.sort(tr)]), data.subset(order[np.sort(va)])) for tr, va in parts]

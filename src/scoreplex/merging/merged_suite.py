@@ -24,7 +24,7 @@ from scoreplex.errors import ConfigError, SuiteError
 from scoreplex.merging.merge import MergeSettings, merge_lora, merge_state_dicts
 from scoreplex.merging.plan import MergePlan
 from scoreplex.methods import MethodSettings, TaskModel, methods_with, split_state
-from scoreplex.metrics import evaluate_task
+from scoreplex.metrics import evaluate_task, mean_over_tasks
 from scoreplex.suite import Suite
 from scoreplex.training.loop import TrainConfig
 
@@ -293,7 +293,7 @@ class PlanEvaluator:
             "plan": plan.to_dict(),
             "refit": refit,
             "tasks": ordered,
-            "mean_qwk": float(np.mean([v["qwk"] for v in ordered.values()])),
+            "mean_qwk": mean_over_tasks(ordered),  # tasks whose QWK is undefined are left out
         }
 
 

@@ -22,7 +22,7 @@ from scoreplex.data.dataset import TaskData
 from scoreplex.encoding import Encoded, collate, encode_texts, train_batches
 from scoreplex.errors import ConfigError, DataError, unknown_name
 from scoreplex.heads import rubric_loss, split_logits
-from scoreplex.metrics import evaluate_task
+from scoreplex.metrics import evaluate_task, validation_qwk
 from scoreplex.moe.distill import TeacherTargets
 from scoreplex.moe.method import SHARED_NAME, MoEStudentMethod
 from scoreplex.moe.model import MoEConfig, MoEStudent, load_balance_loss
@@ -137,7 +137,7 @@ def _validator(student: MoEStudent, val_sets: Mapping[str, TaskData], tokenizer,
         scores = []
         for t, d in val_sets.items():
             pred = decode(d.spec, d.ids, predict_logits(model.task_view(t), encs[t]))
-            scores.append(float(evaluate_task(d.spec, d.labels, pred.labels)["qwk"]))
+            scores.append(validation_qwk(d.spec, d.labels, pred.labels))
         return float(np.mean(scores))
 
     return validate
@@ -321,7 +321,7 @@ def adapt_to_task(
 
     def validate(model) -> float:
         pred = decode(spec, val.ids, model(features=f_val))
-        return float(evaluate_task(spec, val.labels, pred.labels)["qwk"])
+        return validation_qwk(spec, val.labels, pred.labels)
 
     steps = (len(train) + config.batch_size - 1) // config.batch_size
     view.fresh_prefixes = ("head.", "task_vec")

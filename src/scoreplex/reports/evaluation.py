@@ -11,21 +11,43 @@ from scoreplex.metrics import WILLIAMSON_2012
 
 
 def evaluation_table(report: Mapping[str, Any]) -> list[list[str]]:
-    """Rows ``[task, n, QWK, accuracy, exact match, human QWK]`` for printing."""
+    """Rows ``[task, n, QWK, accuracy, exact match, human QWK]`` for printing; a QWK that is undefined (one class
+    in both truth and prediction, None in the report) shows as ``n/a``."""
     rows = []
     for tid, m in report["tasks"].items():
-        human = m.get("human", {}).get("qwk")
+        human = m.get("human", {}).get("qwk") if m.get("human") else None
         rows.append(
             [
                 tid,
                 str(m.get("n", "")),
-                f"{m['qwk']:.3f}",
-                f"{m['accuracy']:.3f}",
+                _num(m.get("qwk")),
+                _num(m.get("accuracy")),
                 "" if m.get("exact_match") is None else f"{m['exact_match']:.3f}",
                 "" if human is None else f"{human:.3f}",
             ]
         )
     return rows
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The per-task mean and the pooled figures of an :func:`~scoreplex.scorer.evaluate_suite` result, one line
+    each: ``mean QWK 0.712 over 8 of 10 tasks (2 undefined: a, b)`` and ``pooled over 240 responses of 10 tasks:
+    QWK ..., Pearson r ..., RMSE ... (scores on 0..1)``."""
+    tasks = report.get("tasks") or {}
+    undefined = list(report.get("qwk_undefined_tasks") or [])
+    mean = f"mean QWK {_num(report.get('mean_qwk'))} over {len(tasks) - len(undefined)} of {len(tasks)} tasks"
+    if undefined:
+        shown = ", ".join(undefined[:10]) + (f", ... ({len(undefined) - 10} more)" if len(undefined) > 10 else "")
+        mean += f" ({len(undefined)} with QWK undefined, one class in both scores and predictions: {shown})"
+    lines = [mean]
+    pooled = report.get("pooled")
+    if pooled:
+        qwk = _num(pooled.get("qwk")) + (f" ({pooled['qwk_note']})" if pooled.get("qwk_note") else "")
+        lines.append(
+            f"pooled over {pooled.get('n', 0)} responses of {pooled.get('n_tasks', 0)} tasks: QWK {qwk}, "
+            f"Pearson r {_num(pooled.get('pearson_r'))}, RMSE {_num(pooled.get('rmse'))} (scores on 0..1)"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- deployment criteria
@@ -132,6 +154,7 @@ def criteria_markdown(report: Mapping[str, Any], *, title: str = "Deployment cri
         "data, recorded by the task module)."
     )
     lines.append("")
+    lines += [f"- {line[0].upper()}{line[1:]}" for line in summary_lines(report)]
     lines.append(f"- Tasks meeting the criteria: **{report.get('items_passing_criteria', 0)} of {n_tasks}**")
     lines.append(f"- Mean automation rate (unweighted over tasks): **{_pct(report.get('mean_automation_rate'))}**")
     lines.append(
@@ -167,7 +190,13 @@ def criteria_markdown(report: Mapping[str, Any], *, title: str = "Deployment cri
             + [_VERDICT[a.get("pass")], _YES_NO[a.get("meets_human")]]
         )
     lines += _md_table(header, rows)
+    pooled = report.get("pooled") or {}
     lines += [
+        "",
+        "QWK is `n/a` where it is undefined (every response in one class, in both the human scores and the "
+        "predictions) and such tasks are left out of the mean. Pooled figures treat every scored response of every "
+        f"task as one sample, with {pooled.get('scale', 'scores normalised to 0..1')}; pooled QWK needs one scale "
+        "(the same number of classes) across tasks.",
         "",
         "The automated responses are held against the human-human agreement on all double-scored responses; the "
         "engine automates the responses it is surest of, which tend to be easier for human raters too, so this "

@@ -180,7 +180,7 @@ def fit(
     make_batches: Callable[[np.random.Generator], Iterable[dict[str, torch.Tensor]]],
     steps_per_epoch: int,
     objective: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
-    validate: Callable[[nn.Module], float],
+    validate: Callable[[nn.Module], float] | None,
     config: TrainConfig,
     *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -193,6 +193,9 @@ def fit(
     ``make_batches(rng)`` yields one epoch of batches; ``objective(model, batch)`` returns the scalar loss (task
     loss, distillation, load balance: the objective is what varies between methods, never the loop);
     ``validate(model)`` returns the validation score to maximise (e.g. mean QWK), named ``score_name`` in the log.
+    ``validate=None`` trains all ``config.epochs`` epochs without validation or early stopping and keeps the last
+    state (a refit on all responses whose epoch count was chosen elsewhere, e.g. by cross-validation); the history's
+    ``val`` is then None and ``best_score`` nan.
 
     ``progress``: a bar on a terminal; elsewhere (``nohup``, CI, a pipe) one line per epoch on stderr with the loss,
     the validation score and the time, so a long run is never silent.
@@ -246,11 +249,14 @@ def fit(
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=1, description=f"{description} e{epoch + 1} loss {np.mean(losses):.3f}")
             model.eval()
-            with torch.no_grad():
-                score = float(validate(model))
-            improved = score > best_score
+            if validate is None:  # no validation: every epoch is the one kept
+                score, improved = None, True
+            else:
+                with torch.no_grad():
+                    score = float(validate(model))
+                improved = score > best_score
             if improved:
-                best_score, best_epoch, bad = score, epoch, 0
+                best_score, best_epoch, bad = (-math.inf if score is None else score), epoch, 0
                 best_state = _trainable_state(model)
             else:
                 bad += 1
@@ -264,9 +270,14 @@ def fit(
             )
             stopped = config.patience > 0 and bad >= config.patience
             if log is not None:
+                if score is None:
+                    shown = "not validated"
+                elif improved:
+                    shown = f"{score_name} {score:.4f} (best)"
+                else:
+                    shown = f"{score_name} {score:.4f} (best {best_score:.4f} at epoch {best_epoch + 1})"
                 log(
-                    f"{description}: epoch {epoch + 1}/{config.epochs}, loss {history[-1]['loss']:.4f}, {score_name} "
-                    f"{score:.4f}{' (best)' if improved else f' (best {best_score:.4f} at epoch {best_epoch + 1})'}, "
+                    f"{description}: epoch {epoch + 1}/{config.epochs}, loss {history[-1]['loss']:.4f}, {shown}, "
                     f"{history[-1]['seconds']:.1f} s (elapsed {time.perf_counter() - t0:.0f} s)"
                     + (f"; stopping: no better score for {bad} epochs" if stopped else "")
                 )
@@ -286,7 +297,7 @@ def fit(
     _load_trainable(model, best_state)
     model.eval()
     return FitResult(
-        best_score=best_score,
+        best_score=math.nan if validate is None else best_score,
         best_epoch=best_epoch + 1,
         epochs_run=len(history),
         seconds=seconds_before + time.perf_counter() - t0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -20,12 +21,14 @@ from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.heads import balanced_class_weights, rubric_loss
 from scoreplex.methods import METHODS, MethodSettings, TaskModel, get_method
-from scoreplex.metrics import evaluate_task
+from scoreplex.metrics import evaluate_task, validation_qwk
 from scoreplex.predictions import decode, embed_all, predict_logits
 from scoreplex.progress import progress_log
 from scoreplex.stacking import LexicalStack, fit_stack
 from scoreplex.suite import Suite
 from scoreplex.training.loop import FitResult, TrainConfig, checkpoint_epochs, fit
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_LR = {name: m.training_defaults["lr"] for name, m in METHODS.items() if m.capabilities.trains_per_task}
 """Each per-task method's default learning rate (read from its method object)."""
@@ -50,6 +53,16 @@ class TrainOptions:
     max_length: int | None = None
     """Token cap per response; None picks the 99th percentile of the training lengths."""
     val_fraction: float = 0.1
+    min_val_rows: int = 20
+    """A task whose validation split has fewer responses than this (or one class on a rubric dimension) is a *small
+    item*: its validation QWK cannot tell epochs apart (2-3 responses give 0 or 1 by chance). ``train`` warns,
+    naming such items, and with ``cv_folds`` chooses their epochs by cross-validation. 0 flags only single-class
+    splits. ``--min-val-rows``."""
+    cv_folds: int = 0
+    """For small items (``min_val_rows``) split by ``val_fraction``: 0 trains them like any task (after the
+    warning); ``k >= 2`` chooses their number of epochs by k-fold cross-validation within the item on pooled
+    out-of-fold predictions, then refits on all their responses for that many epochs
+    (:func:`cross_validate_epochs`; about ``k + 1`` times the training time of the item). ``--cv-folds``."""
     config: TrainConfig = field(default_factory=TrainConfig)
     settings: MethodSettings = field(default_factory=MethodSettings)
     lexical: bool = True
@@ -72,6 +85,21 @@ class TrainOptions:
             )
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r}; give a share of each task in (0, 1), e.g. 0.1.")
+        if isinstance(self.min_val_rows, bool) or not isinstance(self.min_val_rows, int) or self.min_val_rows < 0:
+            raise ConfigError(
+                f"min_val_rows={self.min_val_rows!r}; give a whole number of validation responses >= 0, e.g. 20 "
+                "(--min-val-rows)."
+            )
+        if (
+            isinstance(self.cv_folds, bool)
+            or not isinstance(self.cv_folds, int)
+            or self.cv_folds < 0
+            or self.cv_folds == 1
+        ):
+            raise ConfigError(
+                f"cv_folds={self.cv_folds!r}; give 0 (train small items on their own split) or a number of folds "
+                ">= 2, e.g. 5 (--cv-folds)."
+            )
 
 
 @dataclass
@@ -155,7 +183,7 @@ def _token_batches(enc: Encoded, batch_size: int):
 def train_task(
     bb: Backbone,
     train: TaskData,
-    val: TaskData,
+    val: TaskData | None,
     *,
     method: str,
     pooling: str,
@@ -164,26 +192,40 @@ def train_task(
     settings: MethodSettings,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
-) -> tuple[TaskModel, FitResult, dict[str, Any]]:
-    """Train one task's module with ``method``; returns the model (best validation state), the fit, val metrics."""
+    description: str | None = None,
+    on_val_probs: Callable[[list[np.ndarray]], None] | None = None,
+) -> tuple[TaskModel, FitResult, dict[str, Any] | None]:
+    """Train one task's module with ``method``; returns the model (best validation state), the fit, val metrics.
+
+    ``val=None`` trains ``config.epochs`` epochs without validation and keeps the last state (the refit of a small
+    item on all its responses, :func:`cross_validate_epochs`); the val metrics are then None. ``on_val_probs``
+    receives the class probabilities ``[(N_val, K_d)]`` of every epoch's validation pass (not the head warm-up's).
+    """
     spec = train.spec
-    if not train.has_labels or not val.has_labels:
+    if not train.has_labels or (val is not None and not val.has_labels):
         raise DataError("training needs scored responses (labels) for train and validation.", task=spec.id)
     m = get_method(method)
     torch.manual_seed(config.seed)
     model = m.build(bb.encoder, bb.hidden, spec, settings, pooling)
     enc_train = encode_texts(bb.tokenizer, train.texts, max_length, train.labels)
-    enc_val = encode_texts(bb.tokenizer, val.texts, max_length, val.labels)
+    enc_val = encode_texts(bb.tokenizer, val.texts, max_length, val.labels) if val is not None else None
     weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
+    warm_description = f"head warm-up {description or spec.id}"
+    description = description or f"{method} {spec.id}"
 
     def objective(mdl, batch):
         logits = mdl(**{k: v for k, v in batch.items() if k != "labels"})
         return rubric_loss(logits, batch["labels"], spec.class_counts, weights)
 
-    def validator(val_logits):
+    def validator(val_logits, hook=None):
+        if val is None:
+            return None
+
         def validate(mdl) -> float:
             pred = decode(spec, val.ids, val_logits(mdl))
-            return float(evaluate_task(spec, val.labels, pred.labels)["qwk"])
+            if hook is not None:
+                hook([np.asarray(p, dtype=np.float64) for p in pred.probs])
+            return validation_qwk(spec, val.labels, pred.labels)
 
         return validate
 
@@ -195,7 +237,8 @@ def train_task(
         # The head on frozen pooled features: the whole of head-only training, or the warm-up before full / LoRA
         # (`probe` shares `model.head`; the base encoder is frozen, so only the head trains).
         probe = TaskModel(bb.encoder, model.head, pooling)
-        f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
+        f_train = embed_all(probe, enc_train)
+        f_val = embed_all(probe, enc_val) if enc_val is not None else None
         feature_batches = _features_batches(f_train, train.labels, config.batch_size)
         feature_logits = lambda mdl: mdl(features=f_val)  # noqa: E731
         if uses_features:
@@ -209,7 +252,7 @@ def train_task(
                 objective,
                 validator(feature_logits),
                 warm,
-                description=f"head warm-up {spec.id}",
+                description=warm_description,
                 progress=progress,
             )
     if not uses_features:
@@ -221,15 +264,171 @@ def train_task(
         make_batches,
         steps,
         objective,
-        validator(val_logits),
+        validator(val_logits, on_val_probs),
         config,
         checkpoint_dir=checkpoint_dir,
-        description=f"{method} {spec.id}",
+        description=description,
         progress=progress,
     )
+    if val is None:
+        return model, result, None
     with torch.no_grad():
         val_pred = decode(spec, val.ids, val_logits(model))
     return model, result, evaluate_task(spec, val.labels, val_pred.labels)
+
+
+OOF_FILE = "oof.safetensors"
+"""In a fold's checkpoint folder: the class probabilities of its held-out responses after each epoch."""
+
+
+@dataclass(frozen=True)
+class EpochChoice:
+    """A small item's number of epochs, chosen by k-fold cross-validation within the item
+    (:func:`cross_validate_epochs`)."""
+
+    epochs: int
+    """The chosen number of epochs: the first with the highest out-of-fold score."""
+    folds: int
+    """Number of folds."""
+    scores: tuple[float, ...]
+    """Per epoch ``1..E``: :func:`~scoreplex.metrics.validation_qwk` of every response's out-of-fold argmax."""
+    probs: tuple[np.ndarray, ...]
+    """Out-of-fold class probabilities ``[(N, K_d)]`` at the chosen epoch, in the item's row order."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.epochs <= len(self.scores):
+            raise ConfigError(f"EpochChoice.epochs={self.epochs} is outside 1..{len(self.scores)} (the epochs run).")
+        if self.folds < 2:
+            raise ConfigError(f"EpochChoice.folds={self.folds}; cross-validation needs at least 2 folds.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record for the task's training summary (without the probabilities)."""
+        return {"folds": self.folds, "epochs": self.epochs, "out_of_fold_qwk": list(self.scores)}
+
+
+def _load_oof(folder: Path) -> dict[int, list[np.ndarray]]:
+    """``{epoch (1-based): [(n_fold, K_d)]}`` saved in a fold's folder (empty when none)."""
+    from safetensors.numpy import load_file
+
+    path = folder / OOF_FILE
+    if not path.is_file():
+        return {}
+    by_epoch: dict[int, dict[int, np.ndarray]] = {}
+    for key, arr in load_file(str(path)).items():  # "e<epoch>.d<dimension>"
+        e, d = key.split(".")
+        by_epoch.setdefault(int(e[1:]), {})[int(d[1:])] = arr
+    return {e: [dims[d] for d in sorted(dims)] for e, dims in by_epoch.items()}
+
+
+def _save_oof(folder: Path, oof: Mapping[int, list[np.ndarray]]) -> None:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"e{e}.d{d}": np.ascontiguousarray(p) for e, ps in oof.items() for d, p in enumerate(ps)}
+    tmp = folder / f".{OOF_FILE}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / OOF_FILE)
+
+
+def cross_validate_epochs(
+    bb: Backbone,
+    data: TaskData,
+    *,
+    folds: int,
+    method: str,
+    pooling: str,
+    max_length: int,
+    config: TrainConfig,
+    settings: MethodSettings,
+    folder: str | os.PathLike[str],
+    progress: bool = True,
+) -> EpochChoice:
+    """Choose a small item's number of epochs by k-fold cross-validation within the item.
+
+    The item's responses are split into ``k = min(folds, N)`` folds (:func:`~scoreplex.data.splits.kfold_split`,
+    seeded by ``config.seed``). For each fold a model trains on the other folds for ``config.epochs`` epochs
+    without early stopping, keeping the class probabilities of its held-out responses after every epoch. Then every
+    response has one out-of-fold prediction per epoch, and the chosen count is the first epoch maximising
+    :func:`~scoreplex.metrics.validation_qwk` of those predictions pooled over all ``N`` responses (one QWK on
+    ``N`` responses instead of k on 2-3 each). The caller refits on all responses for that many epochs.
+
+    Resumable: each fold's epochs are checkpointed under ``folder/fold-<i>`` (:func:`~scoreplex.training.loop.fit`)
+    with its held-out probabilities (:data:`OOF_FILE`); a finished fold is not trained again.
+
+    Raises:
+        DataError: fewer than 2 responses.
+    """
+    from scoreplex.data.splits import kfold_split
+    from scoreplex.predictions import from_probabilities
+
+    spec = data.spec
+    k = min(folds, len(data))
+    if k < 2:
+        raise DataError(
+            f"{len(data)} scored response(s) cannot be cross-validated.", task=spec.id, fix="add scored responses."
+        )
+    cfg = replace(config, patience=0)  # every epoch of every fold, so the epochs can be compared
+    position = {rid: i for i, rid in enumerate(data.ids)}
+    per_epoch = [[np.zeros((len(data), c)) for c in spec.class_counts] for _ in range(cfg.epochs)]  # E x [(N, K_d)]
+    for i, (train, val) in enumerate(kfold_split(data, folds=k, seed=cfg.seed), 1):
+        fold_dir = Path(folder) / f"fold-{i}"
+        oof = _load_oof(fold_dir)
+        done = checkpoint_epochs(fold_dir)
+        if done < cfg.epochs or any(e not in oof for e in range(1, cfg.epochs + 1)):
+            epoch = [done]  # the next validation pass is epoch done + 1 (a resumed fit continues after `done`)
+
+            def keep(probs: list[np.ndarray], fold_dir: Path = fold_dir, oof=oof, epoch=epoch) -> None:
+                epoch[0] += 1
+                oof[epoch[0]] = probs
+                _save_oof(fold_dir, oof)  # before fit's checkpoint: an interrupted epoch is redone and rewritten
+
+            train_task(
+                bb,
+                train,
+                val,
+                method=method,
+                pooling=pooling,
+                max_length=max_length,
+                config=cfg,
+                settings=settings,
+                checkpoint_dir=fold_dir,
+                progress=progress,
+                description=f"{method} {spec.id} fold {i}/{k}",
+                on_val_probs=keep,
+            )
+        rows = np.array([position[r] for r in val.ids], dtype=np.int64)
+        for e in range(cfg.epochs):
+            for d, p in enumerate(oof[e + 1]):
+                per_epoch[e][d][rows] = p
+    scores = [validation_qwk(spec, data.labels, from_probabilities(spec, data.ids, ps).labels) for ps in per_epoch]
+    best = int(np.argmax(scores))  # the first of equal scores: fewer epochs
+    return EpochChoice(epochs=best + 1, folds=k, scores=tuple(scores), probs=tuple(per_epoch[best]))
+
+
+def describe_small_items(small: Mapping[str, str], total: int, options: TrainOptions) -> str:
+    """The warning ``train`` prints for small items (:attr:`TrainOptions.min_val_rows`): which, why, and what is
+    done about it."""
+    shown = "; ".join(f"{t}: {why}" for t, why in list(small.items())[:20])
+    more = f"; ... and {len(small) - 20} more" if len(small) > 20 else ""
+    head = (
+        f"{len(small)} of {total} tasks have too small a validation split to choose epochs on "
+        f"(min_val_rows={options.min_val_rows}): {shown}{more}. "
+    )
+    if options.cv_folds >= 2:
+        return head + (
+            f"Their number of epochs is chosen by {options.cv_folds}-fold cross-validation within each item "
+            "(pooled out-of-fold QWK), then each is refitted on all its responses; decoding is fitted on the "
+            "out-of-fold predictions and no lexical model is stacked."
+        )
+    return head + (
+        "Their early stopping and decoding rest on these few responses. Fix: --cv-folds 5 (choose their epochs by "
+        "cross-validation within the item), a larger --val-fraction, or more scored responses."
+    )
+
+
+MIN_DECODING_ROWS = 20
+"""Fewest out-of-fold responses a small item's decoding is fitted on (as :data:`scoreplex.decoding.MIN_AUTOMATED`
+and the cut-point fit's minimum); below it the item keeps argmax at temperature 1."""
 
 
 def human_reference(spec, *datasets: TaskData) -> dict[str, Any] | None:
@@ -308,6 +507,74 @@ def pick_max_length(bb: Backbone, datasets: Mapping[str, TaskData]) -> tuple[int
     return max_len, float((lengths > max_len).mean())
 
 
+def _task_settings(options: TrainOptions, max_length: int) -> dict[str, Any]:
+    """The keyword arguments every per-task training call of :func:`train_suite` shares."""
+    return {
+        "method": options.method,
+        "pooling": options.pooling,
+        "max_length": max_length,
+        "settings": options.settings,
+        "progress": options.progress,
+    }
+
+
+def _train_small_item(
+    bb: Backbone, data: TaskData, why: str, options: TrainOptions, max_length: int, ckpt: Path
+) -> tuple[TaskModel, FitResult, dict[str, Any], dict[str, Any]]:
+    """A small item: epochs by :func:`cross_validate_epochs` (folds under ``ckpt/cv``), then the refit on all its
+    responses (checkpointed under ``ckpt/refit``). Returns the model, the refit's FitResult (``best_epoch``: the
+    chosen count), the out-of-fold metrics at the chosen epoch, and ``{"choice": EpochChoice, "record": JSON}``."""
+    from scoreplex.predictions import from_probabilities
+
+    common = _task_settings(options, max_length)
+    choice = cross_validate_epochs(
+        bb, data, folds=options.cv_folds, config=options.config, folder=ckpt / "cv", **common
+    )
+    model, result, _ = train_task(
+        bb,
+        data,
+        None,
+        config=replace(options.config, epochs=choice.epochs, patience=0),
+        checkpoint_dir=ckpt / "refit",
+        **common,
+        description=f"{options.method} {data.spec.id} refit on all {len(data)} responses",
+    )
+    oof_pred = from_probabilities(data.spec, data.ids, list(choice.probs))
+    val_metrics = evaluate_task(data.spec, data.labels, oof_pred.labels)
+    record = {"reason": why, "validation": "out-of-fold", **choice.to_dict()}
+    return model, result, val_metrics, {"choice": choice, "record": record}
+
+
+def _finish_small_item(
+    data: TaskData, small_item: dict[str, Any], options: TrainOptions
+) -> tuple[Decoding | None, LexicalStack | None, dict[str, Any] | None]:
+    """Decoding of a cross-validated small item, fitted on its out-of-fold probabilities at the chosen epoch when
+    it has at least :data:`MIN_DECODING_ROWS` responses; no stacked lexical model (no held-out responses are left to
+    weigh it on). Records both choices in ``small_item["record"]``."""
+    from scoreplex.decoding import fit_decoding
+
+    record = small_item["record"]
+    stack_report = None
+    if options.lexical:
+        reason = "small item: no held-out responses left to weigh a lexical model (epochs chosen by cross-validation)"
+        stack_report = {"kept": False, "weight": 0.0, "neural_qwk": None, "lexical_qwk": None, "skipped": reason}
+    decoding = None
+    if not options.decoding:
+        record["decoding"] = "not asked for"
+    elif len(data) < MIN_DECODING_ROWS:
+        record["decoding"] = f"skipped: {len(data)} responses, fewer than {MIN_DECODING_ROWS}; argmax at temperature 1"
+    else:
+        decoding = fit_decoding(
+            data.spec,
+            list(small_item["choice"].probs),
+            data.labels,
+            human=human_reference(data.spec, data),
+            second=data.second,
+        )
+        record["decoding"] = "fitted on the out-of-fold probabilities at the chosen epoch"
+    return decoding, None, stack_report
+
+
 def train_suite(
     datasets: Mapping[str, TaskData],
     out_dir: str | os.PathLike[str],
@@ -317,6 +584,7 @@ def train_suite(
     backbone: Backbone | None = None,
     on_task_done: Callable[[TaskResult], None] | None = None,
     on_task_start: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Suite:
     """Train every task in ``datasets`` into one suite folder; resumes an interrupted run in the same folder.
 
@@ -325,8 +593,14 @@ def train_suite(
     when given, else a seeded stratified ``val_fraction`` split of each task's data. ``on_task_start(task_id)`` is
     called before a task is trained, ``on_task_done`` after it is saved (:func:`train_progress` says where an
     interrupted run stands).
+
+    Small items (a validation split below :attr:`TrainOptions.min_val_rows` responses, or with one class on a
+    dimension) are named in one warning before training, passed to ``on_warning`` (default: the ``logging``
+    warning of this module). With :attr:`TrainOptions.cv_folds` ``>= 2`` those split by ``val_fraction`` choose
+    their epochs by :func:`cross_validate_epochs` and are refitted on all their responses; their summary records
+    ``small_item`` (why, the folds, the out-of-fold QWK per epoch, what decoding was fitted on).
     """
-    from scoreplex.data.splits import train_val_split
+    from scoreplex.data.splits import train_val_split, validation_shortfall
 
     if not datasets:
         raise ConfigError("no tasks to train: the data held no responses.")
@@ -357,44 +631,61 @@ def train_suite(
     todo = [t for t in datasets if not suite.has_task(t)]
     if log is not None and len(todo) < len(datasets):
         log(f"{len(datasets) - len(todo)} of {len(datasets)} tasks already in {root}: kept")
+    splits: dict[str, tuple[TaskData, TaskData, bool]] = {}  # task: (train, val, split by val_fraction)
+    for task_id in todo:  # every split first: a task too small to split fails before any training
+        if val_sets is not None and task_id in val_sets:
+            splits[task_id] = (datasets[task_id], val_sets[task_id], False)
+        else:
+            parts = train_val_split(datasets[task_id], val_fraction=options.val_fraction, seed=options.config.seed)
+            splits[task_id] = (*parts, True)
+    small = {
+        t: why
+        for t, (_, val, _) in splits.items()
+        if (why := validation_shortfall(val, min_rows=options.min_val_rows)) is not None
+    }
+    if small:
+        (on_warning or _log.warning)(describe_small_items(small, len(datasets), options))
     for position, task_id in enumerate(todo, 1):
         data = datasets[task_id]
         if on_task_start is not None:
             on_task_start(task_id)
-        if val_sets is not None and task_id in val_sets:
-            train, val = data, val_sets[task_id]
-        else:
-            train, val = train_val_split(data, val_fraction=options.val_fraction, seed=options.config.seed)
+        train, val, was_split = splits[task_id]
+        cross_validate = options.cv_folds >= 2 and was_split and task_id in small
         ckpt = checkpoint_dir(root, task_id)
         t0 = time.perf_counter()
         if log is not None:
             resumed = checkpoint_epochs(ckpt)
             log(
-                f"task {task_id} ({position}/{len(todo)}): {len(train)} training, {len(val)} validation responses"
+                f"task {task_id} ({position}/{len(todo)}): "
+                + (
+                    f"{len(data)} responses, epochs chosen by {min(options.cv_folds, len(data))}-fold "
+                    "cross-validation (small item)"
+                    if cross_validate
+                    else f"{len(train)} training, {len(val)} validation responses"
+                )
                 + (f"; resuming after epoch {resumed}" if resumed else "")
             )
-        model, result, val_metrics = train_task(
-            bb,
-            train,
-            val,
-            method=options.method,
-            pooling=options.pooling,
-            max_length=max_length,
-            config=options.config,
-            settings=options.settings,
-            checkpoint_dir=ckpt,
-            progress=options.progress,
-        )
-        decoding, stack, stack_report = None, None, None
-        if options.decoding or options.lexical:
-            probs = val_probabilities(bb, model, val, max_length, method=options.method, pooling=options.pooling)
-            decoding, stack, stack_report = finish_task(
-                train, val, probs, lexical=options.lexical, decoding=options.decoding
+        small_item = None
+        if cross_validate:
+            model, result, val_metrics, small_item = _train_small_item(
+                bb, data, small[task_id], options, max_length, ckpt
             )
-            if log is not None and stack_report is not None:
-                log(f"task {task_id}: {describe_stack(stack_report)}")
-            if log is not None and decoding is not None:
-                log(f"task {task_id}: {describe_decoding(decoding)}")
+            train, val = data, data  # counts below: every response trained on, every one validated out of fold
+            decoding, stack, stack_report = _finish_small_item(data, small_item, options)
+        else:
+            model, result, val_metrics = train_task(
+                bb, train, val, config=options.config, checkpoint_dir=ckpt, **_task_settings(options, max_length)
+            )
+            decoding, stack, stack_report = None, None, None
+            if options.decoding or options.lexical:
+                probs = val_probabilities(bb, model, val, max_length, method=options.method, pooling=options.pooling)
+                decoding, stack, stack_report = finish_task(
+                    train, val, probs, lexical=options.lexical, decoding=options.decoding
+                )
+        if log is not None and stack_report is not None:
+            log(f"task {task_id}: {describe_stack(stack_report)}")
+        if log is not None and decoding is not None:
+            log(f"task {task_id}: {describe_decoding(decoding)}")
         seconds = time.perf_counter() - t0
         summary = {
             "metrics": {"validation": val_metrics},
@@ -417,6 +708,8 @@ def train_suite(
             tensors = {**tensors, **lexical_tensors}
         if stack_report is not None:
             summary["lexical"] = stack_report
+        if small_item is not None:
+            summary["small_item"] = small_item["record"]
         suite.add_task(
             train.spec,
             tensors,
