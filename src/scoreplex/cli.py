@@ -278,6 +278,7 @@ def train(
     current: dict[str, str] = {}  # {"task": the task in training}, kept by train_suite's on_task_start
     try:
         from scoreplex.data.load import read_dataset
+        from scoreplex.data.readers import reading_notes
         from scoreplex.methods import MethodSettings
         from scoreplex.training.suite import TrainOptions, default_config, train_suite
 
@@ -285,6 +286,8 @@ def train(
         datasets = read_dataset(
             data, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=_delimiter(delimiter)
         )
+        for line in reading_notes(datasets):
+            typer.echo(line, err=True)
         task_ids = list(datasets)
         config = default_config(
             method,
@@ -376,6 +379,7 @@ def evaluate(
 
     try:
         from scoreplex.data.load import read_dataset
+        from scoreplex.data.readers import reading_notes
         from scoreplex.metrics import Criteria
         from scoreplex.paths import prepare_output_folder
         from scoreplex.reports.evaluation import evaluation_criteria_table, write_criteria_markdown
@@ -403,7 +407,11 @@ def evaluate(
             raise ConfigError(f"the suite at {suite} holds no tasks; train some with `scoreplex train`.")
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
-        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
+        datasets = read_dataset(
+            data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter), off_scale="skip"
+        )
+        for line in reading_notes(datasets):
+            typer.echo(line, err=True)
         result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria)
     except ScoreplexError as exc:
         _fail(exc)

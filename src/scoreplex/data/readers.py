@@ -319,6 +319,28 @@ def read_responses(
     return _Reader(table, columns, tasks, require_labels, skip_off_scale=off_scale == "skip").read()
 
 
+def reading_notes(datasets: Mapping[str, TaskData], *, most_rows: int = 5) -> list[str]:
+    """One line per task and fact a person should know about how its scores were read: scores between scale points
+    mapped by the rule (:attr:`TaskData.between_mapped`), rows skipped for a score off the scale
+    (:attr:`TaskData.skipped`, the first ``most_rows`` row numbers and the first reason), and an inferred scale."""
+    lines = []
+    for task_id, data in datasets.items():
+        for name, count in data.between_mapped.items():
+            dim = next(d for d in data.spec.dimensions if d.name == name)
+            lines.append(
+                f"task {task_id}: {count} {name!r} score(s) between the points of the scale "
+                f"{dim.describe_scale()} mapped to the {dim.between} point (halfway: up)"
+            )
+        if data.skipped:
+            rows = list(data.skipped)
+            shown = ", ".join(map(str, rows[:most_rows])) + (", ..." if len(rows) > most_rows else "")
+            lines.append(
+                f"task {task_id}: skipped {len(rows)} row(s) whose score is off the task's scale (rows {shown}; "
+                f"first: {data.skipped[rows[0]]})"
+            )
+    return lines
+
+
 def _shown(name: str) -> str:
     """A column name for a message: as it is, or quoted with invisible characters escaped (``'score\\u200b'``)."""
     return name if name and name.isprintable() and name == name.strip() else repr(name)
