@@ -249,6 +249,20 @@ def test_score_writes_predictions_in_the_scale(scaled_run):
         assert float(r["pred_score"]) == max(range(5), key=probs.__getitem__) / 2
 
 
+def test_parquet_scores_and_info_show_the_scale(scaled_run):
+    import pyarrow.parquet as pq
+
+    out = scaled_run["folder"] / "scores.parquet"
+    result = invoke("score", scaled_run["suite"], scaled_run["train"], out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert str(table.schema.field("pred_score").type) == "double"
+    assert set(table.column("pred_score").to_pylist()) <= {0.0, 0.5, 1.0, 1.5, 2.0}
+    info = invoke("info", scaled_run["suite"])
+    assert info.exit_code == 0, info.output
+    assert "scale 0, 0.5, 1, 1.5, 2 (5 points)" in flat(info.output)
+
+
 def test_evaluate_skips_rows_off_the_scale_and_reports_them(scaled_run):
     folder = scaled_run["folder"]
     lines = scaled_run["train"].read_text(encoding="utf-8").splitlines()

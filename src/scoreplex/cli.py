@@ -619,7 +619,10 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
     for tid in s.task_ids:
         spec = s.spec(tid)
         val = m["tasks"][tid].get("metrics", {}).get("validation", {})
-        dims = ", ".join(f"{d.name}:{d.kind}/{d.num_classes}" for d in spec.dimensions)
+        dims = ", ".join(
+            f"{d.name}:{d.kind}/{d.num_classes}" + (f" scale {d.describe_scale()}" if d.scale else "")
+            for d in spec.dimensions
+        )
         qwk = val.get("qwk")
         try:
             dec, stack = s.decoding(tid), s.lexical(tid)
