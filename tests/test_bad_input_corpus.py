@@ -298,6 +298,8 @@ def spec(task: str, **dim: Any) -> dict[str, Any]:
 ALL = ("train", "evaluate", "score")
 LABELLED = ("train", "evaluate")
 """Damage to scores: `score` reads no score column."""
+OFF_SCALE = ("train",)
+"""A number off the task's scale: `evaluate` skips and reports such rows (tests/test_scales.py); `train` refuses."""
 FILE = "{file}"
 TASKS_FILE = "{tasks}"
 
@@ -347,11 +349,11 @@ DATA_CASES = [
     DataCase("empty_task", csv_with(set_cell("task", "")), (FILE, CSV_ROW, "task")),
     DataCase("task_id_path", csv_with(set_cell("task", "../x")), (FILE, CSV_ROW, "../x"), train_tasks=False),
     # scores
-    DataCase("score_out_of_range", csv_with(set_cell("score", "7")), (FILE, CSV_ROW, "score"), LABELLED),
-    DataCase("score_negative", csv_with(set_cell("score", "-1")), (FILE, CSV_ROW, "score"), LABELLED),
+    DataCase("score_out_of_range", csv_with(set_cell("score", "7")), (FILE, CSV_ROW, "score"), OFF_SCALE),
+    DataCase("score_negative", csv_with(set_cell("score", "-1")), (FILE, CSV_ROW, "score"), OFF_SCALE),
     DataCase("score_non_numeric", csv_with(set_cell("score", "two")), (FILE, CSV_ROW, "score"), LABELLED),
-    DataCase("score_fractional", csv_with(set_cell("score", "1.5")), (FILE, CSV_ROW, "score"), LABELLED),
-    DataCase("score_1e20", csv_with(set_cell("score", "1e20")), (FILE, CSV_ROW, "score"), LABELLED),
+    DataCase("score_fractional", csv_with(set_cell("score", "1.5")), (FILE, CSV_ROW, "score"), OFF_SCALE),
+    DataCase("score_1e20", csv_with(set_cell("score", "1e20")), (FILE, CSV_ROW, "score"), OFF_SCALE),
     DataCase(
         "score_1e20_inferred_range",
         csv_with(set_cell("score", "1e20")),
@@ -381,7 +383,7 @@ DATA_CASES = [
             lambda h, rows: (h.append("score2"), [r.append("9" if i == BAD else "1") for i, r in enumerate(rows)])
         ),
         (FILE, CSV_ROW, "score2"),
-        LABELLED,
+        OFF_SCALE,
         args=("--second", "score=score2"),
     ),
     # encodings

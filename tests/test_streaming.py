@@ -552,7 +552,7 @@ def _no_space_in_progress(monkeypatch, at: int, code: int) -> None:
 
 
 def _no_space_in_parquet(monkeypatch, at: int, code: int) -> None:
-    def full(source, target, columns):
+    def full(source, target, columns, *types):
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(streaming, "_jsonl_to_parquet", full)

@@ -302,6 +302,7 @@ def train(
     current: dict[str, str] = {}  # {"task": the task in training}, kept by train_suite's on_task_start
     try:
         from scoreplex.data.load import read_dataset
+        from scoreplex.data.readers import reading_notes
         from scoreplex.methods import MethodSettings
         from scoreplex.training.suite import TrainOptions, default_config, train_suite
 
@@ -309,6 +310,8 @@ def train(
         datasets = read_dataset(
             data, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=_delimiter(delimiter)
         )
+        for line in reading_notes(datasets):
+            typer.echo(line, err=True)
         task_ids = list(datasets)
         config = default_config(
             method,
@@ -403,6 +406,7 @@ def evaluate(
 
     try:
         from scoreplex.data.load import read_dataset
+        from scoreplex.data.readers import reading_notes
         from scoreplex.metrics import Criteria
         from scoreplex.paths import prepare_output_folder
         from scoreplex.reports.evaluation import evaluation_criteria_table, summary_lines, write_criteria_markdown
@@ -430,7 +434,11 @@ def evaluate(
             raise ConfigError(f"the suite at {suite} holds no tasks; train some with `scoreplex train`.")
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
-        datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
+        datasets = read_dataset(
+            data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter), off_scale="skip"
+        )
+        for line in reading_notes(datasets):
+            typer.echo(line, err=True)
         result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria)
     except ScoreplexError as exc:
         _fail(exc)
@@ -641,7 +649,10 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
     for tid in s.task_ids:
         spec = s.spec(tid)
         val = m["tasks"][tid].get("metrics", {}).get("validation", {})
-        dims = ", ".join(f"{d.name}:{d.kind}/{d.num_classes}" for d in spec.dimensions)
+        dims = ", ".join(
+            f"{d.name}:{d.kind}/{d.num_classes}" + (f" scale {d.describe_scale()}" if d.scale else "")
+            for d in spec.dimensions
+        )
         qwk = val.get("qwk")
         try:
             dec, stack = s.decoding(tid), s.lexical(tid)

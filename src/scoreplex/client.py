@@ -311,7 +311,10 @@ class RemoteScorer:
             spec = self._spec(task_ids[positions[0]])
             names = spec.dimension_names
             probs = [np.asarray([results[i]["probabilities"][n] for i in positions], dtype=np.float64) for n in names]
-            labels = np.asarray([[results[i]["scores"][n] for n in names] for i in positions], dtype=np.int64)
+            labels = np.asarray(  # the server answers in each dimension's scale: back to classes
+                [[d.locate(str(results[i]["scores"][d.name])).cls for d in spec.dimensions] for i in positions],
+                dtype=np.int64,
+            )
             automated = np.asarray([results[i].get("route", "auto") != "human" for i in positions], dtype=bool)
             pred = Predictions(
                 spec=spec, ids=[ids[i] for i in positions], labels=labels, probs=probs, automated=automated

@@ -43,6 +43,15 @@ class DataError(ScoreplexError, ValueError):
         super().__init__(text)
 
 
+class OffScaleError(DataError):
+    """A score that is not on its rubric dimension's scale (:meth:`scoreplex.tasks.Dimension.locate`). ``reason`` is
+    the message without a location, for readers that add the file, row and column."""
+
+    def __init__(self, reason: str, **where) -> None:
+        self.reason = reason
+        super().__init__(reason, **where)
+
+
 class TaskFileError(DataError, ConfigError):
     """A task-spec file (``--tasks``) is unreadable or malformed; the message names the file and the task."""
 

@@ -56,14 +56,21 @@ class Predictions:
         """``auto`` or ``human`` per response."""
         return ["auto" if a else "human" for a in self.automated]
 
+    def values(self, i: int) -> dict[str, int | float | str]:
+        """Response ``i``'s predicted score per dimension in the scale's own values (``2.5``, ``"B"``; the class
+        itself for a dimension without a scale, see :meth:`scoreplex.tasks.Dimension.value`)."""
+        return {dim.name: dim.value(int(self.labels[i, d])) for d, dim in enumerate(self.spec.dimensions)}
+
     def rows(self) -> list[dict]:
-        """One JSON-ready dict per response (for writing score files)."""
+        """One JSON-ready dict per response (for writing score files): ``pred_<dim>`` in the scale's own values
+        (:meth:`values`), ``prob_<dim>_<k>`` per class ``k`` in scale order (class 0 is the lowest scale point)."""
         conf = self.confidence
         out = []
         for i, rid in enumerate(self.ids):
             row: dict = {"id": rid, "task": self.spec.id}
+            values = self.values(i)
             for d, dim in enumerate(self.spec.dimensions):
-                row[f"pred_{dim.name}"] = int(self.labels[i, d])
+                row[f"pred_{dim.name}"] = values[dim.name]
                 for k in range(dim.num_classes):
                     row[f"prob_{dim.name}_{k}"] = round(float(self.probs[d][i, k]), 6)
             row["confidence"] = round(float(conf[i]), 6)
@@ -73,7 +80,8 @@ class Predictions:
 
 
 Row = dict[str, Any]
-"""One output row: ``id``, ``task``, ``pred_<dim>``, ``prob_<dim>_<k>``, ``confidence``, ``route``."""
+"""One output row: ``id``, ``task``, ``pred_<dim>`` (a score in the dimension's scale), ``prob_<dim>_<k>`` (class
+``k``, in scale order), ``confidence``, ``route``."""
 
 
 class MixedScorer(Protocol):

@@ -221,13 +221,17 @@ def evaluate_suite(
         both against :func:`human_reference`. ``items_passing_criteria`` counts tasks whose criteria ``pass`` is
         True, ``items_auto_meeting_human`` tasks whose automated responses agree with the human score at least as
         well as two humans do (``meets_human``), and ``mean_automation_rate`` is the unweighted mean over tasks of
-        the share automated (None without tasks).
+        the share automated (None without tasks). Rows left out for a score off the task's scale
+        (``TaskData.skipped``, read with ``off_scale="skip"``) are counted in ``"skipped_rows"`` ``{"count", "rows"
+        (the first 20 row numbers)}``, per task and in the summary by task; a task with no row left has no
+        metrics.
     """
     criteria = Criteria() if criteria is None else criteria
     if not scorer.suite.task_ids:
         raise ConfigError(f"the suite at {scorer.suite.root} holds no tasks; train some with `scoreplex train`.")
     per_task: dict[str, Any] = {}
     pairs: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
+    skipped: dict[str, dict[str, Any]] = {}
     for task_id, data in datasets.items():
         if not scorer.suite.has_task(task_id):
             raise UnknownTaskError(
@@ -236,6 +240,10 @@ def evaluate_suite(
             )
         if not data.has_labels:
             raise DataError("evaluation needs scored responses.", task=task_id, file=data.source or None)
+        if data.skipped:
+            skipped[task_id] = {"count": len(data.skipped), "rows": list(data.skipped)[:20]}
+        if len(data) == 0:  # every row was off the scale: nothing to measure
+            continue
         t0 = time.perf_counter()
         pred = scorer.predict(task_id, data.texts, data.ids)
         metrics = evaluate_task(data.spec, data.labels, pred.labels)
@@ -257,6 +265,8 @@ def evaluate_suite(
             reference=automated_reference(scorer, data, automated),
             criteria=criteria,
         )
+        if task_id in skipped:
+            metrics["skipped_rows"] = skipped[task_id]
         per_task[task_id] = metrics
         pairs[task_id] = (data.spec, data.labels, pred.labels)
     undefined = undefined_tasks(per_task, "qwk")
@@ -275,6 +285,8 @@ def evaluate_suite(
     summary["items_passing_criteria"] = sum(m["criteria"]["pass"] is True for m in per_task.values())
     summary["items_auto_meeting_human"] = sum(m["criteria_automated"]["meets_human"] is True for m in per_task.values())
     summary["mean_automation_rate"] = float(np.mean(rates)) if rates else None
+    if skipped:
+        summary["skipped_rows"] = skipped
     return summary
 
 

@@ -148,6 +148,26 @@ def output_columns(specs: Iterable[TaskSpec]) -> list[str]:
     return columns + ["confidence", "route"]
 
 
+def pred_types(specs: Iterable[TaskSpec]) -> dict[str, str]:
+    """``pred_<dim>`` column -> ``int``, ``float`` or ``string``: the type its scores take in every task that has the
+    dimension (a scale with fractional points makes it ``float``, one of letters or words ``string``)."""
+    rank = {"int": 0, "float": 1, "string": 2}
+    out: dict[str, str] = {}
+    for spec in specs:
+        for dim in spec.dimensions:
+            values = dim.values
+            kind = (
+                "string"
+                if any(isinstance(v, str) for v in values)
+                else "float"
+                if any(isinstance(v, float) for v in values)
+                else "int"
+            )
+            col = f"pred_{dim.name}"
+            out[col] = max(out.get(col, "int"), kind, key=rank.__getitem__)
+    return out
+
+
 def input_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Name, size, mtime and SHA-256 of the first :data:`FINGERPRINT_BYTES` of a file: cheap, and it changes when
     the file is edited, replaced or appended to."""
@@ -323,8 +343,11 @@ def _differences(saved: dict[str, Any], job: dict[str, Any]) -> list[str]:
 class _Output:
     """The file rows are appended to (the output, or a Parquet output's staging file), and its progress file."""
 
-    def __init__(self, target: Path, fmt: str, columns: list[str], job: dict[str, Any]) -> None:
+    def __init__(
+        self, target: Path, fmt: str, columns: list[str], job: dict[str, Any], types: dict[str, str] | None = None
+    ) -> None:
         self.target, self.fmt, self.columns, self.job = target, fmt, columns, job
+        self.types = types or {}  # pred_<dim> -> int / float / string (pred_types), for a Parquet output
         self.stream = staging_path(target) if fmt == "parquet" else target
         self.line_fmt = "jsonl" if fmt == "parquet" else fmt
         self.progress = progress_path(target)
@@ -390,21 +413,29 @@ class _Output:
         self.close()
         if self.fmt == "parquet":
             with _space_for(self.target, self.target, self.rows_done):
-                _jsonl_to_parquet(self.stream, self.target, self.columns)
+                _jsonl_to_parquet(self.stream, self.target, self.columns, self.types)
         self.progress.unlink(missing_ok=True)
         if self.stream != self.target:
             self.stream.unlink(missing_ok=True)
 
 
-def _jsonl_to_parquet(source: Path, target: Path, columns: list[str], batch_rows: int = 65536) -> None:
-    """Convert the staging JSON Lines into ``target`` a batch at a time, via a temporary file renamed into place."""
+def _jsonl_to_parquet(
+    source: Path, target: Path, columns: list[str], types: dict[str, str] | None = None, batch_rows: int = 65536
+) -> None:
+    """Convert the staging JSON Lines into ``target`` a batch at a time, via a temporary file renamed into place.
+    ``types``: ``pred_<dim>`` -> ``int`` (default), ``float`` or ``string`` (:func:`pred_types`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    types = types or {}
+    texts = {c for c, t in types.items() if t == "string"}  # scores of a text scale: every value as text
+
     def kind(col: str) -> pa.DataType:
-        if col in ("id", "task", "route"):
+        if col in ("id", "task", "route") or col in texts:
             return pa.string()
-        return pa.int64() if col.startswith("pred_") else pa.float64()
+        if col.startswith("pred_"):
+            return pa.float64() if types.get(col) == "float" else pa.int64()
+        return pa.float64()
 
     schema = pa.schema([(c, kind(c)) for c in columns])
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
@@ -412,7 +443,11 @@ def _jsonl_to_parquet(source: Path, target: Path, columns: list[str], batch_rows
         with pq.ParquetWriter(str(tmp), schema) as writer, open(source, encoding="utf-8") as fh:
             batch: list[Row] = []
             for line in fh:
-                batch.append(json.loads(line))
+                row = json.loads(line)
+                for col in texts:
+                    if row.get(col) is not None:
+                        row[col] = str(row[col])
+                batch.append(row)
                 if len(batch) == batch_rows:
                     writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
                     batch = []
@@ -572,7 +607,7 @@ def stream_scores(
         "columns": header,
     }
     with _one_writer(target):  # held until the output is complete, or the run fails
-        output = _Output(target, out_fmt, header, job)
+        output = _Output(target, out_fmt, header, job, pred_types(specs.values()))
         saved = _plan(output, read_progress(target), options, log)
         resumed = int(saved["rows_done"]) if saved else 0
         if saved:

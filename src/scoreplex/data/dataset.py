@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,11 @@ class TaskData:
     labels: np.ndarray | None = None
     second: np.ndarray | None = None
     source: str = ""
+    between_mapped: dict[str, int] = field(default_factory=dict)
+    """Dimension name -> score cells (both raters) read between two scale points and mapped by the dimension's
+    ``between`` rule (:func:`scoreplex.data.readers.read_responses`); empty when none were."""
+    skipped: dict[int, str] = field(default_factory=dict)
+    """File row number -> why the row was left out (a score off the scale, read with ``off_scale="skip"``)."""
 
     def __post_init__(self) -> None:
         n = len(self.ids)

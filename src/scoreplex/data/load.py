@@ -21,9 +21,11 @@ def read_dataset(
     fmt: str | None = None,
     require_labels: bool = True,
     delimiter: str | None = None,
+    off_scale: str = "error",
 ) -> dict[str, TaskData]:
     """Read a response file; task specs come from ``specs``, a tasks JSON file, or are inferred from the scores.
-    ``delimiter``: the CSV/TSV field delimiter (None: detected from a CSV's header line, tab for TSV)."""
+    ``delimiter``: the CSV/TSV field delimiter (None: detected from a CSV's header line, tab for TSV); ``off_scale``:
+    ``"skip"`` leaves out rows whose score is off the task's scale (see :func:`read_responses`)."""
     if specs is None and tasks_file is not None:
         specs = {s.id: s for s in load_task_specs(str(tasks_file))}
     return read_responses(
@@ -34,6 +36,7 @@ def read_dataset(
         encoding=encoding,
         require_labels=require_labels,
         delimiter=delimiter,
+        off_scale=off_scale,
     )
 
 

@@ -34,6 +34,7 @@ import secrets
 import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,13 @@ import numpy as np
 
 from scoreplex.content import EMPTY_TEXT, EMPTY_TEXT_FIX, text_problem
 from scoreplex.data.dataset import MISSING, TaskData
-from scoreplex.errors import ConfigError, DataError, ScoreplexError
-from scoreplex.tasks import Dimension, TaskSpec, check_id
+from scoreplex.errors import ConfigError, DataError, OffScaleError, ScoreplexError
+from scoreplex.tasks import MAX_SCALE_POINTS, Dimension, TaskSpec, as_number, check_id
 
-MAX_CLASSES = 100
+MAX_CLASSES = MAX_SCALE_POINTS
 """Classes a rubric dimension may have (scores 0..99), as :class:`scoreplex.tasks.Dimension` allows."""
+OFF_SCALE = ("error", "skip")
+"""What :func:`read_responses` does with a score off its dimension's scale: raise, or skip the row."""
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 """Formats :func:`read_table` and :func:`write_table` understand."""
 
@@ -73,7 +76,7 @@ SNIFFED_DELIMITERS = (",", ";", "\t", "|")
 """Delimiters :func:`iter_table` chooses among for a ``.csv`` file, in order of preference when counts tie."""
 
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
-_INTEGER = re.compile(r"^[+-]?\d+(\.0*)?$")  # "3", "+3", "3.0" (spreadsheets write integral scores as floats)
+_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")  # "3", "+3", "3.0", "2.25": read exactly as a Fraction
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that did not decode, kept by errors="surrogateescape"
 # ... and, read as latin-1, C1 control characters: Windows-1252 punctuation (curly quotes, dashes) read wrongly
 _SURROGATE_OR_C1 = re.compile("[\udc80-\udcff\x80-\x9f]")
@@ -279,14 +282,24 @@ def read_responses(
     delimiter: str | None = None,
     require_labels: bool = True,
     infer_max_score: bool = True,
+    off_scale: str = "error",
 ) -> dict[str, TaskData]:
     """Read a table of responses and group its rows into one :class:`TaskData` per task.
 
     ``tasks`` maps each task id *as written in the file* to its spec; the result is keyed by ``spec.id`` (so a
-    loader may map ASAP's ``"1"`` to a spec with id ``"asap-1"``). Scores are checked against the declared classes
-    ``0..num_classes-1``. Without ``tasks``, one ordinal spec per task is inferred (needs ``infer_max_score``): its
-    dimensions are the keys of ``columns.labels`` (or one ``score``), each with ``num_classes = max observed + 1``
-    (at least 2) over both raters.
+    loader may map ASAP's ``"1"`` to a spec with id ``"asap-1"``). Scores are read through each dimension's scale
+    (:meth:`scoreplex.tasks.Dimension.locate`): the declared classes ``0..num_classes-1``, or the values of a
+    declared ``scale`` (``"2.5"``, ``"B"``), stored as class indices. A numeric value between two scale points is
+    mapped by the dimension's ``between`` rule; ``TaskData.between_mapped`` counts such cells per dimension (both
+    raters). Without ``tasks``, one ordinal spec per task is inferred (needs ``infer_max_score``): its dimensions are
+    the keys of ``columns.labels`` (or one ``score``), each inferred from ALL rows of the file, every task and both
+    raters (never per task): whole numbers give classes ``0..max`` (at least 2), fractional ones a numeric scale
+    from 0 on the finest grid holding every value (quarter points: ``0, 0.25, ...``).
+
+    ``off_scale``: ``"error"`` (default) raises for a score off its dimension's scale (outside it, or between
+    points under ``between="error"``); ``"skip"`` drops that row from its task instead and records it in
+    ``TaskData.skipped`` (row number -> reason), for evaluating held-out data with scores a suite cannot predict.
+    A cell that is not a number on a numeric scale raises either way.
 
     With ``require_labels=False`` an empty score cell becomes :data:`MISSING`, and a task whose score columns are
     all absent from the file gets ``labels=None``. Second-rater cells may always be empty (``MISSING``). Texts are
@@ -300,8 +313,32 @@ def read_responses(
         raise ConfigError(f"columns must be a ColumnMap, got {type(columns).__name__}.")
     if tasks is None and not infer_max_score:
         raise ConfigError("no task specs given and infer_max_score=False: pass tasks= (task id -> TaskSpec).")
+    if off_scale not in OFF_SCALE:
+        raise ConfigError(f"off_scale={off_scale!r}; expected one of {', '.join(OFF_SCALE)}.")
     table = read_table(path, fmt=fmt, encoding=encoding, quoting=quoting, delimiter=delimiter)
-    return _Reader(table, columns, tasks, require_labels).read()
+    return _Reader(table, columns, tasks, require_labels, skip_off_scale=off_scale == "skip").read()
+
+
+def reading_notes(datasets: Mapping[str, TaskData], *, most_rows: int = 5) -> list[str]:
+    """One line per task and fact a person should know about how its scores were read: scores between scale points
+    mapped by the rule (:attr:`TaskData.between_mapped`), rows skipped for a score off the scale
+    (:attr:`TaskData.skipped`, the first ``most_rows`` row numbers and the first reason), and an inferred scale."""
+    lines = []
+    for task_id, data in datasets.items():
+        for name, count in data.between_mapped.items():
+            dim = next(d for d in data.spec.dimensions if d.name == name)
+            lines.append(
+                f"task {task_id}: {count} {name!r} score(s) between the points of the scale "
+                f"{dim.describe_scale()} mapped to the {dim.between} point (halfway: up)"
+            )
+        if data.skipped:
+            rows = list(data.skipped)
+            shown = ", ".join(map(str, rows[:most_rows])) + (", ..." if len(rows) > most_rows else "")
+            lines.append(
+                f"task {task_id}: skipped {len(rows)} row(s) whose score is off the task's scale (rows {shown}; "
+                f"first: {data.skipped[rows[0]]})"
+            )
+    return lines
 
 
 def _shown(name: str) -> str:
@@ -446,9 +483,17 @@ class _Reader:
     """The steps of :func:`read_responses` over one table."""
 
     def __init__(
-        self, table: Table, columns: ColumnMap, tasks: Mapping[str, TaskSpec] | None, require_labels: bool
+        self,
+        table: Table,
+        columns: ColumnMap,
+        tasks: Mapping[str, TaskSpec] | None,
+        require_labels: bool,
+        *,
+        skip_off_scale: bool = False,
     ) -> None:
         self.table, self.cmap, self.tasks, self.require = table, columns, tasks, require_labels
+        self.skip_off_scale = skip_off_scale
+        self.inferred: list[Dimension | None] = []  # file-wide dimensions when no specs are given
         self.file = table.file
         self.present = set(table.columns)
         if tasks is not None:
@@ -497,10 +542,14 @@ class _Reader:
             raise DataError("the file has no responses (no rows after the header).", file=self.file, fix="add rows.")
         groups: dict[str, list[int]] = {}
         ids: list[str] = []
+        keys: list[str] = []
         for i, (record, row) in enumerate(zip(table, table.rows, strict=True)):
             key, rid, _ = check(record, row)
             ids.append(rid)
+            keys.append(key)
             groups.setdefault(key, []).append(i)
+        if self.tasks is None:
+            self.inferred = self.infer_dimensions(keys)
 
         out: dict[str, TaskData] = {}
         for key, index in groups.items():
@@ -510,9 +559,8 @@ class _Reader:
 
     def task_data(self, key: str, index: list[int], ids: list[str]) -> TaskData:
         table, cmap = self.table, self.cmap
-        spec = self.tasks[key] if self.tasks is not None else None
-        dims = spec.dimension_names if spec is not None else list(cmap.labels or {"score": ""})
-        classes = spec.class_counts if spec is not None else None
+        spec = self.tasks[key] if self.tasks is not None else self.inferred_spec(key, index)
+        dims = spec.dimension_names
         single = len(dims) == 1
 
         label_cols = [self.label_column(d, single) for d in dims]
@@ -528,11 +576,12 @@ class _Reader:
                 f"or add a column named {dim!r}{alt}"
                 + ("" if not self.require else "; unscored data is for `scoreplex score`")
                 + ".",
-                task=spec.id if spec is not None else key,
+                task=spec.id,
             )
-        task_name = spec.id if spec is not None else key
+        skipped: dict[int, str] = {}  # position in index -> reason (off_scale="skip")
+        mapped = dict.fromkeys(dims, 0)  # cells between scale points mapped by the dimension's rule
         if not absent:
-            labels = self.scores(index, label_cols, classes, task_name, required=self.require)
+            labels = self.scores(index, label_cols, spec, required=self.require, skipped=skipped, mapped=mapped)
 
         second: np.ndarray | None = None
         if cmap.second:
@@ -545,35 +594,51 @@ class _Reader:
                         col,
                         f"name the second-rater column with ColumnMap(second={{{d!r}: ...}}) "
                         f"(CLI: --second {d}=COLUMN).",
-                        task=task_name,
+                        task=spec.id,
                     )
                 second_cols.append(col)
             if any(c is not None for c in second_cols):
-                second = self.scores(index, second_cols, classes, task_name, required=False)
+                second = self.scores(index, second_cols, spec, required=False, skipped=skipped, mapped=mapped)
 
-        if spec is None:
-            spec = self.infer_spec(key, dims, labels, second, index)
+        if self.tasks is None:
+            self.check_scored(key, labels, second, index)
+        keep = [n for n in range(len(index)) if n not in skipped]
         return TaskData(
             spec=spec,
-            ids=[ids[i] for i in index],
-            texts=[table[i][cmap.text] for i in index],
-            labels=labels,
-            second=second,
+            ids=[ids[index[n]] for n in keep],
+            texts=[table[index[n]][cmap.text] for n in keep],
+            labels=None if labels is None else labels[keep],
+            second=None if second is None else second[keep],
             source=self.file,
+            between_mapped={d: c for d, c in mapped.items() if c},
+            skipped={table.rows[index[n]]: reason for n, reason in sorted(skipped.items())},
         )
 
     def scores(
-        self, index: list[int], cols: list[str | None], classes: list[int] | None, task: str, required: bool
+        self,
+        index: list[int],
+        cols: list[str | None],
+        spec: TaskSpec,
+        *,
+        required: bool,
+        skipped: dict[int, str],
+        mapped: dict[str, int],
     ) -> np.ndarray:
-        """Parse score cells into ``(N, D)`` int64; ``MISSING`` for an empty cell or an unread dimension."""
+        """Parse score cells into ``(N, D)`` int64 classes through each dimension's scale
+        (:meth:`~scoreplex.tasks.Dimension.locate`); ``MISSING`` for an empty cell or an unread dimension.
+
+        A value between scale points mapped by the dimension's rule adds one to ``mapped[dimension]``. A value off
+        the scale raises DataError, or with ``off_scale="skip"`` records the row's position in ``skipped`` (a value
+        that is not a number on a numeric scale always raises: it is a typo, not a score off the scale).
+        """
         table = self.table
         out = np.full((len(index), len(cols)), MISSING, dtype=np.int64)  # (N, D)
-        for j, col in enumerate(cols):
+        for j, (col, dim) in enumerate(zip(cols, spec.dimensions, strict=True)):
             if col is None:
                 continue
             for n, i in enumerate(index):
                 cell, row = table[i][col], table.rows[i]
-                where = {"file": self.file, "row": row, "column": col, "task": task}
+                where = {"file": self.file, "row": row, "column": col, "task": spec.id}
                 value = cell.strip()
                 if not value:
                     if required:
@@ -583,54 +648,97 @@ class _Reader:
                             fix="fill in the score, drop the row, or pass require_labels=False (it becomes MISSING).",
                         )
                     continue
-                if not _INTEGER.match(value):
-                    raise DataError(
-                        f"score {cell!r} is not an integer.",
-                        **where,
-                        fix="write scores as whole numbers 0..K (map letter grades or fractions to classes first).",
-                    )
-                score = int(float(value)) if "." in value else int(value)
-                if classes is not None and not 0 <= score < classes[j]:
-                    raise DataError(
-                        f"score {score} is outside the declared range 0..{classes[j] - 1}.",
-                        **where,
-                        fix="correct the score, or declare more classes in the task spec.",
-                    )
-                if score < 0:
-                    raise DataError(
-                        f"score {score} is negative; scores are classes 0..K.",
-                        **where,
-                        fix="shift the scale so that the lowest score is 0.",
-                    )
-                if score >= MAX_CLASSES:
-                    raise DataError(
-                        f"score {cell.strip()!r} is beyond the largest class a rubric dimension may have "
-                        f"({MAX_CLASSES - 1}).",
-                        **where,
-                        fix="correct the score, or map the scale to classes 0..K first.",
-                    )
-                out[n, j] = score
+                try:
+                    point = dim.locate(value)
+                except OffScaleError as exc:
+                    if self.skip_off_scale and (not dim.numeric or as_number(value) is not None):
+                        skipped.setdefault(n, f"column {col!r}: {exc.reason}")
+                        continue
+                    raise DataError(exc.reason, **where, fix=exc.fix) from None
+                if not point.exact:
+                    mapped[dim.name] += 1
+                out[n, j] = point.cls
         return out
 
-    def infer_spec(
-        self, key: str, dims: list[str], labels: np.ndarray | None, second: np.ndarray | None, index: list[int]
-    ) -> TaskSpec:
-        row = self.table.rows[index[0]]
-        stacked = [a for a in (labels, second) if a is not None]
-        if not stacked or all((a == MISSING).all() for a in stacked):
+    def infer_dimensions(self, keys: list[str]) -> list[Dimension | None]:
+        """One ordinal dimension per score column, from ALL rows of the file (every task, both raters) — never per
+        task — so that every task read from one file gets the same range.
+
+        Whole numbers give classes ``0..max`` (at least 2); any fractional value gives a numeric scale from 0 to the
+        largest value on the finest grid that holds every value (quarter points: 0, 0.25, ...). ``None`` for a
+        dimension whose columns hold no score. ``keys[i]`` is the task of table row ``i`` (for messages).
+        """
+        dims = list(self.cmap.labels or {"score": ""})
+        single = len(dims) == 1
+        out: list[Dimension | None] = []
+        for d in dims:
+            cols = [self.label_column(d, single), (self.cmap.second or {}).get(d)]
+            cells = [
+                (record[c].strip(), i, c)
+                for c in cols
+                if c is not None and c in self.present
+                for i, record in enumerate(self.table)
+                if record[c].strip()
+            ]
+            out.append(self.infer_dimension(d, cells, keys) if cells else None)
+        return out
+
+    def infer_dimension(self, name: str, cells: list[tuple[str, int, str]], keys: list[str]) -> Dimension:
+        """The dimension ``name`` whose score cells ``(value, table row index, column)`` are ``cells``."""
+        values: list[Fraction] = []
+        for text, i, col in cells:
+            where = {"file": self.file, "row": self.table.rows[i], "column": col, "task": keys[i]}
+            x = as_number(text)
+            if x is None:
+                raise DataError(
+                    f"score {text!r} is not an integer or a number on a scale.",
+                    **where,
+                    fix="write scores as numbers (0..K, or points of a scale such as 0, 0.5, ..., 5); for letter "
+                    'grades declare the scale in a tasks file (--tasks), e.g. "scale": ["A", "B", "C"].',
+                )
+            if x < 0:
+                raise DataError(
+                    f"score {text} is negative; inferred scores start at 0.",
+                    **where,
+                    fix="shift the scale so that the lowest score is 0, or declare the scale in a tasks file.",
+                )
+            if x >= MAX_CLASSES:
+                raise DataError(
+                    f"score {text} is beyond the largest class a rubric dimension may have ({MAX_CLASSES - 1}).",
+                    **where,
+                    fix="correct the score, or declare the dimension's scale in a tasks file (--tasks).",
+                )
+            values.append(Fraction(text) if _DECIMAL.match(text) else Fraction(x))
+        top = max(values)
+        if all(v.denominator == 1 for v in values):
+            return Dimension(name, "ordinal", max(int(top), 1) + 1)
+        step = values[0]
+        for v in values[1:]:
+            step = _fraction_gcd(step, v)
+        points = int(top / step) + 1
+        if points > MAX_SCALE_POINTS:
+            text, i, col = max(zip(cells, values, strict=True), key=lambda cv: cv[1].denominator)[0]  # the finest
             raise DataError(
-                "cannot infer the score range: the task has no scores.",
+                f"the scores of {name!r} need {points} points on a grid of step {float(step):g} from 0 to "
+                f"{float(top):g} (e.g. {text!r}); a scale has at most {MAX_SCALE_POINTS}.",
                 file=self.file,
-                row=row,
-                task=key,
-                fix="pass tasks= with a TaskSpec for this task.",
+                row=self.table.rows[i],
+                column=col,
+                task=keys[i],
+                fix="declare the scale in a tasks file (--tasks) with between='nearest', e.g. \"scale\": "
+                '["0", "0.5", ..., "5"], so that averaged scores map to the nearest point.',
             )
-        top = np.concatenate(stacked, axis=0).max(axis=0)  # (D,)
+        return Dimension(name, "ordinal", scale=tuple(_decimal(k * step) for k in range(points)))
+
+    def inferred_spec(self, key: str, index: list[int]) -> TaskSpec:
+        """The inferred spec of task ``key``: the file-wide dimensions (:meth:`infer_dimensions`) under its id."""
+        row = self.table.rows[index[0]]
+        dims = self.inferred
+        if any(d is None for d in dims):  # no score anywhere: the missing column (or no scores) is reported below
+            names = list(self.cmap.labels or {"score": ""})
+            dims = [d or Dimension(n, "ordinal", 2) for d, n in zip(dims, names, strict=True)]
         try:
-            return TaskSpec(
-                id=key,
-                dimensions=tuple(Dimension(d, "ordinal", max(int(m), 1) + 1) for d, m in zip(dims, top, strict=True)),
-            )
+            return TaskSpec(id=key, dimensions=tuple(dims))
         except ScoreplexError as exc:
             raise DataError(
                 f"cannot build a task spec for task {key!r}: {exc}",
@@ -638,8 +746,30 @@ class _Reader:
                 row=row,
                 column=self.cmap.task,
                 task=key,
-                fix="use task ids of letters, digits, '.', '_' or '-' (or map ids with tasks=), and scores 0..99.",
+                fix="use task ids of letters, digits, '.', '_' or '-' (or map ids with tasks=).",
             ) from exc
+
+    def check_scored(self, key: str, labels: np.ndarray | None, second: np.ndarray | None, index: list[int]) -> None:
+        """Raise when an inferred task has no score at all (nothing tells its range)."""
+        stacked = [a for a in (labels, second) if a is not None]
+        if not stacked or all((a == MISSING).all() for a in stacked):
+            raise DataError(
+                "cannot infer the score range: the task has no scores.",
+                file=self.file,
+                row=self.table.rows[index[0]],
+                task=key,
+                fix="pass tasks= with a TaskSpec for this task.",
+            )
+
+
+def _fraction_gcd(a: Fraction, b: Fraction) -> Fraction:
+    """The largest step of which both ``a`` and ``b`` are whole multiples."""
+    return Fraction(math.gcd(a.numerator * b.denominator, b.numerator * a.denominator), a.denominator * b.denominator)
+
+
+def _decimal(x: Fraction) -> str:
+    """A scale point as written: ``"2"``, ``"2.5"``, ``"0.25"``."""
+    return str(x.numerator) if x.denominator == 1 else repr(float(x))
 
 
 def write_table(

@@ -244,7 +244,8 @@ class Engine:
     def score(self, pairs: Sequence[tuple[str, str]], *, on_error: str = "raise") -> list[dict[str, Any]]:
         """Score ``(task id, response)`` pairs that mix any tasks; one dict per pair, in input order.
 
-        Each dict: ``task``; ``labels`` {dimension: predicted class}; ``probs`` {dimension: class probabilities};
+        Each dict: ``task``; ``labels`` {dimension: predicted score in the dimension's scale, the class itself
+        without one}; ``probs`` {dimension: class probabilities, in scale order};
         ``confidence`` (the smallest probability of the predicted class over the dimensions); ``route`` (``auto`` or
         ``human``). Labels, probabilities and route follow the task module's decoding (:mod:`scoreplex.decoding`:
         temperature, ordinal cut points, routing threshold). An unknown task raises
@@ -265,7 +266,7 @@ class Engine:
             for j, i in enumerate(positions):
                 out[i] = {
                     "task": pred.spec.id,
-                    "labels": {n: int(pred.labels[j, d]) for d, n in enumerate(names)},
+                    "labels": pred.values(j),
                     "probs": {n: pred.probs[d][j].tolist() for d, n in enumerate(names)},
                     "confidence": float(pred.confidence[j]),
                     "route": pred.routes[j],

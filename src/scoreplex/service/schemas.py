@@ -52,8 +52,14 @@ class ScoredResponse(BaseModel):
 
     id: str | None
     task: str
-    scores: dict[str, int] | None = Field(None, description="Predicted class per rubric dimension.")
-    probabilities: dict[str, list[float]] | None = Field(None, description="Class probabilities per dimension.")
+    scores: dict[str, int | float | str] | None = Field(
+        None,
+        description="Predicted score per rubric dimension, in the dimension's scale (e.g. 2.5 or 'B'); the class "
+        "0..K for a dimension without a declared scale.",
+    )
+    probabilities: dict[str, list[float]] | None = Field(
+        None, description="Class probabilities per dimension, in scale order (lowest score first)."
+    )
     confidence: float | None = Field(
         None, description="The smallest probability of the predicted class over the dimensions (calibrated)."
     )
@@ -75,6 +81,9 @@ class DimensionOut(BaseModel):
     kind: Literal["ordinal", "binary"]
     num_classes: int
     classes: list[int]
+    scale: list[int | float | str] = Field(
+        default_factory=list, description="The score of each class, in class order (the classes without a scale)."
+    )
     description: str = ""
 
 
@@ -98,6 +107,7 @@ class TaskOut(BaseModel):
                     kind=d.kind,
                     num_classes=d.num_classes,
                     classes=list(range(d.num_classes)),
+                    scale=list(d.values),
                     description=d.description,
                 )
                 for d in spec.dimensions

@@ -575,6 +575,24 @@ def _finish_small_item(
     return decoding, None, stack_report
 
 
+def check_same_specs(suite: Suite, datasets: Mapping[str, TaskData]) -> None:
+    """Raise ConfigError when a task already in ``suite`` is given with another spec (dimensions, classes or scale,
+    :meth:`~scoreplex.tasks.TaskSpec.difference`): re-running ``train`` would keep the old module and score the new
+    data on the old scale. The message shows each difference as ``old -> new``."""
+    changed = {
+        task_id: diff
+        for task_id, data in datasets.items()
+        if suite.has_task(task_id) and (diff := suite.spec(task_id).difference(data.spec))
+    }
+    if changed:
+        lines = "; ".join(f"task {t}: {', '.join(d)}" for t, d in changed.items())
+        raise ConfigError(
+            f"the suite at {suite.root} already holds {len(changed)} of these task(s) with another spec (suite -> "
+            f"data): {lines}. Train into a new folder (--out), or give the spec the suite was trained with (--tasks; "
+            "`scoreplex info` shows it)."
+        )
+
+
 def train_suite(
     datasets: Mapping[str, TaskData],
     out_dir: str | os.PathLike[str],
@@ -588,7 +606,8 @@ def train_suite(
 ) -> Suite:
     """Train every task in ``datasets`` into one suite folder; resumes an interrupted run in the same folder.
 
-    Tasks already in the suite are skipped; a task interrupted mid-training continues from its last epoch checkpoint
+    Tasks already in the suite are skipped (a ConfigError when the data gives one of them another spec:
+    :func:`check_same_specs`); a task interrupted mid-training continues from its last epoch checkpoint
     (kept under ``out_dir/.checkpoints/<task>`` and removed once the task is saved). Validation data is ``val_sets``
     when given, else a seeded stratified ``val_fraction`` split of each task's data. ``on_task_start(task_id)`` is
     called before a task is trained, ``on_task_done`` after it is saved (:func:`train_progress` says where an
@@ -627,6 +646,7 @@ def train_suite(
     )
     if truncated is not None:
         suite.update(truncated_share=truncated)
+    check_same_specs(suite, datasets)
     log = progress_log(options.progress)
     todo = [t for t in datasets if not suite.has_task(t)]
     if log is not None and len(todo) < len(datasets):
