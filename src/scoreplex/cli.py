@@ -237,6 +237,22 @@ def train(
         ),
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Token cap (default: 99th percentile of the data).")] = None,
+    long_inputs: Annotated[
+        str,
+        typer.Option(
+            "--long-inputs",
+            help="Responses longer than max_length: truncate (keep the first max_length tokens) or windows "
+            "(overlapping windows of max_length tokens, their pooled vectors averaged; stored in the suite, used by "
+            "every scorer).",
+        ),
+    ] = "truncate",
+    window_stride: Annotated[
+        int | None,
+        typer.Option("--window-stride", help="Windows: tokens between window starts (default: half a window)."),
+    ] = None,
+    max_windows: Annotated[
+        int, typer.Option("--max-windows", help="Windows: at most this many per response (the rest is cut).")
+    ] = 16,
     val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
@@ -278,8 +294,9 @@ def train(
     current: dict[str, str] = {}  # {"task": the task in training}, kept by train_suite's on_task_start
     try:
         from scoreplex.data.load import read_dataset
+        from scoreplex.encoding import LongInputs
         from scoreplex.methods import MethodSettings
-        from scoreplex.training.suite import TrainOptions, default_config, train_suite
+        from scoreplex.training.suite import TrainOptions, default_config, train_suite, training_truncation
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(
@@ -308,6 +325,7 @@ def train(
             decoding=decoding,
             lexical=lexical,
             progress=progress,
+            long_inputs=LongInputs(long_inputs, stride=window_stride, max_windows=max_windows),
         )
         suite = train_suite(
             datasets,
@@ -324,6 +342,9 @@ def train(
     except KeyboardInterrupt:
         _interrupted(out, task_ids, current.get("task"))
         raise typer.Exit(code=130) from None
+    counts = training_truncation(suite)
+    if counts is not None:
+        typer.echo(f"training data {counts.describe(suite.max_length, suite.long_inputs)}")
     typer.echo(f"suite written to {out} ({len(suite.task_ids)} tasks, {suite.total_bytes:,} bytes)")
 
 
@@ -376,6 +397,7 @@ def evaluate(
 
     try:
         from scoreplex.data.load import read_dataset
+        from scoreplex.encoding import LengthCounts
         from scoreplex.metrics import Criteria
         from scoreplex.paths import prepare_output_folder
         from scoreplex.reports.evaluation import evaluation_criteria_table, write_criteria_markdown
@@ -405,6 +427,9 @@ def evaluate(
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
         result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria)
+        counts = LengthCounts.from_dict(result.get("truncation"))
+        if counts is not None:
+            typer.echo(counts.describe(s.max_length, s.long_inputs))
     except ScoreplexError as exc:
         _fail(exc)
     header, rows = evaluation_criteria_table(result)
@@ -565,6 +590,11 @@ def score(
             f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
         )
         raise typer.Exit(code=130) from None
+    if result.get("truncation") is not None:
+        from scoreplex.suite import Suite
+
+        s = Suite.open(suite, verify=False)
+        typer.echo(result["truncation"].describe(s.max_length, s.long_inputs), err=True)
     resumed = (
         f"; resumed after {result['resumed_from']} rows, {result['scored']} scored now"
         if result["resumed_from"]
@@ -603,10 +633,24 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
     except ScoreplexError as exc:
         _fail(exc)
     m = s.manifest
+    try:
+        long_inputs = s.long_inputs
+    except ScoreplexError as exc:
+        _fail(exc)
     typer.echo(
         f"method {m['method']}; backbone {m['backbone'].get('name', '?')} ({m['backbone']['sha256'][:12]}); "
-        f"pooling {m['pooling']}; max_length {m['max_length']}"
+        f"pooling {m['pooling']}; max_length {m['max_length']}; long inputs {long_inputs.mode}"
+        + (
+            f" (stride {long_inputs.step(s.max_length)}, {long_inputs.pool} of at most {long_inputs.max_windows})"
+            if long_inputs.windowed
+            else ""
+        )
     )
+    from scoreplex.training.suite import training_truncation
+
+    counts = training_truncation(s)
+    if counts is not None:
+        typer.echo(f"training data {counts.describe(s.max_length, long_inputs)}")
     rows = []
     for tid in s.task_ids:
         spec = s.spec(tid)

@@ -173,6 +173,7 @@ def merge_suite(
         pooling=m["pooling"],
         max_length=int(m["max_length"]),
         exist_ok=False,
+        long_inputs=m.get("long_inputs"),
     )
     groups_info = []
     with progress_bar(progress) as bar:

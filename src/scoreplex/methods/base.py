@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.backbone import pool
+from scoreplex.encoding import window_mean
 from scoreplex.errors import ScoreplexError, SuiteError
 from scoreplex.heads import ScoringHead
 from scoreplex.tasks import TaskSpec
@@ -42,6 +43,9 @@ class TaskModel(nn.Module):
     """One task's scoring network: encoder (or none, for precomputed features) -> pooling -> rubric head.
 
     ``forward(input_ids (B, T), attention_mask (B, T))`` or ``forward(features=(B, H))`` -> logits ``(B, sum K_d)``.
+    With ``windows (W,)`` (a long-input batch from :func:`scoreplex.encoding.collate`), ``input_ids`` are ``W``
+    windows and ``windows`` the response of each: their pooled vectors are averaged per response
+    (:func:`scoreplex.encoding.window_mean`) before the head, so the logits are ``(B, sum K_d)`` per response.
     """
 
     def __init__(self, encoder: nn.Module | None, head: ScoringHead, pooling: str) -> None:
@@ -50,12 +54,18 @@ class TaskModel(nn.Module):
         self.head = head
         self.pooling = pooling
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, windows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pooled features ``(B, H)``; with ``windows (W,)`` the mean over each response's windows."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+        pooled = pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+        if windows is None:
+            return pooled  # (B, H)
+        return window_mean(pooled, windows, int(windows.max()) + 1)  # (W, H) -> (B, H)
 
-    def forward(self, input_ids=None, attention_mask=None, features=None, **_: Any) -> torch.Tensor:
-        pooled = features if features is not None else self.embed(input_ids, attention_mask)  # (B, H)
+    def forward(self, input_ids=None, attention_mask=None, features=None, windows=None, **_: Any) -> torch.Tensor:
+        pooled = features if features is not None else self.embed(input_ids, attention_mask, windows)  # (B, H)
         return self.head(pooled)  # (B, sum K)
 
 
