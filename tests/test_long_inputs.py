@@ -41,15 +41,9 @@ TASKS = (*QV_TASKS, *QK_TASKS[:1])
 
 
 def _train(datasets, root: Path, bb, path: Path, method: str = "lora", long_inputs: LongInputs = WINDOWS, **changes):
+    changes = {"settings": MethodSettings(lora_r=4, lora_alpha=8), "max_length": MAX_LENGTH, **changes}
     options = TrainOptions(
-        method=method,
-        backbone=str(path),
-        config=ADAPTER_CONFIG,
-        settings=MethodSettings(lora_r=4, lora_alpha=8),
-        max_length=MAX_LENGTH,
-        progress=False,
-        long_inputs=long_inputs,
-        **changes,
+        method=method, backbone=str(path), config=ADAPTER_CONFIG, progress=False, long_inputs=long_inputs, **changes
     )
     return train_suite(datasets, root, options, backbone=bb)
 
@@ -286,3 +280,82 @@ def test_evaluate_reports_the_responses_cut_per_task(truncating_copy, windows_su
         assert windows["tasks"][t]["truncation"]["cut"] == 0
     assert plain["truncation"]["responses"] == sum(len(d) for d in data.values())
     assert plain["truncation"]["cut"] == sum(m["truncation"]["cut"] for m in plain["tasks"].values()) > 0
+
+
+# -- the CLI prints the counts ---------------------------------------------------------------------------------------
+def test_cli_trains_in_windows_mode_and_reports_long_responses_everywhere(tmp_path, tiny_backbone_path, tiny_bb):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+    from scoreplex.data.demo import demo_specs, write_demo
+
+    def invoke(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    files = write_demo(tmp_path / "data", n_train=30, n_test=10)
+    labels = []
+    for d in dict.fromkeys(d.name for s in demo_specs() for d in s.dimensions):
+        labels += ["--label", f"{d}={d}"]
+    with open(files["test"], encoding="utf-8", newline="") as fh:
+        test_texts = [r["text"] for r in csv.DictReader(fh)]
+    with open(files["train"], encoding="utf-8", newline="") as fh:
+        train_texts = [r["text"] for r in csv.DictReader(fh)]
+    suite = tmp_path / "suite"
+    args = ("--backbone", tiny_backbone_path, "--epochs", 1, "--max-length", MAX_LENGTH, "--no-lexical")
+    out = invoke("train", files["train"], "--out", suite, "--tasks", files["tasks"], *args, *labels,
+                 "--long-inputs", "windows", "--window-stride", STRIDE)  # fmt: skip
+    trained = length_counts(tiny_bb.tokenizer, train_texts, MAX_LENGTH, WINDOWS)
+    assert trained.windowed > 0
+    line = f"{trained.windowed} of {len(train_texts)} responses longer than max_length {MAX_LENGTH} encoded as windows"
+    assert line in out
+    info = invoke("info", suite)
+    assert f"long inputs windows (stride {STRIDE}" in info and line in info
+    scored = length_counts(tiny_bb.tokenizer, test_texts, MAX_LENGTH, WINDOWS)
+    line = f"{scored.windowed} of {len(test_texts)} responses longer than max_length {MAX_LENGTH} encoded as windows"
+    assert line in invoke("evaluate", suite, files["test"], *labels)
+    assert line in invoke("score", suite, files["test"], tmp_path / "scores.csv", "--no-progress")
+    # the default mode says how many responses it cut
+    plain = tmp_path / "plain"
+    out = invoke("train", files["train"], "--out", plain, "--tasks", files["tasks"], *args, *labels)
+    cut = length_counts(tiny_bb.tokenizer, train_texts, MAX_LENGTH)
+    assert f"truncation: {cut.cut} of {len(train_texts)} responses ({100 * cut.cut_share:.1f}%) cut" in out
+    assert "long inputs truncate" in invoke("info", plain)
+
+
+# -- the response-length feature -------------------------------------------------------------------------------------
+def test_a_fresh_length_feature_leaves_the_head_unchanged():
+    from scoreplex.heads import ScoringHead
+
+    torch.manual_seed(0)
+    plain = ScoringHead(8, [3, 2], hidden=4)
+    torch.manual_seed(0)
+    with_length = ScoringHead(8, [3, 2], hidden=4, length_feature=True)
+    x, n = torch.randn(5, 8), torch.tensor([3, 10, 100, 512, 900])
+    plain.eval(), with_length.eval()
+    torch.testing.assert_close(with_length(x, n), plain(x))
+    with pytest.raises(ConfigError, match="n_tokens"):
+        with_length(x)
+    with torch.no_grad():
+        with_length.length.weight.fill_(1.0)
+    assert not torch.allclose(with_length(x, n), plain(x))
+
+
+@pytest.mark.parametrize("method", ["lora", "head"])
+def test_length_feature_trains_and_engine_matches_suite_scorer(
+    method, demo_datasets, tiny_bb, tiny_backbone_path, tmp_path, texts, windows_suite
+):
+    t = TASKS[0]
+    options = dict(settings=MethodSettings(lora_r=4, lora_alpha=8, length_feature=True))
+    _train({t: demo_datasets[t]}, tmp_path / "s", tiny_bb, tiny_backbone_path, method=method, **options)
+    suite = Suite.open(tmp_path / "s")
+    assert suite.task_info(t)["config"]["length_feature"] is True
+    assert float(suite.module_tensors(t)["head.length.weight"].abs().sum()) > 0  # it trained
+    scorer = SuiteScorer(suite, tiny_bb)
+    _probs_close(Engine(suite, tiny_bb, batch_size=4).predict(t, texts[t]), scorer.predict(t, texts[t]), atol=1e-5)
+    # off by default: task.json and the module as before
+    assert "length_feature" not in Suite.open(windows_suite).task_info(t)["config"]
+    assert not any(k.startswith("head.length") for k in Suite.open(windows_suite).module_tensors(t))

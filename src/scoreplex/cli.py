@@ -253,6 +253,13 @@ def train(
     max_windows: Annotated[
         int, typer.Option("--max-windows", help="Windows: at most this many per response (the rest is cut).")
     ] = 16,
+    length_feature: Annotated[
+        bool,
+        typer.Option(
+            "--length-feature/--no-length-feature",
+            help="Give each task's head the response's log token count (before any cut) as an extra input.",
+        ),
+    ] = False,
     val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
@@ -313,7 +320,9 @@ def train(
             class_weighting=class_weighting,
             head_warmup_epochs=head_warmup_epochs,
         )
-        settings = MethodSettings(lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets)
+        settings = MethodSettings(
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, length_feature=length_feature
+        )
         options = TrainOptions(
             method=method,
             backbone=backbone,

@@ -181,6 +181,8 @@ class Encoded:
     """``(max_length, stride)`` in windows mode; None: every row is already at most ``max_length`` tokens."""
     windowed: int = 0
     """How many responses span more than one window."""
+    n_tokens: np.ndarray | None = None
+    """Each response's token count before any cut ``(N,)`` (within the character cap), for the length feature."""
     _lengths: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -254,7 +256,8 @@ def encode_texts(
     truncated = sum(len(x) > keep or len(t) > cap for x, t in zip(full, texts, strict=True))
     ids = [x if len(x) <= keep else x[: keep - 1] + [x[-1]] for x in full]  # keep the [SEP]
     windowed = sum(len(x) > max_length for x in ids) if window is not None else 0
-    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated, window, windowed)
+    n_tokens = np.fromiter((len(x) for x in full), dtype=np.int64, count=len(full))
+    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated, window, windowed, n_tokens)
 
 
 def length_counts(tokenizer, texts: Sequence[str], max_length: int, long_inputs: LongInputs = TRUNCATE) -> LengthCounts:
@@ -319,7 +322,8 @@ def collate(enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
     """Pad the rows ``index`` to their own longest length.
 
     In windows mode, when a row spans several windows, the batch holds every window ``(W, T)`` and ``windows (W,)``,
-    the position in ``index`` of each window's response (for :func:`window_mean`); labels stay one per response."""
+    the position in ``index`` of each window's response (for :func:`window_mean`); labels stay one per response.
+    ``n_tokens (B,)`` is each response's token count before any cut (for a head with the length feature)."""
     rows = [enc.input_ids[i] for i in index]
     owner = None
     if enc.window is not None and any(len(r) > enc.window[0] for r in rows):
@@ -331,6 +335,8 @@ def collate(enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
         ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
+    if enc.n_tokens is not None:
+        batch["n_tokens"] = torch.as_tensor(enc.n_tokens[np.asarray(index)])
     if owner is not None:
         batch["windows"] = torch.tensor(owner, dtype=torch.long)
     if enc.labels is not None:

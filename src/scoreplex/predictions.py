@@ -148,7 +148,7 @@ def embed_all(model, enc: Encoded, batch_size: int = 64, max_tokens: int | None 
     out = None
     for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
         batch = collate(enc, idx)
-        z = model.embed(**{k: v for k, v in batch.items() if k != "labels"})
+        z = model.embed(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "windows")})
         if out is None:
             out = torch.empty((len(enc), z.shape[-1]), dtype=z.dtype)
         out[torch.as_tensor(idx)] = z

@@ -244,6 +244,7 @@ class Engine:
             ids = batch["input_ids"].to(self.device)  # (B, T)
             mask = batch["attention_mask"].to(self.device)  # (B, T)
             row_tasks = [task_ids[i] for i in rows]
+            n_tokens = batch["n_tokens"].to(self.device)  # (B,) for heads with the length feature
             pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks], batch.get("windows"))  # (B, H)
             if self.moe is not None:  # each row through the MoE block with its own task's embedding
                 vecs = torch.stack([modules[t].task_vec for t in row_tasks]).to(self.device)
@@ -253,7 +254,7 @@ class Engine:
                 by_task.setdefault(t, []).append(p)
             for t, batch_pos in by_task.items():
                 module = modules[t]
-                logits = module.head(pooled[batch_pos])  # (n_t, sum K_t)
+                logits = module.head(pooled[batch_pos], n_tokens[batch_pos])  # (n_t, sum K_t)
                 probs = [p.cpu().numpy() for p in probabilities(logits, module.spec.class_counts)]  # [(n_t, K_d)]
                 for j, p in enumerate(batch_pos):
                     out[positions[rows[p]]] = (module, [pd[j] for pd in probs])

@@ -43,6 +43,7 @@ class TaskModel(nn.Module):
     """One task's scoring network: encoder (or none, for precomputed features) -> pooling -> rubric head.
 
     ``forward(input_ids (B, T), attention_mask (B, T))`` or ``forward(features=(B, H))`` -> logits ``(B, sum K_d)``.
+    ``n_tokens (B,)``: each response's token count, for a head with the length feature.
     With ``windows (W,)`` (a long-input batch from :func:`scoreplex.encoding.collate`), ``input_ids`` are ``W``
     windows and ``windows`` the response of each: their pooled vectors are averaged per response
     (:func:`scoreplex.encoding.window_mean`) before the head, so the logits are ``(B, sum K_d)`` per response.
@@ -64,9 +65,11 @@ class TaskModel(nn.Module):
             return pooled  # (B, H)
         return window_mean(pooled, windows, int(windows.max()) + 1)  # (W, H) -> (B, H)
 
-    def forward(self, input_ids=None, attention_mask=None, features=None, windows=None, **_: Any) -> torch.Tensor:
+    def forward(
+        self, input_ids=None, attention_mask=None, features=None, windows=None, n_tokens=None, **_: Any
+    ) -> torch.Tensor:
         pooled = features if features is not None else self.embed(input_ids, attention_mask, windows)  # (B, H)
-        return self.head(pooled)  # (B, sum K)
+        return self.head(pooled, n_tokens)  # (B, sum K)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class MethodSettings:
     lora_targets: str = "qv"
     head_hidden: int = 0
     head_dropout: float = 0.1
+    length_feature: bool = False
+    """Give the head the response's log token count as an extra input (:class:`~scoreplex.heads.ScoringHead`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -176,6 +181,7 @@ def build_head(hidden: int, spec: TaskSpec, config: Mapping[str, Any]) -> Scorin
         spec.class_counts,
         hidden=int(config.get("head_hidden", 0)),
         dropout=float(config.get("head_dropout", 0.1)),
+        length_feature=bool(config.get("length_feature", False)),
     )
 
 
@@ -214,7 +220,10 @@ class Method:
 
     def module_config(self, model: TaskModel, settings: MethodSettings) -> dict[str, Any]:
         """The JSON config a task module needs to be rebuilt (stored in its ``task.json``)."""
-        return {"head_hidden": settings.head_hidden, "head_dropout": settings.head_dropout}
+        config = {"head_hidden": settings.head_hidden, "head_dropout": settings.head_dropout}
+        if settings.length_feature:  # absent when off: task.json as before
+            config["length_feature"] = True
+        return config
 
     # -- reading a suite -----------------------------------------------------------------------------------------------
     def task_tensors(self, suite: Suite, task_id: str, *, for_engine: bool = False) -> dict[str, torch.Tensor]:

@@ -148,14 +148,15 @@ def train_progress(out_dir: str | os.PathLike[str], task_ids: list[str], current
     )
 
 
-def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int):
+def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int, n_tokens: np.ndarray):
     y = torch.as_tensor(labels, dtype=torch.long)
+    n = torch.as_tensor(n_tokens)
 
     def make(rng: np.random.Generator):
         order = rng.permutation(len(features))
         for i in range(0, len(order), batch_size):
             idx = torch.as_tensor(order[i : i + batch_size])
-            yield {"features": features[idx], "labels": y[idx]}
+            yield {"features": features[idx], "labels": y[idx], "n_tokens": n[idx]}
 
     return make
 
@@ -216,8 +217,8 @@ def train_task(
         # (`probe` shares `model.head`; the base encoder is frozen, so only the head trains).
         probe = TaskModel(bb.encoder, model.head, pooling)
         f_train, f_val = embed_all(probe, enc_train), embed_all(probe, enc_val)
-        feature_batches = _features_batches(f_train, train.labels, config.batch_size)
-        feature_logits = lambda mdl: mdl(features=f_val)  # noqa: E731
+        feature_batches = _features_batches(f_train, train.labels, config.batch_size, enc_train.n_tokens)
+        feature_logits = lambda mdl: mdl(features=f_val, n_tokens=torch.as_tensor(enc_val.n_tokens))  # noqa: E731
         if uses_features:
             make_batches, val_logits = feature_batches, feature_logits
         else:
@@ -405,7 +406,8 @@ def train_suite(
     fields: dict[str, Any] = {"truncation": counts.to_dict()}
     if truncated is not None:
         fields["truncated_share"] = truncated
-    suite.update(**fields)
+    if any(suite.manifest.get(k) != v for k, v in fields.items()):  # a re-run of a finished suite writes nothing
+        suite.update(**fields)
     log = progress_log(options.progress)
     if log is not None:
         log(counts.describe(max_length, long_inputs))
