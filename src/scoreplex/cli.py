@@ -648,12 +648,7 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
         _fail(exc)
     typer.echo(
         f"method {m['method']}; backbone {m['backbone'].get('name', '?')} ({m['backbone']['sha256'][:12]}); "
-        f"pooling {m['pooling']}; max_length {m['max_length']}; long inputs {long_inputs.mode}"
-        + (
-            f" (stride {long_inputs.step(s.max_length)}, {long_inputs.pool} of at most {long_inputs.max_windows})"
-            if long_inputs.windowed
-            else ""
-        )
+        f"pooling {m['pooling']}; max_length {m['max_length']}; long inputs {long_inputs.describe(s.max_length)}"
     )
     from scoreplex.training.suite import training_truncation
 

@@ -93,6 +93,12 @@ class LongInputs:
             )
         return step
 
+    def describe(self, max_length: int) -> str:
+        """``"truncate"`` or e.g. ``"windows (stride 64, mean of at most 16)"``, for the CLI."""
+        if not self.windowed:
+            return self.mode
+        return f"{self.mode} (stride {self.step(max_length)}, {self.pool} of at most {self.max_windows})"
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "stride": self.stride, "pool": self.pool, "max_windows": self.max_windows}
 
@@ -159,8 +165,8 @@ class LengthCounts:
         if long_inputs.windowed:
             line = (
                 f"long inputs: {self.windowed} of {self.responses} responses longer than max_length {max_length} "
-                f"encoded as windows (stride {long_inputs.step(max_length)}); {self.cut} ({100 * self.cut_share:.1f}%) "
-                f"cut beyond {long_inputs.max_windows} windows"
+                f"encoded as {long_inputs.describe(max_length)}; {self.cut} ({100 * self.cut_share:.1f}%) cut beyond "
+                f"{long_inputs.max_windows} windows"
             )
         return line
 

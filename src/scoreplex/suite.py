@@ -435,7 +435,9 @@ class Suite:
         from scoreplex.encoding import LongInputs
 
         try:
-            return LongInputs.from_dict(self.manifest.get("long_inputs"))
+            long_inputs = LongInputs.from_dict(self.manifest.get("long_inputs"))
+            long_inputs.step(self.max_length)  # a stride longer than a window
+            return long_inputs
         except (ConfigError, TypeError) as exc:
             raise SuiteError(
                 f"{self.root / MANIFEST_FILE}: field 'long_inputs' is not readable ({exc}); restore the manifest."
