@@ -245,6 +245,29 @@ def train(
         ),
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Token cap (default: 99th percentile of the data).")] = None,
+    long_inputs: Annotated[
+        str,
+        typer.Option(
+            "--long-inputs",
+            help="Responses longer than max_length: truncate (keep the first max_length tokens) or windows "
+            "(overlapping windows of max_length tokens, their pooled vectors averaged; stored in the suite, used by "
+            "every scorer).",
+        ),
+    ] = "truncate",
+    window_stride: Annotated[
+        int | None,
+        typer.Option("--window-stride", help="Windows: tokens between window starts (default: half a window)."),
+    ] = None,
+    max_windows: Annotated[
+        int, typer.Option("--max-windows", help="Windows: at most this many per response (the rest is cut).")
+    ] = 16,
+    length_feature: Annotated[
+        bool,
+        typer.Option(
+            "--length-feature/--no-length-feature",
+            help="Give each task's head the response's log token count (before any cut) as an extra input.",
+        ),
+    ] = False,
     val_fraction: Annotated[float, typer.Option(help="Share of each task held out for validation.")] = 0.1,
     min_val_rows: Annotated[
         int,
@@ -303,8 +326,9 @@ def train(
     try:
         from scoreplex.data.load import read_dataset
         from scoreplex.data.readers import reading_notes
+        from scoreplex.encoding import LongInputs
         from scoreplex.methods import MethodSettings
-        from scoreplex.training.suite import TrainOptions, default_config, train_suite
+        from scoreplex.training.suite import TrainOptions, default_config, train_suite, training_truncation
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(
@@ -323,7 +347,9 @@ def train(
             class_weighting=class_weighting,
             head_warmup_epochs=head_warmup_epochs,
         )
-        settings = MethodSettings(lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets)
+        settings = MethodSettings(
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, length_feature=length_feature
+        )
         options = TrainOptions(
             method=method,
             backbone=backbone,
@@ -337,6 +363,7 @@ def train(
             decoding=decoding,
             lexical=lexical,
             progress=progress,
+            long_inputs=LongInputs(long_inputs, stride=window_stride, max_windows=max_windows),
         )
         suite = train_suite(
             datasets,
@@ -354,6 +381,9 @@ def train(
     except KeyboardInterrupt:
         _interrupted(out, task_ids, current.get("task"))
         raise typer.Exit(code=130) from None
+    counts = training_truncation(suite)
+    if counts is not None:
+        typer.echo(f"training data {counts.describe(suite.max_length, suite.long_inputs)}")
     typer.echo(f"suite written to {out} ({len(suite.task_ids)} tasks, {suite.total_bytes:,} bytes)")
 
 
@@ -407,6 +437,7 @@ def evaluate(
     try:
         from scoreplex.data.load import read_dataset
         from scoreplex.data.readers import reading_notes
+        from scoreplex.encoding import LengthCounts
         from scoreplex.metrics import Criteria
         from scoreplex.paths import prepare_output_folder
         from scoreplex.reports.evaluation import evaluation_criteria_table, summary_lines, write_criteria_markdown
@@ -440,6 +471,9 @@ def evaluate(
         for line in reading_notes(datasets):
             typer.echo(line, err=True)
         result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria)
+        counts = LengthCounts.from_dict(result.get("truncation"))
+        if counts is not None:
+            typer.echo(counts.describe(s.max_length, s.long_inputs))
     except ScoreplexError as exc:
         _fail(exc)
     header, rows = evaluation_criteria_table(result)
@@ -603,6 +637,11 @@ def score(
             f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
         )
         raise typer.Exit(code=130) from None
+    if result.get("truncation") is not None:
+        from scoreplex.suite import Suite
+
+        s = Suite.open(suite, verify=False)
+        typer.echo(result["truncation"].describe(s.max_length, s.long_inputs), err=True)
     resumed = (
         f"; resumed after {result['resumed_from']} rows, {result['scored']} scored now"
         if result["resumed_from"]
@@ -641,10 +680,19 @@ def info(suite: Annotated[Path, typer.Argument(help="Suite folder.")]) -> None:
     except ScoreplexError as exc:
         _fail(exc)
     m = s.manifest
+    try:
+        long_inputs = s.long_inputs
+    except ScoreplexError as exc:
+        _fail(exc)
     typer.echo(
         f"method {m['method']}; backbone {m['backbone'].get('name', '?')} ({m['backbone']['sha256'][:12]}); "
-        f"pooling {m['pooling']}; max_length {m['max_length']}"
+        f"pooling {m['pooling']}; max_length {m['max_length']}; long inputs {long_inputs.describe(s.max_length)}"
     )
+    from scoreplex.training.suite import training_truncation
+
+    counts = training_truncation(s)
+    if counts is not None:
+        typer.echo(f"training data {counts.describe(s.max_length, long_inputs)}")
     rows = []
     for tid in s.task_ids:
         spec = s.spec(tid)

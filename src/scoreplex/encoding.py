@@ -9,12 +9,20 @@ Two rules every entry point (CLI, Python, service) goes through:
   tokenised, so one huge answer costs what a ``max_length`` answer costs. The cut is exact (the same tokens as
   tokenising the whole text and truncating) unless the text's first ``max_length`` tokens span more than that many
   characters (e.g. runs of thousands of spaces); a cut text is always counted as truncated.
+
+**Long inputs** (:class:`LongInputs`, a suite setting): ``truncate`` (the default) keeps each response's first
+``max_length`` tokens. ``windows`` keeps up to ``max_windows`` overlapping windows of ``max_length`` tokens each (every
+window with the tokenizer's first and last special tokens, ``[CLS]`` ... ``[SEP]``), a window starting every
+``stride`` tokens; :func:`collate` then returns every window of its rows plus ``windows``, the row each window belongs
+to, and the model averages the windows' pooled vectors per response (:func:`window_mean`) before its head. A response
+that fits in ``max_length`` tokens is one window, encoded and batched exactly as in ``truncate`` mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,41 +35,258 @@ CHARS_PER_TOKEN = 128
 longer words become one unknown token)."""
 
 
+LONG_INPUT_MODES = ("truncate", "windows")
+"""How a response longer than ``max_length`` is encoded (see the module docstring)."""
+WINDOW_POOLS = ("mean",)
+"""How the pooled vectors of a response's windows are combined."""
+
+
+@dataclass(frozen=True)
+class LongInputs:
+    """How a suite encodes responses longer than its ``max_length`` (stored in the manifest as ``long_inputs``).
+
+    Example: ``LongInputs("windows", stride=64)`` encodes a 300-token response at ``max_length`` 128 as windows of
+    126 body tokens starting every 64 tokens (the last one aligned to the end), each wrapped in ``[CLS]``/``[SEP]``.
+    """
+
+    mode: str = "truncate"
+    """``truncate`` (keep the first ``max_length`` tokens; the default and the fast path) or ``windows``."""
+    stride: int | None = None
+    """Windows mode: tokens between the starts of two windows (< the window's body overlaps them); None: half a
+    window's body, rounded down."""
+    pool: str = "mean"
+    """Windows mode: how the windows' pooled vectors are combined per response (``mean``)."""
+    max_windows: int = 16
+    """Windows mode: at most this many windows per response (memory and time bound); tokens beyond them are cut
+    and the response counts as cut."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in LONG_INPUT_MODES:
+            raise ConfigError(
+                f"long-input mode {self.mode!r} is unknown; choose one of: {', '.join(LONG_INPUT_MODES)}."
+            )
+        if self.pool not in WINDOW_POOLS:
+            raise ConfigError(f"window pooling {self.pool!r} is unknown; choose one of: {', '.join(WINDOW_POOLS)}.")
+        if self.stride is not None and (
+            not isinstance(self.stride, int) or isinstance(self.stride, bool) or self.stride < 1
+        ):
+            raise ConfigError(f"window stride={self.stride!r}; give a token count >= 1 (e.g. 64), or None.")
+        if not isinstance(self.max_windows, int) or isinstance(self.max_windows, bool) or self.max_windows < 1:
+            raise ConfigError(f"max_windows={self.max_windows!r}; give a window count >= 1, e.g. 16.")
+
+    @property
+    def windowed(self) -> bool:
+        """True when long responses are encoded as several windows."""
+        return self.mode == "windows"
+
+    def step(self, max_length: int, n_special: int = 2) -> int:
+        """Tokens between window starts at ``max_length``; ConfigError if the stride is longer than a window's
+        body (``max_length - n_special`` tokens), which would skip tokens."""
+        body = max_length - n_special
+        if body < 1:
+            raise ConfigError(f"max_length={max_length} leaves no room for tokens between the special tokens.")
+        step = self.stride if self.stride is not None else max(1, body // 2)
+        if step > body:
+            raise ConfigError(
+                f"window stride {step} is longer than a window's {body} tokens at max_length {max_length}, so tokens "
+                f"between windows would be skipped; give --window-stride {body} or less (e.g. {max(1, body // 2)})."
+            )
+        return step
+
+    def describe(self, max_length: int) -> str:
+        """``"truncate"`` or e.g. ``"windows (stride 64, mean of at most 16)"``, for the CLI."""
+        if not self.windowed:
+            return self.mode
+        return f"{self.mode} (stride {self.step(max_length)}, {self.pool} of at most {self.max_windows})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "stride": self.stride, "pool": self.pool, "max_windows": self.max_windows}
+
+    @classmethod
+    def from_dict(cls, record: Any) -> LongInputs:
+        """From a manifest's ``long_inputs`` (None: truncate); ConfigError for a record of another shape."""
+        if record is None:
+            return cls()
+        if not isinstance(record, dict) or set(record) - {"mode", "stride", "pool", "max_windows"}:
+            raise ConfigError(
+                f"long_inputs should be an object with mode, stride, pool and max_windows, found {str(record)[:80]!r}."
+            )
+        return cls(**record)
+
+
+TRUNCATE = LongInputs()
+
+
+@dataclass(frozen=True)
+class LengthCounts:
+    """How many responses exceeded ``max_length``, and what happened to them (``truncate``: cut; ``windows``:
+    encoded as several windows, cut only beyond ``max_windows``)."""
+
+    responses: int = 0
+    """Responses counted."""
+    cut: int = 0
+    """Responses of which tokens were dropped."""
+    windowed: int = 0
+    """Responses encoded as more than one window (windows mode)."""
+
+    def __add__(self, other: LengthCounts) -> LengthCounts:
+        return LengthCounts(self.responses + other.responses, self.cut + other.cut, self.windowed + other.windowed)
+
+    def __sub__(self, other: LengthCounts) -> LengthCounts:
+        return LengthCounts(self.responses - other.responses, self.cut - other.cut, self.windowed - other.windowed)
+
+    @property
+    def cut_share(self) -> float:
+        """Share of responses cut (0.0 without responses)."""
+        return self.cut / self.responses if self.responses else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "responses": self.responses,
+            "cut": self.cut,
+            "cut_share": self.cut_share,
+            "windowed": self.windowed,
+        }
+
+    @classmethod
+    def from_dict(cls, record: Any) -> LengthCounts | None:
+        """From :meth:`to_dict`'s record (None when absent or of another shape: an old or foreign suite)."""
+        try:
+            return cls(int(record["responses"]), int(record["cut"]), int(record.get("windowed", 0)))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def describe(self, max_length: int, long_inputs: LongInputs = TRUNCATE) -> str:
+        """One line for the CLI, e.g. ``"truncation: 12 of 40 responses (30.0%) cut at max_length 48"``."""
+        line = (
+            f"truncation: {self.cut} of {self.responses} responses ({100 * self.cut_share:.1f}%) cut at max_length "
+            f"{max_length}"
+        )
+        if long_inputs.windowed:
+            line = (
+                f"long inputs: {self.windowed} of {self.responses} responses longer than max_length {max_length} "
+                f"encoded as {long_inputs.describe(max_length)}; {self.cut} ({100 * self.cut_share:.1f}%) cut beyond "
+                f"{long_inputs.max_windows} windows"
+            )
+        return line
+
+
 @dataclass
 class Encoded:
-    """Token ids of every response (unpadded), with labels ``(N, D)`` or None."""
+    """Token ids of every response (unpadded), with labels ``(N, D)`` or None.
+
+    In windows mode (``window`` set) ``input_ids`` holds each response's tokens beyond ``max_length`` too (up to
+    ``max_windows`` windows' worth) and :func:`collate` cuts them into windows."""
 
     input_ids: list[list[int]]
     labels: np.ndarray | None
     pad_id: int
     truncated: int = 0
-    """How many responses were cut at max_length."""
+    """How many responses were cut (at max_length; in windows mode, beyond ``max_windows`` windows)."""
+    window: tuple[int, int] | None = None
+    """``(max_length, stride)`` in windows mode; None: every row is already at most ``max_length`` tokens."""
+    windowed: int = 0
+    """How many responses span more than one window."""
+    n_tokens: np.ndarray | None = None
+    """Each response's token count before any cut ``(N,)`` (within the character cap), for the length feature."""
+    _lengths: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        """Tokens each row costs an encoder pass: its length, or in windows mode its windows x ``max_length``."""
+        if self._lengths is None:
+            n = np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+            if self.window is not None:
+                max_length, step = self.window
+                n = np.where(n > max_length, window_count(n, max_length, step) * max_length, n)
+            self._lengths = n
+        return self._lengths
+
+    @property
+    def counts(self) -> LengthCounts:
+        return LengthCounts(len(self), self.truncated, self.windowed)
+
+
+def window_count(length, max_length: int, step: int, n_special: int = 2):
+    """Windows of ``max_length`` tokens (``n_special`` of them special) starting every ``step`` tokens that cover a
+    response of ``length`` tokens (special tokens included); works on ints and integer arrays."""
+    body = max_length - n_special
+    rest = np.maximum(np.asarray(length) - n_special - body, 0)
+    return 1 + (rest + step - 1) // step
+
+
+def window_starts(length: int, max_length: int, step: int, n_special: int = 2) -> list[int]:
+    """Start offsets (into the response's body tokens) of its windows: every ``step`` tokens, the last one moved back
+    so that it ends with the body (all windows are full; the last may overlap its neighbour more)."""
+    body, total = max_length - n_special, length - n_special
+    n = int(window_count(length, max_length, step, n_special))
+    return [min(i * step, total - body) for i in range(n)] if total > body else [0]
 
 
 def encode_texts(
-    tokenizer, texts: Sequence[str], max_length: int, labels: np.ndarray | None = None, *, checked: bool = False
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    labels: np.ndarray | None = None,
+    *,
+    checked: bool = False,
+    long_inputs: LongInputs = TRUNCATE,
 ) -> Encoded:
     """Tokenise ``texts`` with special tokens, truncating to ``max_length`` (memory bounded by ``max_length``, see the
     module docstring); counts what was truncated. DataError (row = 0-based index) for a text without content, unless
-    ``checked`` says the caller already applied :func:`scoreplex.content.problem_rows` (the engine does, per row)."""
+    ``checked`` says the caller already applied :func:`scoreplex.content.problem_rows` (the engine does, per row).
+
+    ``long_inputs`` in windows mode keeps up to ``max_windows`` windows' worth of tokens per response (the memory
+    bound grows accordingly) for :func:`collate` to cut into windows."""
     if not checked:
         check_texts(texts)
-    cap = CHARS_PER_TOKEN * max_length
-    full = tokenizer([t[:cap] for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
     n_special = tokenizer.num_special_tokens_to_add(pair=False)
+    keep, window = max_length, None
+    if long_inputs.windowed:
+        if n_special != 2:
+            raise ConfigError(
+                f"windows mode wraps each window in one leading and one trailing special token ([CLS] ... [SEP]); "
+                f"this tokenizer adds {n_special}. Train the suite with --long-inputs truncate."
+            )
+        step = long_inputs.step(max_length)
+        keep = max_length + (long_inputs.max_windows - 1) * step  # the tokens max_windows windows cover
+        window = (max_length, step)
+    cap = CHARS_PER_TOKEN * keep
+    full = tokenizer([t[:cap] for t in texts], add_special_tokens=True, truncation=False)["input_ids"]
     for i, x in enumerate(full):
         if len(x) <= n_special:  # visible characters the tokenizer drops entirely
             raise DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
-    truncated = sum(len(x) > max_length or len(t) > cap for x, t in zip(full, texts, strict=True))
-    ids = [x if len(x) <= max_length else x[: max_length - 1] + [x[-1]] for x in full]  # keep the [SEP]
-    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated)
+    truncated = sum(len(x) > keep or len(t) > cap for x, t in zip(full, texts, strict=True))
+    ids = [x if len(x) <= keep else x[: keep - 1] + [x[-1]] for x in full]  # keep the [SEP]
+    windowed = sum(len(x) > max_length for x in ids) if window is not None else 0
+    n_tokens = np.fromiter((len(x) for x in full), dtype=np.int64, count=len(full))
+    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated, window, windowed, n_tokens)
+
+
+def length_counts(tokenizer, texts: Sequence[str], max_length: int, long_inputs: LongInputs = TRUNCATE) -> LengthCounts:
+    """How many of ``texts`` exceed ``max_length`` tokens and are cut (or, in windows mode, windowed and cut beyond
+    ``max_windows``), as :func:`encode_texts` would encode them; for reports (``train``, ``info``)."""
+    return counts_of_lengths(token_lengths(tokenizer, texts), max_length, long_inputs)
+
+
+def counts_of_lengths(lengths: np.ndarray, max_length: int, long_inputs: LongInputs = TRUNCATE) -> LengthCounts:
+    """:func:`length_counts` from token lengths ``(N,)`` (special tokens included, :func:`token_lengths`)."""
+    lengths = np.asarray(lengths)
+    if not long_inputs.windowed:
+        return LengthCounts(len(lengths), int((lengths > max_length).sum()), 0)
+    keep = max_length + (long_inputs.max_windows - 1) * long_inputs.step(max_length)
+    return LengthCounts(len(lengths), int((lengths > keep).sum()), int((lengths > max_length).sum()))
+
+
+def window_mean(pooled: torch.Tensor, owner: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean of the windows' pooled vectors per response: ``pooled (W, H)``, ``owner (W,)`` the row of each window in
+    ``0..n_rows-1`` -> ``(n_rows, H)``. A row with one window gets that window's vector exactly."""
+    total = pooled.new_zeros((n_rows, pooled.shape[-1])).index_add_(0, owner, pooled)  # (B, H)
+    count = torch.bincount(owner, minlength=n_rows).clamp_min(1).to(pooled.dtype)  # (B,)
+    return total / count[:, None]
 
 
 def pair_template(tokenizer) -> tuple[list[int], list[int], list[int]]:
@@ -135,9 +360,34 @@ def choose_max_length(lengths: np.ndarray, *, quantile: float = 0.99, multiple: 
     return int(min(cap, max(multiple, int(np.ceil(q / multiple)) * multiple)))
 
 
+def _windows(enc: Encoded, index: Sequence[int]) -> tuple[list[list[int]], list[int]]:
+    """Every window of the rows ``index`` (windows mode) and the batch row each belongs to."""
+    max_length, step = enc.window
+    body = max_length - 2
+    rows, owner = [], []
+    for j, i in enumerate(index):
+        x = enc.input_ids[i]
+        if len(x) <= max_length:
+            rows.append(x)
+            owner.append(j)
+            continue
+        head, inner, tail = x[:1], x[1:-1], x[-1:]
+        for start in window_starts(len(x), max_length, step):
+            rows.append(head + inner[start : start + body] + tail)
+            owner.append(j)
+    return rows, owner
+
+
 def collate(enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Pad the rows ``index`` to their own longest length."""
+    """Pad the rows ``index`` to their own longest length.
+
+    In windows mode, when a row spans several windows, the batch holds every window ``(W, T)`` and ``windows (W,)``,
+    the position in ``index`` of each window's response (for :func:`window_mean`); labels stay one per response.
+    ``n_tokens (B,)`` is each response's token count before any cut (for a head with the length feature)."""
     rows = [enc.input_ids[i] for i in index]
+    owner = None
+    if enc.window is not None and any(len(r) > enc.window[0] for r in rows):
+        rows, owner = _windows(enc, index)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), enc.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -145,6 +395,10 @@ def collate(enc: Encoded, index: Sequence[int]) -> dict[str, torch.Tensor]:
         ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
+    if enc.n_tokens is not None:
+        batch["n_tokens"] = torch.as_tensor(enc.n_tokens[np.asarray(index)])
+    if owner is not None:
+        batch["windows"] = torch.tensor(owner, dtype=torch.long)
     if enc.labels is not None:
         batch["labels"] = torch.as_tensor(enc.labels[np.asarray(index)], dtype=torch.long)
     return batch

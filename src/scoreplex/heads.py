@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scoreplex.errors import ConfigError
+
 
 class ScoringHead(nn.Module):
     """LayerNorm -> dropout -> (optional hidden layer) -> linear to the concatenated logits of every dimension.
@@ -19,9 +21,21 @@ class ScoringHead(nn.Module):
     The LayerNorm matters: mean-pooled sentence-encoder features have a small, uneven scale (MiniLM's pooled vectors
     have per-feature std ~0.1), on which a freshly initialised linear head learns very slowly; normalising them first
     lets LoRA and head-only training converge in a few epochs.
+
+    With ``length_feature``, the response's log token count (before any cut, :func:`length_feature`) adds a linear
+    term to the logits (``length``: ``(1,) -> (sum K,)``, zero at initialisation, so it starts as the plain head); it
+    bypasses the LayerNorm, which would otherwise let one large value rescale every pooled feature.
     """
 
-    def __init__(self, in_dim: int, class_counts: Sequence[int], *, hidden: int = 0, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        class_counts: Sequence[int],
+        *,
+        hidden: int = 0,
+        dropout: float = 0.1,
+        length_feature: bool = False,
+    ) -> None:
         super().__init__()
         self.class_counts = [int(k) for k in class_counts]
         layers: list[nn.Module] = [nn.LayerNorm(in_dim), nn.Dropout(dropout)]
@@ -30,9 +44,29 @@ class ScoringHead(nn.Module):
             in_dim = hidden
         layers.append(nn.Linear(in_dim, sum(self.class_counts)))
         self.net = nn.Sequential(*layers)
+        self.length: nn.Linear | None = None
+        if length_feature:
+            self.length = nn.Linear(1, sum(self.class_counts))
+            nn.init.zeros_(self.length.weight)
+            nn.init.zeros_(self.length.bias)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.net(pooled)  # (B, sum K)
+    def forward(self, pooled: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, sum K)`` from pooled features ``(B, H)`` (and, with the length feature, the responses' token
+        counts ``(B,)``; ConfigError when they are missing)."""
+        logits = self.net(pooled)  # (B, sum K)
+        if self.length is None:
+            return logits
+        if n_tokens is None:
+            raise ConfigError(
+                "this head uses the response-length feature, so it needs each response's token count (n_tokens); "
+                "score through SuiteScorer or the Engine, which pass it."
+            )
+        return logits + self.length(length_feature(n_tokens).to(logits.dtype))
+
+
+def length_feature(n_tokens: torch.Tensor) -> torch.Tensor:
+    """The length feature ``(B, 1)``: log of each response's token count ``(B,)`` (special tokens included)."""
+    return torch.log(n_tokens.float().clamp_min(1.0))[:, None]
 
 
 def split_logits(logits: torch.Tensor, class_counts: Sequence[int]) -> list[torch.Tensor]:

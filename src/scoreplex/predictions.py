@@ -140,7 +140,7 @@ def predict_logits(
     out: torch.Tensor | None = None
     for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
         batch = collate(enc, idx)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"})  # windows mode: + "windows"
         if out is None:
             out = torch.empty((len(enc), logits.shape[-1]), dtype=logits.dtype)
         out[torch.as_tensor(idx)] = logits
@@ -156,7 +156,7 @@ def embed_all(model, enc: Encoded, batch_size: int = 64, max_tokens: int | None 
     out = None
     for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):
         batch = collate(enc, idx)
-        z = model.embed(batch["input_ids"], batch["attention_mask"])
+        z = model.embed(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "windows")})
         if out is None:
             out = torch.empty((len(enc), z.shape[-1]), dtype=z.dtype)
         out[torch.as_tensor(idx)] = z

@@ -21,6 +21,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.decoding import Decoding
+from scoreplex.encoding import LengthCounts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
 from scoreplex.methods import TaskModel
@@ -73,7 +74,11 @@ class SuiteScorer:
         self.method = self.suite.method_object
         self.bb = Backbone.for_suite(self.suite, backbone)
         self.max_length = self.suite.max_length
+        self.long_inputs = self.suite.long_inputs
         self.pooling = self.suite.pooling
+        self.length_counts = LengthCounts()
+        """Responses encoded by this scorer so far, and how many were longer than ``max_length`` (cut, or windowed
+        in the suite's windows mode); ``scoreplex evaluate`` and ``score`` report it."""
         self._cache: dict[str, TaskModel] = {}
         self._cache_size = cache_size
         self._recent: list[str] = []
@@ -103,7 +108,10 @@ class SuiteScorer:
         spec = self.suite.spec(task_id)
         if not texts:
             return from_probabilities(spec, [], [np.zeros((0, k)) for k in spec.class_counts])
-        enc = self.method.encode(self.bb.tokenizer, list(texts), self.max_length, self.suite.task_info(task_id))
+        enc = self.method.encode(
+            self.bb.tokenizer, list(texts), self.max_length, self.suite.task_info(task_id), long_inputs=self.long_inputs
+        )
+        self.length_counts += enc.counts
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
         probs = [p.numpy() for p in probabilities(predict_logits(model, enc), spec.class_counts)]
         stack = self.lexical(task_id)
@@ -210,10 +218,12 @@ def evaluate_suite(
 
     Returns:
         ``{"tasks": {task id: metrics}, "mean_qwk", "qwk_undefined_tasks", "pooled", "human_mean_qwk" (when a task
-        has a second score), "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human",
-        "mean_automation_rate"}``. ``mean_qwk`` is the unweighted mean over the tasks whose QWK is defined (None
-        when none is); ``qwk_undefined_tasks`` lists the others (one class in both truth and prediction);
-        ``pooled`` is :func:`~scoreplex.metrics.pooled_metrics` over every response of every task.
+        has a second score), "truncation" (the responses longer than the suite's max_length over all tasks, as
+        :meth:`~scoreplex.encoding.LengthCounts.to_dict`; also per task, when the scorer counts them),
+        "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate"}``.
+        ``mean_qwk`` is the unweighted mean over the tasks whose QWK is defined (None when none is);
+        ``qwk_undefined_tasks`` lists the others (one class in both truth and prediction); ``pooled`` is
+        :func:`~scoreplex.metrics.pooled_metrics` over every response of every task.
         Each task's metrics are :func:`~scoreplex.metrics.evaluate_task`'s, plus ``"human"``
         (:func:`~scoreplex.metrics.human_agreement`, when the data has a second score), ``"criteria"``
         (:func:`~scoreplex.metrics.deployment_criteria` on every response) and ``"criteria_automated"``
@@ -245,9 +255,12 @@ def evaluate_suite(
         if len(data) == 0:  # every row was off the scale: nothing to measure
             continue
         t0 = time.perf_counter()
+        counted = getattr(scorer, "length_counts", None)
         pred = scorer.predict(task_id, data.texts, data.ids)
         metrics = evaluate_task(data.spec, data.labels, pred.labels)
         metrics["seconds"] = round(time.perf_counter() - t0, 3)
+        if counted is not None:  # the responses of this task longer than max_length (cut, or windowed)
+            metrics["truncation"] = (scorer.length_counts - counted).to_dict()
         if data.second is not None:
             human = human_agreement(data.spec, data.labels, data.second)
             if human:
@@ -277,6 +290,9 @@ def evaluate_suite(
         "qwk_undefined_tasks": undefined,
         "pooled": pooled_metrics(pairs),
     }
+    if all("truncation" in m for m in per_task.values()):
+        total = sum((LengthCounts.from_dict(m["truncation"]) for m in per_task.values()), LengthCounts())
+        summary["truncation"] = total.to_dict()
     humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
     if humans:
         summary["human_mean_qwk"] = float(np.mean(humans))

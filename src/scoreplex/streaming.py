@@ -554,11 +554,12 @@ def stream_scores(
     streaming and resumable (module docstring). The output's extension picks its format. ``scorer`` scores the
     rows (default: :func:`scoreplex.scorer.open_scorer` on the suite with ``backbone``).
 
-    Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output"}``: rows in the
-    output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run), wall time,
-    and rows scored per second once the model was loaded. Raises DataError naming the row for a bad row (the chunks
-    before it stay committed), ResumeError when the output belongs to another run or another process is writing it,
-    ConfigError (before any reading or scoring) when the output cannot be created where it is asked for, and
+    Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output", "truncation"}``:
+    rows in the output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run),
+    wall time, rows scored per second once the model was loaded, and the :class:`~scoreplex.encoding.LengthCounts`
+    of the responses scored by this call (None for a remote scorer). Raises DataError naming the row for a bad row
+    (the chunks before it stay committed), ResumeError when the output belongs to another run or another process is
+    writing it, ConfigError (before any reading or scoring) when the output cannot be created where it is asked for, and
     NoSpaceError when the disk fills up (the chunks before stay committed: the same call resumes once space is freed).
     """
     from scoreplex.suite import Suite
@@ -674,6 +675,8 @@ def stream_scores(
             "seconds": time.perf_counter() - t0,
             "rows_per_second": bar.rate if scorer is not None else 0.0,
             "output": str(target),
+            # responses scored now that were longer than the suite's max_length (a local scorer counts them)
+            "truncation": getattr(scorer, "length_counts", None),
         }
 
 

@@ -249,8 +249,12 @@ class Suite:
         pooling: str,
         max_length: int,
         exist_ok: bool = True,
+        long_inputs: dict[str, Any] | None = None,
     ) -> Suite:
-        """Start a suite folder, or reopen a compatible unfinished one (so training can resume)."""
+        """Start a suite folder, or reopen a compatible unfinished one (so training can resume).
+
+        ``long_inputs``: the suite's :class:`~scoreplex.encoding.LongInputs` record (None: truncate, stored as
+        absent so that truncating suites keep their manifest as before)."""
         root = Path(root)
         suite = cls(root, {})
         with suite._lock():
@@ -264,6 +268,8 @@ class Suite:
                     for k, v in (("method", method), ("pooling", pooling), ("max_length", max_length))
                     if m.get(k) != v
                 }
+                if m.get("long_inputs") != long_inputs:
+                    clash["long_inputs"] = (m.get("long_inputs"), long_inputs)
                 if m["backbone"]["sha256"] != backbone["sha256"]:
                     clash["backbone"] = (m["backbone"]["name"], backbone["name"])
                 if clash:
@@ -280,6 +286,7 @@ class Suite:
                 "backbone": backbone,
                 "pooling": pooling,
                 "max_length": max_length,
+                **({"long_inputs": long_inputs} if long_inputs is not None else {}),
                 "versions": package_versions(),
                 "tasks": {},
             }
@@ -420,6 +427,21 @@ class Suite:
     @property
     def max_length(self) -> int:
         return int(self.manifest["max_length"])
+
+    @property
+    def long_inputs(self):
+        """How responses longer than ``max_length`` are encoded (:class:`~scoreplex.encoding.LongInputs`; truncate
+        when the manifest has no ``long_inputs``). SuiteError for a record this scoreplex cannot read."""
+        from scoreplex.encoding import LongInputs
+
+        try:
+            long_inputs = LongInputs.from_dict(self.manifest.get("long_inputs"))
+            long_inputs.step(self.max_length)  # a stride longer than a window
+            return long_inputs
+        except (ConfigError, TypeError) as exc:
+            raise SuiteError(
+                f"{self.root / MANIFEST_FILE}: field 'long_inputs' is not readable ({exc}); restore the manifest."
+            ) from None
 
     @property
     def pooling(self) -> str:

@@ -12,6 +12,7 @@ backbone pass as it tokenises today: :class:`scoreplex.scorer.SuiteScorer` score
 
 from __future__ import annotations
 
+from scoreplex.errors import ConfigError
 from scoreplex.methods.base import Capabilities, Method, ParsedModule
 
 SHARED_NAME = "adapter"
@@ -39,9 +40,13 @@ class CrossItemMethod(Method):
             datasets, out_dir, options, val_sets=val_sets, backbone=backbone, on_task_done=on_task_done
         )
 
-    def encode(self, tokenizer, texts, max_length, info):
-        """Each response paired with its item's stored text (``config.pairing_text``), question cut first."""
+    def encode(self, tokenizer, texts, max_length, info, *, long_inputs=None):
+        """Each response paired with its item's stored text (``config.pairing_text``), question cut first. A pair is
+        always cut at ``max_length`` (a cross-item suite is trained in truncate mode)."""
         from scoreplex.encoding import encode_pairs
+
+        if long_inputs is not None and long_inputs.windowed:
+            raise ConfigError("a cross-item suite reads each pair cut at max_length; it has no windows mode.")
 
         config = info.get("config", {})
         return encode_pairs(

@@ -26,7 +26,7 @@ import torch
 
 from scoreplex.backbone import Backbone
 from scoreplex.content import problem_rows
-from scoreplex.encoding import DEFAULT_MAX_TOKENS, collate, encode_texts, token_batches
+from scoreplex.encoding import DEFAULT_MAX_TOKENS, LengthCounts, collate, encode_texts, token_batches, window_mean
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
 from scoreplex.predictions import Predictions, from_probabilities, group_by_task
@@ -112,8 +112,12 @@ class Engine:
         self.tokenizer = encoder.tokenizer
         self.device = encoder.device
         self.max_length = self.suite.max_length
+        self.long_inputs = self.suite.long_inputs
         self.pooling = self.suite.pooling
         self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.length_counts = LengthCounts()
+        """Responses encoded by this engine so far, and how many were longer than ``max_length`` (cut, or windowed
+        in the suite's windows mode); ``scoreplex score`` reports it."""
         self.lock = threading.RLock()
         self.store = AdapterStore(
             self.suite,
@@ -156,9 +160,18 @@ class Engine:
         self.backend.release(module.key)
         module.slot = -1
 
-    def _pooled(self, ids: torch.Tensor, mask: torch.Tensor, row_modules: Sequence[Any]) -> torch.Tensor:
-        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H)."""
-        return self.backend.pool(ids, mask, [m.slot for m in row_modules])
+    def _pooled(
+        self, ids: torch.Tensor, mask: torch.Tensor, row_modules: Sequence[Any], windows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H).
+
+        With ``windows (W,)`` (windows mode), ``ids`` are the windows of the rows: each window runs with its row's
+        slot, and the windows' pooled vectors are averaged per row (the backend, PyTorch or ONNX, sees windows)."""
+        if windows is None:
+            return self.backend.pool(ids, mask, [m.slot for m in row_modules])
+        slots = [row_modules[o].slot for o in windows.tolist()]
+        pooled = self.backend.pool(ids, mask, slots)  # (W, H)
+        return window_mean(pooled, windows.to(pooled.device), len(row_modules))  # (B, H)
 
     @property
     def task_ids(self) -> list[str]:
@@ -202,7 +215,11 @@ class Engine:
         keep = [i for i in range(len(pairs)) if out[i] is None]
         if not keep:
             return out
-        enc = encode_texts(self.tokenizer, [texts[i] for i in keep], self.max_length, checked=True)
+        enc = encode_texts(
+            self.tokenizer, [texts[i] for i in keep], self.max_length, checked=True, long_inputs=self.long_inputs
+        )
+        with self.lock:
+            self.length_counts += enc.counts
         for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
             rows = [int(i) for i in idx if task_ids[keep[i]] not in errors]
             if rows:
@@ -227,7 +244,8 @@ class Engine:
             ids = batch["input_ids"].to(self.device)  # (B, T)
             mask = batch["attention_mask"].to(self.device)  # (B, T)
             row_tasks = [task_ids[i] for i in rows]
-            pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks])  # (B, H)
+            n_tokens = batch["n_tokens"].to(self.device)  # (B,) for heads with the length feature
+            pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks], batch.get("windows"))  # (B, H)
             if self.moe is not None:  # each row through the MoE block with its own task's embedding
                 vecs = torch.stack([modules[t].task_vec for t in row_tasks]).to(self.device)
                 pooled, _ = self.moe(pooled, vecs)
@@ -236,7 +254,7 @@ class Engine:
                 by_task.setdefault(t, []).append(p)
             for t, batch_pos in by_task.items():
                 module = modules[t]
-                logits = module.head(pooled[batch_pos])  # (n_t, sum K_t)
+                logits = module.head(pooled[batch_pos], n_tokens[batch_pos])  # (n_t, sum K_t)
                 probs = [p.cpu().numpy() for p in probabilities(logits, module.spec.class_counts)]  # [(n_t, K_d)]
                 for j, p in enumerate(batch_pos):
                     out[positions[rows[p]]] = (module, [pd[j] for pd in probs])

@@ -115,7 +115,11 @@ def refit_head(
     for p in enc.parameters():
         p.requires_grad_(False)
     bb = Backbone(enc, tokenizer, None)
-    settings = MethodSettings(head_hidden=_head_hidden(model.head), head_dropout=_head_dropout(model.head))
+    settings = MethodSettings(
+        head_hidden=_head_hidden(model.head),
+        head_dropout=_head_dropout(model.head),
+        length_feature=getattr(model.head, "length", None) is not None,
+    )
     # train_task builds a head-only model on bb.encoder's (the merged encoder's) pooled features
     new_model, _, val_metrics = train_task(
         bb,
@@ -173,6 +177,7 @@ def merge_suite(
         pooling=m["pooling"],
         max_length=int(m["max_length"]),
         exist_ok=False,
+        long_inputs=m.get("long_inputs"),
     )
     groups_info = []
     with progress_bar(progress) as bar:
@@ -248,7 +253,9 @@ class PlanEvaluator:
         from scoreplex.predictions import decode, predict_logits
 
         data = self.eval_sets[task_id]
-        enc = encode_texts(self.scorer.bb.tokenizer, data.texts, self.scorer.max_length)
+        enc = encode_texts(
+            self.scorer.bb.tokenizer, data.texts, self.scorer.max_length, long_inputs=self.scorer.long_inputs
+        )
         return decode(data.spec, data.ids, predict_logits(model, enc)).labels
 
     def predictions(self, members: list[str], refit: bool = False) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.backbone import pool
+from scoreplex.encoding import window_mean
 from scoreplex.errors import ScoreplexError, SuiteError
 from scoreplex.heads import ScoringHead
 from scoreplex.tasks import TaskSpec
@@ -42,6 +43,10 @@ class TaskModel(nn.Module):
     """One task's scoring network: encoder (or none, for precomputed features) -> pooling -> rubric head.
 
     ``forward(input_ids (B, T), attention_mask (B, T))`` or ``forward(features=(B, H))`` -> logits ``(B, sum K_d)``.
+    ``n_tokens (B,)``: each response's token count, for a head with the length feature.
+    With ``windows (W,)`` (a long-input batch from :func:`scoreplex.encoding.collate`), ``input_ids`` are ``W``
+    windows and ``windows`` the response of each: their pooled vectors are averaged per response
+    (:func:`scoreplex.encoding.window_mean`) before the head, so the logits are ``(B, sum K_d)`` per response.
     """
 
     def __init__(self, encoder: nn.Module | None, head: ScoringHead, pooling: str) -> None:
@@ -50,13 +55,21 @@ class TaskModel(nn.Module):
         self.head = head
         self.pooling = pooling
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, windows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pooled features ``(B, H)``; with ``windows (W,)`` the mean over each response's windows."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-        return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+        pooled = pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+        if windows is None:
+            return pooled  # (B, H)
+        return window_mean(pooled, windows, int(windows.max()) + 1)  # (W, H) -> (B, H)
 
-    def forward(self, input_ids=None, attention_mask=None, features=None, **_: Any) -> torch.Tensor:
-        pooled = features if features is not None else self.embed(input_ids, attention_mask)  # (B, H)
-        return self.head(pooled)  # (B, sum K)
+    def forward(
+        self, input_ids=None, attention_mask=None, features=None, windows=None, n_tokens=None, **_: Any
+    ) -> torch.Tensor:
+        pooled = features if features is not None else self.embed(input_ids, attention_mask, windows)  # (B, H)
+        return self.head(pooled, n_tokens)  # (B, sum K)
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,8 @@ class MethodSettings:
     lora_targets: str = "qv"
     head_hidden: int = 0
     head_dropout: float = 0.1
+    length_feature: bool = False
+    """Give the head the response's log token count as an extra input (:class:`~scoreplex.heads.ScoringHead`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -168,6 +183,7 @@ def build_head(hidden: int, spec: TaskSpec, config: Mapping[str, Any]) -> Scorin
         spec.class_counts,
         hidden=int(config.get("head_hidden", 0)),
         dropout=float(config.get("head_dropout", 0.1)),
+        length_feature=bool(config.get("length_feature", False)),
     )
 
 
@@ -206,7 +222,10 @@ class Method:
 
     def module_config(self, model: TaskModel, settings: MethodSettings) -> dict[str, Any]:
         """The JSON config a task module needs to be rebuilt (stored in its ``task.json``)."""
-        return {"head_hidden": settings.head_hidden, "head_dropout": settings.head_dropout}
+        config = {"head_hidden": settings.head_hidden, "head_dropout": settings.head_dropout}
+        if settings.length_feature:  # absent when off: task.json as before
+            config["length_feature"] = True
+        return config
 
     def train_all(self, datasets, out_dir, options, *, val_sets=None, backbone=None, on_task_done=None) -> Suite:
         """Train every task of ``datasets`` at once into a suite (methods with ``trains_jointly``; what
@@ -220,13 +239,13 @@ class Method:
         )
 
     # -- reading a suite -----------------------------------------------------------------------------------------------
-    def encode(self, tokenizer, texts, max_length: int, info: Mapping[str, Any]):
+    def encode(self, tokenizer, texts, max_length: int, info: Mapping[str, Any], *, long_inputs=None):
         """The responses ``texts`` of one task as its model reads them (:class:`scoreplex.encoding.Encoded`), given the
-        task's ``task.json`` ``info``: the response alone (:func:`~scoreplex.encoding.encode_texts`) unless the method
-        pairs it with task text."""
-        from scoreplex.encoding import encode_texts
+        task's ``task.json`` ``info``: the response alone (:func:`~scoreplex.encoding.encode_texts`, in the suite's
+        ``long_inputs`` mode; None = truncate) unless the method pairs it with task text."""
+        from scoreplex.encoding import TRUNCATE, encode_texts
 
-        return encode_texts(tokenizer, texts, max_length)
+        return encode_texts(tokenizer, texts, max_length, long_inputs=long_inputs or TRUNCATE)
 
     def task_tensors(self, suite: Suite, task_id: str, *, for_engine: bool = False) -> dict[str, torch.Tensor]:
         """A task's tensors as its model needs them: its own, completed by its shared module (a merged group's, or a

@@ -92,7 +92,7 @@ def compute_teacher_targets(
                 result[task_id] = cached
                 bar.update(job, advance=1)
                 continue
-            enc = encode_texts(scorer.bb.tokenizer, data.texts, scorer.max_length)
+            enc = encode_texts(scorer.bb.tokenizer, data.texts, scorer.max_length, long_inputs=scorer.long_inputs)
             logits = predict_logits(scorer.model(task_id), enc).float().contiguous()
             tmp = out / f".{task_id}.safetensors.tmp"
             save_file({"logits": logits}, str(tmp), metadata={"ids_sha256": _ids_digest(data.ids)})

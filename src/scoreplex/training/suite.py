@@ -17,7 +17,18 @@ import torch
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone
 from scoreplex.data.dataset import TaskData
 from scoreplex.decoding import Decoding, describe_decoding
-from scoreplex.encoding import Encoded, choose_max_length, collate, encode_texts, train_batches
+from scoreplex.encoding import (
+    TRUNCATE,
+    Encoded,
+    LengthCounts,
+    LongInputs,
+    choose_max_length,
+    collate,
+    counts_of_lengths,
+    encode_texts,
+    token_lengths,
+    train_batches,
+)
 from scoreplex.errors import ConfigError, DataError, ScoreplexError
 from scoreplex.heads import balanced_class_weights, rubric_loss
 from scoreplex.methods import METHODS, MethodSettings, TaskModel, get_method
@@ -76,8 +87,15 @@ class TrainOptions:
     progress: bool = True
     """A bar per task on a terminal; elsewhere (``nohup``, CI) plain lines on stderr: each task's start and each
     epoch's loss, validation QWK and time."""
+    long_inputs: LongInputs = TRUNCATE
+    """How responses longer than ``max_length`` are encoded, in training and by every scorer of the suite
+    (stored in the manifest): cut (the default) or overlapping windows whose pooled vectors are averaged."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.long_inputs, LongInputs):
+            raise ConfigError(
+                f"long_inputs={self.long_inputs!r}; give a scoreplex.encoding.LongInputs, e.g. LongInputs('windows')."
+            )
         if self.max_length is not None and not 8 <= self.max_length <= 8192:
             raise ConfigError(
                 f"max_length={self.max_length!r}; give a token count in 8..8192, or None to pick the 99th "
@@ -158,14 +176,15 @@ def train_progress(out_dir: str | os.PathLike[str], task_ids: list[str], current
     )
 
 
-def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int):
+def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int, n_tokens: np.ndarray):
     y = torch.as_tensor(labels, dtype=torch.long)
+    n = torch.as_tensor(n_tokens)
 
     def make(rng: np.random.Generator):
         order = rng.permutation(len(features))
         for i in range(0, len(order), batch_size):
             idx = torch.as_tensor(order[i : i + batch_size])
-            yield {"features": features[idx], "labels": y[idx]}
+            yield {"features": features[idx], "labels": y[idx], "n_tokens": n[idx]}
 
     return make
 
@@ -194,12 +213,14 @@ def train_task(
     progress: bool = True,
     description: str | None = None,
     on_val_probs: Callable[[list[np.ndarray]], None] | None = None,
+    long_inputs: LongInputs = TRUNCATE,
 ) -> tuple[TaskModel, FitResult, dict[str, Any] | None]:
     """Train one task's module with ``method``; returns the model (best validation state), the fit, val metrics.
 
     ``val=None`` trains ``config.epochs`` epochs without validation and keeps the last state (the refit of a small
     item on all its responses, :func:`cross_validate_epochs`); the val metrics are then None. ``on_val_probs``
     receives the class probabilities ``[(N_val, K_d)]`` of every epoch's validation pass (not the head warm-up's).
+    ``long_inputs`` in windows mode trains on every window of a long response, averaged per response.
     """
     spec = train.spec
     if not train.has_labels or (val is not None and not val.has_labels):
@@ -207,8 +228,12 @@ def train_task(
     m = get_method(method)
     torch.manual_seed(config.seed)
     model = m.build(bb.encoder, bb.hidden, spec, settings, pooling)
-    enc_train = encode_texts(bb.tokenizer, train.texts, max_length, train.labels)
-    enc_val = encode_texts(bb.tokenizer, val.texts, max_length, val.labels) if val is not None else None
+    enc_train = encode_texts(bb.tokenizer, train.texts, max_length, train.labels, long_inputs=long_inputs)
+    enc_val = (
+        encode_texts(bb.tokenizer, val.texts, max_length, val.labels, long_inputs=long_inputs)
+        if val is not None
+        else None
+    )
     weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
     warm_description = f"head warm-up {description or spec.id}"
     description = description or f"{method} {spec.id}"
@@ -239,8 +264,8 @@ def train_task(
         probe = TaskModel(bb.encoder, model.head, pooling)
         f_train = embed_all(probe, enc_train)
         f_val = embed_all(probe, enc_val) if enc_val is not None else None
-        feature_batches = _features_batches(f_train, train.labels, config.batch_size)
-        feature_logits = lambda mdl: mdl(features=f_val)  # noqa: E731
+        feature_batches = _features_batches(f_train, train.labels, config.batch_size, enc_train.n_tokens)
+        feature_logits = lambda mdl: mdl(features=f_val, n_tokens=torch.as_tensor(enc_val.n_tokens))  # noqa: E731
         if uses_features:
             make_batches, val_logits = feature_batches, feature_logits
         else:
@@ -342,6 +367,7 @@ def cross_validate_epochs(
     settings: MethodSettings,
     folder: str | os.PathLike[str],
     progress: bool = True,
+    long_inputs: LongInputs = TRUNCATE,
 ) -> EpochChoice:
     """Choose a small item's number of epochs by k-fold cross-validation within the item.
 
@@ -395,6 +421,7 @@ def cross_validate_epochs(
                 progress=progress,
                 description=f"{method} {spec.id} fold {i}/{k}",
                 on_val_probs=keep,
+                long_inputs=long_inputs,
             )
         rows = np.array([position[r] for r in val.ids], dtype=np.int64)
         for e in range(cfg.epochs):
@@ -460,7 +487,14 @@ def describe_stack(report: dict[str, Any]) -> str:
 
 
 def val_probabilities(
-    bb: Backbone, model: TaskModel, val: TaskData, max_length: int, *, method: str, pooling: str
+    bb: Backbone,
+    model: TaskModel,
+    val: TaskData,
+    max_length: int,
+    *,
+    method: str,
+    pooling: str,
+    long_inputs: LongInputs = TRUNCATE,
 ) -> list[np.ndarray]:
     """The trained model's class probabilities ``[(N_val, K_d)]`` on the validation responses."""
     from scoreplex.heads import probabilities
@@ -468,7 +502,7 @@ def val_probabilities(
     if get_method(method).capabilities.uses_features:  # a head-only model holds no encoder: the backbone's
         model = TaskModel(bb.encoder, model.head, pooling)
     with torch.no_grad():
-        logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length))
+        logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length, long_inputs=long_inputs))
     return [p.numpy().astype(np.float64) for p in probabilities(logits, val.spec.class_counts)]
 
 
@@ -498,11 +532,12 @@ def finish_task(
     return fitted, stack, report
 
 
-def pick_max_length(bb: Backbone, datasets: Mapping[str, TaskData]) -> tuple[int, float]:
-    """Max length covering 99% of all training responses, and the share of responses it truncates."""
-    from scoreplex.encoding import token_lengths
-
-    lengths = np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in datasets.values()])
+def pick_max_length(
+    bb: Backbone, datasets: Mapping[str, TaskData], lengths: np.ndarray | None = None
+) -> tuple[int, float]:
+    """Max length covering 99% of all training responses, and the share of responses it truncates
+    (``lengths``: their token lengths when already counted, :func:`training_lengths`)."""
+    lengths = training_lengths(bb, datasets) if lengths is None else lengths
     max_len = min(choose_max_length(lengths), bb.max_positions)
     return max_len, float((lengths > max_len).mean())
 
@@ -515,6 +550,7 @@ def _task_settings(options: TrainOptions, max_length: int) -> dict[str, Any]:
         "max_length": max_length,
         "settings": options.settings,
         "progress": options.progress,
+        "long_inputs": options.long_inputs,
     }
 
 
@@ -593,6 +629,17 @@ def check_same_specs(suite: Suite, datasets: Mapping[str, TaskData]) -> None:
         )
 
 
+def training_lengths(bb: Backbone, datasets: Mapping[str, TaskData]) -> np.ndarray:
+    """Token lengths (special tokens included) of every response of ``datasets``, in task order."""
+    return np.concatenate([token_lengths(bb.tokenizer, d.texts) for d in datasets.values()])
+
+
+def training_truncation(suite: Suite) -> LengthCounts | None:
+    """The responses the suite's last training run counted longer than its ``max_length`` (the manifest's
+    ``truncation`` record, :func:`train_suite`); None for a suite trained before it was recorded."""
+    return LengthCounts.from_dict(suite.manifest.get("truncation"))
+
+
 def train_suite(
     datasets: Mapping[str, TaskData],
     out_dir: str | os.PathLike[str],
@@ -639,15 +686,29 @@ def train_suite(
     truncated = None
     if max_length is None and (root / "manifest.json").is_file():
         max_length = int(Suite.open(root, verify=False).manifest["max_length"])  # adding tasks to a suite
+    lengths = training_lengths(bb, datasets)
     if max_length is None:
-        max_length, truncated = pick_max_length(bb, datasets)
+        max_length, truncated = pick_max_length(bb, datasets, lengths)
+    long_inputs = options.long_inputs
+    long_inputs.step(max_length)  # a stride longer than a window fails now, before any training
     suite = Suite.create(
-        out_dir, method=options.method, backbone=bb.info.to_dict(), pooling=options.pooling, max_length=max_length
+        out_dir,
+        method=options.method,
+        backbone=bb.info.to_dict(),
+        pooling=options.pooling,
+        max_length=max_length,
+        long_inputs=long_inputs.to_dict() if long_inputs.windowed else None,
     )
+    counts = counts_of_lengths(lengths, max_length, long_inputs)
+    fields: dict[str, Any] = {"truncation": counts.to_dict()}
     if truncated is not None:
-        suite.update(truncated_share=truncated)
+        fields["truncated_share"] = truncated
+    if any(suite.manifest.get(k) != v for k, v in fields.items()):  # a re-run of a finished suite writes nothing
+        suite.update(**fields)
     check_same_specs(suite, datasets)
     log = progress_log(options.progress)
+    if log is not None:
+        log(counts.describe(max_length, long_inputs))
     todo = [t for t in datasets if not suite.has_task(t)]
     if log is not None and len(todo) < len(datasets):
         log(f"{len(datasets) - len(todo)} of {len(datasets)} tasks already in {root}: kept")
@@ -698,7 +759,9 @@ def train_suite(
             )
             decoding, stack, stack_report = None, None, None
             if options.decoding or options.lexical:
-                probs = val_probabilities(bb, model, val, max_length, method=options.method, pooling=options.pooling)
+                probs = val_probabilities(
+                    bb, model, val, max_length, method=options.method, pooling=options.pooling, long_inputs=long_inputs
+                )
                 decoding, stack, stack_report = finish_task(
                     train, val, probs, lexical=options.lexical, decoding=options.decoding
                 )
