@@ -176,15 +176,20 @@ def train_progress(out_dir: str | os.PathLike[str], task_ids: list[str], current
     )
 
 
-def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int, n_tokens: np.ndarray):
+def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int, n_tokens: np.ndarray | None = None):
+    """Shuffled batches of pooled features ``(N, H)`` with labels, and each response's token count (for the length
+    feature) when ``n_tokens`` is given."""
     y = torch.as_tensor(labels, dtype=torch.long)
-    n = torch.as_tensor(n_tokens)
+    n = None if n_tokens is None else torch.as_tensor(n_tokens)
 
     def make(rng: np.random.Generator):
         order = rng.permutation(len(features))
         for i in range(0, len(order), batch_size):
             idx = torch.as_tensor(order[i : i + batch_size])
-            yield {"features": features[idx], "labels": y[idx], "n_tokens": n[idx]}
+            batch = {"features": features[idx], "labels": y[idx]}
+            if n is not None:
+                batch["n_tokens"] = n[idx]
+            yield batch
 
     return make
 
