@@ -428,10 +428,19 @@ def evaluate(
             "--min-adjacent", help="Optional criterion: adjacent agreement at least this (0..1; default: none)."
         ),
     ] = None,
+    baselines: Annotated[
+        Path | None,
+        typer.Option(
+            "--baselines",
+            help="Scored training file (same columns): fit the lexical TF-IDF and length-only baselines on it per "
+            "task and show their QWK and the suite's margin over the better one.",
+        ),
+    ] = None,
 ) -> None:
     """QWK, accuracy, adjacent agreement, F1, exact match per task (and human-human agreement if a second score),
     and the deployment criteria of Williamson, Xi & Breyer (2012) with pass/fail, for all responses and for the
-    automated ones (defaults: QWK >= 0.70, degradation <= 0.10, |SMD| <= 0.15)."""
+    automated ones (defaults: QWK >= 0.70, degradation <= 0.10, |SMD| <= 0.15); with --baselines, the margin over
+    the simple baselines."""
     from scoreplex.errors import ConfigError, ScoreplexError
 
     try:
@@ -470,7 +479,12 @@ def evaluate(
         )
         for line in reading_notes(datasets):
             typer.echo(line, err=True)
-        result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria)
+        train_sets = None
+        if baselines is not None:
+            train_sets = read_dataset(
+                baselines, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter)
+            )
+        result = evaluate_suite(SuiteScorer(s, backbone=backbone), datasets, criteria=criteria, baselines=train_sets)
         counts = LengthCounts.from_dict(result.get("truncation"))
         if counts is not None:
             typer.echo(counts.describe(s.max_length, s.long_inputs))
@@ -489,12 +503,76 @@ def evaluate(
         + f"; on {result['items_auto_meeting_human']} of {len(result['tasks'])} tasks the automated responses agree "
         "with the human score at least as well as two humans do"
     )
+    if "baselines" in result:
+        typer.echo(_baselines_line(result["baselines"]))
     if report:
         write_json_atomic(report, result)
         typer.echo(f"metrics written to {report}")
     if markdown:
         write_criteria_markdown(markdown, result, title=f"Deployment criteria: {suite} on {data}")
         typer.echo(f"criteria report written to {markdown}")
+
+
+def _mean_qwks(means: dict) -> str:
+    """``lexical 0.712, length 0.403`` from ``{name: mean QWK or None}``."""
+    return ", ".join(f"{n} {'n/a' if q is None else f'{q:.3f}'}" for n, q in means.items())
+
+
+def _baselines_line(summary: dict) -> str:
+    margin = summary["mean_margin"]
+    return (
+        f"baselines fitted on {summary['train'] or 'the training file'}: mean QWK {_mean_qwks(summary['mean_qwk'])}; "
+        "suite margin over the "
+        f"better baseline: mean {'n/a' if margin is None else f'{margin:+.3f}'}, ahead on {summary['tasks_ahead']} "
+        f"of {summary['tasks_compared']} tasks"
+    )
+
+
+@app.command()
+def baseline(
+    train_file: Annotated[Path, typer.Argument(help="Scored responses to fit the baselines on.")],
+    test_file: Annotated[Path, typer.Argument(help="Scored responses to evaluate them on.")],
+    text_col: TextCol = "text",
+    task_col: TaskCol = "task",
+    task_id: TaskId = None,
+    id_col: IdCol = "id",
+    label: LabelOpt = None,
+    tasks: TasksOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    delimiter: DelimiterOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full metrics as JSON here.")] = None,
+) -> None:
+    """Fit the simple baselines (lexical TF-IDF + logistic regression, and length-only) per task on TRAIN_FILE and
+    evaluate them on TEST_FILE: QWK, accuracy and the other columns of `scoreplex evaluate`, without a suite."""
+    from scoreplex.errors import ConfigError, ScoreplexError
+
+    try:
+        from scoreplex.baselines import evaluate_baselines
+        from scoreplex.data.load import check_nonempty, read_dataset
+        from scoreplex.paths import prepare_output_folder
+        from scoreplex.reports.evaluation import baseline_table
+        from scoreplex.suite import write_json_atomic
+
+        if out is not None:
+            if out.is_dir():
+                raise ConfigError(f"--out {out} is a folder; give a file path, e.g. {out / 'baselines.json'}.")
+            prepare_output_folder(out.parent, output=out)
+        cols = _columns(text_col, task_col, task_id, id_col, label, None)
+        sep = _delimiter(delimiter)
+        train_sets = read_dataset(train_file, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=sep)
+        check_nonempty(train_sets, train_file)
+        specs = {tid: d.spec for tid, d in train_sets.items()}
+        test_sets = read_dataset(test_file, columns=cols, specs=specs, encoding=encoding, delimiter=sep)
+        check_nonempty(test_sets, test_file)
+        result = evaluate_baselines(train_sets, test_sets)
+    except ScoreplexError as exc:
+        _fail(exc)
+    header, rows = baseline_table(result)
+    title = f"baselines fitted on {train_file}, evaluated on {test_file}: mean QWK {_mean_qwks(result['mean_qwk'])}"
+    _table(title, header, rows)
+    if out:
+        write_json_atomic(out, result)
+        typer.echo(f"metrics written to {out}")
 
 
 @app.command()

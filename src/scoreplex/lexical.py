@@ -46,7 +46,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -63,6 +63,12 @@ __all__ = [
     "TENSOR_PREFIX",
     "WEIGHT_GRID",
     "LexicalConfig",
+    "check_labels",
+    "check_texts",
+    "class_log_probs",
+    "fit_softmax_regression",
+    "stored_array",
+    "stored_dimensions",
     "LexicalModel",
     "STACK_RULE",
     "combine_log_probs",
@@ -225,8 +231,8 @@ class LexicalModel:
         from scipy import sparse
 
         config = config or LexicalConfig()
-        texts = _check_texts(texts, spec.id)
-        y_all = _check_labels(labels, spec, len(texts))
+        texts = check_texts(texts, spec.id)
+        y_all = check_labels(labels, spec, len(texts))
         for d, dim in enumerate(spec.dimensions):
             if not (y_all[:, d] >= 0).any():
                 raise DataError(
@@ -293,7 +299,7 @@ class LexicalModel:
         """``(N, F)`` CSR float64 TF-IDF features: word columns, then character columns."""
         from scipy import sparse
 
-        texts = _check_texts(texts, None)
+        texts = check_texts(texts, None)
         if not texts:
             return sparse.csr_matrix((0, self.num_features), dtype=np.float64)
         return sparse.hstack([self.vectorizers[v].transform(texts) for v in _VECTORIZERS], format="csr")
@@ -307,15 +313,11 @@ class LexicalModel:
         Raises:
             DataError: if an element of ``texts`` is not a string.
         """
-        from scipy.special import log_softmax
-
         x = self.features(texts)  # (N, F)
         out = []
         for classes, w, b, k in zip(self.classes, self.coef, self.intercept, self.class_counts, strict=True):
             z = np.asarray(x @ w.T.astype(np.float64)) + b.astype(np.float64)  # (N, C_d)
-            full = np.full((x.shape[0], k), ABSENT_LOG_PROB, dtype=np.float64)  # (N, K_d)
-            full[:, classes] = log_softmax(z, axis=1)
-            out.append(full)
+            out.append(class_log_probs(z, classes, k))  # (N, K_d)
         return out
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
@@ -367,7 +369,6 @@ class LexicalModel:
                 terms onto columns ``0..F_v-1``, unknown vectorizer settings, classes outside ``0..K_d-1``, or a
                 mismatch with ``spec``.
         """
-        import torch
 
         if not isinstance(config, Mapping):
             raise _bad(f"the config is a {type(config).__name__}, expected a JSON object.")
@@ -379,20 +380,8 @@ class LexicalModel:
         used: set[str] = set()
 
         def array(name: str, shape: tuple[int | None, ...], positive: bool = False) -> np.ndarray:
-            if name not in ours:
-                raise _bad(f"tensor {name!r} is missing.")
-            t = ours[name]
             used.add(name)
-            if not isinstance(t, torch.Tensor):
-                raise _bad(f"{name!r} is a {type(t).__name__}, expected a torch.Tensor.")
-            if t.dtype != torch.float32:
-                raise _bad(f"tensor {name!r} has dtype {t.dtype}, expected torch.float32.")
-            if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape, strict=True)):
-                want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-                raise _bad(f"tensor {name!r} has shape {tuple(t.shape)}, expected {want}.")
-            a = t.detach().cpu().numpy().copy()
-            if not np.isfinite(a).all():
-                raise _bad(f"tensor {name!r} holds non-finite values (NaN or inf).")
+            a = stored_array(ours, name, shape, _bad)
             if positive and (a <= 0).any():
                 raise _bad(f"tensor {name!r} holds values <= 0; an idf is at least 1.")
             return a
@@ -413,41 +402,12 @@ class LexicalModel:
             vectorizers[v] = _rebuild(settings[v], vocab, idf)
         n_features = sum(len(vec_cfg[v]["vocabulary"]) for v in _VECTORIZERS)
 
-        dims = config.get("dimensions")
-        if not isinstance(dims, list) or not dims:
-            raise _bad("config 'dimensions' must be a non-empty list of {name, num_classes, classes}.")
-        names, counts, classes, coef, intercept = [], [], [], [], []
-        for i, dim in enumerate(dims):
-            if not isinstance(dim, Mapping):
-                raise _bad(f"config dimensions[{i}] is a {type(dim).__name__}, expected an object.")
-            name, k, c = dim.get("name"), dim.get("num_classes"), dim.get("classes")
-            if not isinstance(name, str) or not name or name in names:
-                raise _bad(f"config dimensions[{i}].name is {name!r}; expected a unique non-empty string.")
-            if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 100:
-                raise _bad(f"config dimension {name!r} has num_classes={k!r}; expected an integer in 2..100.")
-            if (
-                not isinstance(c, list)
-                or not c
-                or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < k for x in c)
-                or any(a >= b for a, b in zip(c, c[1:], strict=False))
-            ):
-                raise _bad(
-                    f"config dimension {name!r} has classes={c!r}; expected a non-empty, strictly increasing list "
-                    f"of integers in 0..{k - 1}."
-                )
-            names.append(name)
-            counts.append(k)
-            classes.append(np.asarray(c, dtype=np.int64))
-            coef.append(array(f"{TENSOR_PREFIX}dim.{name}.coef", (len(c), n_features)))
-            intercept.append(array(f"{TENSOR_PREFIX}dim.{name}.intercept", (len(c),)))
+        names, counts, classes, coef, intercept = stored_dimensions(
+            config, array, TENSOR_PREFIX, n_features, spec, _bad
+        )
         extra = sorted(set(ours) - used)
         if extra:
             raise _bad(f"unexpected lexical tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}.")
-        if spec is not None and (names != spec.dimension_names or counts != spec.class_counts):
-            raise _bad(
-                f"the stored dimensions {list(zip(names, counts, strict=True))} (name, classes) differ from task "
-                f"{spec.id!r}'s {list(zip(spec.dimension_names, spec.class_counts, strict=True))}."
-            )
         info = config.get("info", {})
         return cls(
             dimension_names=names,
@@ -470,25 +430,49 @@ def _fit_dimension(
     x, y: np.ndarray, num_classes: int, config: LexicalConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
     """Fit one dimension: ``(classes (C,), W (C, F) float32, b (C,) float32, chosen C or None)``."""
+    if np.unique(y).size == 1:
+        return (*fit_softmax_regression(x, y, C=1.0, max_iter=config.max_iter), None)
+    c_value = config.C if config.C is not None else _choose_c(x, y, num_classes, config)
+    return (*fit_softmax_regression(x, y, C=float(c_value), max_iter=config.max_iter), float(c_value))
+
+
+def fit_softmax_regression(x, y: np.ndarray, *, C: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An L2 logistic regression (lbfgs; multinomial for 3+ classes) in softmax form: ``(classes, W, b)``.
+
+    ``x`` is ``(N, F)`` (dense or sparse), ``y`` ``(N,)`` int. Returns the ``(C_y,)`` int64 classes seen in ``y``
+    (sorted), ``W`` ``(C_y, F)`` and ``b`` ``(C_y,)`` float32 with ``log p(c | x) = log_softmax(x W^T + b)_c``; a
+    binomial fit (``P(1) = sigmoid(x w + b)``) becomes ``W = [0; w]``, ``b = [0, b]``, the same distribution; a
+    single class gets zero parameters (it is predicted with certainty). Shared by the lexical and the length model
+    (:mod:`scoreplex.baselines`).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    classes = np.unique(y)
+    classes = np.unique(y).astype(np.int64)
     n_features = x.shape[1]
     if classes.size == 1:  # nothing to discriminate: the seen class with certainty
-        return classes, np.zeros((1, n_features), np.float32), np.zeros(1, np.float32), None
-    c_value = config.C if config.C is not None else _choose_c(x, y, num_classes, config)
-    model = LogisticRegression(C=c_value, solver="lbfgs", max_iter=config.max_iter)
+        return classes, np.zeros((1, n_features), np.float32), np.zeros(1, np.float32)
+    model = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # logged below instead, with the task context
+        warnings.simplefilter("ignore", ConvergenceWarning)  # logged below instead
         model.fit(x, y)
-    if int(np.max(model.n_iter_)) >= config.max_iter:
-        log.warning("lexical logistic regression hit max_iter=%d before converging", config.max_iter)
+    if int(np.max(model.n_iter_)) >= max_iter:
+        log.warning("logistic regression hit max_iter=%d before converging", max_iter)
     w, b = model.coef_, model.intercept_  # (C, F) and (C,), or (1, F) and (1,) for two classes
     if classes.size == 2:  # sigmoid(x w + b) == softmax([0, x w + b])[1]
         w = np.vstack([np.zeros_like(w), w])
         b = np.concatenate([np.zeros_like(b), b])
-    return classes, w.astype(np.float32), b.astype(np.float32), float(c_value)
+    return classes, w.astype(np.float32), b.astype(np.float32)
+
+
+def class_log_probs(z: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(N, K)`` float64 log-probabilities over classes ``0..K-1`` from softmax-form scores ``z`` ``(N, C)`` over the
+    training ``classes`` ``(C,)``; a class absent from training gets :data:`ABSENT_LOG_PROB` in every row."""
+    from scipy.special import log_softmax
+
+    full = np.full((z.shape[0], num_classes), ABSENT_LOG_PROB, dtype=np.float64)  # (N, K)
+    full[:, classes] = log_softmax(z, axis=1)
+    return full
 
 
 def _choose_c(x, y: np.ndarray, num_classes: int, config: LexicalConfig) -> float:
@@ -536,6 +520,77 @@ def _rebuild(settings: Mapping[str, Any], vocabulary: Mapping[str, int], idf: np
 
 def _bad(message: str) -> SuiteError:
     return SuiteError(f"lexical model: {message} Fix: retrain the task's lexical model or restore the suite.")
+
+
+def stored_array(
+    tensors: Mapping[str, Any], name: str, shape: tuple[int | None, ...], bad: Callable[[str], Exception]
+) -> np.ndarray:
+    """Stored tensor ``name`` as a numpy copy, checked: present, a float32 ``torch.Tensor`` of ``shape`` (``None``:
+    any size) with finite values; else ``bad(message)`` is raised (the caller's error, naming its model)."""
+    import torch
+
+    if name not in tensors:
+        raise bad(f"tensor {name!r} is missing.")
+    t = tensors[name]
+    if not isinstance(t, torch.Tensor):
+        raise bad(f"{name!r} is a {type(t).__name__}, expected a torch.Tensor.")
+    if t.dtype != torch.float32:
+        raise bad(f"tensor {name!r} has dtype {t.dtype}, expected torch.float32.")
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape, strict=True)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise bad(f"tensor {name!r} has shape {tuple(t.shape)}, expected {want}.")
+    a = t.detach().cpu().numpy().copy()
+    if not np.isfinite(a).all():
+        raise bad(f"tensor {name!r} holds non-finite values (NaN or inf).")
+    return a
+
+
+def stored_dimensions(
+    config: Mapping[str, Any],
+    array: Callable[[str, tuple[int, ...]], np.ndarray],
+    prefix: str,
+    n_features: int,
+    spec: TaskSpec | None,
+    bad: Callable[[str], Exception],
+) -> tuple[list[str], list[int], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """``(names, class counts, classes [(C_d,)], coef [(C_d, F)], intercept [(C_d,)])`` of a stored softmax-form
+    model (lexical or length), checked: ``config["dimensions"]`` a non-empty list of ``{name, num_classes, classes}``
+    with unique non-empty names, ``num_classes`` in 2..100 and classes a non-empty strictly increasing list in
+    ``0..num_classes-1``; tensors ``<prefix>dim.<name>.coef`` / ``.intercept`` read by ``array(name, shape)``; with
+    ``spec``, the same dimension names and class counts as the task. Else ``bad(message)`` is raised."""
+    dims = config.get("dimensions")
+    if not isinstance(dims, list) or not dims:
+        raise bad("config 'dimensions' must be a non-empty list of {name, num_classes, classes}.")
+    names, counts, classes, coef, intercept = [], [], [], [], []
+    for i, dim in enumerate(dims):
+        if not isinstance(dim, Mapping):
+            raise bad(f"config dimensions[{i}] is a {type(dim).__name__}, expected an object.")
+        name, k, c = dim.get("name"), dim.get("num_classes"), dim.get("classes")
+        if not isinstance(name, str) or not name or name in names:
+            raise bad(f"config dimensions[{i}].name is {name!r}; expected a unique non-empty string.")
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 100:
+            raise bad(f"config dimension {name!r} has num_classes={k!r}; expected an integer in 2..100.")
+        if (
+            not isinstance(c, list)
+            or not c
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < k for x in c)
+            or any(a >= b for a, b in zip(c, c[1:], strict=False))
+        ):
+            raise bad(
+                f"config dimension {name!r} has classes={c!r}; expected a non-empty, strictly increasing list of "
+                f"integers in 0..{k - 1}."
+            )
+        names.append(name)
+        counts.append(k)
+        classes.append(np.asarray(c, dtype=np.int64))
+        coef.append(array(f"{prefix}dim.{name}.coef", (len(c), n_features)))
+        intercept.append(array(f"{prefix}dim.{name}.intercept", (len(c),)))
+    if spec is not None and (names != spec.dimension_names or counts != spec.class_counts):
+        raise bad(
+            f"the stored dimensions {list(zip(names, counts, strict=True))} (name, classes) differ from task "
+            f"{spec.id!r}'s {list(zip(spec.dimension_names, spec.class_counts, strict=True))}."
+        )
+    return names, counts, classes, coef, intercept
 
 
 def _check_settings(name: str, settings: Any) -> dict[str, Any]:
@@ -589,7 +644,8 @@ def _check_vocabulary(name: str, vocab: Any, size: int) -> None:
         seen[col] = True
 
 
-def _check_texts(texts: Sequence[str], task: str | None) -> list[str]:
+def check_texts(texts: Sequence[str], task: str | None) -> list[str]:
+    """``texts`` as a list of strings; DataError (naming ``task``) on a single string or a non-string element."""
     if isinstance(texts, str):
         raise DataError("expected a list of texts, got a single string.", task=task, fix="wrap it in a list.")
     out = list(texts)
@@ -599,7 +655,7 @@ def _check_texts(texts: Sequence[str], task: str | None) -> list[str]:
     return out
 
 
-def _check_labels(labels: Any, spec: TaskSpec, n: int) -> np.ndarray:
+def check_labels(labels: Any, spec: TaskSpec, n: int) -> np.ndarray:
     """``labels`` as ``(N, D)`` int64 with every value in ``-1..K_d-1``, else DataError."""
     y = np.asarray(labels)
     if y.ndim == 1:
@@ -736,7 +792,7 @@ def stack_weight(
         )
     n = neural[0].shape[0]
     try:
-        y = _check_labels(labels, spec, n)
+        y = check_labels(labels, spec, n)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
     scored = y >= 0  # (N, D)

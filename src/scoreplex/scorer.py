@@ -207,14 +207,22 @@ def automated_reference(scorer, data: TaskData, automated: np.ndarray) -> HumanR
 
 
 def evaluate_suite(
-    scorer, datasets: Mapping[str, TaskData], *, progress: bool = True, criteria: Criteria | None = None
+    scorer,
+    datasets: Mapping[str, TaskData],
+    *,
+    progress: bool = True,
+    criteria: Criteria | None = None,
+    baselines: Mapping[str, TaskData] | None = None,
 ) -> dict[str, Any]:
     """Metrics per task (and human-human agreement where a second score exists), the deployment criteria of
     Williamson, Xi & Breyer (2012), plus means and counts over tasks.
 
     ``scorer`` is anything with ``suite`` and ``predict(task_id, texts, ids) -> Predictions`` (SuiteScorer, Engine).
     ``criteria`` holds the thresholds (default :class:`~scoreplex.metrics.Criteria`: QWK >= 0.70, degradation <=
-    0.10, |SMD| <= 0.15).
+    0.10, |SMD| <= 0.15). ``baselines``: scored training data; when given, the simple baselines
+    (:mod:`scoreplex.baselines`: lexical TF-IDF and length-only) are fitted on it per task and evaluated on the same
+    responses, and the report gets their QWK and the suite's margin over the better one
+    (:func:`~scoreplex.baselines.add_baseline_margins`; DataError if a task lacks training rows).
 
     Returns:
         ``{"tasks": {task id: metrics}, "mean_qwk", "qwk_undefined_tasks", "pooled", "human_mean_qwk" (when a task
@@ -239,6 +247,11 @@ def evaluate_suite(
     criteria = Criteria() if criteria is None else criteria
     if not scorer.suite.task_ids:
         raise ConfigError(f"the suite at {scorer.suite.root} holds no tasks; train some with `scoreplex train`.")
+    baseline_report = None
+    if baselines is not None:  # first: bad training data fails before the suite has scored anything
+        from scoreplex.baselines import add_baseline_margins, evaluate_baselines
+
+        baseline_report = evaluate_baselines(baselines, datasets)
     per_task: dict[str, Any] = {}
     pairs: dict[str, tuple[Any, np.ndarray, np.ndarray]] = {}
     skipped: dict[str, dict[str, Any]] = {}
@@ -303,6 +316,9 @@ def evaluate_suite(
     summary["mean_automation_rate"] = float(np.mean(rates)) if rates else None
     if skipped:
         summary["skipped_rows"] = skipped
+    if baseline_report is not None:
+        sources = sorted({d.source for d in baselines.values() if d.source})
+        add_baseline_margins(summary, baseline_report, train_source=", ".join(sources))
     return summary
 
 

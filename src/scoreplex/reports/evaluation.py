@@ -50,6 +50,34 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def with_baseline_columns(
+    report: Mapping[str, Any], header: list[str], rows: list[list[str]]
+) -> tuple[list[str], list[list[str]]]:
+    """``header`` and ``rows`` (one per task, in report order) with ``best baseline`` (its name and QWK) and
+    ``margin`` (the suite's QWK minus it) appended when the report holds baselines
+    (:func:`scoreplex.baselines.add_baseline_margins`); unchanged otherwise. ``n/a``: not measured."""
+    if "baselines" not in report:
+        return header, rows
+    extra = []
+    for m in report["tasks"].values():
+        b = m.get("baselines") or {}
+        best = "n/a" if b.get("best") is None else f"{b['best']} {b['best_qwk']:.3f}"
+        extra.append([best, "n/a" if b.get("margin") is None else f"{b['margin']:+.3f}"])
+    return header + ["best baseline", "margin"], [r + e for r, e in zip(rows, extra, strict=True)]
+
+
+def baseline_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows for ``scoreplex baseline``: per task ``n`` (test), ``n train``, each baseline's QWK and
+    accuracy, and the best one (:func:`scoreplex.baselines.evaluate_baselines`'s report). ``n/a``: not measured."""
+    names = list(report["baselines"])
+    header = ["task", "n", "n train"] + [f"{n} {k}" for n in names for k in ("QWK", "accuracy")] + ["best"]
+    rows = []
+    for tid, t in report["tasks"].items():
+        cells = [_num(t[n].get(k)) for n in names for k in ("qwk", "accuracy")]
+        rows.append([tid, str(t["n"]), str(t["n_train"]), *cells, t["best"] or "n/a"])
+    return header, rows
+
+
 # ---------------------------------------------------------------------------------------------- deployment criteria
 
 _VERDICT = {True: "pass", False: "FAIL", None: "n/a"}
@@ -117,7 +145,7 @@ def evaluation_criteria_table(report: Mapping[str, Any]) -> tuple[list[str], lis
             + _verdicts(c, keys)
             + [_VERDICT[(c or {}).get("pass")], _pct(a.get("automation_rate")), _YES_NO[a.get("meets_human")]]
         )
-    return header, rows
+    return with_baseline_columns(report, header, rows)
 
 
 def _md_cell(text: Any) -> str:
