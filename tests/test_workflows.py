@@ -30,7 +30,8 @@ def test_specs_are_inferred_from_the_scores_without_a_tasks_file(tmp_path: Path)
     path = tmp_path / "d.csv"
     path.write_text("id,task,text,score\na,q1,x,0\nb,q1,y,2\nc,q2,z,1\n", encoding="utf-8")
     data = read_dataset(path)
-    assert data["q1"].spec.class_counts == [3] and data["q2"].spec.class_counts == [2]
+    # the range comes from all rows of the file, never per item: q2's scores (only 1s) still get 0..2
+    assert data["q1"].spec.class_counts == [3] and data["q2"].spec.class_counts == [3]
 
 
 def test_check_nonempty_names_the_file():
