@@ -90,8 +90,8 @@ def test_training_scores_every_item_and_stores_its_text(trained, demo_datasets, 
     suite = Suite.open(suite.root)  # every file verified
     assert suite.method == CrossItemMethod.name and sorted(suite.task_ids) == sorted(ITEMS)
     assert SHARED_NAME in suite.manifest["shared"]
-    scorer = open_scorer(suite, tiny_bb)
-    assert isinstance(scorer, SuiteScorer)  # the engine cannot pair rows with their items' texts yet
+    scorer = SuiteScorer(suite, tiny_bb)
+    assert not isinstance(open_scorer(suite, tiny_bb), SuiteScorer)  # the engine serves cross-item suites
     for t in ITEMS:
         info = suite.task_info(t)
         assert info["config"]["pairing_text"] == pairing_text(demo_datasets[t].spec)
@@ -117,6 +117,91 @@ def test_saved_suite_gives_the_trained_models_probabilities(trained, demo_datase
         got = scorer.predict(t, texts).probs
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
+
+
+# -- served by the engine ----------------------------------------------------------------------------------------------
+def test_the_engine_gives_the_suite_scorers_probabilities_per_item_and_mixed(trained, demo_datasets, tiny_bb):
+    from scoreplex.engine import Engine
+    from scoreplex.scorer import SuiteScorer
+
+    _, suite = trained
+    suite = Suite.open(suite.root)
+    before = {k: v.clone() for k, v in tiny_bb.encoder.state_dict().items()}
+    engine = Engine(suite, tiny_bb, batch_size=4)  # small batches: each one mixes items
+    scorer = SuiteScorer(suite, tiny_bb, cache_size=len(ITEMS))
+    texts = {t: demo_datasets[t].texts[:9] for t in ITEMS}
+    want = {t: scorer.predict(t, texts[t]) for t in ITEMS}
+    for t in ITEMS:
+        got = engine.predict(t, texts[t])
+        np.testing.assert_array_equal(got.labels, want[t].labels)
+        for g, w in zip(got.probs, want[t].probs, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+    pairs = [(t, texts[t][i]) for i in range(9) for t in ITEMS]  # items interleaved
+    rows = engine.score(pairs)
+    for t in ITEMS:
+        names = suite.spec(t).dimension_names
+        mixed = [r for (task, _), r in zip(pairs, rows, strict=True) if task == t]
+        for d, name in enumerate(names):
+            np.testing.assert_allclose([r["probs"][name] for r in mixed], want[t].probs[d], atol=1e-5, rtol=0)
+    # the shared adapter is folded once into the engine's own copy of the encoder: no adapter slots, and each item
+    # holds only its head; the caller's backbone is untouched
+    assert engine.lora is None
+    for t in ITEMS:
+        module = engine.store.get(t)
+        head_bytes = sum(p.numel() * p.element_size() for p in module.head.state_dict().values())
+        assert module.nbytes == head_bytes
+    after = tiny_bb.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_engine_pairs_each_row_with_its_own_item(trained, demo_datasets, tiny_bb):
+    """The same response scored under two items reads two different pairs (so two different pooled features)."""
+    from scoreplex.engine import Engine
+
+    _, suite = trained
+    engine = Engine(Suite.open(suite.root), tiny_bb)
+    text = demo_datasets[ITEMS[0]].texts[0]
+    enc = engine._encode([ITEMS[0], ITEMS[1], ITEMS[0]], [text, text, text], {}, "raise")
+    assert enc.input_ids[0] == enc.input_ids[2] != enc.input_ids[1]
+    for i, t in enumerate((ITEMS[0], ITEMS[1])):
+        want = CrossItemMethod().encode(tiny_bb.tokenizer, [text], suite.max_length, suite.task_info(t))
+        assert enc.input_ids[i] == want.input_ids[0]
+    assert enc.counts.responses == 3
+
+
+def test_open_scorer_picks_the_engine_and_onnx_export_is_refused(trained, tiny_bb, tmp_path):
+    from scoreplex.engine import Engine
+    from scoreplex.engine.onnx_export import export_onnx
+    from scoreplex.scorer import open_scorer
+
+    _, suite = trained
+    assert isinstance(open_scorer(suite, tiny_bb), Engine)
+    for source in (suite, Engine(suite, tiny_bb)):
+        with pytest.raises(ConfigError, match="PyTorch engine"):
+            export_onnx(source, tmp_path / "onnx", **({"backbone": tiny_bb} if source is suite else {}))
+
+
+def test_the_service_serves_a_cross_item_suite(trained, demo_datasets, tiny_bb, tiny_backbone_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from scoreplex.engine import Engine
+    from scoreplex.service import ServiceSettings, create_app
+
+    _, suite = trained
+    pairs = [(t, demo_datasets[t].texts[i]) for i in range(3) for t in ITEMS]
+    want = Engine(suite, tiny_bb).score(pairs)
+    app = create_app(ServiceSettings(suite=suite.root, backbone=str(tiny_backbone_path), max_wait_ms=20))
+    with TestClient(app) as client:
+        body = {"responses": [{"id": f"r{i}", "task": t, "text": x} for i, (t, x) in enumerate(pairs)]}
+        r = client.post("/v1/score", json=body)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+    assert [g["task"] for g in results] == [t for t, _ in pairs]
+    for got, row in zip(results, want, strict=True):
+        assert got["error"] is None and got["scores"] == row["labels"]
+        for dim, probs in row["probs"].items():
+            np.testing.assert_allclose(got["probabilities"][dim], probs, atol=1e-5, rtol=0)
 
 
 def test_the_pairing_text_changes_the_scores(trained, demo_datasets, tiny_bb):

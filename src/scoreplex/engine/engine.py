@@ -11,7 +11,10 @@ equals scoring that row alone with its task (tested against :class:`scoreplex.sc
 (PyTorch, per-row LoRA through :class:`~scoreplex.engine.multilora.MultiLoRA`) by default, or an ONNX Runtime graph
 (:class:`~scoreplex.engine.onnx_runtime.OnnxEncoder`, fp32 or INT8). Both keep their adapters in one
 :class:`~scoreplex.engine.slots.LoRASlotTable`. The engine serves every method whose tasks share one backbone pass
-(``capabilities.shares_backbone_pass``: ``lora``, ``head``, ``moe``); it asks the method, never its name.
+(``capabilities.shares_backbone_pass``: ``lora``, ``head``, ``moe``, ``cross-item``); it asks the method, never its
+name. A method that reads each response with its task's text (``capabilities.pairs_text``: ``cross-item``, question
+and response as a text pair) has the rows of a call encoded task by task (:meth:`Method.encode`) and then batched
+together like any others.
 """
 
 from __future__ import annotations
@@ -26,9 +29,18 @@ import torch
 
 from scoreplex.backbone import Backbone
 from scoreplex.content import problem_rows
-from scoreplex.encoding import DEFAULT_MAX_TOKENS, LengthCounts, collate, encode_texts, token_batches, window_mean
+from scoreplex.encoding import (
+    DEFAULT_MAX_TOKENS,
+    Encoded,
+    LengthCounts,
+    collate,
+    encode_texts,
+    token_batches,
+    window_mean,
+)
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
+from scoreplex.methods.base import task_module_error
 from scoreplex.predictions import Predictions, from_probabilities, group_by_task
 from scoreplex.suite import Suite
 
@@ -212,12 +224,10 @@ class Engine:
             raise DataError(message, row=i, fix=fix)
         for i, message, fix in problems:
             out[i] = DataError(message, row=i, fix=fix)
-        keep = [i for i in range(len(pairs)) if out[i] is None]
+        keep = [i for i in range(len(pairs)) if out[i] is None and task_ids[i] not in errors]
         if not keep:
             return out
-        enc = encode_texts(
-            self.tokenizer, [texts[i] for i in keep], self.max_length, checked=True, long_inputs=self.long_inputs
-        )
+        enc = self._encode([task_ids[i] for i in keep], [texts[i] for i in keep], errors, on_error)
         with self.lock:
             self.length_counts += enc.counts
         for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
@@ -230,6 +240,28 @@ class Engine:
             if out[i] is None:
                 out[i] = errors[task_id]
         return out
+
+    def _encode(
+        self, task_ids: list[str], texts: list[str], errors: dict[str, ScoreplexError], on_error: str
+    ) -> Encoded:
+        """Every row as its task's model reads it, in input order: the response alone (in the suite's long-input
+        mode), or for a method that ``pairs_text`` each task's rows through :meth:`Method.encode` with its
+        ``task.json`` (a task whose task.json fails raises, or with ``on_error="row"`` goes to ``errors``)."""
+        if not self.method.capabilities.pairs_text:
+            return encode_texts(self.tokenizer, texts, self.max_length, checked=True, long_inputs=self.long_inputs)
+        parts: list[tuple[list[int], Encoded]] = []
+        for task_id, index in group_by_task(task_ids).items():
+            try:
+                info = self.suite.task_info(task_id)
+            except ScoreplexError as exc:
+                if on_error == "raise":
+                    raise task_module_error(task_id, exc) from exc
+                errors[task_id] = task_module_error(task_id, exc)
+                info = {}  # its rows are encoded alone and never scored
+            sub = [texts[i] for i in index]
+            enc = self.method.encode(self.tokenizer, sub, self.max_length, info, long_inputs=self.long_inputs)
+            parts.append((index, enc))
+        return joined(parts, len(texts))
 
     @torch.no_grad()
     def _score_batch(
@@ -244,7 +276,8 @@ class Engine:
             ids = batch["input_ids"].to(self.device)  # (B, T)
             mask = batch["attention_mask"].to(self.device)  # (B, T)
             row_tasks = [task_ids[i] for i in rows]
-            n_tokens = batch["n_tokens"].to(self.device)  # (B,) for heads with the length feature
+            n_tokens = batch.get("n_tokens")  # (B,) for heads with the length feature (None: not recorded)
+            n_tokens = None if n_tokens is None else n_tokens.to(self.device)
             pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks], batch.get("windows"))  # (B, H)
             if self.moe is not None:  # each row through the MoE block with its own task's embedding
                 vecs = torch.stack([modules[t].task_vec for t in row_tasks]).to(self.device)
@@ -254,7 +287,8 @@ class Engine:
                 by_task.setdefault(t, []).append(p)
             for t, batch_pos in by_task.items():
                 module = modules[t]
-                logits = module.head(pooled[batch_pos], n_tokens[batch_pos])  # (n_t, sum K_t)
+                row_tokens = None if n_tokens is None else n_tokens[batch_pos]
+                logits = module.head(pooled[batch_pos], row_tokens)  # (n_t, sum K_t)
                 probs = [p.cpu().numpy() for p in probabilities(logits, module.spec.class_counts)]  # [(n_t, K_d)]
                 for j, p in enumerate(batch_pos):
                     out[positions[rows[p]]] = (module, [pd[j] for pd in probs])
@@ -309,6 +343,34 @@ class Engine:
             (positions, _decoded(items, positions, texts, [ids[i] for i in positions]))
             for positions in group_by_task(task_ids).values()
         ]
+
+
+def joined(parts: Sequence[tuple[Sequence[int], Encoded]], n: int) -> Encoded:
+    """One :class:`~scoreplex.encoding.Encoded` of ``n`` rows from parts that each encode the rows at their
+    positions (every position in exactly one part): token ids in position order, cut and window counts summed,
+    ``n_tokens`` kept when every part records it. The parts come from one suite, so they share a long-input mode."""
+    ids: list[list[int] | None] = [None] * n
+    n_tokens = np.zeros(n, dtype=np.int64)
+    with_tokens = True
+    for index, enc in parts:
+        for j, i in enumerate(index):
+            ids[i] = enc.input_ids[j]
+        if enc.n_tokens is None:
+            with_tokens = False
+        else:
+            n_tokens[np.asarray(index)] = enc.n_tokens
+    windows = {enc.window for _, enc in parts}
+    if len(windows) > 1 or any(row is None for row in ids):
+        raise ValueError(f"parts cover {sum(r is not None for r in ids)} of {n} rows in windows {windows}")
+    return Encoded(
+        ids,
+        None,
+        parts[0][1].pad_id,
+        truncated=sum(enc.truncated for _, enc in parts),
+        window=windows.pop(),
+        windowed=sum(enc.windowed for _, enc in parts),
+        n_tokens=n_tokens if with_tokens else None,
+    )
 
 
 def _decoded(items: list, positions: list[int], texts: Sequence[str], ids: Sequence[str]) -> Predictions:

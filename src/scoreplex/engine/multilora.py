@@ -209,6 +209,38 @@ def lora_weights_from_peft(state: Mapping[str, torch.Tensor]) -> dict[str, tuple
     return out
 
 
+@torch.no_grad()
+def fold_lora(encoder: nn.Module, weights: Mapping[str, tuple[torch.Tensor, torch.Tensor]], scaling: float) -> None:
+    """Merge one adapter into ``encoder``'s linear layers in place: ``W <- W + scaling * (B @ A)`` for each adapted
+    layer (Hu et al. 2021, sec. 4.1: a merged adapter adds no inference cost), ``A (r, in)``, ``B (out, r)``.
+
+    For an adapter every row reads (a suite-wide one): the encoder then runs as a plain encoder. Raises SuiteError,
+    before any layer is changed, if a layer is missing, not an ``nn.Linear``, or of another shape.
+    """
+    layers = {}
+    for name, (a, b) in weights.items():
+        try:
+            layer = encoder.get_submodule(name)
+        except AttributeError:
+            raise SuiteError(f"the shared adapter adapts {name!r}, which this backbone does not have.") from None
+        if not isinstance(layer, nn.Linear):
+            raise SuiteError(f"the shared adapter adapts {name!r}, a {type(layer).__name__}; only nn.Linear is served.")
+        if (
+            a.ndim != 2
+            or b.ndim != 2
+            or b.shape[1] != a.shape[0]
+            or tuple(layer.weight.shape) != (b.shape[0], a.shape[1])
+        ):
+            raise SuiteError(
+                f"the shared adapter's weights for {name!r} have A {tuple(a.shape)}, B {tuple(b.shape)} but the layer "
+                f"is {layer.in_features} -> {layer.out_features}; it was trained on another backbone."
+            )
+        layers[name] = layer
+    for name, (a, b) in weights.items():
+        w = layers[name].weight  # (out, in)
+        w.add_((b.to(w) @ a.to(w)) * scaling)  # (out, r) @ (r, in)
+
+
 def matches_peft_target(name: str, targets: str | Sequence[str]) -> bool:
     """PEFT's rule (``check_target_module_exists``): a string is a regex that must match the whole name; a list
     matches a name equal to an entry or ending with ``"." + entry``."""

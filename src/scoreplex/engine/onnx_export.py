@@ -285,6 +285,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 def _suite_and_backbone(suite_or_engine, backbone) -> tuple[Suite, Backbone, list[str], Any]:
     """The suite, its backbone (checked against the manifest), the layers an engine already wraps, its lock."""
     if isinstance(suite_or_engine, Engine):
+        _check_exportable(suite_or_engine.suite)
         engine = suite_or_engine
         if engine.bb is None:
             raise ConfigError("export_onnx needs a suite or a PyTorch Engine; this engine has no PyTorch encoder.")
@@ -293,15 +294,26 @@ def _suite_and_backbone(suite_or_engine, backbone) -> tuple[Suite, Backbone, lis
         layers = list(engine.lora.layers) if engine.lora is not None else []
         return engine.suite, engine.bb, layers, engine.lock
     suite = suite_or_engine if isinstance(suite_or_engine, Suite) else Suite.open(suite_or_engine, verify=False)
+    _check_exportable(suite)
+    return suite, Backbone.for_suite(suite, backbone), [], None
+
+
+def _check_exportable(suite: Suite) -> None:
+    """ConfigError unless the suite's method exports to one encoder graph, naming the scorers that serve it."""
     method = suite.method_object
     if not method.capabilities.exportable_onnx:
         from scoreplex.methods import methods_with
 
+        serve = (
+            "score it with the PyTorch engine (scoreplex.engine.Engine; `scoreplex score` and the service pick it)"
+            if method.capabilities.shares_backbone_pass
+            else "score it with scoreplex.scorer.SuiteScorer (`scoreplex score` picks it)"
+        )
         raise ConfigError(
             f"only suites of method {' or '.join(methods_with('exportable_onnx'))} share one encoder graph; the suite "
-            f"at {suite.root} is {suite.method!r} ({method.description}; one encoder per task or not exportable yet)."
+            f"at {suite.root} is {suite.method!r} ({method.description}; one encoder per task or not exportable "
+            f"yet): {serve}."
         )
-    return suite, Backbone.for_suite(suite, backbone), [], None
 
 
 def export_onnx(

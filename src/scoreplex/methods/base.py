@@ -123,6 +123,9 @@ class Capabilities:
     """The suite's one shared module is loaded once into the engine's encoder (not joined into each task)."""
     trains_jointly: bool = False
     """All tasks train at once, as one model, through ``train_suite`` (:meth:`Method.train_all`)."""
+    pairs_text: bool = False
+    """Each response is read with its task's own text (:meth:`Method.encode` depends on the task): the engine encodes
+    the rows of a mixed batch task by task, then runs them in one pass."""
 
 
 @dataclass
