@@ -286,7 +286,10 @@ def test_unknown_cross_item_settings_are_refused():
         CrossItemSettings(question_share=1.5)
 
 
-def test_cli_trains_and_evaluates_a_cross_item_suite(demo_files, demo_column_map, tiny_backbone_path, tmp_path):
+@pytest.mark.parametrize(("head", "head_type"), [(None, "softmax"), ("shared-ordinal", "ordinal")])
+def test_cli_trains_and_evaluates_a_cross_item_suite(
+    head, head_type, demo_files, demo_column_map, tiny_backbone_path, tmp_path
+):
     from typer.testing import CliRunner
 
     from scoreplex.cli import app
@@ -295,12 +298,14 @@ def test_cli_trains_and_evaluates_a_cross_item_suite(demo_files, demo_column_map
     out = tmp_path / "suite"
     args = ["train", demo_files["train"], "--out", out, "--method", "cross-item", "--backbone", tiny_backbone_path]
     args += ["--tasks", demo_files["tasks"], "--epochs", 1, "--batch-size", 16, "--max-length", 48, "--no-lexical"]
+    args += ["--cross-item-head", head] if head else []
     result = CliRunner().invoke(app, [str(a) for a in [*args, *labels]], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "suite written to" in result.output and "validation QWK" in result.output
     assert not (out / ".checkpoints").exists()  # removed once the suite is written
     suite = Suite.open(out)
     assert suite.method == CrossItemMethod.name and len(suite.task_ids) == 4
+    assert {suite.task_info(t)["config"]["head_type"] for t in suite.task_ids} == {head_type}
     ev = ["evaluate", out, demo_files["test"], "--backbone", tiny_backbone_path, *labels]
     result = CliRunner().invoke(app, [str(a) for a in ev], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output

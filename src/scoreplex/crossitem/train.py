@@ -449,7 +449,9 @@ def train_cross_item(
 
     One LoRA adapter (``options.settings``: rank, alpha, targets) on the shared backbone reads each response paired
     with its item's text (``pairing_texts[task]``, else :func:`~scoreplex.crossitem.model.pairing_text` of its spec),
-    and each item gets its own head; all items train together in mixed batches by the one training loop
+    and each item gets its own head (``CrossItemSettings.head``: a softmax head, or an ordinal link on one latent
+    score shared by all items); the heads are first warmed up on frozen features (:func:`warm_up_heads`, when
+    ``options.config.head_warmup_epochs`` > 0), then all items train together in mixed batches by the one training loop
     (``options.config``; early stopping on pooled validation QWK, see the module docstring). Validation rows are
     ``val_sets`` where given, else a ``options.val_fraction`` split per item. After training, each item's decoding
     and stacked lexical model are fitted on its validation rows as in :func:`~scoreplex.training.suite.train_suite`
