@@ -72,15 +72,20 @@ def test_pairing_text_prefers_the_question_and_adds_the_reference():
 
 
 # -- training, scoring, adding ---------------------------------------------------------------------------------------
+def _train_suite(folder, demo_datasets, tiny_bb, small_options, head: str):
+    """A cross-item run on the three items and its suite, with the given head."""
+    from scoreplex.crossitem.train import fit_cross_item, save_cross_item
+    from scoreplex.methods import MethodSettings
+
+    settings = MethodSettings(extra={"head": head})
+    options = small_options("cross-item", max_length=48, lexical=False, settings=settings)
+    run = fit_cross_item({t: demo_datasets[t] for t in ITEMS}, options, tiny_bb)
+    return run, save_cross_item(run, folder / "suite", tiny_bb, options)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, demo_datasets, tiny_bb, small_options):
-    from scoreplex.crossitem.train import fit_cross_item, save_cross_item
-
-    options = small_options("cross-item", max_length=48, lexical=False)
-    data = {t: demo_datasets[t] for t in ITEMS}
-    run = fit_cross_item(data, options, tiny_bb)
-    suite = save_cross_item(run, tmp_path_factory.mktemp("cross") / "suite", tiny_bb, options)
-    return run, suite
+    return _train_suite(tmp_path_factory.mktemp("cross"), demo_datasets, tiny_bb, small_options, "per-item")
 
 
 def test_training_scores_every_item_and_stores_its_text(trained, demo_datasets, tiny_bb):
@@ -281,7 +286,10 @@ def test_unknown_cross_item_settings_are_refused():
         CrossItemSettings(question_share=1.5)
 
 
-def test_cli_trains_and_evaluates_a_cross_item_suite(demo_files, demo_column_map, tiny_backbone_path, tmp_path):
+@pytest.mark.parametrize(("head", "head_type"), [(None, "softmax"), ("shared-ordinal", "ordinal")])
+def test_cli_trains_and_evaluates_a_cross_item_suite(
+    head, head_type, demo_files, demo_column_map, tiny_backbone_path, tmp_path
+):
     from typer.testing import CliRunner
 
     from scoreplex.cli import app
@@ -290,12 +298,14 @@ def test_cli_trains_and_evaluates_a_cross_item_suite(demo_files, demo_column_map
     out = tmp_path / "suite"
     args = ["train", demo_files["train"], "--out", out, "--method", "cross-item", "--backbone", tiny_backbone_path]
     args += ["--tasks", demo_files["tasks"], "--epochs", 1, "--batch-size", 16, "--max-length", 48, "--no-lexical"]
+    args += ["--cross-item-head", head] if head else []
     result = CliRunner().invoke(app, [str(a) for a in [*args, *labels]], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert "suite written to" in result.output and "validation QWK" in result.output
     assert not (out / ".checkpoints").exists()  # removed once the suite is written
     suite = Suite.open(out)
     assert suite.method == CrossItemMethod.name and len(suite.task_ids) == 4
+    assert {suite.task_info(t)["config"]["head_type"] for t in suite.task_ids} == {head_type}
     ev = ["evaluate", out, demo_files["test"], "--backbone", tiny_backbone_path, *labels]
     result = CliRunner().invoke(app, [str(a) for a in ev], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
@@ -320,3 +330,211 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(demo_datasets, tiny_bb, 
     fit = suite.manifest["cross_item"]["fit"]
     assert fit["epochs_run"] == 2 and fit["history"][0] == first.result.history[0]
     assert sorted(suite.task_ids) == sorted(data) and not (out / ".checkpoints").exists()
+
+
+# -- head warm-up --------------------------------------------------------------------------------------------------
+def test_the_head_warm_up_trains_only_the_heads(demo_datasets, tiny_bb):
+    from scoreplex.crossitem.model import CrossItemModel
+    from scoreplex.crossitem.train import warm_up_heads
+    from scoreplex.methods.per_task import LoRA
+    from scoreplex.training.loop import TrainConfig
+
+    items = {t: demo_datasets[t] for t in ITEMS}
+    encoder = LoRA.wrap(tiny_bb.encoder, 4, 8, 0.0, ["query", "value"])
+    with torch.no_grad():  # a non-zero adapter, so "unchanged" covers the LoRA weights too
+        for name, p in encoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model = CrossItemModel(encoder, tiny_bb.hidden, [d.spec for d in items.values()], "mean", head="shared-ordinal")
+    enc = {t: encode_pairs(tiny_bb.tokenizer, t, d.texts, 32, d.labels) for t, d in items.items()}
+    val_enc = {t: encode_pairs(tiny_bb.tokenizer, t, d.texts, 32) for t, d in items.items()}
+    encoder_before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    heads_before = {k: v.clone() for k, v in model.heads.state_dict().items()}
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=16, head_warmup_epochs=3, head_warmup_lr=1e-2)
+    result = warm_up_heads(model, enc, items, val_enc, config, progress=False)
+    assert result.epochs_run == 3
+    assert all(torch.equal(encoder_before[k], v) for k, v in encoder.state_dict().items())
+    changed = [k for k, v in model.heads.state_dict().items() if not torch.equal(heads_before[k], v)]
+    assert any(".latent." in k for k in changed) and any(k.endswith(".first") for k in changed)
+    first = model.heads[ITEMS[0]].latent
+    assert all(model.heads[t].latent is first for t in ITEMS)  # one latent, shared by every item
+
+
+def test_fit_cross_item_warms_the_heads_up_first(demo_datasets, tiny_bb, small_options, monkeypatch):
+    from dataclasses import replace
+
+    from scoreplex.crossitem import train as cross_train
+
+    calls = []
+    real = cross_train.warm_up_heads
+    monkeypatch.setattr(cross_train, "warm_up_heads", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    options = small_options("cross-item", max_length=32, lexical=False, decoding=False)
+    data = {t: demo_datasets[t] for t in ITEMS[:2]}
+    cross_train.fit_cross_item(data, options, tiny_bb)
+    assert calls == []  # head_warmup_epochs=0: no warm-up
+    warm = replace(options, config=replace(options.config, epochs=1, head_warmup_epochs=2))
+    cross_train.fit_cross_item(data, warm, tiny_bb)
+    assert len(calls) == 1 and calls[0].head_warmup_epochs == 2
+    assert CrossItemMethod.training_defaults["head_warmup_epochs"] == 3  # as per-item LoRA
+
+
+# -- the shared ordinal head ---------------------------------------------------------------------------------------
+def test_the_ordinal_head_gives_valid_rank_consistent_probabilities():
+    from scoreplex.heads import ORDINAL_RANGE, OrdinalHead, probabilities, rubric_loss
+
+    torch.manual_seed(0)
+    counts = [4, 2, 6]
+    head = OrdinalHead(8, counts, dropout=0.0).eval()
+    for theta, k in zip(head.thresholds(), counts, strict=True):  # fresh: evenly spaced over the latent range
+        want = torch.tensor([ORDINAL_RANGE * (2 * (j + 1) / k - 1) for j in range(k - 1)])
+        torch.testing.assert_close(theta, want)
+    with torch.no_grad():  # any parameter values: the thresholds stay increasing
+        head.gaps.normal_(0, 3)
+        head.first.normal_(0, 3)
+        head.scale.normal_(0, 2)
+    assert all(bool((t[1:] > t[:-1]).all()) for t in head.thresholds())
+    x = torch.randn(64, 8)
+    logits = head(x)
+    assert logits.shape == (64, sum(counts))
+    for p in probabilities(logits, counts):
+        assert bool((p >= 0).all())
+        torch.testing.assert_close(p.sum(1), torch.ones(64))
+    # rank consistency: sorted by the latent score, P(y > k) moves one way only in every dimension
+    s = head.latent(x)
+    order = torch.argsort(s)
+    for d, p in enumerate(probabilities(logits, counts)):
+        above = 1 - torch.cumsum(p[order], 1)[:, :-1]  # (B, K-1)
+        steps = torch.diff(above, dim=0) * torch.sign(head.scale[d])
+        assert bool((steps >= -1e-5).all())
+    # the loss is the ordinal model's negative log-likelihood
+    y = torch.stack([torch.randint(0, k, (64,)) for k in counts], 1)
+    probs = probabilities(logits, counts)
+    nll = sum(-torch.log(p[torch.arange(64), y[:, d]]).mean() for d, p in enumerate(probs))
+    torch.testing.assert_close(rubric_loss(logits, y, counts), nll, atol=1e-4, rtol=1e-4)
+
+
+def test_head_choices_are_checked():
+    from scoreplex.crossitem.train import CrossItemSettings
+    from scoreplex.heads import build_rubric_head
+
+    with pytest.raises(ConfigError, match="shared-ordinal"):
+        CrossItemSettings(head="ordinal-shared")
+    with pytest.raises(ConfigError, match="head_hidden"):
+        build_rubric_head(8, [3], {"head_type": "ordinal", "head_hidden": 16})
+    with pytest.raises(ConfigError, match="softmax"):
+        build_rubric_head(8, [3], {"head_type": "corn"})
+
+
+@pytest.fixture(scope="module")
+def trained_ordinal(tmp_path_factory, demo_datasets, tiny_bb, small_options):
+    folder = tmp_path_factory.mktemp("cross-ordinal")
+    return _train_suite(folder, demo_datasets, tiny_bb, small_options, "shared-ordinal")
+
+
+def test_a_shared_ordinal_suite_stores_one_latent_and_round_trips(trained_ordinal, demo_datasets, tiny_bb):
+    from scoreplex.heads import OrdinalHead, probabilities
+    from scoreplex.predictions import predict_logits
+    from scoreplex.scorer import SuiteScorer
+
+    run, suite = trained_ordinal
+    suite = Suite.open(suite.root)
+    latent = {k: v for k, v in suite.module_tensors(ITEMS[0]).items() if k.startswith("head.latent.")}
+    assert latent and all(k.startswith("head.") for k in suite.module_tensors(ITEMS[0]))
+    scorer = SuiteScorer(suite, tiny_bb, decoding=False, lexical=False)
+    for t in ITEMS:
+        assert suite.task_info(t)["config"]["head_type"] == "ordinal"
+        own = suite.module_tensors(t)
+        assert all(torch.equal(own[k], v) for k, v in latent.items())  # every item holds the same latent
+        assert isinstance(scorer.model(t).head, OrdinalHead)
+        texts = demo_datasets[t].texts[:12]
+        enc = encode_pairs(tiny_bb.tokenizer, run.texts[t], texts, run.max_length)
+        with torch.no_grad():
+            want = probabilities(predict_logits(run.model.task_view(t), enc), suite.spec(t).class_counts)
+        for g, w in zip(scorer.predict(t, texts).probs, want, strict=True):
+            np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fixture", ["trained", "trained_ordinal"])
+def test_the_engine_equals_the_suite_scorer_for_both_heads(fixture, request, demo_datasets, tiny_bb):
+    from scoreplex.engine import Engine
+    from scoreplex.scorer import SuiteScorer
+
+    _, suite = request.getfixturevalue(fixture)
+    suite = Suite.open(suite.root)
+    engine = Engine(suite, tiny_bb, batch_size=4)
+    scorer = SuiteScorer(suite, tiny_bb, cache_size=len(ITEMS))
+    pairs = [(t, demo_datasets[t].texts[i]) for i in range(6) for t in ITEMS]
+    rows = engine.score(pairs)
+    for t in ITEMS:
+        want = scorer.predict(t, [x for task, x in pairs if task == t])
+        mixed = [r for (task, _), r in zip(pairs, rows, strict=True) if task == t]
+        for d, name in enumerate(suite.spec(t).dimension_names):
+            np.testing.assert_allclose([r["probs"][name] for r in mixed], want.probs[d], atol=1e-5, rtol=0)
+
+
+def _copy_suite(suite, root):
+    import shutil
+
+    shutil.copytree(suite.root, root)
+    return Suite.open(root)
+
+
+def test_a_new_item_with_no_scored_answers_gets_predictions(trained_ordinal, demo_datasets, tiny_bb, tmp_path):
+    from scoreplex.crossitem import add_item
+    from scoreplex.engine import Engine
+    from scoreplex.heads import ORDINAL_RANGE, OrdinalHead
+    from scoreplex.scorer import SuiteScorer
+
+    _, trained_suite = trained_ordinal
+    suite = _copy_suite(trained_suite, tmp_path / "suite")
+    new = demo_datasets["demo-food-web"]
+    summary = add_item(suite, new.spec, backbone=tiny_bb, progress=False)
+    assert summary["added"]["zero_shot"] and summary["added"]["new_parameters"] == 0
+    suite = Suite.open(suite.root)
+    own = suite.module_tensors(new.spec.id)
+    ref = suite.module_tensors(ITEMS[0])
+    assert all(torch.equal(own[k], ref[k]) for k in own if k.startswith("head.latent."))
+    fresh = OrdinalHead(tiny_bb.hidden, new.spec.class_counts)  # thresholds evenly spaced over the latent range
+    for name in ("first", "gaps", "scale"):
+        torch.testing.assert_close(own[f"head.{name}"], getattr(fresh, name).detach())
+    k = new.spec.class_counts[0]
+    assert float(own["head.first"][0]) == pytest.approx(-ORDINAL_RANGE + 2 * ORDINAL_RANGE / k)
+    pred = SuiteScorer(suite, tiny_bb, decoding=False, lexical=False).predict(new.spec.id, new.texts[:20])
+    assert pred.labels.shape == (20, len(new.spec.dimensions))
+    assert all(np.allclose(p.sum(axis=1), 1.0, atol=1e-5) for p in pred.probs)
+    assert np.ptp(pred.probs[0][:, 1]) > 0  # scored by the shared latent, not a constant
+    got = Engine(suite, tiny_bb).predict(new.spec.id, new.texts[:20])
+    np.testing.assert_allclose(got.probs[0], pred.probs[0], atol=1e-5, rtol=0)
+
+
+def test_a_per_item_suite_refuses_an_item_without_scored_answers(trained, demo_datasets, tiny_bb, tmp_path):
+    from scoreplex.crossitem import add_item
+    from scoreplex.errors import DataError
+
+    suite = _copy_suite(trained[1], tmp_path / "suite")
+    with pytest.raises(DataError, match="shared-ordinal"):
+        add_item(suite, demo_datasets["demo-food-web"].spec, backbone=tiny_bb, progress=False)
+    assert "demo-food-web" not in Suite.open(suite.root).task_ids
+
+
+def test_adding_a_few_answers_fits_only_the_new_items_thresholds(trained_ordinal, demo_datasets, tiny_bb, tmp_path):
+    from scoreplex.crossitem import add_item
+    from scoreplex.heads import OrdinalHead
+    from scoreplex.suite import sha256_file
+
+    _, trained_suite = trained_ordinal
+    suite = _copy_suite(trained_suite, tmp_path / "suite")
+    root = suite.root
+    shared_file = root / suite.manifest["shared"][SHARED_NAME]["file"]
+    before = {p: sha256_file(p) for p in [shared_file, *(root / "tasks" / t / "module.safetensors" for t in ITEMS)]}
+    new = demo_datasets["demo-food-web"].subset(list(range(24)))
+    summary = add_item(suite, new, backbone=tiny_bb, progress=False)
+    assert {p: sha256_file(p) for p in before} == before  # the adapter and the other items are untouched
+    dims = len(new.spec.dimensions)
+    fresh = OrdinalHead(tiny_bb.hidden, new.spec.class_counts)
+    assert summary["added"]["new_parameters"] == fresh.first.numel() + fresh.gaps.numel()
+    own = Suite.open(root).module_tensors(new.spec.id)
+    ref = Suite.open(root).module_tensors(ITEMS[0])
+    assert all(torch.equal(own[k], ref[k]) for k in own if k.startswith("head.latent."))  # latent: shared, frozen
+    torch.testing.assert_close(own["head.scale"], torch.ones(dims))  # the scale is not fitted
+    assert not torch.equal(own["head.first"], fresh.first.detach())  # the thresholds moved

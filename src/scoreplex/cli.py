@@ -288,6 +288,14 @@ def train(
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
+    cross_item_head: Annotated[
+        str | None,
+        typer.Option(
+            "--cross-item-head",
+            help="--method cross-item: per-item (a softmax head per item) or shared-ordinal (one latent score for "
+            "all items, per-item thresholds; new items can join with no scored answers).",
+        ),
+    ] = None,
     class_weighting: Annotated[bool, typer.Option(help="Weight classes by inverse frequency.")] = False,
     lexical: Annotated[
         bool,
@@ -348,7 +356,11 @@ def train(
             head_warmup_epochs=head_warmup_epochs,
         )
         settings = MethodSettings(
-            lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, length_feature=length_feature
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            length_feature=length_feature,
+            extra={"head": cross_item_head} if cross_item_head else {},
         )
         options = TrainOptions(
             method=method,

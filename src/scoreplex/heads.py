@@ -6,7 +6,9 @@ this path; see :mod:`scoreplex.tasks`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -62,6 +64,131 @@ class ScoringHead(nn.Module):
                 "score through SuiteScorer or the Engine, which pass it."
             )
         return logits + self.length(length_feature(n_tokens).to(logits.dtype))
+
+
+class LatentScore(nn.Module):
+    """One scalar quality score per response: ``s = w . dropout(LayerNorm(pooled)) + b``, ``(B, H) -> (B,)``."""
+
+    def __init__(self, in_dim: int, *, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(self.norm(pooled))).squeeze(-1)  # (B,)
+
+
+ORDINAL_RANGE = 2.0
+"""Half-width of the normalised latent range over which a fresh ordinal head spreads its thresholds evenly."""
+
+
+class OrdinalHead(nn.Module):
+    """Cumulative-logit (ordered-logit) head: every dimension's classes come from ONE latent score of the response.
+
+    With the latent ``s = w . LayerNorm(pooled) + b`` (:class:`LatentScore`; shared by every item of a cross-item
+    model), dimension ``d`` with ``K`` classes has a scale ``a_d`` and ``K - 1`` increasing thresholds
+    ``theta_0 < ... < theta_{K-2}`` (``theta_k = theta_0 + sum_{j<=k} softplus(g_j)``, so the order holds for any
+    parameter value), and
+
+        P(y > k) = sigmoid(a_d * s - theta_k),   P(y = k) = P(y > k - 1) - P(y > k),
+        P(y > -1) = 1,  P(y > K - 1) = 0
+
+    (McCullagh 1980, "Regression models for ordinal data", the proportional-odds model; Cao, Mirjalili & Raschka
+    2020, CORAL, rank-consistent ordinal regression). The head returns ``log P(y = k)`` as its logits ``(B, sum K)``,
+    so softmax gives back exactly these probabilities and the usual cross-entropy (:func:`rubric_loss`) is the
+    ordinal model's negative log-likelihood. A binary dimension is the case ``K = 2`` (logistic regression on
+    ``s``).
+
+    A fresh head starts with ``a_d = 1`` and its thresholds evenly spaced over the normalised latent range
+    ``[-ORDINAL_RANGE, ORDINAL_RANGE]`` (``theta_k = R (2 (k + 1) / K - 1)``): every item's boundaries sit at the same
+    fractions of the shared latent scale, so an item whose head was never trained still ranks and scores its
+    responses by the latent the other items trained.
+
+    ``latent``: the :class:`LatentScore` to read (a cross-item model passes its shared one); a fresh one if None.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        class_counts: Sequence[int],
+        *,
+        dropout: float = 0.1,
+        latent: LatentScore | None = None,
+    ) -> None:
+        super().__init__()
+        self.class_counts = [int(k) for k in class_counts]
+        if any(k < 2 for k in self.class_counts):
+            raise ConfigError(f"an ordinal head needs >= 2 classes per dimension; got {self.class_counts}.")
+        self.latent = latent if latent is not None else LatentScore(in_dim, dropout=dropout)
+        self.scale = nn.Parameter(torch.ones(len(self.class_counts)))  # (D,)
+        first, gaps = [], []
+        for k in self.class_counts:
+            step = 2 * ORDINAL_RANGE / k
+            first.append(-ORDINAL_RANGE + step)
+            gaps += [math.log(math.expm1(step))] * (k - 2)  # softplus^-1(step)
+        self.first = nn.Parameter(torch.tensor(first))  # (D,)
+        self.gaps = nn.Parameter(torch.tensor(gaps, dtype=torch.float32))  # (sum (K_d - 2),)
+
+    @property
+    def threshold_names(self) -> tuple[str, ...]:
+        """Names of the parameters that place the thresholds (what a few-shot item fits)."""
+        return ("first", "gaps")
+
+    def thresholds(self) -> list[torch.Tensor]:
+        """Per dimension its increasing thresholds ``(K_d - 1,)``."""
+        out, start = [], 0
+        for d, k in enumerate(self.class_counts):
+            steps = F.softplus(self.gaps[start : start + k - 2])
+            start += k - 2
+            out.append(self.first[d] + torch.cat([steps.new_zeros(1), torch.cumsum(steps, 0)]))
+        return out
+
+    def forward(self, pooled: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Log class probabilities ``(B, sum K)`` from pooled features ``(B, H)`` (``n_tokens`` is not used)."""
+        s = self.latent(pooled)  # (B,)
+        blocks = []
+        for d, theta in enumerate(self.thresholds()):
+            above = torch.sigmoid(self.scale[d] * s[:, None] - theta[None, :])  # (B, K-1): P(y > k)
+            ones, zeros = above.new_ones(len(s), 1), above.new_zeros(len(s), 1)
+            p = torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)  # (B, K)
+            blocks.append(torch.log(p.clamp_min(1e-7)))
+        return torch.cat(blocks, dim=1)
+
+
+def _softmax_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str, Any]) -> nn.Module:
+    return ScoringHead(
+        in_dim,
+        class_counts,
+        hidden=int(config.get("head_hidden", 0)),
+        dropout=float(config.get("head_dropout", 0.1)),
+        length_feature=bool(config.get("length_feature", False)),
+    )
+
+
+def _ordinal_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str, Any]) -> nn.Module:
+    if int(config.get("head_hidden", 0)) or config.get("length_feature"):
+        raise ConfigError(
+            "the ordinal head is linear in the pooled features and has no length feature; give head_hidden=0 and "
+            "no length_feature, or head_type='softmax'."
+        )
+    return OrdinalHead(in_dim, class_counts, dropout=float(config.get("head_dropout", 0.1)))
+
+
+HEAD_TYPES: dict[str, Callable[[int, Sequence[int], Mapping[str, Any]], nn.Module]] = {
+    "softmax": _softmax_head,
+    "ordinal": _ordinal_head,
+}
+"""Head constructors by a task module's ``config["head_type"]`` (absent: ``"softmax"``, :class:`ScoringHead`)."""
+
+
+def build_rubric_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str, Any]) -> nn.Module:
+    """A fresh head ``(B, in_dim) -> (B, sum K)`` of the type ``config["head_type"]`` names (see :data:`HEAD_TYPES`);
+    ConfigError naming the known types for an unknown one."""
+    kind = str(config.get("head_type", "softmax"))
+    if kind not in HEAD_TYPES:
+        raise ConfigError(f"unknown head_type {kind!r}; the known ones are {sorted(HEAD_TYPES)}.")
+    return HEAD_TYPES[kind](in_dim, class_counts, config)
 
 
 def length_feature(n_tokens: torch.Tensor) -> torch.Tensor:

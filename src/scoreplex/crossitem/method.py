@@ -1,8 +1,9 @@
 """The ``cross-item`` method: one task-conditioned scorer for a bank of items, as a suite.
 
 The suite's one shared module (``shared/adapter.safetensors``) holds the LoRA adapter trained on every item at once
-(``lora.*``); each task module its head (``head.*``), and its ``task.json`` config the text its responses are paired
-with (``pairing_text``), so scoring never needs the data folder. Trained by
+(``lora.*``); each task module its head (``head.*``: a softmax head, or with ``head_type: "ordinal"`` a copy of the
+shared latent score and the item's ordinal thresholds, :class:`~scoreplex.heads.OrdinalHead`), and its ``task.json``
+config the text its responses are paired with (``pairing_text``), so scoring never needs the data folder. Trained by
 :func:`scoreplex.crossitem.train.train_cross_item` (``scoreplex train --method cross-item``); new items join with
 :func:`scoreplex.crossitem.train.add_item` (a head on the frozen cross-item encoder).
 
@@ -24,7 +25,10 @@ SHARED_NAME = "adapter"
 
 class CrossItemMethod(Method):
     name = "cross-item"
-    description = "one LoRA adapter across all items (question + response pairs) + a head per item"
+    description = (
+        "one LoRA adapter across all items (question + response pairs) + a head per item (softmax, or an ordinal "
+        "link on one shared latent score)"
+    )
     capabilities = Capabilities(
         trains_per_task=False,
         shares_backbone_pass=True,
@@ -35,7 +39,14 @@ class CrossItemMethod(Method):
         trains_jointly=True,
         pairs_text=True,
     )
-    training_defaults = {"epochs": 6, "lr": 1e-3, "head_lr": 2e-3, "head_warmup_epochs": 0, "patience": 2}
+    training_defaults = {
+        "epochs": 6,
+        "lr": 1e-3,
+        "head_lr": 2e-3,
+        "head_warmup_epochs": 3,
+        "head_warmup_lr": 2e-3,
+        "patience": 2,
+    }
     own_prefixes = ("head.",)
     """An item's own module holds its head; the adapter is the suite's shared module."""
 

@@ -1,10 +1,12 @@
 """Train the cross-item scorer on every item at once, save it as a suite, and add new items to it.
 
 The objective is each row's rubric loss through its own item's head (rows of a mixed batch weighted by their share),
-run by the one training loop (:func:`scoreplex.training.fit`); early stopping and model selection use *pooled*
-validation: the mean validation QWK over items weighted by their validation rows (items whose QWK is undefined
-left out), so an item with 2-3 validation rows does not decide the epoch alone. An item too small to split keeps all
-its rows for training and is named in a warning.
+run by the one training loop (:func:`scoreplex.training.fit`). Before the adapter trains, every item's head is warmed
+up alone on frozen pooled pair features (``config.head_warmup_epochs`` at ``head_warmup_lr``, as per-item LoRA does,
+:func:`warm_up_heads`), so the joint training starts from useful heads instead of random ones. Early stopping and
+model selection use *pooled* validation: the mean validation QWK over items weighted by their validation rows (items
+whose QWK is undefined left out), so an item with 2-3 validation rows does not decide the epoch alone. An item too
+small to split keeps all its rows for training and is named in a warning.
 """
 
 from __future__ import annotations
@@ -13,26 +15,28 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from scoreplex.backbone import Backbone, lora_target_modules
 from scoreplex.crossitem.method import SHARED_NAME, CrossItemMethod
-from scoreplex.crossitem.model import CrossItemModel, pairing_text
+from scoreplex.crossitem.model import CROSS_ITEM_HEADS, CrossItemModel, pairing_text
 from scoreplex.data.dataset import TaskData
 from scoreplex.encoding import Encoded, choose_max_length, collate, encode_pairs, train_batches
 from scoreplex.errors import ConfigError, DataError, SuiteError
 from scoreplex.heads import probabilities, rubric_loss
-from scoreplex.methods.base import TaskModel, build_head, split_state
+from scoreplex.methods.base import TaskModel, build_head, load_strict, split_state
 from scoreplex.methods.per_task import LoRA
 from scoreplex.metrics import evaluate_task
 from scoreplex.predictions import decode, embed_all, predict_logits
 from scoreplex.progress import progress_log
 from scoreplex.suite import Suite
+from scoreplex.tasks import TaskSpec
 from scoreplex.training.loop import FitResult, TrainConfig, fit
 from scoreplex.training.suite import TaskResult, TrainOptions, _features_batches, finish_task
 
@@ -48,8 +52,14 @@ class CrossItemSettings:
     """Append each item's rubric text to its question in the pairing text (long rubrics cost response tokens)."""
     question_share: float = 0.25
     """Share of the token budget the item text keeps when a pair does not fit (the response keeps the rest)."""
+    head: str = "per-item"
+    """``"per-item"``: a softmax head per item; ``"shared-ordinal"``: one latent score shared by all items and per
+    item an ordinal link (thresholds, scale) on it (:class:`~scoreplex.heads.OrdinalHead`), so an item with few or
+    no scored answers borrows the others' scale (:func:`add_item` then fits only its thresholds)."""
 
     def __post_init__(self) -> None:
+        if self.head not in CROSS_ITEM_HEADS:
+            raise ConfigError(f"head={self.head!r}; give one of {sorted(CROSS_ITEM_HEADS)}.")
         if not 0 < self.question_share < 1:
             raise ConfigError(
                 f"question_share={self.question_share!r}; give a share of the token budget in (0, 1), e.g. 0.25."
@@ -100,12 +110,13 @@ def defined_qwk(metrics: Mapping[str, Any]) -> float | None:
     return None if qwk is None or not np.isfinite(float(qwk)) else float(qwk)
 
 
-def pooled_qwk(model: CrossItemModel, val: Mapping[str, TaskData], encs: Mapping[str, Encoded]) -> float:
+def pooled_qwk(val: Mapping[str, TaskData], logits_of: Callable[[str], torch.Tensor]) -> float:
     """Validation QWK pooled over items: the mean of each item's QWK weighted by its validation rows, items whose
-    QWK is undefined (one class in truth and prediction) left out; 0 when none is defined."""
+    QWK is undefined (one class in truth and prediction) left out; 0 when none is defined. ``logits_of(task)``:
+    that item's validation logits ``(n, sum K)``."""
     scores, weights = [], []
     for task_id, data in val.items():
-        pred = decode(data.spec, data.ids, predict_logits(model.task_view(task_id), encs[task_id]))
+        pred = decode(data.spec, data.ids, logits_of(task_id))
         qwk = defined_qwk(evaluate_task(data.spec, data.labels, pred.labels))
         if qwk is not None:
             scores.append(qwk)
@@ -113,9 +124,13 @@ def pooled_qwk(model: CrossItemModel, val: Mapping[str, TaskData], encs: Mapping
     return float(np.average(scores, weights=weights)) if scores else 0.0
 
 
-def cross_item_objective(model: CrossItemModel, batch: dict) -> torch.Tensor:
-    """Loss of one mixed batch: each item's rows through its own head, weighted by their share of the batch."""
-    pooled = model.embed(batch["input_ids"], batch["attention_mask"])  # (B, H)
+def cross_item_objective(model: CrossItemModel | _Heads, batch: dict) -> torch.Tensor:
+    """Loss of one mixed batch: each item's rows through its own head, weighted by their share of the batch. The
+    batch holds tokens, or pooled ``features`` (the head warm-up)."""
+    if "features" in batch:
+        pooled = batch["features"]  # (B, H)
+    else:
+        pooled = model.embed(batch["input_ids"], batch["attention_mask"])  # (B, H)
     tasks = batch["tasks"]
     total = pooled.new_zeros(())
     for task_id in dict.fromkeys(tasks):
@@ -126,17 +141,23 @@ def cross_item_objective(model: CrossItemModel, batch: dict) -> torch.Tensor:
     return total
 
 
+def _stacked_labels(encs: Mapping[str, Encoded]) -> np.ndarray:
+    """Every item's labels one under the other ``(N, D_max)``, padded with -1 to the widest rubric."""
+    width = max(e.labels.shape[1] for e in encs.values())
+    labels = np.full((sum(len(e) for e in encs.values()), width), -1, dtype=np.int64)
+    start = 0
+    for e in encs.values():
+        labels[start : start + len(e), : e.labels.shape[1]] = e.labels
+        start += len(e)
+    return labels
+
+
 def _mixed_batches(encs: Mapping[str, Encoded], batch_size: int):
     """``make_batches(rng)`` over every item's rows, labels padded with -1 to the widest rubric."""
     task_ids = list(encs)
     ids = [x for e in encs.values() for x in e.input_ids]
     owner = np.concatenate([np.full(len(e), k) for k, e in enumerate(encs.values())])
-    width = max(e.labels.shape[1] for e in encs.values())
-    labels = np.full((len(ids), width), -1, dtype=np.int64)
-    start = 0
-    for e in encs.values():
-        labels[start : start + len(e), : e.labels.shape[1]] = e.labels
-        start += len(e)
+    labels = _stacked_labels(encs)
     pad_id = next(iter(encs.values())).pad_id
     mixed = Encoded(ids, labels, pad_id)
     lengths = mixed.lengths
@@ -164,11 +185,52 @@ def _pick_max_length(bb: Backbone, train: Mapping[str, TaskData], texts: Mapping
     return max_length, cut / max(1, len(lengths))
 
 
+class _Heads(nn.Module):
+    """A cross-item model's heads alone (and its specs): what the head warm-up trains."""
+
+    fresh_prefixes = ("heads.",)
+
+    def __init__(self, model: CrossItemModel) -> None:
+        super().__init__()
+        self.heads = model.heads
+        self.specs = model.specs
+
+
+def warm_up_heads(
+    model: CrossItemModel,
+    enc_train: Mapping[str, Encoded],
+    val: Mapping[str, TaskData],
+    enc_val: Mapping[str, Encoded],
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+) -> FitResult:
+    """Fit every item's head (and the shared latent of ``shared-ordinal``) on frozen pooled pair features, mixed
+    batches over all items, ``config.head_warmup_epochs`` epochs at ``config.head_warmup_lr`` (best epoch by pooled
+    validation QWK kept); the encoder and its adapter are not touched ("linear probing, then fine-tuning", Kumar et
+    al. 2022; per-item LoRA does the same, :func:`~scoreplex.training.suite.train_task`). One encoder pass per row."""
+    f_train = [embed_all(model.task_view(t), e) for t, e in enc_train.items()]  # [(n_t, H)]
+    f_val = {t: embed_all(model.task_view(t), e) for t, e in enc_val.items()}
+    tasks = [t for t, e in enc_train.items() for _ in range(len(e))]
+    make_batches = _features_batches(torch.cat(f_train), _stacked_labels(enc_train), config.batch_size, tasks=tasks)
+    warm = replace(config, epochs=config.head_warmup_epochs, lr=config.head_warmup_lr, head_lr=None, patience=0)
+    return fit(
+        _Heads(model),
+        make_batches,
+        (len(tasks) + config.batch_size - 1) // config.batch_size,
+        cross_item_objective,
+        lambda m: pooled_qwk(val, lambda t: m.heads[t](f_val[t])),
+        warm,
+        description="cross-item head warm-up",
+        progress=progress,
+        score_name="pooled validation QWK",
+    )
+
+
 def _task_config(model: CrossItemModel, text: str, settings: CrossItemSettings) -> dict[str, Any]:
     pc = model.encoder.peft_config["default"]
     return {
-        "head_hidden": model.head_hidden,
-        "head_dropout": model.head_dropout,
+        **model.head_config,
         "lora_r": pc.r,
         "lora_alpha": pc.lora_alpha,
         "lora_dropout": pc.lora_dropout,
@@ -250,6 +312,7 @@ def fit_cross_item(
         options.pooling,
         head_hidden=s.head_hidden,
         head_dropout=s.head_dropout,
+        head=settings.head,
     )
     enc_train = {
         t: encode_pairs(bb.tokenizer, texts[t], d.texts, max_length, d.labels, first_share=share)
@@ -263,13 +326,17 @@ def fit_cross_item(
             f"{sum(len(d) for d in val.values())} validation responses, max_length {max_length}"
             + (f"; {cut} training responses cut" if cut else "")
         )
+    # a resumed run restores the warmed-up heads from its checkpoint, so the warm-up is not repeated
+    resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
+    if options.config.head_warmup_epochs > 0 and not resuming:
+        warm_up_heads(model, enc_train, val, enc_val, options.config, progress=options.progress)
     make_batches, steps = _mixed_batches(enc_train, options.config.batch_size)
     result = fit(
         model,
         make_batches,
         steps,
         cross_item_objective,
-        lambda m: pooled_qwk(m, val, enc_val),
+        lambda m: pooled_qwk(val, lambda t: predict_logits(m.task_view(t), enc_val[t])),
         options.config,
         checkpoint_dir=checkpoint_dir,
         description="cross-item",
@@ -382,7 +449,9 @@ def train_cross_item(
 
     One LoRA adapter (``options.settings``: rank, alpha, targets) on the shared backbone reads each response paired
     with its item's text (``pairing_texts[task]``, else :func:`~scoreplex.crossitem.model.pairing_text` of its spec),
-    and each item gets its own head; all items train together in mixed batches by the one training loop
+    and each item gets its own head (``CrossItemSettings.head``: a softmax head, or an ordinal link on one latent
+    score shared by all items); the heads are first warmed up on frozen features (:func:`warm_up_heads`, when
+    ``options.config.head_warmup_epochs`` > 0), then all items train together in mixed batches by the one training loop
     (``options.config``; early stopping on pooled validation QWK, see the module docstring). Validation rows are
     ``val_sets`` where given, else a ``options.val_fraction`` split per item. After training, each item's decoding
     and stacked lexical model are fitted on its validation rows as in :func:`~scoreplex.training.suite.train_suite`
@@ -442,77 +511,118 @@ def shared_encoder(suite: Suite, bb: Backbone):
 
 ADD_ITEM_CONFIG = TrainConfig(epochs=40, lr=2e-3, batch_size=16, patience=5)
 """Training settings of a new item's head on frozen cross-item features (cheap: one encoder pass)."""
+ADD_ITEM_THRESHOLDS_CONFIG = TrainConfig(epochs=40, lr=5e-2, batch_size=16, patience=5)
+"""Training settings of a new item's ordinal thresholds alone (``shared-ordinal`` suites): a handful of parameters
+on one frozen latent score, so a larger rate than a whole head's."""
 
 
 def add_item(
     suite: Suite | str | os.PathLike[str],
-    data: TaskData,
+    data: TaskData | TaskSpec,
     *,
     val: TaskData | None = None,
     backbone: Backbone | str | None = None,
     pairing: str | None = None,
-    config: TrainConfig = ADD_ITEM_CONFIG,
+    config: TrainConfig | None = None,
     val_fraction: float = 0.2,
     decoding: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Add a new item to a cross-item suite: only its head trains, on the frozen cross-item encoder's pooled features
-    of its responses paired with its text (``pairing``, else :func:`~scoreplex.crossitem.model.pairing_text`); the
-    shared adapter and every other item stay as they are (their files untouched).
+    """Add a new item to a cross-item suite, on the frozen cross-item encoder's pooled features of its responses
+    paired with its text (``pairing``, else :func:`~scoreplex.crossitem.model.pairing_text`); the shared adapter and
+    every other item stay as they are (their files untouched).
+
+    * ``per-item`` suites: the item's fresh softmax head trains (``config``, default :data:`ADD_ITEM_CONFIG`).
+    * ``shared-ordinal`` suites: the item's head reads the suite's shared latent score (copied from an existing
+      item) and only its ordinal thresholds train (default :data:`ADD_ITEM_THRESHOLDS_CONFIG`). Given a
+      :class:`~scoreplex.tasks.TaskSpec` (or data with no rows) instead of scored data, the item joins with ZERO
+      scored answers: its thresholds stay evenly spaced over the normalised latent range
+      (:class:`~scoreplex.heads.OrdinalHead`), so its responses are scored by the latent the other items trained
+      (``"zero_shot": True`` in the summary); add scored answers later by re-adding the item under a new id.
 
     Validation rows are ``val``, else a ``val_fraction`` split of ``data``; an item too small to split validates on
-    its training rows (reported as ``"validated_on": "train"``). Returns the item's summary (metrics, rows, new
-    parameters). ConfigError if the item is already in the suite; DataError for unscored data.
+    its training rows (reported as ``"validated_on": "train"``). Returns the item's summary (metrics, rows, the
+    number of parameters fitted and stored). ConfigError if the item is already in the suite; DataError for unscored
+    data, or for no data in a ``per-item`` suite (a fresh softmax head needs scored answers).
     """
     from scoreplex.data.splits import train_val_split
 
     suite = suite if isinstance(suite, Suite) else Suite.open(suite)
-    spec = data.spec
+    spec = data if isinstance(data, TaskSpec) else data.spec
     if suite.has_task(spec.id):
         raise ConfigError(f"item {spec.id!r} is already in the suite at {suite.root}; give the new item another id.")
-    if not data.has_labels:
+    zero_shot = isinstance(data, TaskSpec) or len(data) == 0
+    if not zero_shot and not data.has_labels:
         raise DataError("adding an item needs scored responses.", task=spec.id, file=data.source or None)
+    any_task = suite.task_ids[0] if suite.task_ids else None
+    stored_cfg = suite.task_info(any_task)["config"] if any_task else {}
+    head_cfg = {k: stored_cfg[k] for k in ("head_type", "head_hidden", "head_dropout") if k in stored_cfg}
     bb = backbone if isinstance(backbone, Backbone) else Backbone.for_suite(suite, backbone)
+    config = config or (ADD_ITEM_THRESHOLDS_CONFIG if head_cfg.get("head_type") == "ordinal" else ADD_ITEM_CONFIG)
+    torch.manual_seed(config.seed)
+    head = build_head(bb.hidden, spec, head_cfg)
+    latent = getattr(head, "latent", None)
+    fitted_names = getattr(head, "threshold_names", None)  # a head on a shared latent fits only these
+    if latent is not None:
+        if any_task is None:
+            raise SuiteError(f"{suite.root} has no item to take the shared latent score from; retrain the suite.")
+        load_strict(latent, split_state(suite.module_tensors(any_task), "head.latent."), "shared latent score")
+    if zero_shot and fitted_names is None:
+        raise DataError(
+            "this suite's heads are per-item softmax heads, which need scored responses; give the item scored "
+            "answers, or train the suite with the shared-ordinal head (--setting head=shared-ordinal), whose new "
+            "items can start with none.",
+            task=spec.id,
+        )
+    for name, p in head.named_parameters():
+        p.requires_grad_(fitted_names is None or name in fitted_names)
+    n_fitted = sum(p.numel() for p in head.parameters() if p.requires_grad)
     encoder = shared_encoder(suite, bb)
     meta = suite.manifest["shared"][SHARED_NAME]
     text = pairing if pairing is not None else pairing_text(spec)
-    validated_on = "validation"
-    if val is None:
-        try:
-            data, val = train_val_split(data, val_fraction=val_fraction, seed=config.seed)
-        except DataError:
-            val, validated_on = data, "train"
-    any_task = suite.task_ids[0] if suite.task_ids else None
-    share = float(suite.task_info(any_task)["config"].get("question_share", 0.25)) if any_task else 0.25
-    torch.manual_seed(config.seed)
-    head_cfg = suite.task_info(any_task)["config"] if any_task else {}
-    head = build_head(bb.hidden, spec, head_cfg)
-    view = TaskModel(encoder, head, suite.pooling)
-    f_train = embed_all(view, encode_pairs(bb.tokenizer, text, data.texts, suite.max_length, first_share=share))
-    f_val = embed_all(view, encode_pairs(bb.tokenizer, text, val.texts, suite.max_length, first_share=share))
-    make_batches = _features_batches(f_train, data.labels, config.batch_size)
-
-    def objective(model, batch):
-        return rubric_loss(model(features=batch["features"]), batch["labels"], spec.class_counts)
-
-    def validate(model) -> float:
-        qwk = defined_qwk(evaluate_task(spec, val.labels, decode(spec, val.ids, model(features=f_val)).labels))
-        return 0.0 if qwk is None else qwk
-
-    steps = (len(data) + config.batch_size - 1) // config.batch_size
-    result = fit(
-        view, make_batches, steps, objective, validate, config, description=f"add {spec.id}", progress=progress
-    )
-    with torch.no_grad():
-        logits = view(features=f_val)
-    metrics = evaluate_task(spec, val.labels, decode(spec, val.ids, logits).labels)
+    share = float(stored_cfg.get("question_share", 0.25))
+    metrics: dict[str, Any] = {}
     fitted = None
-    if decoding and validated_on == "validation":
-        probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
-        fitted, _, _ = finish_task(data, val, probs, lexical=False, decoding=True)
+    added: dict[str, Any] = {"n_train": 0, "n_val": 0, "zero_shot": True, "new_parameters": 0}
+    if not zero_shot:
+        validated_on = "validation"
+        if val is None:
+            try:
+                data, val = train_val_split(data, val_fraction=val_fraction, seed=config.seed)
+            except DataError:
+                val, validated_on = data, "train"
+        view = TaskModel(encoder, head, suite.pooling)
+        f_train = embed_all(view, encode_pairs(bb.tokenizer, text, data.texts, suite.max_length, first_share=share))
+        f_val = embed_all(view, encode_pairs(bb.tokenizer, text, val.texts, suite.max_length, first_share=share))
+        make_batches = _features_batches(f_train, data.labels, config.batch_size)
+
+        def objective(model, batch):
+            return rubric_loss(model(features=batch["features"]), batch["labels"], spec.class_counts)
+
+        def validate(model) -> float:
+            qwk = defined_qwk(evaluate_task(spec, val.labels, decode(spec, val.ids, model(features=f_val)).labels))
+            return 0.0 if qwk is None else qwk
+
+        steps = (len(data) + config.batch_size - 1) // config.batch_size
+        result = fit(
+            view, make_batches, steps, objective, validate, config, description=f"add {spec.id}", progress=progress
+        )
+        with torch.no_grad():
+            logits = view(features=f_val)
+        metrics = evaluate_task(spec, val.labels, decode(spec, val.ids, logits).labels)
+        if decoding and validated_on == "validation":
+            probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
+            fitted, _, _ = finish_task(data, val, probs, lexical=False, decoding=True)
+        added = {
+            "n_train": len(data),
+            "n_val": len(val),
+            "validated_on": validated_on,
+            "zero_shot": False,
+            "new_parameters": n_fitted,
+            "best_epoch": result.best_epoch,
+        }
     config_out = {
-        "head_hidden": int(head_cfg.get("head_hidden", 0)),
-        "head_dropout": float(head_cfg.get("head_dropout", 0.1)),
+        **head_cfg,
         "lora_r": int(meta["lora_r"]),
         "lora_alpha": meta["lora_alpha"],
         "lora_dropout": 0.0,
@@ -520,20 +630,11 @@ def add_item(
         "pairing_text": text,
         "question_share": share,
     }
-    new = sum(p.numel() for p in head.parameters())
-    summary = {
-        "metrics": {"validation": metrics},
-        "added": {
-            "n_train": len(data),
-            "n_val": len(val),
-            "validated_on": validated_on,
-            "new_parameters": new,
-            "best_epoch": result.best_epoch,
-        },
-    }
+    added["stored_parameters"] = sum(p.numel() for p in head.parameters())
+    summary = {"metrics": {"validation": metrics}, "added": added}
     suite.add_task(
         spec,
-        {f"head.{k}": v for k, v in head.state_dict().items()},
+        {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()},
         config_out,
         summary,
         shared=SHARED_NAME,

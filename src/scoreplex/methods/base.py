@@ -32,7 +32,7 @@ import torch.nn as nn
 from scoreplex.backbone import pool
 from scoreplex.encoding import window_mean
 from scoreplex.errors import ScoreplexError, SuiteError
-from scoreplex.heads import ScoringHead
+from scoreplex.heads import ScoringHead, build_rubric_head
 from scoreplex.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -181,13 +181,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str)
 
 def build_head(hidden: int, spec: TaskSpec, config: Mapping[str, Any]) -> ScoringHead:
     """A fresh rubric head ``(B, hidden) -> (B, sum K_d)`` as a task module's config describes it."""
-    return ScoringHead(
-        hidden,
-        spec.class_counts,
-        hidden=int(config.get("head_hidden", 0)),
-        dropout=float(config.get("head_dropout", 0.1)),
-        length_feature=bool(config.get("length_feature", False)),
-    )
+    return build_rubric_head(hidden, spec.class_counts, config)  # ScoringHead unless config["head_type"] says
 
 
 def load_head(hidden: int, spec: TaskSpec, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]):

@@ -6,7 +6,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -176,9 +176,17 @@ def train_progress(out_dir: str | os.PathLike[str], task_ids: list[str], current
     )
 
 
-def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: int, n_tokens: np.ndarray | None = None):
-    """Shuffled batches of pooled features ``(N, H)`` with labels, and each response's token count (for the length
-    feature) when ``n_tokens`` is given."""
+def _features_batches(
+    features: torch.Tensor,
+    labels: np.ndarray,
+    batch_size: int,
+    n_tokens: np.ndarray | None = None,
+    *,
+    tasks: Sequence[str] | None = None,
+):
+    """Shuffled batches of pooled features ``(N, H)`` with labels, each response's token count (for the length
+    feature) when ``n_tokens`` is given, and each row's task id (``batch["tasks"]``, for heads of several tasks)
+    when ``tasks`` is given."""
     y = torch.as_tensor(labels, dtype=torch.long)
     n = None if n_tokens is None else torch.as_tensor(n_tokens)
 
@@ -189,6 +197,8 @@ def _features_batches(features: torch.Tensor, labels: np.ndarray, batch_size: in
             batch = {"features": features[idx], "labels": y[idx]}
             if n is not None:
                 batch["n_tokens"] = n[idx]
+            if tasks is not None:
+                batch["tasks"] = [tasks[i] for i in idx.tolist()]
             yield batch
 
     return make
