@@ -45,6 +45,7 @@ LABELS = {
     "lora": "per-item LoRA",
     "lexical": "TF-IDF + LR (per item)",
     "length": "length only (per item)",
+    "moe": "UniMoE student (from the LoRA suite)",
 }
 
 
@@ -54,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--work", default="runs/itembanks", help="folder for suites and partial results (resumable)")
     ap.add_argument("--parts", default="fewshot,longproxy", help="comma-separated: fewshot, longproxy")
     ap.add_argument("--shots", default="25,50", help="training responses per item in the few-shot part")
-    ap.add_argument("--methods", default="cross_item,lora,lexical,length", help="few-shot methods")
+    ap.add_argument("--methods", default="cross_item,lora,lexical,length,moe", help="few-shot methods")
     ap.add_argument("--items", default="", help="comma-separated item numbers (default all 10)")
     ap.add_argument("--pair-length", type=int, default=128, help="max_length of the cross-item question+response pairs")
     ap.add_argument("--proxy-length", type=int, default=48, help="max_length of the long-input proxy (tokens)")
@@ -154,11 +155,25 @@ def run_length(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
     return out
 
 
+def run_moe(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
+    """The UniMoE-Guided student (3 MiniLM layers + the MoE block, the library's defaults) distilled from the
+    per-item LoRA suite of the same run, on the same few responses (run ``lora`` first)."""
+    from scoreplex.moe.runs import run_distill
+
+    teachers = work / "lora"
+    if not (teachers / "manifest.json").is_file():
+        raise SystemExit(f"the MoE student distils the per-item LoRA suite: run --methods lora first ({teachers}).")
+    if not (work / "moe" / "manifest.json").is_file():
+        run_distill(str(teachers), train, work / "moe", student_backbone=args.backbone)
+    return suite_predictions(work / "moe", None, test)
+
+
 FEWSHOT: dict[str, Callable] = {
     "cross_item": run_cross_item,
     "lora": run_lora,
     "lexical": run_lexical,
     "length": run_length,
+    "moe": run_moe,
 }
 
 

@@ -228,6 +228,11 @@ def test_unknown_task_raises(lora_suite, tiny_bb):
         engine.score([("demo-argument", "plants need light"), ("no-such-task", "text")])
     rows = engine.score([("no-such-task", "text"), ("demo-argument", "plants need light")], on_error="row")
     assert "error" in rows[0] and "labels" in rows[1]
+    only_unknown = engine.score([("no-such-task", "text"), ("other-missing", "more text")], on_error="row")
+    assert [("no-such-task" in r["error"], "other-missing" in r["error"]) for r in only_unknown] == [
+        (True, False),
+        (False, True),
+    ]
 
 
 def test_malformed_pairs_and_options_are_refused(lora_suite, tiny_bb):

@@ -225,17 +225,16 @@ class Engine:
         for i, message, fix in problems:
             out[i] = DataError(message, row=i, fix=fix)
         keep = [i for i in range(len(pairs)) if out[i] is None and task_ids[i] not in errors]
-        if not keep:
-            return out
-        enc = self._encode([task_ids[i] for i in keep], [texts[i] for i in keep], errors, on_error)
-        with self.lock:
-            self.length_counts += enc.counts
-        for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
-            rows = [int(i) for i in idx if task_ids[keep[i]] not in errors]
-            if rows:
-                self._score_batch(
-                    enc, rows, [task_ids[i] for i in keep], keep, out, errors if on_error == "row" else None
-                )
+        if keep:  # rows of unknown tasks are never tokenised; they get their task's error below
+            enc = self._encode([task_ids[i] for i in keep], [texts[i] for i in keep], errors, on_error)
+            with self.lock:
+                self.length_counts += enc.counts
+            for idx in token_batches(enc.lengths, max_rows=self.batch_size, max_tokens=self.max_tokens):
+                rows = [int(i) for i in idx if task_ids[keep[i]] not in errors]
+                if rows:
+                    self._score_batch(
+                        enc, rows, [task_ids[i] for i in keep], keep, out, errors if on_error == "row" else None
+                    )
         for i, task_id in enumerate(task_ids):
             if out[i] is None:
                 out[i] = errors[task_id]
