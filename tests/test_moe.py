@@ -284,3 +284,13 @@ def test_distill_and_adapt_commands(teachers_suite, demo_files, demo_datasets, t
     assert scorer.predict(spec.id, src.texts[:4]).labels.shape == (4, 2)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already holds a suite" in again.output
+
+
+@pytest.mark.parametrize("module", ["scoreplex.moe", "scoreplex.moe.runs", "scoreplex.crossitem"])
+def test_a_method_package_imports_first_in_a_fresh_interpreter(module):
+    """The method registry imports each method's module; importing a method package first must not be circular."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -8,6 +8,7 @@ train.py    mixed-batch training by the one training loop (task + distillation +
             student as a suite, adapting it to a new task with only a task embedding and a head
 """
 
+import scoreplex.methods  # noqa: F401  (the method registry imports scoreplex.moe.method: it must load first)
 from scoreplex.moe.distill import TeacherTargets, compute_teacher_targets, load_teacher_targets
 from scoreplex.moe.model import MoEConfig, MoEStudent, MoETaskModel, load_balance_loss
 from scoreplex.moe.train import (
