@@ -332,3 +332,21 @@ def test_cli_train_warns_and_evaluate_shows_n_undefined_and_pooled(tiny_backbone
     assert f"over {3 - len(undefined)} of 3 tasks" in text
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in ev.output.splitlines() if line.startswith("│")]
     assert {c[0]: c[1] for c in cells} == {"q1": "24", "q2": "21", "q3": "6"}  # n per task
+
+
+def test_evaluate_leaves_an_undefined_human_qwk_out_of_the_human_mean(tiny_full_suite, demo_datasets):
+    """A task whose two raters give one and the same class has no human-human QWK: the mean skips it."""
+    from scoreplex.data.dataset import TaskData
+    from scoreplex.scorer import SuiteScorer, evaluate_suite
+
+    tasks = {}
+    for i, (tid, d) in enumerate(list(demo_datasets.items())[:2]):
+        labels = d.labels[:12].copy()
+        second = labels.copy() if i == 0 else np.zeros_like(labels)
+        if i == 1:
+            labels = np.zeros_like(labels)  # one class in both scores: human QWK undefined
+        tasks[tid] = TaskData(spec=d.spec, ids=d.ids[:12], texts=d.texts[:12], labels=labels, second=second)
+    report = evaluate_suite(SuiteScorer(tiny_full_suite), tasks)
+    second_task = list(tasks)[1]
+    assert report["tasks"][second_task]["human"]["qwk"] is None
+    assert report["human_mean_qwk"] == pytest.approx(report["tasks"][list(tasks)[0]]["human"]["qwk"])

@@ -306,8 +306,8 @@ def evaluate_suite(
     if all("truncation" in m for m in per_task.values()):
         total = sum((LengthCounts.from_dict(m["truncation"]) for m in per_task.values()), LengthCounts())
         summary["truncation"] = total.to_dict()
-    humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m]
-    if humans:
+    humans = [m["human"]["qwk"] for m in per_task.values() if "human" in m and m["human"]["qwk"] is not None]
+    if humans:  # over the tasks whose human-human QWK is defined
         summary["human_mean_qwk"] = float(np.mean(humans))
     rates = [m["criteria_automated"]["automation_rate"] for m in per_task.values()]
     summary["criteria_thresholds"] = criteria.to_dict()
