@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench-asap bench-engine bench-merge bench-moe clean
+.PHONY: install demo test lint format bench-asap bench-engine bench-merge bench-moe bench-itembanks clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs 
 
 bench-merge: $(STAMP)  ## GW-SMM merge plans on ASAP-SAS (needs bench-asap's full suite; ~40 min on 2 cores, resumable)
 	$(BIN)/python benchmarks/gw_merging.py --suite runs/asap-sas/full --out docs/results
+
+bench-itembanks: $(STAMP)  ## few-shot ASAP-SAS and the long-input proxy against the baselines (~1.5 h on 2 cores, resumable)
+	$(BIN)/python benchmarks/itembanks.py --out docs/results --work runs/itembanks
 
 bench-moe: $(STAMP)  ## UniMoE student vs per-task students, adaptation (needs bench-asap's full suite; ~1 h, resumable)
 	$(BIN)/python benchmarks/moe.py --teachers runs/asap-sas/full --out docs/results
