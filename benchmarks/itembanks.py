@@ -135,24 +135,16 @@ def run_cross_item(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
     return suite_predictions(work / "cross_item", bb, test)
 
 
-def run_lexical(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
-    from scoreplex.lexical import LexicalModel
+def baseline_runner(name: str) -> Callable:
+    """A few-shot method fitting the registered baseline ``name`` (scoreplex.baselines) per item."""
 
-    out = {}
-    for tid, d in train.items():
-        model = LexicalModel.fit(d.spec, d.texts, d.labels)
-        out[tid] = model.predict(test[tid].texts)[:, 0]
-    return out
+    def run(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
+        from scoreplex.baselines import get_baseline
 
+        fit = get_baseline(name).fit
+        return {tid: fit(d.spec, d.texts, d.labels).predict(test[tid].texts)[:, 0] for tid, d in train.items()}
 
-def run_length(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
-    from scoreplex.baselines import LengthModel
-
-    out = {}
-    for tid, d in train.items():
-        model = LengthModel.fit(d.spec, d.texts, d.labels)
-        out[tid] = model.predict(test[tid].texts)[:, 0]
-    return out
+    return run
 
 
 def run_moe(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
@@ -171,8 +163,8 @@ def run_moe(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
 FEWSHOT: dict[str, Callable] = {
     "cross_item": run_cross_item,
     "lora": run_lora,
-    "lexical": run_lexical,
-    "length": run_length,
+    "lexical": baseline_runner("lexical"),
+    "length": baseline_runner("length"),
     "moe": run_moe,
 }
 

@@ -171,18 +171,15 @@ def _mixed_batches(encs: Mapping[str, Encoded], batch_size: int):
     return make, (len(ids) + batch_size - 1) // batch_size
 
 
-def _pick_max_length(bb: Backbone, train: Mapping[str, TaskData], texts: Mapping[str, str], share: float):
-    """Max length covering 99% of the training pairs (whole question + response), and the share of responses a
-    pair of that length cuts."""
-    lengths, cut = [], 0
-    for task_id, data in train.items():
-        enc = encode_pairs(bb.tokenizer, texts[task_id], data.texts, bb.max_positions, first_share=share)
-        lengths.append(enc.lengths)
-    lengths = np.concatenate(lengths)
-    max_length = min(choose_max_length(lengths), bb.max_positions)
-    for task_id, data in train.items():
-        cut += encode_pairs(bb.tokenizer, texts[task_id], data.texts, max_length, first_share=share).truncated
-    return max_length, cut / max(1, len(lengths))
+def _pick_max_length(bb: Backbone, train: Mapping[str, TaskData], texts: Mapping[str, str], share: float) -> int:
+    """Max length covering 99% of the training pairs (whole question + response)."""
+    lengths = np.concatenate(
+        [
+            encode_pairs(bb.tokenizer, texts[task_id], data.texts, bb.max_positions, first_share=share).lengths
+            for task_id, data in train.items()
+        ]
+    )
+    return min(choose_max_length(lengths), bb.max_positions)
 
 
 class _Heads(nn.Module):
@@ -296,9 +293,9 @@ def fit_cross_item(
                 f"max_length={options.max_length} is beyond the backbone's {bb.max_positions} positions; give "
                 f"--max-length {bb.max_positions} or less."
             )
-        max_length, truncated = options.max_length, None
+        max_length = options.max_length
     else:
-        max_length, truncated = _pick_max_length(bb, train, texts, share)
+        max_length = _pick_max_length(bb, train, texts, share)
 
     torch.manual_seed(options.config.seed)
     s = options.settings
@@ -320,6 +317,8 @@ def fit_cross_item(
     }
     enc_val = {t: encode_pairs(bb.tokenizer, texts[t], d.texts, max_length, first_share=share) for t, d in val.items()}
     cut = sum(e.truncated for e in enc_train.values())
+    # the share of training responses a picked max_length cuts (a given one is the caller's choice: not recorded)
+    truncated = None if options.max_length is not None else cut / max(1, sum(len(e) for e in enc_train.values()))
     if log is not None:
         log(
             f"cross-item: {len(datasets)} items, {sum(len(d) for d in train.values())} training and "
