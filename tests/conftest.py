@@ -124,3 +124,22 @@ def tiny_full_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path
 
     root = tmp_path_factory.mktemp("full") / "suite"
     return train_tiny_suite(demo_datasets, root, tiny_bb, tiny_backbone_path, "full", MethodSettings(), max_length=32)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster for the whole session, started on first use and shut down at the end (skips the test when
+    the Ray extra is not installed). 4 logical CPUs on any machine, so that Serve replicas and Data actors fit; a
+    small object store."""
+    pytest.importorskip("ray")
+    from scoreplex.cluster import connect
+
+    ray = connect("local", num_cpus=4, object_store_memory=200 * 1024 * 1024)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Serve may never have started
+        pass
+    ray.shutdown()
