@@ -322,6 +322,27 @@ def train(
             help="A bar per task on a terminal; elsewhere (nohup, CI) one line per epoch on stderr.",
         ),
     ] = True,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Train on a Ray cluster, one Ray task per task (same modules as without): 'local' starts a "
+            "cluster on this machine, 'auto' joins the one `ray start --head` started here, or give its address. "
+            "Per-task methods only; needs pip install 'scoreplex[ray]'.",
+            show_default="train here, one task after another",
+        ),
+    ] = None,
+    ray_cpus_per_task: Annotated[
+        float, typer.Option("--ray-cpus-per-task", help="--ray: logical CPUs per task (also its torch threads).")
+    ] = 1.0,
+    ray_memory_per_task: Annotated[
+        int | None,
+        typer.Option("--ray-memory-per-task", help="--ray: MB of memory reserved per task (default: none)."),
+    ] = None,
+    ray_retries: Annotated[
+        int,
+        typer.Option("--ray-retries", help="--ray: retries of a task after an unexpected error or a lost worker."),
+    ] = 1,
 ) -> None:
     """Train one module per task into a suite folder (resumable: re-run the same command after an interruption).
 
@@ -377,17 +398,28 @@ def train(
             progress=progress,
             long_inputs=LongInputs(long_inputs, stride=window_stride, max_windows=max_windows),
         )
-        suite = train_suite(
-            datasets,
-            out,
-            options,
-            on_task_start=lambda t: current.update(task=t),
+        callbacks = dict(
             on_task_done=lambda r: typer.echo(
                 f"{r.task_id}: validation QWK {_qwk_text(r.val_metrics['qwk'])} ({r.fit.epochs_run} epochs, "
                 f"{r.seconds:.0f} s, {r.module_bytes:,} bytes)"
             ),
             on_warning=lambda message: typer.echo(f"warning: {message}", err=True),
         )
+        if ray is None:
+            suite = train_suite(datasets, out, options, on_task_start=lambda t: current.update(task=t), **callbacks)
+        else:
+            from scoreplex.cluster.train import RayTrainResources, train_suite_ray
+
+            resources = RayTrainResources(ray_cpus_per_task, ray_memory_per_task, ray_retries)
+            suite = train_suite_ray(
+                datasets,
+                out,
+                options,
+                address=ray,
+                resources=resources,
+                on_task_failed=lambda t, error: typer.echo(f"{t}: FAILED on Ray: {error}", err=True),
+                **callbacks,
+            )
     except ScoreplexError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -852,6 +884,15 @@ def merge(
     label: LabelOpt = None,
     encoding: EncodingOpt = "utf-8",
     delimiter: DelimiterOpt = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Compute the GW pairs as Ray tasks (the same matrix): 'local' starts a cluster on this machine, "
+            "'auto' joins `ray start --head`, or give its address. Needs pip install 'scoreplex[ray]'.",
+            show_default="here, one pair after another",
+        ),
+    ] = None,
 ) -> None:
     """Merge task models GW-SMM style: features -> Gromov-Wasserstein distances -> merge plan -> TIES per group.
 
@@ -885,7 +926,12 @@ def merge(
             merge=MergeSettings(method=method, density=density, scale=scale),
             refit=refit,
         )
-        report = run_merge(s, datasets, out, job, eval_data=evals)
+        gw_pairs = None
+        if ray is not None:
+            from scoreplex.cluster.gw import ray_gw_pairs
+
+            gw_pairs = ray_gw_pairs(ray)
+        report = run_merge(s, datasets, out, job, eval_data=evals, gw_pairs=gw_pairs)
     except ScoreplexError as exc:
         _fail(exc)
     groups_txt = [[str(i + 1), ", ".join(g)] for i, g in enumerate(report["plan"]["groups"])]

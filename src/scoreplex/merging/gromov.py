@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import tracemalloc
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -229,10 +229,33 @@ def normalised_similarity(distances: np.ndarray) -> np.ndarray:
     return s
 
 
+PairMap = Callable[[Mapping[str, Prepared], Sequence[tuple[str, str]], GWSettings], Iterable[tuple[int, GWResult]]]
+"""How :func:`gw_matrix` computes its pairs: given the prepared feature sets by task, the pairs ``(a, b)`` and the
+settings, yield ``(index into pairs, gw_distance result)`` for every pair, in any order (as each finishes).
+:func:`local_pairs` runs them one after another here; :func:`scoreplex.cluster.gw.ray_gw_pairs` as Ray tasks."""
+
+
+def local_pairs(
+    ready: Mapping[str, Prepared], pairs: Sequence[tuple[str, str]], settings: GWSettings
+) -> Iterator[tuple[int, GWResult]]:
+    """The :data:`PairMap` of this process: each pair's :func:`gw_distance`, in order."""
+    for n, (a, b) in enumerate(pairs):
+        yield n, gw_distance(ready[a], ready[b], settings)
+
+
 def gw_matrix(
-    features: Mapping[str, np.ndarray], settings: GWSettings = GWSettings(), *, progress: bool = True
+    features: Mapping[str, np.ndarray],
+    settings: GWSettings = GWSettings(),
+    *,
+    progress: bool = True,
+    pair_map: PairMap | None = None,
 ) -> GWMatrix:
-    """All pairwise GW distances between the tasks' feature sets, with wall time and peak traced memory."""
+    """All pairwise GW distances between the tasks' feature sets, with wall time and peak traced memory.
+
+    Each set is prepared once (:func:`prepare`); the ``T(T-1)/2`` pairs are then computed by ``pair_map``
+    (default :func:`local_pairs`; a Ray map spreads them over a cluster and gives the same matrix). ``peak_bytes``
+    traces this process only. ``pairs`` lists the pairs in ``(i, j)`` order whatever order they finish in.
+    """
     from scoreplex.progress import progress_bar
 
     ids = list(features)
@@ -240,21 +263,25 @@ def gw_matrix(
         raise ConfigError(f"GW distances need at least 2 tasks; got {len(ids)}.")
     t = len(ids)
     dist = np.zeros((t, t))
-    pairs = []
+    index = [(i, j) for i in range(t) for j in range(i + 1, t)]
+    results: list[GWResult | None] = [None] * len(index)
     tracemalloc.start()
     t0 = time.perf_counter()
     try:
         with progress_bar(progress) as bar:
-            job = bar.add_task(f"GW distances ({settings.method})", total=t * (t - 1) // 2)
+            job = bar.add_task(f"GW distances ({settings.method})", total=len(index))
             ready = {k: prepare(features[k], settings) for k in ids}  # summaries and cost matrices once per task
-            for i in range(t):
-                for j in range(i + 1, t):
-                    r = gw_distance(ready[ids[i]], ready[ids[j]], settings)
-                    dist[i, j] = dist[j, i] = r.distance
-                    pairs.append({"a": ids[i], "b": ids[j], **asdict(r)})
-                    bar.update(job, advance=1)
+            for n, r in (pair_map or local_pairs)(ready, [(ids[i], ids[j]) for i, j in index], settings):
+                i, j = index[n]
+                dist[i, j] = dist[j, i] = r.distance
+                results[n] = r
+                bar.update(job, advance=1)
         seconds = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    missing = [f"{ids[i]}-{ids[j]}" for (i, j), r in zip(index, results, strict=True) if r is None]
+    if missing:
+        raise GromovError(f"the GW pair map returned no result for pairs {missing[:5]}; this is a bug in the map.")
+    pairs = [{"a": ids[i], "b": ids[j], **asdict(r)} for (i, j), r in zip(index, results, strict=True)]
     return GWMatrix(ids, dist, settings, seconds, int(peak), pairs)

@@ -12,7 +12,7 @@ from typing import Any
 from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError
 from scoreplex.merging.features import FeatureSettings, suite_features
-from scoreplex.merging.gromov import GWSettings, gw_matrix
+from scoreplex.merging.gromov import GWSettings, PairMap, gw_matrix
 from scoreplex.merging.merge import MergeSettings
 from scoreplex.merging.merged_suite import PlanEvaluator, merge_suite, unmerged_plan
 from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score
@@ -55,13 +55,15 @@ def run_merge(
     eval_data: Mapping[str, TaskData] | None = None,
     backbone: str | None = None,
     progress: bool = True,
+    gw_pairs: PairMap | None = None,
 ) -> dict[str, Any]:
     """Features -> GW distances -> plan -> merged suite in ``out_dir`` (+ ``out_dir/report``: JSON, markdown, plots).
 
     ``suite`` is an open :class:`~scoreplex.suite.Suite` (or its folder): its files are read and verified once for
     features, merging and head re-fits. ``data`` holds each task's scored responses: features come from them, and a
     head re-fit trains on them (a seeded ``val_fraction`` split selects the epoch). ``eval_data``, when given, scores
-    the suite before and after.
+    the suite before and after. ``gw_pairs`` computes the GW pairs (default: one after another here;
+    :func:`scoreplex.cluster.gw.ray_gw_pairs` as Ray tasks, the same matrix).
     """
     from scoreplex.data.splits import train_val_split
     from scoreplex.paths import prepare_output_folder
@@ -100,7 +102,7 @@ def run_merge(
     feats = suite_features(
         scorer, data, job.features, cache_dir=out.parent / f".{out.name}-features", progress=progress
     )
-    matrix = gw_matrix(feats, job.gw, progress=progress)
+    matrix = gw_matrix(feats, job.gw, progress=progress, pair_map=gw_pairs)
     sim = matrix.similarity()
     if plan is not None:
         pass

@@ -655,42 +655,65 @@ def training_truncation(suite: Suite) -> LengthCounts | None:
     return LengthCounts.from_dict(suite.manifest.get("truncation"))
 
 
-def train_suite(
+@dataclass(frozen=True)
+class TaskJob:
+    """One task of a :func:`train_suite` run, as :func:`plan_suite` settled it before any training."""
+
+    task_id: str
+    data: TaskData
+    """All the task's responses."""
+    train: TaskData
+    """The responses it trains on (a seeded ``val_fraction`` split of ``data``, or all of ``data``)."""
+    val: TaskData
+    """The responses that choose its epoch and fit its decoding (the split's rest, or the given ``val_sets``)."""
+    small_item: str | None = None
+    """Why the task is a small item whose epochs are chosen by cross-validation (None: trained on its split)."""
+    position: int = 1
+    """Its place in the run (1-based), for the log."""
+    total: int = 1
+    """Tasks the run trains, for the log."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.position <= self.total:
+            raise ConfigError(f"TaskJob.position={self.position} is outside 1..{self.total} (the tasks of the run).")
+
+
+@dataclass(frozen=True)
+class SuitePlan:
+    """What :func:`plan_suite` settles before training: the suite folder (created), its ``max_length``, the tasks
+    to train. The sequential loop of :func:`train_suite` and the Ray path (:mod:`scoreplex.cluster.train`) both run
+    :func:`train_suite_task` on each job."""
+
+    suite: Suite
+    max_length: int
+    """Token cap of the suite, picked once for every task (the given one, the suite's, or the 99th percentile)."""
+    jobs: tuple[TaskJob, ...]
+    """The tasks not in the suite yet, in training order."""
+    kept: tuple[str, ...]
+    """The tasks already in the suite: a re-run keeps them."""
+
+
+def plan_suite(
     datasets: Mapping[str, TaskData],
     out_dir: str | os.PathLike[str],
-    options: TrainOptions = TrainOptions(),
+    options: TrainOptions,
+    bb: Backbone,
     *,
     val_sets: Mapping[str, TaskData] | None = None,
-    backbone: Backbone | None = None,
-    on_task_done: Callable[[TaskResult], None] | None = None,
-    on_task_start: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
-) -> Suite:
-    """Train every task in ``datasets`` into one suite folder; resumes an interrupted run in the same folder.
+) -> SuitePlan:
+    """Everything :func:`train_suite` does before training a task: check ``max_length`` against the backbone, pick
+    it (once, from every task's lengths) unless given or already in the suite, create or reopen the suite folder
+    (recording the truncation counts), check the specs of tasks already there (:func:`check_same_specs`), split
+    every task left to train (a task too small to split fails now, before any training) and warn about small items.
 
-    Tasks already in the suite are skipped (a ConfigError when the data gives one of them another spec:
-    :func:`check_same_specs`); a task interrupted mid-training continues from its last epoch checkpoint
-    (kept under ``out_dir/.checkpoints/<task>`` and removed once the task is saved). Validation data is ``val_sets``
-    when given, else a seeded stratified ``val_fraction`` split of each task's data. ``on_task_start(task_id)`` is
-    called before a task is trained, ``on_task_done`` after it is saved (:func:`train_progress` says where an
-    interrupted run stands).
-
-    Small items (a validation split below :attr:`TrainOptions.min_val_rows` responses, or with one class on a
-    dimension) are named in one warning before training, passed to ``on_warning`` (default: the ``logging``
-    warning of this module). With :attr:`TrainOptions.cv_folds` ``>= 2`` those split by ``val_fraction`` choose
-    their epochs by :func:`cross_validate_epochs` and are refitted on all their responses; their summary records
-    ``small_item`` (why, the folds, the out-of-fold QWK per epoch, what decoding was fitted on).
+    Raises:
+        ConfigError: ``max_length`` beyond the backbone, a task given with another spec than the suite's.
+        DataError: a task too small to split.
+        SuiteError: the folder holds a suite trained with other settings.
     """
     from scoreplex.data.splits import train_val_split, validation_shortfall
 
-    if not datasets:
-        raise ConfigError("no tasks to train: the data held no responses.")
-    method = get_method(options.method)  # fail fast on an unknown name
-    if not method.capabilities.trains_per_task:  # one model across tasks, or a ConfigError naming the others
-        return method.train_all(
-            datasets, out_dir, options, val_sets=val_sets, backbone=backbone, on_task_done=on_task_done
-        )
-    bb = backbone or Backbone.load(options.backbone)
     root = Path(out_dir)
     max_length = options.max_length
     if max_length is not None and max_length > bb.max_positions:
@@ -741,90 +764,156 @@ def train_suite(
     }
     if small:
         (on_warning or _log.warning)(describe_small_items(small, len(datasets), options))
-    for position, task_id in enumerate(todo, 1):
-        data = datasets[task_id]
-        if on_task_start is not None:
-            on_task_start(task_id)
-        train, val, was_split = splits[task_id]
-        cross_validate = options.cv_folds >= 2 and was_split and task_id in small
-        ckpt = checkpoint_dir(root, task_id)
-        t0 = time.perf_counter()
-        if log is not None:
-            resumed = checkpoint_epochs(ckpt)
-            log(
-                f"task {task_id} ({position}/{len(todo)}): "
-                + (
-                    f"{len(data)} responses, epochs chosen by {min(options.cv_folds, len(data))}-fold "
-                    "cross-validation (small item)"
-                    if cross_validate
-                    else f"{len(train)} training, {len(val)} validation responses"
-                )
-                + (f"; resuming after epoch {resumed}" if resumed else "")
-            )
-        small_item = None
-        if cross_validate:
-            model, result, val_metrics, small_item = _train_small_item(
-                bb, data, small[task_id], options, max_length, ckpt
-            )
-            train, val = data, data  # counts below: every response trained on, every one validated out of fold
-            decoding, stack, stack_report = _finish_small_item(data, small_item, options)
-        else:
-            model, result, val_metrics = train_task(
-                bb, train, val, config=options.config, checkpoint_dir=ckpt, **_task_settings(options, max_length)
-            )
-            decoding, stack, stack_report = None, None, None
-            if options.decoding or options.lexical:
-                probs = val_probabilities(
-                    bb, model, val, max_length, method=options.method, pooling=options.pooling, long_inputs=long_inputs
-                )
-                decoding, stack, stack_report = finish_task(
-                    train, val, probs, lexical=options.lexical, decoding=options.decoding
-                )
-        if log is not None and stack_report is not None:
-            log(f"task {task_id}: {describe_stack(stack_report)}")
-        if log is not None and decoding is not None:
-            log(f"task {task_id}: {describe_decoding(decoding)}")
-        seconds = time.perf_counter() - t0
-        summary = {
-            "metrics": {"validation": val_metrics},
-            "train": {
-                "n_train": len(train),
-                "n_val": len(val),
-                "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run,
-                # wall time of this task in this call: tokenising, feature pass, head warm-up, every epoch and
-                # validation (a resumed task counts only the part run now; fit_seconds adds earlier epochs)
-                "seconds": round(seconds, 2),
-                "fit_seconds": round(result.seconds, 2),
-                "history": result.history,
-                "config": options.config.to_dict(),
-            },
-        }
-        tensors, lexical_record = method.module_state(model), None
-        if stack is not None:
-            lexical_tensors, lexical_record = stack.record()
-            tensors = {**tensors, **lexical_tensors}
-        if stack_report is not None:
-            summary["lexical"] = stack_report
-        if small_item is not None:
-            summary["small_item"] = small_item["record"]
-        suite.add_task(
-            train.spec,
-            tensors,
-            method.module_config(model, options.settings),
-            summary,
-            decoding=decoding.to_dict() if decoding is not None else None,
-            lexical=lexical_record,
+    jobs = tuple(
+        TaskJob(
+            task_id,
+            datasets[task_id],
+            train,
+            val,
+            small.get(task_id) if options.cv_folds >= 2 and was_split else None,
+            position,
+            len(todo),
         )
-        shutil.rmtree(ckpt, ignore_errors=True)
-        if on_task_done is not None:
-            on_task_done(
-                TaskResult(task_id, result, val_metrics, len(train), len(val), suite.task_bytes(task_id), seconds)
+        for position, (task_id, (train, val, was_split)) in enumerate(splits.items(), 1)
+    )
+    return SuitePlan(suite, max_length, jobs, tuple(t for t in datasets if t not in splits))
+
+
+def train_suite_task(bb: Backbone, suite: Suite, job: TaskJob, options: TrainOptions, max_length: int) -> TaskResult:
+    """Train one task of a :func:`plan_suite` plan and write its module into ``suite`` through the suite's locked
+    writer (:meth:`~scoreplex.suite.Suite.add_task`, safe for several processes on one filesystem): the model
+    (resuming from its epoch checkpoint), then the stacked lexical model and the decoding fitted on validation,
+    or, for a cross-validated small item, its epochs by cross-validation and the refit. The checkpoint is removed
+    once the module is saved. Returns what ``on_task_done`` receives."""
+    method = get_method(options.method)
+    root = suite.root
+    task_id, data, train, val = job.task_id, job.data, job.train, job.val
+    long_inputs = options.long_inputs
+    log = progress_log(options.progress)
+    ckpt = checkpoint_dir(root, task_id)
+    t0 = time.perf_counter()
+    if log is not None:
+        resumed = checkpoint_epochs(ckpt)
+        log(
+            f"task {task_id} ({job.position}/{job.total}): "
+            + (
+                f"{len(data)} responses, epochs chosen by {min(options.cv_folds, len(data))}-fold "
+                "cross-validation (small item)"
+                if job.small_item is not None
+                else f"{len(train)} training, {len(val)} validation responses"
             )
-    ckpt_root = root / ".checkpoints"
+            + (f"; resuming after epoch {resumed}" if resumed else "")
+        )
+    small_item = None
+    if job.small_item is not None:
+        model, result, val_metrics, small_item = _train_small_item(bb, data, job.small_item, options, max_length, ckpt)
+        train, val = data, data  # counts below: every response trained on, every one validated out of fold
+        decoding, stack, stack_report = _finish_small_item(data, small_item, options)
+    else:
+        model, result, val_metrics = train_task(
+            bb, train, val, config=options.config, checkpoint_dir=ckpt, **_task_settings(options, max_length)
+        )
+        decoding, stack, stack_report = None, None, None
+        if options.decoding or options.lexical:
+            probs = val_probabilities(
+                bb, model, val, max_length, method=options.method, pooling=options.pooling, long_inputs=long_inputs
+            )
+            decoding, stack, stack_report = finish_task(
+                train, val, probs, lexical=options.lexical, decoding=options.decoding
+            )
+    if log is not None and stack_report is not None:
+        log(f"task {task_id}: {describe_stack(stack_report)}")
+    if log is not None and decoding is not None:
+        log(f"task {task_id}: {describe_decoding(decoding)}")
+    seconds = time.perf_counter() - t0
+    summary = {
+        "metrics": {"validation": val_metrics},
+        "train": {
+            "n_train": len(train),
+            "n_val": len(val),
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            # wall time of this task in this call: tokenising, feature pass, head warm-up, every epoch and
+            # validation (a resumed task counts only the part run now; fit_seconds adds earlier epochs)
+            "seconds": round(seconds, 2),
+            "fit_seconds": round(result.seconds, 2),
+            "history": result.history,
+            "config": options.config.to_dict(),
+        },
+    }
+    tensors, lexical_record = method.module_state(model), None
+    if stack is not None:
+        lexical_tensors, lexical_record = stack.record()
+        tensors = {**tensors, **lexical_tensors}
+    if stack_report is not None:
+        summary["lexical"] = stack_report
+    if small_item is not None:
+        summary["small_item"] = small_item["record"]
+    suite.add_task(
+        train.spec,
+        tensors,
+        method.module_config(model, options.settings),
+        summary,
+        decoding=decoding.to_dict() if decoding is not None else None,
+        lexical=lexical_record,
+    )
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return TaskResult(task_id, result, val_metrics, len(train), len(val), suite.task_bytes(task_id), seconds)
+
+
+def remove_empty_checkpoints(out_dir: str | os.PathLike[str]) -> None:
+    """Remove ``out_dir/.checkpoints`` once every task's checkpoint in it is gone (all saved)."""
+    ckpt_root = Path(out_dir) / ".checkpoints"
     if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
         ckpt_root.rmdir()
-    return suite
+
+
+def train_suite(
+    datasets: Mapping[str, TaskData],
+    out_dir: str | os.PathLike[str],
+    options: TrainOptions = TrainOptions(),
+    *,
+    val_sets: Mapping[str, TaskData] | None = None,
+    backbone: Backbone | None = None,
+    on_task_done: Callable[[TaskResult], None] | None = None,
+    on_task_start: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> Suite:
+    """Train every task in ``datasets`` into one suite folder; resumes an interrupted run in the same folder.
+
+    Tasks already in the suite are skipped (a ConfigError when the data gives one of them another spec:
+    :func:`check_same_specs`); a task interrupted mid-training continues from its last epoch checkpoint
+    (kept under ``out_dir/.checkpoints/<task>`` and removed once the task is saved). Validation data is ``val_sets``
+    when given, else a seeded stratified ``val_fraction`` split of each task's data. ``on_task_start(task_id)`` is
+    called before a task is trained, ``on_task_done`` after it is saved (:func:`train_progress` says where an
+    interrupted run stands).
+
+    Small items (a validation split below :attr:`TrainOptions.min_val_rows` responses, or with one class on a
+    dimension) are named in one warning before training, passed to ``on_warning`` (default: the ``logging``
+    warning of this module). With :attr:`TrainOptions.cv_folds` ``>= 2`` those split by ``val_fraction`` choose
+    their epochs by :func:`cross_validate_epochs` and are refitted on all their responses; their summary records
+    ``small_item`` (why, the folds, the out-of-fold QWK per epoch, what decoding was fitted on).
+
+    The steps are :func:`plan_suite` then :func:`train_suite_task` per task; :mod:`scoreplex.cluster.train` runs
+    the same steps with one Ray task per task.
+    """
+    if not datasets:
+        raise ConfigError("no tasks to train: the data held no responses.")
+    method = get_method(options.method)  # fail fast on an unknown name
+    if not method.capabilities.trains_per_task:  # one model across tasks, or a ConfigError naming the others
+        return method.train_all(
+            datasets, out_dir, options, val_sets=val_sets, backbone=backbone, on_task_done=on_task_done
+        )
+    bb = backbone or Backbone.load(options.backbone)
+    plan = plan_suite(datasets, out_dir, options, bb, val_sets=val_sets, on_warning=on_warning)
+    for job in plan.jobs:
+        if on_task_start is not None:
+            on_task_start(job.task_id)
+        result = train_suite_task(bb, plan.suite, job, options, plan.max_length)
+        if on_task_done is not None:
+            on_task_done(result)
+    remove_empty_checkpoints(out_dir)
+    return plan.suite
 
 
 def restack_suite(
