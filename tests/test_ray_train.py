@@ -3,6 +3,7 @@ path, failures named by task, re-runs that resume. Tiny BERT, three demo tasks, 
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -35,22 +36,35 @@ def three_tasks(demo_datasets):
     return {t: demo_datasets[t] for t in list(demo_datasets)[:TASKS]}
 
 
-def test_ray_training_gives_the_sequential_modules(ray_cluster, three_tasks, small_options, tiny_bb, tmp_path):
-    from scoreplex.cluster.train import train_suite_ray
+@pytest.fixture(scope="module")
+def sequential_suite(tmp_path_factory, three_tasks, small_options, tiny_bb) -> Path:
+    """LoRA modules of three demo tasks trained here, one after another (the reference, and a merge input)."""
     from scoreplex.training.suite import train_suite
 
-    options = small_options("lora")
-    train_suite(three_tasks, tmp_path / "seq", options, backbone=tiny_bb)
+    root = tmp_path_factory.mktemp("ray-train") / "sequential"
+    train_suite(three_tasks, root, small_options("lora"), backbone=tiny_bb)
+    return root
+
+
+def test_ray_training_gives_the_sequential_modules(
+    ray_cluster, sequential_suite, three_tasks, small_options, tiny_bb, tmp_path
+):
+    from scoreplex.cluster.train import train_suite_ray
+
     done: list[str] = []
     suite = train_suite_ray(
-        three_tasks, tmp_path / "ray", options, backbone=tiny_bb, on_task_done=lambda r: done.append(r.task_id)
+        three_tasks,
+        tmp_path / "ray",
+        small_options("lora"),
+        backbone=tiny_bb,
+        on_task_done=lambda r: done.append(r.task_id),
     )
     assert sorted(done) == sorted(three_tasks)
     assert sorted(suite.task_ids) == sorted(three_tasks)
-    seq, par = module_digests(tmp_path / "seq"), module_digests(tmp_path / "ray")
+    seq, par = module_digests(sequential_suite), module_digests(tmp_path / "ray")
     assert par == seq
     assert any(d["decoding"] is not None for d in par.values())  # the post-training fits ran on the workers
-    manifests = [Suite.open(tmp_path / p, verify=False).manifest for p in ("seq", "ray")]
+    manifests = [Suite.open(p, verify=False).manifest for p in (sequential_suite, tmp_path / "ray")]
     assert manifests[0]["max_length"] == manifests[1]["max_length"]
     assert not (tmp_path / "ray" / ".checkpoints").exists()
 
@@ -145,3 +159,24 @@ def test_cli_train_with_ray(ray_cluster, tmp_path, tiny_backbone_path):
     )
     assert refused.exit_code == 2
     assert "jointly" in flat(refused.output)
+
+
+def test_cli_merge_with_ray_gives_the_local_gw_matrix(ray_cluster, sequential_suite, demo_files, tmp_path):
+    from tests.test_cli import invoke
+
+    ids = Suite.open(sequential_suite, verify=False).task_ids
+    with demo_files["train"].open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    data = tmp_path / "train.csv"  # the suite's tasks only
+    with data.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["task"] in ids)
+    common = ["--groups", 2, "--cap", 30, "--gw", "exact", "--quantize", 0, "--no-balanced"]
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "local"])):
+        result = invoke("merge", sequential_suite, data, tmp_path / name, *common, *extra)
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((tmp_path / name / "report" / "report.json").read_text(encoding="utf-8"))
+    assert reports["ray"]["gw"]["distances"] == reports["local"]["gw"]["distances"]
+    assert reports["ray"]["plan"]["groups"] == reports["local"]["plan"]["groups"]

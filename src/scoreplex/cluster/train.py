@@ -118,9 +118,14 @@ def _train_on_worker(
     out_dir: str, job: TaskJob, options: TrainOptions, max_length: int, threads: int
 ) -> TaskResult | TaskFailure:
     """The body of one task's Ray task: :func:`train_suite_task` with this worker's backbone and threads."""
+    import copy
+
     import torch
 
     torch.set_num_threads(threads)
+    # Ray hands numpy arrays over read-only (zero copy from its object store); the training code may write to the
+    # tensors it makes from them (the sequential path hands it writable arrays), so the task data is copied once
+    job = copy.deepcopy(job)
     try:
         bb = _worker_backbone(options.backbone)
         suite = Suite.open(out_dir, verify=False)
