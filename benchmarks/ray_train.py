@@ -9,7 +9,8 @@ its torch threads) and with as many workers as cores (1 core and 1 thread each).
 (and import torch and scoreplex) before the timed runs; that start-up is reported on its own. Each Ray suite is
 compared with the sequential one: the module files' hashes, and the predicted scores on held-out test responses.
 With different torch thread counts the float sums may differ in the last bits (then the hashes differ while the
-predictions usually agree); the run records which.
+predictions usually agree); the run records which. ``--sequential-twice`` times the sequential path again at the
+end, so that a change in the machine's load between the runs shows.
 
 Writes the figures, the command and the machine to ``--out`` (JSON).
 """
@@ -47,6 +48,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--cores", type=int, default=0, help="CPUs of the local Ray cluster (0: this machine's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--sequential-twice",
+        action="store_true",
+        help="time the sequential path again after the Ray runs (shows drift in the machine's load)",
+    )
     return ap.parse_args(argv)
 
 
@@ -79,8 +85,9 @@ def warm_up_workers(ray, n: int) -> float:
     t0 = time.perf_counter()
     remote = ray.remote(load).options(num_cpus=1)
     pids = set(ray.get([remote.remote() for _ in range(4 * n)]))
-    print(f"Ray: {len(pids)} worker process(es) started in {time.perf_counter() - t0:.1f} s", flush=True)
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    print(f"Ray: {len(pids)} worker process(es) started in {seconds:.1f} s", flush=True)
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,11 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
         config=default_config(args.method, epochs=args.epochs, seed=args.seed),
         progress=False,
     )
-    runs = {"sequential": {"threads": cores}}
-    t0 = time.perf_counter()
-    train_suite(train, work / "sequential", options, backbone=bb)
-    runs["sequential"]["seconds"] = round(time.perf_counter() - t0, 2)
-    print(f"sequential: {runs['sequential']['seconds']} s", flush=True)
+
+    def sequential(name: str) -> dict:
+        t0 = time.perf_counter()
+        train_suite(train, work / name, options, backbone=bb)
+        seconds = round(time.perf_counter() - t0, 2)
+        print(f"{name}: {seconds} s", flush=True)
+        return {"threads": cores, "seconds": seconds}
+
+    runs = {"sequential": sequential("sequential")}
 
     ray = connect("local", num_cpus=cores)
     startup = warm_up_workers(ray, cores)
@@ -122,15 +133,17 @@ def main(argv: list[str] | None = None) -> dict:
         runs[name] = {"workers": workers, "threads": resources.threads, "seconds": round(time.perf_counter() - t0, 2)}
         print(f"{name}: {runs[name]['seconds']} s", flush=True)
     ray.shutdown()
+    if args.sequential_twice:
+        runs["sequential_again"] = sequential("sequential_again")
 
     reference_hashes = module_hashes(work / "sequential")
     reference_preds = predictions(work / "sequential", bb, test)
     for name, run in runs.items():
         run["speedup_vs_sequential"] = round(runs["sequential"]["seconds"] / run["seconds"], 3)
-        if name != "sequential":
+        if name.startswith("ray_"):
             run["identical_modules"] = module_hashes(work / name) == reference_hashes
             run["identical_predictions"] = predictions(work / name, bb, test) == reference_preds
-    ray_runs = [r for n, r in runs.items() if n != "sequential"]
+    ray_runs = [r for n, r in runs.items() if n.startswith("ray_")]
     result = {
         "command": "python benchmarks/ray_train.py " + shlex.join(argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}",
