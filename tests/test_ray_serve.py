@@ -54,6 +54,16 @@ def test_scaling_settings_are_checked():
     assert fixed["num_replicas"] == 2 and fixed["ray_actor_options"] == {"num_cpus": 0.5}
 
 
+def test_cli_refuses_scaling_flags_without_ray(served_suite):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(served_suite), "--replicas", "2", "--max-replicas", "3"])
+    assert result.exit_code == 2
+    assert "--replicas, --max-replicas: only with --ray" in result.output
+
+
 def test_serve_deployment_answers_as_the_plain_app(ray_cluster, served_suite, tiny_backbone_path, demo_datasets):
     import httpx
 
