@@ -16,6 +16,9 @@ need both), and it degrades to plain load balancing when the header is absent; a
 it was routed to, at most ``max_tasks`` per replica (LRU), like the engine's cache. ``benchmarks/ray_serve.py``
 measures the adapter cache hit rate with and without the header on a skewed stream.
 
+Admin changes (``PUT``/``DELETE /v1/tasks/{id}``) reach the ONE replica that answers them: the other replicas keep
+the suite they loaded until they restart (redeploy to roll a change out to every replica).
+
 Each response carries ``X-Scoreplex-Replica`` (the replica's id), so a client can tell which replica (and which
 ``/metrics``) answered. Ray is imported inside functions: the plain server never imports it.
 """
@@ -75,13 +78,14 @@ class ServeScaling:
     def autoscaling(self) -> bool:
         return self.min_replicas is not None or self.max_replicas is not None
 
-    def deployment_options(self, queue_size: int) -> dict[str, Any]:
+    def deployment_options(self, queue_size: int, shutdown_timeout_s: float = 30.0) -> dict[str, Any]:
         """Keyword arguments of ``serve.deployment`` (``.options``). A replica takes up to ``2 * queue_size``
         requests at once, so its own batcher gathers them and answers 429 when its queue is full, as the plain
-        server does."""
+        server does; on shutdown Serve gives it ``shutdown_timeout_s`` (seconds) to finish them, plus 5."""
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.cpus_per_replica},
             "max_ongoing_requests": 2 * queue_size,
+            "graceful_shutdown_timeout_s": shutdown_timeout_s + 5.0,
         }
         if self.autoscaling:
             low = self.min_replicas or 1
@@ -171,7 +175,7 @@ def build_app(settings, scaling: ServeScaling):
     from ray import serve
 
     deployment = serve.deployment(serve.ingress()(ScoringReplica), name="ScoringReplica")
-    deployment = deployment.options(**scaling.deployment_options(settings.queue_size))
+    deployment = deployment.options(**scaling.deployment_options(settings.queue_size, settings.shutdown_timeout_s))
     return deployment.bind(settings, scaling.cpus_per_replica)
 
 
