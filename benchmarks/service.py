@@ -95,8 +95,11 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
-async def drive(url: str, rows: list, concurrency: int, seconds: float, max_requests: int) -> dict:
-    """Closed-loop load: ``concurrency`` clients, each one response per request, until the time or count bound."""
+async def drive(
+    url: str, rows: list, concurrency: int, seconds: float, max_requests: int, task_header: str | None = None
+) -> dict:
+    """Closed-loop load: ``concurrency`` clients, each one response per request, until the time or count bound.
+    ``task_header``: a header that names each request's task (Ray Serve's routing by task), else none."""
     import httpx
 
     lat_ms: list[float] = []
@@ -113,7 +116,11 @@ async def drive(url: str, rows: list, concurrency: int, seconds: float, max_requ
             next_i += 1
             t0 = time.perf_counter()
             try:
-                r = await client.post("/v1/score", json={"responses": [{"id": rid, "task": task, "text": text}]})
+                r = await client.post(
+                    "/v1/score",
+                    json={"responses": [{"id": rid, "task": task, "text": text}]},
+                    headers={task_header: task} if task_header else None,
+                )
             except httpx.TransportError as exc:
                 counts["transport_errors"] += 1
                 kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
@@ -195,6 +202,32 @@ def start_server(suite: str, port: int, log_path: Path) -> subprocess.Popen:
     raise SystemExit("the server did not become ready in 180 s:\n" + log_path.read_text())
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def add_load_options(ap: argparse.ArgumentParser, levels: str) -> None:
+    """The suite, data and load-level options (shared with benchmarks/ray_serve.py)."""
+    ap.add_argument("--suite", default="runs/asap-sas/lora", help="a LoRA/head/moe suite of the ASAP-SAS items")
+    ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
+    ap.add_argument("--levels", default=levels, help="requests in flight, comma-separated")
+    ap.add_argument("--level-s", type=float, default=12.0, help="seconds per load level at most")
+    ap.add_argument("--level-requests", type=int, default=3000, help="requests per load level at most")
+
+
+def asap_test_responses(args) -> dict:
+    """The ASAP-SAS test responses by task, once the suite is there."""
+    from scoreplex.data.asap_sas import load_asap_sas
+
+    if not Path(args.suite, "manifest.json").is_file():
+        raise SystemExit(f"no suite at {args.suite}: train it first (make bench-asap).")
+    return load_asap_sas(args.data, split="test")
+
+
 def level(url: str, pid: int, rows: list, c: int, args) -> dict:
     with RssSampler(pid) as rss:
         r = asyncio.run(drive(url, rows, c, args.level_s, args.level_requests))
@@ -238,22 +271,14 @@ def plot(levels: dict, overload: dict | None, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", default="runs/asap-sas/lora", help="a LoRA/head/moe suite of the ASAP-SAS items")
-    ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
-    ap.add_argument("--levels", default="1,2,4,8,16,32", help="requests in flight, comma-separated")
-    ap.add_argument("--level-s", type=float, default=12.0, help="seconds per load level at most")
-    ap.add_argument("--level-requests", type=int, default=3000, help="requests per load level at most")
+    add_load_options(ap, "1,2,4,8,16,32")
     ap.add_argument("--stream-rows", type=int, default=400, help="responses in each mix's stream")
     ap.add_argument("--singles", type=int, default=50, help="in-process single-response calls")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args()
     t_start = time.perf_counter()
 
-    from scoreplex.data.asap_sas import load_asap_sas
-
-    if not Path(args.suite, "manifest.json").is_file():
-        raise SystemExit(f"no suite at {args.suite}: train it first (make bench-asap).")
-    data = load_asap_sas(args.data, split="test")
+    data = asap_test_responses(args)
     rows = {mix: stream(data, mix, args.stream_rows, seed=i) for i, mix in enumerate(MIXES)}
 
     print("in-process engine...", flush=True)
@@ -283,11 +308,7 @@ def main() -> None:
             sat = next(p for p in levels["uniform"] if p["throughput_rps"] >= 0.95 * best)
             overload = level(url, proc.pid, rows["uniform"], 4 * sat["concurrency"], args)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
         server_log = log_path.read_text(errors="replace")
     tracebacks = server_log.count("Traceback")
 

@@ -1166,11 +1166,35 @@ def serve(
     shutdown_timeout_s: Annotated[
         float | None, typer.Option("--shutdown-timeout", help="Seconds queued requests get on SIGTERM (default 30).")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Serve on Ray Serve: 'local' starts a Ray cluster here, 'auto' joins `ray start --head`, or a "
+            "cluster address (needs pip install 'scoreplex[ray]').",
+        ),
+    ] = None,
+    replicas: Annotated[int | None, typer.Option("--replicas", help="With --ray: replicas (default 1).")] = None,
+    min_replicas: Annotated[
+        int | None, typer.Option("--min-replicas", help="With --ray: autoscale from this many replicas.")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option("--max-replicas", help="With --ray: autoscale up to this many replicas.")
+    ] = None,
+    target_ongoing_requests: Annotated[
+        float | None,
+        typer.Option("--target-ongoing-requests", help="With --ray, autoscaling: requests per replica (default 8)."),
+    ] = None,
+    replica_cpus: Annotated[
+        float | None, typer.Option("--replica-cpus", help="With --ray: CPUs per replica (default 1).")
+    ] = None,
 ) -> None:
     """Serve a suite over HTTP: POST /v1/score, /v1/tasks, /healthz, /readyz, /metrics (OpenAPI at /docs).
 
     Every option can also be set as SCOREPLEX_<OPTION> (e.g. SCOREPLEX_PORT, SCOREPLEX_API_KEYS="admin:KEY,scorer:KEY").
     Without API keys the server binds to loopback only. SIGTERM finishes queued requests, then exits 0.
+    With --ray the same app runs as a Ray Serve deployment, one engine per replica; a request whose rows are all
+    one task may send the header serve_multiplexed_model_id: TASK to reach a replica that holds it.
     """
     from scoreplex.errors import ConfigError, ScoreplexError
 
@@ -1200,8 +1224,25 @@ def serve(
         settings = ServiceSettings(suite=suite, **{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         _fail(ConfigError(settings_error_text(exc)))
+    scaling_flags = {
+        "--replicas": ("replicas", replicas),
+        "--min-replicas": ("min_replicas", min_replicas),
+        "--max-replicas": ("max_replicas", max_replicas),
+        "--target-ongoing-requests": ("target_ongoing_requests", target_ongoing_requests),
+        "--replica-cpus": ("cpus_per_replica", replica_cpus),
+    }
+    scaling = {field: value for field, value in scaling_flags.values() if value is not None}
+    if scaling and ray is None:
+        given = [flag for flag, (_, value) in scaling_flags.items() if value is not None]
+        _fail(ConfigError(f"{', '.join(given)}: only with --ray ADDRESS (Ray Serve); leave them out otherwise."))
+    log = lambda message: typer.echo(message, err=True)  # noqa: E731
     try:
-        run_service(settings, log=lambda message: typer.echo(message, err=True))
+        if ray is None:
+            run_service(settings, log=log)
+        else:
+            from scoreplex.cluster.serving import ServeScaling, serve_on_ray
+
+            serve_on_ray(settings, ServeScaling(**scaling), address=ray, log=log)
     except ScoreplexError as exc:
         _fail(exc)
 

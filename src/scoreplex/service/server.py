@@ -30,24 +30,28 @@ def _log_config() -> dict:
     return config
 
 
-def serve(settings: ServiceSettings, *, log: Callable[[str], None] = print) -> None:
-    """Check the suite and the keys, then serve until SIGTERM / SIGINT; returns after a graceful shutdown."""
-    import uvicorn
-
-    app = create_app(settings)  # reads the keys: a bad keys file stops here
-    keys = app.state.service.keys
-    host = settings.host
+def bind_host(settings: ServiceSettings, keys, log: Callable[[str], None] = print) -> str:
+    """The interface to bind: ``settings.host``, or 127.0.0.1 when no API keys are configured (said in ``log``).
+    Shared by the uvicorn server and the Ray Serve deployment (:mod:`scoreplex.cluster.serving`)."""
     if not keys:
         if not settings.loopback:
             log(
                 f"no API keys configured: binding to 127.0.0.1 (loopback only) instead of {settings.host}; give "
                 "--keys-file or SCOREPLEX_API_KEYS to serve other hosts."
             )
-            host = "127.0.0.1"
-        else:
-            log("no API keys configured: loopback only, and every local client may score and change tasks.")
+            return "127.0.0.1"
+        log("no API keys configured: loopback only, and every local client may score and change tasks.")
     else:
         log(f"{len(keys)} API key(s) loaded; requests without a valid key get 401.")
+    return settings.host
+
+
+def serve(settings: ServiceSettings, *, log: Callable[[str], None] = print) -> None:
+    """Check the suite and the keys, then serve until SIGTERM / SIGINT; returns after a graceful shutdown."""
+    import uvicorn
+
+    app = create_app(settings)  # reads the keys: a bad keys file stops here
+    host = bind_host(settings, app.state.service.keys, log)
     open_suite(settings)  # a wrong folder, method or backbone ends here with one line, before uvicorn starts
     config = uvicorn.Config(
         app,
