@@ -58,7 +58,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_a
         ray.init(**args)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(
-            f"could not start or join the Ray cluster at {address!r}: {exc}. Give --ray with no value to start one "
+            f"could not start or join the Ray cluster at {address!r}: {exc}. Give --ray local to start one "
             "on this machine, --ray auto to join `ray start --head`, or the cluster's address."
         ) from None
     return ray
