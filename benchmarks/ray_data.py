@@ -4,12 +4,13 @@ The ASAP-SAS test responses (all 10 items, shuffled together with a fixed seed; 
 written as one CSV (``id``, ``task``, ``text``), then scored ``--repeats`` times each by
 
 1. the local command, :func:`scoreplex.streaming.score_file` (torch's default threads: every core), and
-2. :func:`scoreplex.cluster.scoring.score_file_ray` with 1 and 2 actors of 1 CPU each (``--actors``) on a Ray cluster
-   started once in this process with the machine's cores.
+2. :func:`scoreplex.cluster.scoring.score_file_ray` with 1 and 2 actors (``--actors``) of 1 CPU each
+   (``--cpus-per-actor``) on a Ray cluster started once in this process with the machine's cores.
 
 Per mode, medians over the repeats: wall seconds (reading, model loading or actor start-up, scoring, writing),
-end-to-end rows/s, and steady-state rows/s (local: once the model is loaded; Ray: after the first chunk comes back,
-so actor start-up and suite loading are reported apart as ``startup_seconds``). Every Ray output is compared with the
+end-to-end rows/s, and steady-state rows/s (local: once the model is loaded; Ray: from the first actor having loaded
+the suite to the last row scored, so actor start-up and suite loading are reported apart, as ``startup_seconds`` for
+the first actor and ``actors_ready_seconds`` for the last). Every Ray output is compared with the
 local one byte for byte (it is in input order, so sorting by id changes nothing). The scaling model: actors are
 independent, so N actors of c CPUs score about N x the 1-actor rate until the cluster's cores are used up; the
 driver reads and checks the file at ``read_rows_per_second`` (measured here), the ceiling of one driver.
@@ -49,6 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, default=None, help="score only the first N shuffled responses")
     ap.add_argument("--repeats", type=int, default=3, help="runs per mode (medians reported)")
     ap.add_argument("--actors", default="1,2", help="comma-separated actor counts")
+    ap.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) of each actor")
     ap.add_argument("--chunk-rows", type=int, default=1024, help="rows per chunk (both paths)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
     return ap.parse_args(argv)
@@ -87,8 +89,9 @@ def summary(runs: list[dict]) -> dict:
         "end_to_end_rows_per_second": runs[0]["rows"] / med["seconds"],
         "steady_rows_per_second": med["rows_per_second"],
     }
-    if "startup_seconds" in runs[0]:
-        out["startup_seconds"] = statistics.median(r["startup_seconds"] for r in runs)
+    for key in ("startup_seconds", "actors_ready_seconds"):  # Ray only
+        if key in runs[0]:
+            out[key] = statistics.median(r[key] for r in runs)
     return out
 
 
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> dict:
         connect("local", num_cpus=cores)
         modes, identical = {"local": summary(local_runs)}, True
         for n in actor_counts:
-            ray_at = RayScoring(address="local", actors=n, cpus_per_actor=1.0)
+            ray_at = RayScoring(address="local", actors=n, cpus_per_actor=args.cpus_per_actor)
             out = folder / f"ray-{n}.csv"
             runs = []
             for _ in range(args.repeats):
@@ -120,6 +123,7 @@ def main(argv: list[str]) -> dict:
             mode["end_to_end_vs_local"] = mode["end_to_end_rows_per_second"] / local["end_to_end_rows_per_second"]
             mode["steady_vs_local"] = mode["steady_rows_per_second"] / local["steady_rows_per_second"]
     one = modes.get("ray_1_actors")
+    fits = [n for n in actor_counts if n * args.cpus_per_actor <= cores]  # pools this machine holds at once
     result = {
         "ray_data_identical": identical,
         "ray_data_vs_local": {name: mode.get("end_to_end_vs_local") for name, mode in modes.items() if name != "local"},
@@ -128,13 +132,12 @@ def main(argv: list[str]) -> dict:
             "model": "N actors of 1 CPU score about N x the 1-actor steady rate until the cluster's cores are used; "
             "one driver reads and checks the file at read_rows_per_second, the ceiling of the whole run",
             "read_rows_per_second": reading,
-            "predicted_steady_rows_per_second": (
-                {n: n * one["steady_rows_per_second"] for n in actor_counts if n <= cores} if one else None
-            ),
+            "predicted_steady_rows_per_second": ({n: n * one["steady_rows_per_second"] for n in fits} if one else None),
         },
         "suite": str(Path(args.suite).resolve()),
         "method": suite.method,
         "chunk_rows": args.chunk_rows,
+        "cpus_per_actor": args.cpus_per_actor,
         "command": shlex.join([sys.executable, *sys.argv]),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": cores},
         "date": time.strftime("%Y-%m-%d"),

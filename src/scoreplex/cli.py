@@ -749,9 +749,12 @@ def score(
     except KeyboardInterrupt:
         from scoreplex.streaming import progress_path
 
-        typer.echo(
-            f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
-        )
+        if ray is not None:
+            typer.echo(f"interrupted: {output} was not written (a --ray run does not resume).", err=True)
+        else:
+            typer.echo(
+                f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
+            )
         raise typer.Exit(code=130) from None
     if result.get("truncation") is not None:
         from scoreplex.suite import Suite

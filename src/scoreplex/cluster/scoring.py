@@ -12,7 +12,7 @@ input order, same values. That holds by construction, because each piece is the 
   across shards. The cost is one process parsing the file (far faster than scoring: ~10^5 rows/s against ~10^2
   rows/s per scoring core) and the texts held in Ray's object store (about 0.5 KB a response; it spills to disk).
 * **Scoring** is a :class:`ray.data.Dataset` with one block per checked chunk of ``chunk_rows`` rows, mapped with
-  ``map_batches`` (``batch_size=chunk_rows``, ``concurrency=actors``) over an actor pool of :class:`ChunkScorer`: each
+  ``map_batches`` (``batch_size=chunk_rows``, an ``ActorPoolStrategy`` of ``actors``) over :class:`ChunkScorer`: each
   actor opens the suite and builds its scorer (:func:`scoreplex.scorer.open_scorer`, the engine for a suite whose
   tasks share a backbone pass) once, in ``__init__``, and then scores whole chunks of mixed tasks, the very chunks the
   local command scores (so even the length-sorted micro-batches inside a chunk are the same), formatting each row with
@@ -84,7 +84,9 @@ class ChunkScorer:
 
     Made once per actor (the suite opened and the scorer built here, not per batch). Called on a batch with columns
     ``index`` (int64, the row's position in the input), ``id``, ``task``, ``text`` (strings), it returns a table with
-    ``index`` and ``line`` (binary: the row as :func:`scoreplex.streaming.encode_rows` writes it in ``line_fmt``).
+    ``index``, ``line`` (binary: the row as :func:`scoreplex.streaming.encode_rows` writes it in ``line_fmt``),
+    ``ready`` and ``done`` (float64, Unix seconds: when this actor had loaded the suite, when it finished the batch),
+    from which the driver tells actor start-up apart from the scoring rate.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ChunkScorer:
         torch.set_num_threads(threads)  # the actor's CPU allotment, not the node's cores
         self.scorer = open_scorer(suite, backbone, batch_size=batch_size)
         self.columns, self.line_fmt = columns, line_fmt
+        self.ready = time.time()  # wall clock: comparable across the nodes of a cluster (NTP), unlike perf_counter
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -113,7 +116,15 @@ class ChunkScorer:
         ids, tasks, texts = (batch[c].to_pylist() for c in ("id", "task", "text"))
         rows = score_rows(self.scorer, ids, tasks, texts)
         lines = [encode_rows([row], self.columns, self.line_fmt) for row in rows]
-        return pa.table({"index": batch["index"], "line": pa.array(lines, pa.binary())})
+        n = len(lines)
+        return pa.table(
+            {
+                "index": batch["index"],
+                "line": pa.array(lines, pa.binary()),
+                "ready": pa.array([self.ready] * n, pa.float64()),
+                "done": pa.array([time.time()] * n, pa.float64()),
+            }
+        )
 
 
 def score_file_ray(
@@ -146,10 +157,11 @@ def score_file_ray(
             refused: a Ray run has nothing to resume.
 
     Returns:
-        ``{"rows", "tasks", "scored", "resumed_from", "seconds", "startup_seconds", "rows_per_second", "output",
-        "truncation", "actors"}``: rows written, distinct tasks, rows scored (= rows), 0, wall time (s), seconds from
-        the start of scoring to the first chunk scored (actors starting and loading the suite), rows/s after that
-        first chunk, the output path, None (the actors' truncation counts are not gathered) and the actor count.
+        ``{"rows", "tasks", "scored", "resumed_from", "seconds", "startup_seconds", "actors_ready_seconds",
+        "rows_per_second", "output", "truncation", "actors"}``: rows written, distinct tasks, rows scored (= rows),
+        0, wall time (s), seconds from the start of scoring until the first and the last actor had loaded the suite,
+        rows/s from the first actor ready to the last row scored, the output path, None (the actors' truncation
+        counts are not gathered) and the actor count.
 
     Raises:
         DataError: a bad input row (naming file, row and column), or an input without rows; nothing is written.
@@ -211,7 +223,7 @@ def score_file_ray(
             with open(tmp, "wb") as fh:
                 if line_fmt != "jsonl":
                     fh.write(streaming.encode_rows([], header, line_fmt, header=True))
-                t_first, t_start = _write_in_order(
+                timing = _write_in_order(
                     refs, scorer_args, ray_options, options, fh, records, f"scoring {source.name} on Ray"
                 )
                 fh.flush()
@@ -223,16 +235,13 @@ def score_file_ray(
         finally:
             tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
-    first_rows = min(options.chunk_rows, records)
-    steady = time.perf_counter() - t_first
     return {
         "rows": records,
         "tasks": len(check.tasks),
         "scored": records,
         "resumed_from": 0,
         "seconds": seconds,
-        "startup_seconds": t_first - t_start,
-        "rows_per_second": (records - first_rows) / steady if records > first_rows else records / (t_first - t_start),
+        **timing,
         "output": str(target),
         "truncation": None,
         "actors": ray_options.actors,
@@ -271,10 +280,15 @@ def _chunk_table(start: int, checked: list[tuple[str, str, str]]):
     )
 
 
-def _write_in_order(refs, scorer_args, ray_options, options, fh, records: int, label: str) -> tuple[float, float]:
-    """Score the chunks ``refs`` on the actor pool and write their lines to ``fh`` in row order; returns the
-    times (``perf_counter``) of the first scored chunk and of the start."""
-    from ray.data import DataContext, from_arrow_refs
+def _write_in_order(refs, scorer_args, ray_options, options, fh, records: int, label: str) -> dict[str, float]:
+    """Score the chunks ``refs`` on the actor pool and write their lines to ``fh`` in row order.
+
+    Returns ``startup_seconds`` (from the start of scoring until the first actor has loaded the suite),
+    ``actors_ready_seconds`` (until the last one has) and ``rows_per_second`` (rows over the time from the first actor
+    ready to the last row scored: the scoring rate, start-up left out; with actors starting at different times it
+    includes the lag)."""
+    import pyarrow.compute as pc
+    from ray.data import ActorPoolStrategy, DataContext, from_arrow_refs
 
     from scoreplex.streaming import _Progress
 
@@ -289,16 +303,17 @@ def _write_in_order(refs, scorer_args, ray_options, options, fh, records: int, l
             fn_constructor_kwargs=scorer_args,
             batch_size=options.chunk_rows,
             batch_format="pyarrow",
-            concurrency=ray_options.actors,
+            compute=ActorPoolStrategy(size=ray_options.actors),
             num_cpus=ray_options.cpus_per_actor,
         )
         pending: dict[int, bytes] = {}
-        done, t_start, t_first = 0, time.perf_counter(), None
+        done, start, ready, finished = 0, time.time(), set(), 0.0
         with _Progress(options.progress, label, records, 0) as bar:
             for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if t_first is None:
-                    t_first = time.perf_counter()
+                if not ready:
                     bar.start_clock()
+                ready.update(batch["ready"].to_pylist())  # one value per actor
+                finished = max(finished, pc.max(batch["done"]).as_py())
                 pending.update(zip(batch["index"].to_pylist(), batch["line"].to_pylist(), strict=True))
                 before = done
                 while done in pending:
@@ -309,4 +324,9 @@ def _write_in_order(refs, scorer_args, ray_options, options, fh, records: int, l
         context.execution_options.preserve_order, context.enable_progress_bars = saved
     if done != records or pending:  # a Ray Data or scorer bug, not user input
         raise RuntimeError(f"Ray Data returned {done + len(pending)} rows in order {done} of {records}")
-    return t_first, t_start
+    scoring = finished - min(ready)
+    return {
+        "startup_seconds": min(ready) - start,
+        "actors_ready_seconds": max(ready) - start,
+        "rows_per_second": records / scoring if scoring > 0 else float("nan"),
+    }
