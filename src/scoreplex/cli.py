@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -709,12 +710,30 @@ def score(
             show_default=False,
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Score on a Ray cluster with Ray Data (needs pip install 'scoreplex[ray]'): 'local' starts one "
+            "here, 'auto' joins `ray start --head`, or a cluster address. Same output as without --ray, but not "
+            "resumable: an interrupted run starts over. The suite must be at the same path on every node.",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int, typer.Option("--ray-actors", help="With --ray: scoring actors, each loads the suite once (>= 1).")
+    ] = 1,
+    ray_cpus_per_actor: Annotated[
+        float,
+        typer.Option("--ray-cpus-per-actor", help="With --ray: CPUs each actor reserves (its torch threads)."),
+    ] = 1.0,
 ) -> None:
     """Write predicted scores, class probabilities and a confidence for every response of a file.
 
     Streams: rows are read, scored and appended chunk by chunk, in input order. Interrupted (Ctrl-C, kill -9)? Run the
     same command again: it resumes after the last saved chunk (progress in OUTPUT.progress.json). With --url, a
-    running server scores the rows; the output and resuming are the same.
+    running server scores the rows; the output and resuming are the same. With --ray, actors on a Ray cluster score
+    the rows (Ray Data); the output is the same, written at the end.
     """
     from scoreplex.errors import ConfigError, ScoreplexError
 
@@ -734,6 +753,13 @@ def score(
                 return remote_scorer(url, suite, key)
 
         cols = _columns(text_col, task_col, task_id, id_col, None, None)
+        if ray is not None:
+            if url is not None:
+                raise ConfigError("--ray and --url are two ways to score; give one of them.")
+            from scoreplex.cluster.scoring import RayScoring, score_file_ray
+
+            ray_at = RayScoring(address=ray, actors=ray_actors, cpus_per_actor=ray_cpus_per_actor)
+            score_file = partial(score_file_ray, ray=ray_at)  # the same call, scored on Ray
         result = score_file(
             suite,
             data,
@@ -755,9 +781,12 @@ def score(
     except KeyboardInterrupt:
         from scoreplex.streaming import progress_path
 
-        typer.echo(
-            f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
-        )
+        if ray is not None:
+            typer.echo(f"interrupted: {output} was not written (a --ray run does not resume).", err=True)
+        else:
+            typer.echo(
+                f"interrupted: progress is saved in {progress_path(output)}; run the same command to resume.", err=True
+            )
         raise typer.Exit(code=130) from None
     if result.get("truncation") is not None:
         from scoreplex.suite import Suite

@@ -340,6 +340,21 @@ def _differences(saved: dict[str, Any], job: dict[str, Any]) -> list[str]:
     return out
 
 
+def encode_rows(rows: Sequence[Row], columns: Sequence[str], fmt: str, *, header: bool = False) -> bytes:
+    """UTF-8 lines of output ``rows`` as the output file holds them: ``fmt`` ``csv`` / ``tsv`` (a header line first
+    when ``header``; an absent cell empty) or ``jsonl`` (one object a line, absent cells ``null``; also a Parquet
+    output's staging format). Every writer of score rows formats them here, so their files agree byte for byte."""
+    if fmt == "jsonl":
+        text = "".join(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False) + "\n" for r in rows)
+        return text.encode("utf-8")
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=_DELIMITERS[fmt], lineterminator="\n")  # as write_table
+    if header:
+        writer.writerow(columns)
+    writer.writerows(["" if r.get(c) is None else r.get(c) for c in columns] for r in rows)
+    return buf.getvalue().encode("utf-8")
+
+
 class _Output:
     """The file rows are appended to (the output, or a Parquet output's staging file), and its progress file."""
 
@@ -363,15 +378,7 @@ class _Output:
         self.rows_done = rows_done
 
     def encode(self, rows: Sequence[Row], *, header: bool = False) -> bytes:
-        if self.line_fmt == "jsonl":
-            text = "".join(json.dumps({c: r.get(c) for c in self.columns}, ensure_ascii=False) + "\n" for r in rows)
-            return text.encode("utf-8")
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter=_DELIMITERS[self.line_fmt], lineterminator="\n")  # as write_table
-        if header:
-            writer.writerow(self.columns)
-        writer.writerows(["" if r.get(c) is None else r.get(c) for c in self.columns] for r in rows)
-        return buf.getvalue().encode("utf-8")
+        return encode_rows(rows, self.columns, self.line_fmt, header=header)
 
     def commit(self, rows: Sequence[Row], rows_done: int, last_row: int, chunk_rows: int) -> None:
         """Append ``rows`` durably, then record that the first ``rows_done`` records (up to ``last_row``) are done."""
@@ -539,33 +546,40 @@ def _plan(output: _Output, saved: dict[str, Any] | None, options: StreamOptions,
     return saved
 
 
-def stream_scores(
-    suite,
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str],
-    *,
-    columns: ColumnMap | None = None,
-    backbone: str | os.PathLike[str] | None = None,
-    scorer: ScorerSource | None = None,
-    options: StreamOptions = StreamOptions(),
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Score every response of ``input_path`` with ``suite`` (a folder or an open Suite) into ``output_path``,
-    streaming and resumable (module docstring). The output's extension picks its format. ``scorer`` scores the
-    rows (default: :func:`scoreplex.scorer.open_scorer` on the suite with ``backbone``).
+@dataclass(frozen=True)
+class ScoringRun:
+    """A scoring run of a file, checked and opened by :func:`open_run` before any row is read."""
 
-    Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output", "truncation"}``:
-    rows in the output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run),
-    wall time, rows scored per second once the model was loaded, and the :class:`~scoreplex.encoding.LengthCounts`
-    of the responses scored by this call (None for a remote scorer). Raises DataError naming the row for a bad row
-    (the chunks before it stay committed), ResumeError when the output belongs to another run or another process is
-    writing it, ConfigError (before any reading or scoring) when the output cannot be created where it is asked for, and
-    NoSpaceError when the disk fills up (the chunks before stay committed: the same call resumes once space is freed).
-    """
+    suite: Any
+    """The open :class:`~scoreplex.suite.Suite` (it holds at least one task)."""
+    specs: dict[str, TaskSpec]
+    """Task id -> spec, for every task of the suite."""
+    columns: ColumnMap
+    """The input's columns."""
+    source: Path
+    """The input file."""
+    target: Path
+    """The output file (not a folder, not the input; its folder exists)."""
+    in_fmt: str
+    """The input's format (``readers.FORMATS``)."""
+    out_fmt: str
+    """The output's format, from its extension."""
+    chunks: Iterator[Any]
+    """The input's :class:`~scoreplex.data.readers.Table` chunks of ``chunk_rows`` records, not read yet."""
+    header: list[str]
+    """The output's columns (:func:`output_columns`)."""
+
+
+def open_run(
+    suite, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], columns, options: StreamOptions
+) -> ScoringRun:
+    """The checks every scorer of a file makes (locally or on a cluster) before reading a row: ``columns`` (a
+    ColumnMap or None for the default) and ``suite`` (a folder or a Suite) with tasks; the output is not a folder, not
+    the input (nor its progress, staging or lock file) and its folder can be made; the input opens in its format.
+
+    Raises ConfigError, or DataError for an input that cannot be opened (missing, bad format)."""
     from scoreplex.suite import Suite
 
-    log = log or _LOG.info
-    t0 = time.perf_counter()
     cmap = columns if columns is not None else ColumnMap()
     if not isinstance(cmap, ColumnMap):
         raise ConfigError(f"columns must be a ColumnMap, got {type(cmap).__name__}.")
@@ -589,7 +603,38 @@ def stream_scores(
     for path in (target, staging_path(target), progress_path(target), lock_path(target)):
         if path.exists() and os.path.samefile(path, source):
             raise ConfigError(f"the output {target} would overwrite the input {source}; choose another output file.")
-    header = output_columns(specs.values())
+    return ScoringRun(suite, specs, cmap, source, target, in_fmt, out_fmt, chunks, output_columns(specs.values()))
+
+
+def stream_scores(
+    suite,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    columns: ColumnMap | None = None,
+    backbone: str | os.PathLike[str] | None = None,
+    scorer: ScorerSource | None = None,
+    options: StreamOptions = StreamOptions(),
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Score every response of ``input_path`` with ``suite`` (a folder or an open Suite) into ``output_path``,
+    streaming and resumable (module docstring). The output's extension picks its format. ``scorer`` scores the
+    rows (default: :func:`scoreplex.scorer.open_scorer` on the suite with ``backbone``).
+
+    Returns ``{"rows", "tasks", "scored", "resumed_from", "seconds", "rows_per_second", "output", "truncation"}``:
+    rows in the output, distinct tasks, rows scored by this call, rows found done at the start (0 for a fresh run),
+    wall time, rows scored per second once the model was loaded, and the :class:`~scoreplex.encoding.LengthCounts`
+    of the responses scored by this call (None for a remote scorer). Raises DataError naming the row for a bad row
+    (the chunks before it stay committed), ResumeError when the output belongs to another run or another process is
+    writing it, ConfigError (before any reading or scoring) when the output cannot be created where it is asked for, and
+    NoSpaceError when the disk fills up (the chunks before stay committed: the same call resumes once space is freed).
+    """
+    log = log or _LOG.info
+    t0 = time.perf_counter()
+    run = open_run(suite, input_path, output_path, columns, options)
+    suite, specs, cmap, source, target = run.suite, run.specs, run.columns, run.source, run.target
+    chunks, header = run.chunks, run.header
+    in_fmt, out_fmt = run.in_fmt, run.out_fmt
     manifest = json.dumps(suite.manifest, sort_keys=True).encode("utf-8")
     job = {
         "input": input_fingerprint(source),
