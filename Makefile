@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench-asap bench-engine bench-merge bench-moe bench-itembanks clean
+.PHONY: install demo test lint format bench-asap bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-itembanks: $(STAMP)  ## few-shot ASAP-SAS and the long-input proxy against
 
 bench-moe: $(STAMP)  ## UniMoE student vs per-task students, adaptation (needs bench-asap's full suite; ~1 h, resumable)
 	$(BIN)/python benchmarks/moe.py --teachers runs/asap-sas/full --out docs/results
+
+bench-ray: $(STAMP)  ## Ray training, Ray Data scoring and Ray Serve vs the local paths (needs bench-asap's LoRA suite; ~25 min)
+	$(BIN)/python benchmarks/ray_cluster.py --suite runs/asap-sas/lora --out docs/results --work runs/ray
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
