@@ -359,6 +359,31 @@ def test_admin_adds_replaces_and_removes_tasks(suite_copy, other_suite, make_app
     assert not (suite_copy / "tasks" / added).exists()
 
 
+def test_a_change_made_by_another_server_on_the_same_suite_is_picked_up(suite_copy, other_suite, make_app, texts):
+    """Two servers on one suite folder (as Ray Serve replicas are): an admin change sent to one reaches the other at
+    its next request, without a restart."""
+    added = QK_TASKS[0]
+    removed = QV_TASKS[1]
+    with TestClient(make_app(suite_copy)) as one, TestClient(make_app(suite_copy)) as two:
+        assert [t["id"] for t in two.get("/v1/tasks").json()["tasks"]] == list(QV_TASKS)
+        before = two.post("/v1/score", json=_body(_pairs(texts, (removed,)))).json()
+        assert all(r["error"] is None for r in before["results"])
+        assert one.put(f"/v1/tasks/{added}", files=_upload(other_suite, added)).status_code == 201
+        assert one.delete(f"/v1/tasks/{removed}").status_code == 200
+        assert [t["id"] for t in two.get("/v1/tasks").json()["tasks"]] == [QV_TASKS[0], *QV_TASKS[2:], added]
+        assert two.get(f"/v1/tasks/{removed}").status_code == 404
+        pairs = _pairs(texts, (added, removed))
+        scored = two.post("/v1/score", json=_body(pairs)).json()
+        expected = one.post("/v1/score", json=_body(pairs)).json()
+    assert scored["suite"]["manifest_sha256"] == _manifest_sha(suite_copy) == expected["suite"]["manifest_sha256"]
+    for got, want, (task, _) in zip(scored["results"], expected["results"], pairs, strict=True):
+        if task == removed:
+            assert got["error"]["reason"] == "unknown_task"
+        else:
+            assert got["error"] is None and got["scores"] == want["scores"]
+            np.testing.assert_allclose(got["confidence"], want["confidence"], atol=1e-6)
+
+
 def test_rejected_modules_leave_the_running_suite_untouched(suite_copy, other_suite, make_app, texts):
     import torch
     from safetensors.torch import load as load_st

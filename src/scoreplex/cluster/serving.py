@@ -16,8 +16,9 @@ need both), and it degrades to plain load balancing when the header is absent; a
 it was routed to, at most ``max_tasks`` per replica (LRU), like the engine's cache. ``benchmarks/ray_serve.py``
 measures the adapter cache hit rate with and without the header on a skewed stream.
 
-Admin changes (``PUT``/``DELETE /v1/tasks/{id}``) reach the ONE replica that answers them: the other replicas keep
-the suite they loaded until they restart (redeploy to roll a change out to every replica).
+Admin changes (``PUT``/``DELETE /v1/tasks/{id}``) are made by the one replica that answers them, in the suite folder
+all replicas serve; every other replica sees the new ``manifest.json`` at its next request and re-reads it
+(:meth:`scoreplex.service.state.ServiceState.sync_with_disk`). On several nodes the folder must be shared.
 
 Each response carries ``X-Scoreplex-Replica`` (the replica's id), so a client can tell which replica (and which
 ``/metrics``) answered. Ray is imported inside functions: the plain server never imports it.

@@ -85,6 +85,7 @@ class ServiceState:
         self.broken: dict[str, str] = {}
         """Tasks whose files failed verification at start-up (they answer per-row errors)."""
         self.loaded = False
+        self._manifest_stamp: tuple[int, int, int] | None = None
 
     # -- life cycle (the lifespan) -------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -101,6 +102,7 @@ class ServiceState:
                 log.warning("task %s will not score: %s", task_id, exc)
         self.engine = Engine(suite, self.settings.backbone, max_tasks=self.settings.max_tasks)
         self.identity = suite_identity(suite)
+        self._manifest_stamp = self._stamp()
         self.loaded = True
 
     def start(self) -> None:
@@ -138,6 +140,7 @@ class ServiceState:
     def score_batch(self, pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Score a batch of (task, text) rows that mixes any tasks; each failed row carries ``reason``:
         ``unknown_task``, ``empty_text``, ``invalid_text`` or ``task_unavailable`` (a missing or corrupt module)."""
+        self.sync_with_disk()
         engine = self.engine
         out: list[dict[str, Any] | None] = [None] * len(pairs)
         keep = []
@@ -156,6 +159,32 @@ class ServiceState:
             out[i] = row
         return self.identity, out
 
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.engine.suite.root / MANIFEST_FILE).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def sync_with_disk(self) -> bool:
+        """Pick up a change another process made to the served suite folder (on the worker thread).
+
+        Several servers can serve one suite folder: the replicas of a Ray Serve deployment, or uvicorn processes
+        behind one balancer. An admin request reaches one of them, which rewrites ``manifest.json`` (atomically: a
+        new inode). Each server compares the manifest's (inode, mtime, size) before every batch and task request
+        (one ``stat``); when it changed, :meth:`~scoreplex.engine.store.AdapterStore.refresh` re-reads it, so added
+        tasks score, removed ones answer ``unknown_task`` and replaced modules leave memory. Returns True if the
+        suite changed.
+        """
+        stamp = self._stamp()
+        if stamp is None or stamp == self._manifest_stamp:
+            return False
+        self._manifest_stamp = stamp
+        dropped = self.engine.store.refresh()
+        self.refresh_identity()
+        log.info("suite changed on disk: %d tasks now, %d modules reloaded", len(self.engine.task_ids), len(dropped))
+        return True
+
     def refresh_identity(self) -> None:
         """After a change of the suite (on the worker thread)."""
         self.identity = suite_identity(self.engine.suite)
@@ -164,5 +193,9 @@ class ServiceState:
                 del self.broken[task_id]
 
     async def on_worker(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the engine's worker thread, between batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run ``fn(*args)`` on the engine's worker thread, between batches, after :meth:`sync_with_disk`."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._synced, fn, args)
+
+    def _synced(self, fn: Callable[..., T], args: tuple) -> T:
+        self.sync_with_disk()
+        return fn(*args)
