@@ -7,6 +7,7 @@ line's remote output equals its local one.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -138,6 +139,21 @@ def test_429_is_retried_after_retry_after_then_fails():
         with pytest.raises(RemoteBusyError, match="queue is full.*after 3 retries") as err:
             c.health()
     assert waits == [2.0, 2.0, 2.0] and err.value.status == 429
+
+
+def test_a_one_task_request_names_its_task_for_ray_serve_routing():
+    from scoreplex.client import TASK_HEADER
+
+    seen: list[tuple[str | None, list[str]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        rows = json.loads(request.content)["responses"]
+        seen.append((request.headers.get(TASK_HEADER), [r["task"] for r in rows]))
+        return httpx.Response(200, json={"suite": {}, "results": [{"task": r["task"]} for r in rows]})
+
+    with Client("http://x", transport=httpx.MockTransport(handler), max_rows=2) as c:
+        c.score([("a", "x"), ("a", "y"), ("a", "z"), ("b", "w")])
+    assert seen == [("a", ["a", "a"]), (None, ["a", "b"])]  # one task: named; mixed: no header
 
 
 def test_remote_scorer_fails_a_refused_row_naming_its_id(client, served_suite):  # noqa: F811

@@ -83,6 +83,11 @@ def _server_message(response: httpx.Response) -> tuple[str, str | None]:
     return str(detail), None
 
 
+TASK_HEADER = "serve_multiplexed_model_id"
+"""Sent with a request whose responses are all of one task: Ray Serve routes it by task
+(:mod:`scoreplex.cluster.serving`)."""
+
+
 def _pair(item: Any, i: int) -> dict[str, Any]:
     """One request row from ``{"id"?, "task", "text"}`` or ``(task, text)``."""
     if isinstance(item, Mapping):
@@ -208,7 +213,12 @@ class Client:
         """The server's answer (``{"suite", "results"}``) per request of at most ``max_rows`` responses."""
         rows = [_pair(item, i) for i, item in enumerate(responses)]
         for start in range(0, len(rows), self.max_rows):
-            yield self._request("POST", "/v1/score", json={"responses": rows[start : start + self.max_rows]}).json()
+            chunk = rows[start : start + self.max_rows]
+            tasks = {row["task"] for row in chunk}
+            # A one-task request names its task for Ray Serve's router, which sends it to a replica that holds the
+            # task's module (model multiplexing); a plain server ignores the header.
+            headers = {TASK_HEADER: next(iter(tasks))} if len(tasks) == 1 else None
+            yield self._request("POST", "/v1/score", json={"responses": chunk}, headers=headers).json()
 
     def score(self, responses: Sequence[Any]) -> list[dict[str, Any]]:
         """Score responses of any mix of tasks (dicts ``{id?, task, text}`` or ``(task, text)`` pairs): per response,

@@ -38,7 +38,7 @@ from . import connect
 
 APP_NAME = "scoreplex"
 """The Serve application's name (one suite per application)."""
-TASK_HEADER = "serve_multiplexed_model_id"
+TASK_HEADER = "serve_multiplexed_model_id"  # the same as scoreplex.client.TASK_HEADER (which needs httpx)
 """The request header that routes a one-task request to a replica holding the task (Serve's multiplexing header)."""
 REPLICA_HEADER = "x-scoreplex-replica"
 """The response header naming the replica that answered."""
