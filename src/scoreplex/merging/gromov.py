@@ -15,9 +15,11 @@ unrelated sets). ``debias`` (on by default for entropic solves) reports instead
     GW_eps(X, Y) - 1/2 GW_eps(X, X) - 1/2 GW_eps(Y, Y),
 
 the GW analogue of the Sinkhorn divergence of OT (Feydy et al. 2019, "Interpolating between Optimal Transport and
-MMD using Sinkhorn Divergences", AISTATS, eq. 4; for GW, the same correction as Rioux, Goldfeld & Kato 2023,
-"Entropic Gromov-Wasserstein distances: stability and algorithms"). Each set's self term is one more solve per set,
-cached on its :class:`Prepared`; the matrix then has a zero diagonal by construction and measures only what differs.
+MMD using Sinkhorn Divergences", AISTATS, eq. 4), applied here to entropic GW by analogy: unlike the OT case its
+non-negativity is not proven (and the solver is non-convex), so a negative value is clamped to 0 and noted. Each set's
+self term is one more solve per set, cached on its :class:`Prepared`; the matrix then has a zero diagonal by
+construction. On noise ladders of known similarity it orders the sets where the raw value does not
+(``benchmarks/gw_synthetic.py``, docs/results/gw-synthetic.md).
 """
 
 from __future__ import annotations
