@@ -22,6 +22,7 @@ from scoreplex.merging import (
     gromov,
     gw_distance,
     gw_matrix,
+    loss_plan,
     merge_lora,
     merge_state_dicts,
     merge_suite,
@@ -80,11 +81,68 @@ def test_entropic_retries_with_larger_epsilon_until_converged(monkeypatch):
         return 0.1, 50, epsilon >= 0.2, []
 
     monkeypatch.setattr(gromov, "_solve", fake)
-    r = gw_distance(x, y, GWSettings(method="entropic", epsilon=0.05, retries=3))
+    r = gw_distance(x, y, GWSettings(method="entropic", epsilon=0.05, retries=3, debias=False))
     assert seen == [0.05, 0.1, 0.2] and r.retries == 2 and r.epsilon == 0.2
     seen.clear()
     with pytest.raises(GromovError, match="retries"):
-        gw_distance(x, y, GWSettings(method="entropic", epsilon=0.01, retries=2))
+        gw_distance(x, y, GWSettings(method="entropic", epsilon=0.01, retries=2, debias=False))
+
+
+def test_debiased_entropic_gw_removes_the_self_term_and_orders_a_noise_ladder():
+    from scoreplex.merging.synthetic import ladder_check, summarise_ladders
+
+    raw = GWSettings(method="entropic", debias=False)
+    deb = GWSettings(method="entropic")
+    assert deb.debiased and not raw.debiased and not GWSettings(method="exact").debiased
+    kw = dict(kinds=("clusters-3", "gaussian"), seeds=(0, 1), n=40, dim=6)
+    d, r = ladder_check(deb, **kw), ladder_check(raw, **kw)
+    sd, sr = summarise_ladders(d), summarise_ladders(r)
+    assert sd["mean_self_distance"] == 0.0 and sr["mean_self_distance"] > 0  # the bias debiasing removes
+    assert sd["isometry_over_unrelated"] < 0.05 < sr["isometry_over_unrelated"]  # isometric copies read as ~equal
+    assert sd["mean_spearman"] >= 0.9 and sd["mean_spearman"] > sr["mean_spearman"]
+    x, y = _blobs(np.random.default_rng(0), 30, 3), _blobs(np.random.default_rng(1), 30, 2)
+    assert gw_distance(x, y).raw_distance is None  # exact by default: nothing to debias
+    res = gw_distance(x, y, deb)
+    assert res.distance == pytest.approx(res.raw_distance - sum(res.self_distances) / 2, abs=1e-12)
+    with pytest.raises(ConfigError, match="exact GW"):
+        GWSettings(method="exact", debias=True)
+
+
+def test_debiasing_solves_the_three_terms_at_one_epsilon_and_clamps_negatives():
+    def res(d, eps):
+        return gromov.GWResult(d, "entropic", eps, 10, True, 0.0)
+
+    calls = []
+
+    def resolve(which, eps):
+        calls.append((which, eps))
+        return res(0.05, eps)
+
+    r = gromov.debiased(res(0.3, 0.1), res(0.2, 0.05), res(0.1, 0.1), resolve)
+    assert calls == [("xx", 0.1)] and r.distance == pytest.approx(0.3 - 0.025 - 0.05) and r.epsilon == 0.1
+    assert any("re-solved" in n for n in r.notes)
+    r = gromov.debiased(res(0.1, 0.05), res(0.3, 0.05), res(0.1, 0.05), resolve)
+    assert r.distance == 0.0 and any("clamped" in n for n in r.notes) and r.raw_distance == 0.1
+
+
+def test_debiased_gw_matrix_sends_self_pairs_through_the_pair_map():
+    rng = np.random.default_rng(5)
+    feats = {"a": _blobs(rng, 30, 2), "b": _blobs(rng, 30, 3), "c": rng.normal(size=(30, 5))}
+    s = GWSettings(method="entropic")
+    seen = []
+
+    def recording_map(ready, pairs, settings):  # what a remote map sees: raw settings, cross and self pairs
+        seen.append((list(pairs), settings.debias))
+        yield from reversed(list(gromov.local_pairs(ready, pairs, settings)))
+
+    m = gw_matrix(feats, s, progress=False, pair_map=recording_map)
+    pairs, debias = seen[0]
+    assert debias is False and {("a", "a"), ("b", "b"), ("c", "c"), ("a", "b")} <= set(pairs) and len(pairs) == 6
+    d = m.distances
+    assert np.allclose(d, d.T) and np.all(np.diag(d) == 0) and np.all(d >= 0)
+    assert d[0, 1] == pytest.approx(gw_distance(feats["a"], feats["b"], s).distance, rel=1e-9)
+    assert all(p["raw_distance"] is not None and len(p["self_distances"]) == 2 for p in m.pairs)
+    assert [(p["a"], p["b"]) for p in m.pairs] == [("a", "b"), ("a", "c"), ("b", "c")]
 
 
 def test_quantized_gw_keeps_the_mass_and_tracks_the_exact_value():
@@ -138,6 +196,26 @@ def test_optimal_plan_matches_brute_force(n, k, balanced, max_size):
     assert plan.n_groups == k and all(lo <= len(g) <= hi for g in plan.groups)
     assert plan_score(plan, s, ids) == pytest.approx(best)
     assert plan.extra["objective"] == pytest.approx(best)
+
+
+def test_loss_plan_minimises_the_summed_pairwise_loss():
+    rng = np.random.default_rng(11)
+    ids = [f"t{i}" for i in range(6)]
+    a = rng.uniform(size=(6, 6))
+    losses = (a + a.T) / 2
+    np.fill_diagonal(losses, np.nan)  # a pair of a task with itself is never measured
+    plan = loss_plan(losses, ids, 3)
+    clean = np.nan_to_num(losses)
+
+    def total(groups):
+        return sum(clean[ids.index(x), ids.index(y)] for g in groups for x, y in itertools.combinations(g, 2))
+
+    best = min(total(p) for p in _all_partitions(ids) if len(p) == 3 and all(len(g) == 2 for g in p))
+    assert plan.extra["total_loss"] == pytest.approx(best) and total(plan.groups) == pytest.approx(best)
+    with pytest.raises(ConfigError, match="symmetric"):
+        loss_plan(clean + np.triu(np.ones((6, 6)), 1), ids, 3)
+    with pytest.raises(ConfigError, match="shape"):
+        loss_plan(clean[:5, :5], ids, 3)
 
 
 def test_plan_search_errors_are_clear():

@@ -18,7 +18,7 @@ from scoreplex.cli import app
 from scoreplex.engine import onnx_export
 from scoreplex.engine.onnx_export import export_onnx
 from scoreplex.errors import ConfigError
-from scoreplex.merging import gwsmm
+from scoreplex.merging import similarity  # where the merge looks up its features and GW matrix
 from scoreplex.merging.gwsmm import MergeJob, run_merge
 from scoreplex.methods import MethodSettings
 
@@ -72,8 +72,8 @@ def test_export_onnx_refuses_a_bad_out_dir_before_loading_the_model(suite, tmp_p
 @pytest.mark.parametrize("kind", KINDS)
 def test_merge_refuses_a_bad_out_dir_before_any_work(suite, demo_datasets, demo_files, tmp_path, monkeypatch, kind):
     out, obstacle = bad_folder(tmp_path, kind)
-    forbid(monkeypatch, gwsmm, "suite_features")
-    forbid(monkeypatch, gwsmm, "gw_matrix")
+    forbid(monkeypatch, similarity, "suite_features")
+    forbid(monkeypatch, similarity, "gw_matrix")
     with pytest.raises(ConfigError, match=rf"cannot write {re.escape(str(out))}: .*{re.escape(str(obstacle))}"):
         run_merge(suite, demo_datasets, out, MergeJob(n_groups=2), progress=False)
     result = invoke("merge", suite, demo_files["train"], out, "--groups", 2)
@@ -81,6 +81,6 @@ def test_merge_refuses_a_bad_out_dir_before_any_work(suite, demo_datasets, demo_
 
 
 def test_merge_into_an_existing_suite_is_refused_before_any_work(suite, demo_datasets, monkeypatch):
-    forbid(monkeypatch, gwsmm, "suite_features")
+    forbid(monkeypatch, similarity, "suite_features")
     with pytest.raises(ConfigError, match=rf"{re.escape(str(suite))} already holds a suite"):
         run_merge(suite, demo_datasets, suite, MergeJob(n_groups=2), progress=False)

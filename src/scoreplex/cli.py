@@ -886,8 +886,17 @@ def merge(
         Path | None, typer.Option("--plan", help="Merge plan JSON {'groups': [[task, ...], ...]} instead of a search.")
     ] = None,
     plan_method: Annotated[
-        str, typer.Option(help="'gw' (exact best partition by GW similarity) or 'clustering' (average linkage).")
+        str, typer.Option(help="'gw' (exact best partition by the similarity) or 'clustering' (average linkage).")
     ] = "gw",
+    similarity: Annotated[
+        str,
+        typer.Option(
+            help="Task similarity the plan is searched by: gw (debiased when entropic), gw-debiased, gw-raw, cka "
+            "(linear CKA on a shared probe set), task-vector (cosine of weight updates) or text (TF-IDF of prompt "
+            "+ rubric)."
+        ),
+    ] = "gw",
+    probe_size: Annotated[int, typer.Option(help="Responses in the shared probe set of --similarity cka.")] = 500,
     balanced: Annotated[
         bool, typer.Option(help="Group sizes floor(T/T')..ceil(T/T'); --no-balanced allows any size.")
     ] = True,
@@ -923,7 +932,9 @@ def merge(
         ),
     ] = None,
 ) -> None:
-    """Merge task models GW-SMM style: features -> Gromov-Wasserstein distances -> merge plan -> TIES per group.
+    """Merge task models GW-SMM style: features -> Gromov-Wasserstein distances (or another --similarity) -> merge
+    plan -> TIES per group. Entropic GW is debiased by default (GW(X,Y) - GW(X,X)/2 - GW(Y,Y)/2); --similarity
+    gw-raw gives the earlier raw values.
 
     Writes a suite that `scoreplex evaluate/score/info` load like any other (one encoder per group, one head per
     task) and OUT/report/{report.json, report.md, gw-heatmap.png, before-after.png}.
@@ -947,6 +958,8 @@ def merge(
         job = MergeJob(
             n_groups=groups,
             plan_method=plan_method,
+            similarity=similarity,
+            probe_size=probe_size,
             plan_file=str(plan) if plan else None,
             max_size=max_group_size,
             balanced=balanced,

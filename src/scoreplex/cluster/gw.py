@@ -3,8 +3,10 @@
 Each task's feature set is prepared once on the driver (k-means summary, normalised cost matrix:
 :func:`scoreplex.merging.gromov.prepare`) and put in Ray's object store once; every pair is then one Ray task running
 :func:`scoreplex.merging.gromov.gw_distance` on two of those objects, the same function on the same inputs as the
-local loop, so the matrix is the local one. A pair is small work (milliseconds to a minute), which suits Ray tasks;
-the object store keeps each ``(m, m)`` cost matrix in one copy per node instead of one per pair.
+local loop, so the matrix is the local one (debiased entropic GW adds the ``T`` self pairs ``(a, a)``, run the
+same way; :func:`~scoreplex.merging.gromov.gw_matrix` combines them). A pair is small work (milliseconds to a
+minute), which suits Ray tasks; the object store keeps each ``(m, m)`` cost matrix in one copy per node instead of
+one per pair.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 each group's encoders (TIES, task arithmetic, DARE-TIES) and keep every task's head.
 
 features.py  each task model's features of its own responses (cached)
-gromov.py    pairwise GW distances (POT, exact / entropic, numerics checked) and normalised similarities
-plan.py      merge plans: exact optimal partition, average-linkage clustering, random plans, plan files
+gromov.py    pairwise GW distances (POT, exact / entropic, debiased, numerics checked) and normalised similarities
+similarity.py  the similarities a plan can be searched by (GW, linear CKA, task vectors, text) and their registry
+synthetic.py point clouds of known similarity, to check that a GW distance orders them
+plan.py      merge plans: exact optimal partition, measured-loss reference, clustering, random plans, plan files
 merge.py     merging state dicts and LoRA adapters against the pretrained base
 merged_suite.py  merged suites, head re-fit, plans evaluated side by side
 gwsmm.py     the whole method end to end: features -> GW -> plan -> merged suite + report (`scoreplex merge`)
@@ -13,10 +15,20 @@ from scoreplex.merging.features import FeatureSettings, extract_features, suite_
 from scoreplex.merging.gromov import GromovError, GWMatrix, GWSettings, gw_distance, gw_matrix, normalised_similarity
 from scoreplex.merging.merge import MERGE_METHODS, MergeSettings, merge_lora, merge_state_dicts
 from scoreplex.merging.merged_suite import GroupMerger, PlanEvaluator, merge_suite, refit_head, unmerged_plan
-from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score, random_plans
+from scoreplex.merging.plan import MergePlan, clustering_plan, loss_plan, optimal_plan, plan_score, random_plans
+from scoreplex.merging.similarity import (
+    SIMILARITIES,
+    SimilarityMatrix,
+    cka_matrix,
+    cosine_matrix,
+    linear_cka,
+    planner_similarity,
+    text_matrix,
+)
 
 __all__ = [
     "MERGE_METHODS",
+    "SIMILARITIES",
     "FeatureSettings",
     "GWMatrix",
     "GWSettings",
@@ -25,18 +37,25 @@ __all__ = [
     "MergePlan",
     "MergeSettings",
     "PlanEvaluator",
+    "SimilarityMatrix",
+    "cka_matrix",
     "clustering_plan",
+    "cosine_matrix",
     "extract_features",
     "gw_distance",
     "gw_matrix",
+    "linear_cka",
+    "loss_plan",
     "merge_lora",
     "merge_state_dicts",
     "merge_suite",
     "normalised_similarity",
     "optimal_plan",
     "plan_score",
+    "planner_similarity",
     "random_plans",
     "refit_head",
     "suite_features",
+    "text_matrix",
     "unmerged_plan",
 ]

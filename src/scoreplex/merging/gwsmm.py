@@ -1,4 +1,8 @@
-"""GW-SMM end to end (paper 000): features -> GW distances -> plan -> merged suite + report (``scoreplex merge``)."""
+"""GW-SMM end to end (paper 000): features -> GW distances -> plan -> merged suite + report (``scoreplex merge``).
+
+The plan search takes any registered task similarity (:mod:`scoreplex.merging.similarity`): GW (the method's own;
+debiased for entropic solves), linear CKA, task-vector cosine or rubric text similarity.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ from typing import Any
 
 from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError
-from scoreplex.merging.features import FeatureSettings, suite_features
-from scoreplex.merging.gromov import GWSettings, PairMap, gw_matrix
+from scoreplex.merging.features import FeatureSettings
+from scoreplex.merging.gromov import GWSettings, PairMap
 from scoreplex.merging.merge import MergeSettings
 from scoreplex.merging.merged_suite import PlanEvaluator, merge_suite, unmerged_plan
 from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score
+from scoreplex.merging.similarity import SimilarityInputs, get_similarity
 from scoreplex.suite import Suite, write_json_atomic
 
 PLAN_METHODS = ("gw", "clustering")
@@ -32,6 +37,10 @@ class MergeJob:
     min_size: int | None = None
     max_size: int | None = None
     balanced: bool = True
+    similarity: str = "gw"
+    """The task similarity the plan is searched by (:data:`~scoreplex.merging.similarity.SIMILARITIES`)."""
+    probe_size: int = 500
+    """Responses in the shared probe set of ``similarity="cka"``."""
     features: FeatureSettings = field(default_factory=FeatureSettings)
     gw: GWSettings = field(default_factory=GWSettings)
     merge: MergeSettings = field(default_factory=MergeSettings)
@@ -44,6 +53,14 @@ class MergeJob:
             from scoreplex.errors import unknown_name
 
             raise unknown_name("plan method", self.plan_method, PLAN_METHODS)
+        get_similarity(self.similarity)  # an unknown name fails here, listing the valid ones
+        if self.similarity == "gw-debiased" and self.gw.method == "exact":
+            raise ConfigError(
+                "similarity 'gw-debiased' with the exact GW solver: exact GW(X, X) is 0, there is nothing to debias; "
+                "use the entropic solver, or similarity 'gw'."
+            )
+        if self.probe_size < 2:
+            raise ConfigError(f"probe_size={self.probe_size}; the CKA probe set needs at least 2 responses.")
 
 
 def run_merge(
@@ -57,7 +74,8 @@ def run_merge(
     progress: bool = True,
     gw_pairs: PairMap | None = None,
 ) -> dict[str, Any]:
-    """Features -> GW distances -> plan -> merged suite in ``out_dir`` (+ ``out_dir/report``: JSON, markdown, plots).
+    """Features -> task similarity (GW by default) -> plan -> merged suite in ``out_dir`` (+ ``out_dir/report``:
+    JSON, markdown, plots).
 
     ``suite`` is an open :class:`~scoreplex.suite.Suite` (or its folder): its files are read and verified once for
     features, merging and head re-fits. ``data`` holds each task's scored responses: features come from them, and a
@@ -99,18 +117,29 @@ def run_merge(
     report_dir = out / "report"
     t0 = time.perf_counter()
     splits = {t: train_val_split(d, val_fraction=job.val_fraction, seed=job.seed) for t, d in data.items()}
-    feats = suite_features(
-        scorer, data, job.features, cache_dir=out.parent / f".{out.name}-features", progress=progress
+    inputs = SimilarityInputs(
+        scorer,
+        data,
+        job.features,
+        job.gw,
+        probe_size=job.probe_size,
+        pair_map=gw_pairs,
+        cache_dir=out.parent / f".{out.name}-features",
+        progress=progress,
     )
-    matrix = gw_matrix(feats, job.gw, progress=progress, pair_map=gw_pairs)
-    sim = matrix.similarity()
+    measure = get_similarity(job.similarity).compute(inputs)
+    sim = measure.similarity()
     if plan is not None:
         pass
     elif job.plan_method == "gw":
         plan = optimal_plan(sim, ids, job.n_groups, min_size=job.min_size, max_size=job.max_size, balanced=job.balanced)
+        plan.source = f"{job.similarity}-optimal"
     else:
-        plan = clustering_plan(matrix.distances, ids, job.n_groups)
-    plan.extra["gw_objective"] = plan_score(plan, sim, ids)
+        plan = clustering_plan(measure.distances(), ids, job.n_groups)
+    plan.extra["similarity"] = job.similarity
+    plan.extra["similarity_objective"] = plan_score(plan, sim, ids)
+    if "gw" in measure.info:
+        plan.extra["gw_objective"] = plan.extra["similarity_objective"]
     refit = ({t: s[0] for t, s in splits.items()}, {t: s[1] for t, s in splits.items()}) if job.refit else None
     merged = merge_suite(scorer, plan, out, job.merge, refit=refit, progress=progress)
     report: dict[str, Any] = {
@@ -118,22 +147,32 @@ def run_merge(
         "merged_suite": str(out),
         "job": {**asdict(job), "features": asdict(job.features), "gw": asdict(job.gw), "merge": asdict(job.merge)},
         "plan": plan.to_dict(),
-        "gw": matrix.to_dict(),
+        "similarity": measure.to_dict(),
         "storage": {"before_bytes": scorer.suite.total_bytes, "after_bytes": merged.total_bytes},
     }
+    if "gw" in measure.info:
+        report["gw"] = measure.info["gw"]
     report["storage"]["ratio"] = report["storage"]["before_bytes"] / report["storage"]["after_bytes"]
     report_dir.mkdir(parents=True, exist_ok=True)
-    plot_gw_heatmap(matrix.distances, ids, plan.groups, report_dir / "gw-heatmap.png")
+    kind = get_similarity(job.similarity)
+    plot_gw_heatmap(
+        measure.values,
+        ids,
+        plan.groups,
+        report_dir / "gw-heatmap.png",
+        label=f"{job.similarity} {kind.kind} ({'lower' if kind.kind == 'distance' else 'higher'} = more alike)",
+        higher_is_closer=kind.kind == "similarity",
+    )
     md = [
         f"# Merge report: {scorer.suite.root} -> {out}",
         "",
         f"Plan ({plan.source or plan.name}): " + " | ".join(", ".join(g) for g in plan.groups),
         "",
-        f"GW ({job.gw.method}) over {len(ids)} tasks in {matrix.seconds:.1f} s; storage "
+        f"Similarity {job.similarity} ({get_similarity(job.similarity).description}) over {len(ids)} tasks; storage "
         f"{report['storage']['before_bytes'] / 1e6:,.1f} MB -> {report['storage']['after_bytes'] / 1e6:,.1f} MB "
         f"({report['storage']['ratio']:.2f}x smaller).",
         "",
-        "![GW distances](gw-heatmap.png)",
+        f"![{job.similarity} {kind.kind}](gw-heatmap.png)",
     ]
     if eval_data is not None:
         evaluator = PlanEvaluator(scorer, {t: eval_data[t] for t in ids if t in eval_data}, job.merge)

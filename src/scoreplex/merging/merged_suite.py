@@ -21,7 +21,7 @@ import torch
 
 from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError, SuiteError
-from scoreplex.merging.merge import MergeSettings, merge_lora, merge_state_dicts
+from scoreplex.merging.merge import MergeSettings, lora_deltas, merge_lora, merge_state_dicts
 from scoreplex.merging.plan import MergePlan
 from scoreplex.methods import MethodSettings, TaskModel, methods_with, split_state
 from scoreplex.metrics import evaluate_task, mean_over_tasks
@@ -85,6 +85,18 @@ class GroupMerger:
             )
         group.info["seconds"] = round(time.perf_counter() - t0, 3)
         return group
+
+    def task_vector(self, task_id: str) -> dict[str, torch.Tensor]:
+        """The task's encoder update, float32 by tensor name: ``theta_t - theta_0`` for every floating encoder tensor
+        of a full fine-tune; ``scaling * B @ A`` per adapted module of a LoRA adapter (the dense update it adds)."""
+        info, tensors = self.suite.load_module(task_id)
+        if self.method.capabilities.has_adapters:
+            cfg = info["config"]
+            return lora_deltas(split_state(tensors, "lora."), cfg["lora_alpha"] / cfg["lora_r"])
+        state = split_state(tensors, "encoder.")
+        return {
+            k: state[k].float() - b.float() for k, b in self._base.items() if torch.is_floating_point(b) and k in state
+        }
 
     def task_model(self, group: MergedGroup, task_id: str, head_state: Mapping[str, torch.Tensor] | None = None):
         """A scoring model of ``task_id`` on its group's merged encoder, with its own head (or ``head_state``)."""

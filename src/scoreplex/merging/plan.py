@@ -7,7 +7,8 @@ than pretend). Because every pair adds a non-negative similarity, the objective 
 group and many singletons; group-size limits (``min_size`` / ``max_size``; by default balanced groups, as the paper's
 trios of 9 tasks) keep plans comparable. Baselines: the authors' average-linkage clustering, seeded random plans
 (drawn uniformly among the partitions that meet the same size limits), and plans read from a JSON file (an expert's
-or an LLM's).
+or an LLM's). :func:`loss_plan` is the reference a similarity is measured against: the optimal plan for the measured
+pairwise merge losses themselves.
 """
 
 from __future__ import annotations
@@ -193,6 +194,39 @@ def optimal_plan(
     return MergePlan(
         name=name, groups=groups, source="gw-optimal", extra={"objective": float(value), "size_limits": [lo, hi]}
     )
+
+
+def loss_plan(
+    losses: np.ndarray,
+    task_ids: list[str],
+    n_groups: int,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    balanced: bool = True,
+    name: str = "measured-loss",
+) -> MergePlan:
+    """The plan that minimises the total measured loss over pairs merged together: :func:`optimal_plan` with
+    similarity ``-losses`` (unscaled, so the objective is minus the summed pairwise losses).
+
+    ``losses`` ``(T, T)``: e.g. the validation QWK lost when merging each pair of tasks alone (higher = worse to
+    merge); symmetric, finite off the diagonal (the diagonal is ignored and may be NaN). What any similarity could at
+    best achieve if pairwise losses added up, the reference planner of issue 15.
+
+    Raises:
+        ConfigError: wrong shape, asymmetric or non-finite off-diagonal losses, or infeasible size limits.
+    """
+    d = np.array(losses, dtype=np.float64)
+    n = len(task_ids)
+    if d.shape != (n, n):
+        raise ConfigError(f"pairwise losses of shape {d.shape} for {n} tasks; give a ({n}, {n}) matrix.")
+    np.fill_diagonal(d, 0.0)
+    if not np.all(np.isfinite(d)) or not np.allclose(d, d.T):
+        raise ConfigError("pairwise losses must be finite and symmetric off the diagonal (loss of i+j = loss of j+i).")
+    plan = optimal_plan(-d, task_ids, n_groups, min_size=min_size, max_size=max_size, balanced=balanced, name=name)
+    plan.source = "measured-loss-optimal"
+    plan.extra["total_loss"] = -plan.extra.pop("objective")
+    return plan
 
 
 def clustering_plan(

@@ -17,16 +17,37 @@ def _plt():
     return plt
 
 
+def off_diagonal_range(matrix: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of a square matrix's off-diagonal entries (``(0, 1)`` for a 1 x 1 matrix): a heatmap's colour
+    limits, so the trivial diagonal does not stretch the scale."""
+    m = np.asarray(matrix, dtype=np.float64)
+    off = ~np.eye(len(m), dtype=bool)
+    return (float(m[off].min()), float(m[off].max())) if off.any() else (0.0, 1.0)
+
+
 def plot_gw_heatmap(
-    distances: np.ndarray, task_ids: Sequence[str], groups: Sequence[Sequence[str]], path: str | Path, title: str = ""
+    distances: np.ndarray,
+    task_ids: Sequence[str],
+    groups: Sequence[Sequence[str]],
+    path: str | Path,
+    title: str = "",
+    *,
+    label: str = "GW distance (lower = more alike)",
+    higher_is_closer: bool = False,
 ) -> None:
-    """GW distances with tasks ordered by group and each group boxed."""
+    """A task-by-task matrix (GW distances, or any similarity with ``higher_is_closer``) with tasks ordered by group
+    and each group boxed. The colour scale spans the off-diagonal entries only and the diagonal is masked (grey): a
+    zero (distance) or one (similarity) diagonal would otherwise squeeze the pairs that matter into a few colours."""
     plt = _plt()
     order = [t for g in groups for t in g]
     pos = [list(task_ids).index(t) for t in order]
-    d = np.asarray(distances)[np.ix_(pos, pos)]
+    d = np.asarray(distances, dtype=np.float64)[np.ix_(pos, pos)]
+    shown = np.ma.masked_array(d, mask=np.eye(len(order), dtype=bool))
+    lo, hi = off_diagonal_range(d)
+    cmap = plt.get_cmap("viridis" if higher_is_closer else "viridis_r").copy()
+    cmap.set_bad("lightgrey")
     fig, ax = plt.subplots(figsize=(6.4, 5.4))
-    im = ax.imshow(d, cmap="viridis_r")
+    im = ax.imshow(shown, cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
     ax.set_xticks(range(len(order)), order, rotation=60, ha="right")
     ax.set_yticks(range(len(order)), order)
     start = 0
@@ -37,8 +58,8 @@ def plot_gw_heatmap(
         for j in range(len(order)):
             if i != j:
                 ax.text(j, i, f"{d[i, j]:.3f}", ha="center", va="center", fontsize=6, color="white")
-    fig.colorbar(im, ax=ax, label="GW distance (lower = more alike)")
-    ax.set_title(title or "GW distances; red boxes = merged groups")
+    fig.colorbar(im, ax=ax, label=label + "; diagonal left out")
+    ax.set_title(title or f"{label.split(' (')[0]}; red boxes = merged groups")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
