@@ -201,3 +201,40 @@ def test_score_url_writes_the_local_output_and_refuses_a_finished_one(
     args = ["score", str(served_suite), str(data), str(tmp_path / "k.csv"), "--url", server, *common]
     nokey = runner.invoke(app, args, env={"SCOREPLEX_KEY": None})
     assert nokey.exit_code == 2 and "scorer role" in nokey.output and "Traceback" not in nokey.output
+
+
+def test_score_url_interrupted_resumes_to_the_uninterrupted_file(
+    server,
+    served_suite,  # noqa: F811
+    texts,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch,
+):
+    """Ctrl-C during `score --url` keeps the chunks the server already answered; the same command then resumes after
+    them and ends with the file an uninterrupted run writes."""
+    from scoreplex import streaming
+
+    rows = [{"id": f"s{i}", "task": t, "text": x} for i, (t, x) in enumerate(_pairs(texts, QV_TASKS))]
+    data = write_table(tmp_path / "in.csv", rows)
+    whole, out = tmp_path / "whole.csv", tmp_path / "out.csv"
+    args = ["--url", server, "--key", SCORER_KEY, "--no-progress", "--chunk-rows", "4"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["score", str(served_suite), str(data), str(whole), *args])
+    assert r.exit_code == 0, r.output
+
+    real, calls = streaming.score_chunk, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(streaming, "score_chunk", interrupted)
+    r = runner.invoke(app, ["score", str(served_suite), str(data), str(out), *args])
+    assert r.exit_code == 130 and "resume" in r.output
+    assert streaming.read_progress(out)["rows_done"] == 8
+    monkeypatch.undo()
+    r = runner.invoke(app, ["score", str(served_suite), str(data), str(out), *args])
+    assert r.exit_code == 0 and "resumed after 8 rows" in r.output, r.output
+    assert out.read_bytes() == whole.read_bytes()
