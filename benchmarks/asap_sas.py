@@ -87,6 +87,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--max-length", type=int, default=0, help="token cap (default: 99th percentile of the items' training lengths)"
     )
+    ap.add_argument(
+        "--lora-targets", default="", help="LoRA targets for this run (qv, all-linear, ...; default: METHOD_SETTINGS)"
+    )
+    ap.add_argument("--lora-lr", type=float, default=0.0, help="LoRA learning rate (default: the method's)")
+    ap.add_argument("--lora-epochs", type=int, default=0, help="LoRA maximum epochs (default: the method's)")
     return ap.parse_args(argv)
 
 
@@ -102,6 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
         m: replace(c, epochs=min(c.epochs, args.max_epochs)) if args.max_epochs else c
         for m, c in METHOD_CONFIGS.items()
     }
+    if args.lora_lr or args.lora_epochs:
+        changes = {"lr": args.lora_lr or configs["lora"].lr, "epochs": args.lora_epochs or configs["lora"].epochs}
+        configs["lora"] = replace(configs["lora"], **changes)
+    if args.lora_targets:
+        METHOD_SETTINGS["lora"] = replace(METHOD_SETTINGS["lora"], lora_targets=args.lora_targets)
     items = [int(i) for i in args.items.split(",") if i.strip()] or None
     train_all = load_asap_sas(args.data, split="train", items=items)
     test_all = load_asap_sas(args.data, split="test", items=items)
