@@ -105,3 +105,33 @@ def task_table(results: Mapping[str, Mapping], task_ids: Sequence[str], metric: 
         means.append(f"**{np.mean(vals):.3f}**" if vals else "–")
     lines.append("| mean | " + " | ".join(means) + " |")
     return "\n".join(lines)
+
+
+def plot_loss_scatter(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, float | None, str]],
+    path: str | Path,
+    ylabel: str = "merge loss",
+) -> None:
+    """One scatter panel per measure: ``panels[name] = (measure values, losses, Spearman rho or None, kind)`` over
+    the same pairs (NaN losses: pairs not measured, left out). ``kind`` (``distance`` / ``similarity``) labels the
+    x axis with the direction in which pairs are more alike."""
+    plt = _plt()
+    names = list(panels)
+    cols = min(4, max(len(names), 1))
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.ravel()[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        x, y, rho, kind = panels[name]
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        keep = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[keep], y[keep], s=14, alpha=0.8)
+        ax.set_title(f"{name}\nrho = {'–' if rho is None else f'{rho:.2f}'}", fontsize=8)
+        ax.set_xlabel(f"{kind} ({'lower' if kind == 'distance' else 'higher'} = more alike)", fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
