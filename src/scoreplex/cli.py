@@ -113,6 +113,17 @@ BackboneOpt = Annotated[
 ]
 
 
+def _ray_opt(what: str, without: str | None = None):
+    """The ``--ray ADDRESS`` option of a command: ``what`` it does on Ray, and what happens without it."""
+    return typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help=f"{what} 'local' starts a Ray cluster on this machine, 'auto' joins the one `ray start --head` "
+        "started, or give a cluster's address. Needs pip install 'scoreplex[ray]'.",
+        show_default=without or False,
+    )
+
+
 def _mapping(values: list[str] | None, option: str, default_dim: str = "score") -> dict[str, str] | None:
     from scoreplex.errors import ConfigError
 
@@ -325,12 +336,9 @@ def train(
     ] = True,
     ray: Annotated[
         str | None,
-        typer.Option(
-            "--ray",
-            help="Train on a Ray cluster, one Ray task per task (same modules as without): 'local' starts a "
-            "cluster on this machine, 'auto' joins the one `ray start --head` started here, or give its address. "
-            "Per-task methods only; needs pip install 'scoreplex[ray]'.",
-            show_default="train here, one task after another",
+        _ray_opt(
+            "Train on a Ray cluster, one Ray task per task (same modules as without; per-task methods only).",
+            "train here, one task after another",
         ),
     ] = None,
     ray_cpus_per_task: Annotated[
@@ -712,12 +720,9 @@ def score(
     ] = None,
     ray: Annotated[
         str | None,
-        typer.Option(
-            "--ray",
-            metavar="ADDRESS",
-            help="Score on a Ray cluster with Ray Data (needs pip install 'scoreplex[ray]'): 'local' starts one "
-            "here, 'auto' joins `ray start --head`, or a cluster address. Same output as without --ray, but not "
-            "resumable: an interrupted run starts over. The suite must be at the same path on every node.",
+        _ray_opt(
+            "Score on a Ray cluster with Ray Data: the same output as without --ray, but not resumable (an "
+            "interrupted run starts over); the suite must be at the same path on every node."
         ),
     ] = None,
     ray_actors: Annotated[
@@ -923,13 +928,7 @@ def merge(
     encoding: EncodingOpt = "utf-8",
     delimiter: DelimiterOpt = None,
     ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="Compute the GW pairs as Ray tasks (the same matrix): 'local' starts a cluster on this machine, "
-            "'auto' joins `ray start --head`, or give its address. Needs pip install 'scoreplex[ray]'.",
-            show_default="here, one pair after another",
-        ),
+        str | None, _ray_opt("Compute the GW pairs as Ray tasks (the same matrix).", "here, one pair after another")
     ] = None,
 ) -> None:
     """Merge task models GW-SMM style: features -> Gromov-Wasserstein distances (or another --similarity) -> merge
@@ -1208,14 +1207,7 @@ def serve(
     shutdown_timeout_s: Annotated[
         float | None, typer.Option("--shutdown-timeout", help="Seconds queued requests get on SIGTERM (default 30).")
     ] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="Serve on Ray Serve: 'local' starts a Ray cluster here, 'auto' joins `ray start --head`, or a "
-            "cluster address (needs pip install 'scoreplex[ray]').",
-        ),
-    ] = None,
+    ray: Annotated[str | None, _ray_opt("Serve on Ray Serve, one engine per replica.")] = None,
     replicas: Annotated[int | None, typer.Option("--replicas", help="With --ray: replicas (default 1).")] = None,
     min_replicas: Annotated[
         int | None, typer.Option("--min-replicas", help="With --ray: autoscale from this many replicas.")

@@ -569,6 +569,11 @@ class ScoringRun:
     header: list[str]
     """The output's columns (:func:`output_columns`)."""
 
+    def row_check(self, chunk) -> RowCheck:
+        """The check of every input row (task, id, text) made against the first chunk's columns, with the
+        scoring run's fix for an unknown task: the same for every scorer of a file."""
+        return RowCheck(chunk, self.columns, self.specs, unknown_fix=_UNKNOWN_TASK_FIX, most=20)
+
 
 def open_run(
     suite, input_path: str | os.PathLike[str], output_path: str | os.PathLike[str], columns, options: StreamOptions
@@ -674,7 +679,7 @@ def stream_scores(
             with _Progress(options.progress, f"scoring {source.name}", total, resumed) as bar:
                 for chunk in chunks:
                     # columns are checked once, against the first chunk's (for JSON Lines, the keys of its records)
-                    check = check or RowCheck(chunk, cmap, specs, unknown_fix=_UNKNOWN_TASK_FIX, most=20)
+                    check = check or run.row_check(chunk)
                     ids, task_ids, texts, rows = [], [], [], []
                     for record, row in zip(chunk, chunk.rows, strict=True):
                         task_id, rid, text = check(record, row)  # rows done before are re-checked, for their ids

@@ -173,7 +173,6 @@ def score_file_ray(
     import logging
 
     from scoreplex import streaming
-    from scoreplex.data.readers import RowCheck
 
     log = log or logging.getLogger(__name__).info
     options = streaming.StreamOptions(**options)
@@ -200,7 +199,7 @@ def score_file_ray(
             )
         cluster, refs, check, records = None, [], None, 0
         for chunk in run.chunks:
-            check = check or RowCheck(chunk, run.columns, specs, unknown_fix=streaming._UNKNOWN_TASK_FIX, most=20)
+            check = check or run.row_check(chunk)
             checked = [check(record, row) for record, row in zip(chunk, chunk.rows, strict=True)]
             if not checked:
                 continue

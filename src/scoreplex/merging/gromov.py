@@ -292,13 +292,20 @@ def gw_distance(x: np.ndarray | Prepared, y: np.ndarray | Prepared, settings: GW
     cross = _checked(px, py, settings, settings.epsilon)
     if not settings.debiased:
         return cross
+    return debiased(cross, self_distance(px, settings), self_distance(py, settings), _resolver(px, py, settings))
+
+
+def _resolver(px: Prepared, py: Prepared, settings: GWSettings) -> Callable[[str, float], GWResult]:
+    """The ``resolve`` of :func:`debiased` for the sets ``px``, ``py``: one raw solve at a given epsilon, no retry
+    (a self term through the set's cache)."""
+    once = replace(settings, retries=0)
 
     def resolve(which: str, eps: float) -> GWResult:
-        once = replace(settings, retries=0)
-        a, b = {"xy": (px, py), "xx": (px, px), "yy": (py, py)}[which]
-        return self_distance(a, once, eps, strict=False) if a is b else _checked(a, b, once, eps, strict=False)
+        if which == "xy":
+            return _checked(px, py, once, eps, strict=False)
+        return self_distance(px if which == "xx" else py, once, eps, strict=False)
 
-    return debiased(cross, self_distance(px, settings), self_distance(py, settings), resolve)
+    return resolve
 
 
 @dataclass
@@ -406,14 +413,7 @@ def gw_matrix(
             out: list[GWResult] = []
             for (i, j), r in zip(index[:n_cross], results[:n_cross], strict=True):
                 if settings.debiased:
-
-                    def resolve(which: str, eps: float, a: str = ids[i], b: str = ids[j]) -> GWResult:
-                        once = replace(raw, retries=0)
-                        if which == "xy":
-                            return _checked(ready[a], ready[b], once, eps, strict=False)
-                        return self_distance(ready[a if which == "xx" else b], once, eps, strict=False)
-
-                    r = debiased(r, selves[i], selves[j], resolve)
+                    r = debiased(r, selves[i], selves[j], _resolver(ready[ids[i]], ready[ids[j]], raw))
                 dist[i, j] = dist[j, i] = r.distance
                 out.append(r)
         seconds = time.perf_counter() - t0
