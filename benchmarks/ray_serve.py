@@ -40,10 +40,10 @@ from service import add_load_options, asap_test_responses, drive, free_port, sta
 
 def run_levels(url: str, rows: list, warm: list, levels: list[int], args, task_header: str | None = None) -> list:
     """The warm-up (not reported), then one closed-loop level per concurrency."""
-    asyncio.run(drive(url, warm, 2, 300.0, len(warm)))
+    asyncio.run(drive(url, warm, 2, 300.0, len(warm), client=args.client))
     out = []
     for c in levels:
-        r = asyncio.run(drive(url, rows, c, args.level_s, args.level_requests, task_header))
+        r = asyncio.run(drive(url, rows, c, args.level_s, args.level_requests, task_header, client=args.client))
         print(json.dumps(r), flush=True)
         out.append(r)
     return out
@@ -91,7 +91,15 @@ def routing(args, settings_for, deploy, undeploy, rows: list) -> dict:
         url = deploy(settings, scaling, address="local", num_cpus=args.ray_cpus)
         try:
             load = asyncio.run(
-                drive(url, rows, args.routing_concurrency, 600.0, args.routing_requests, task_header=header)
+                drive(
+                    url,
+                    rows,
+                    args.routing_concurrency,
+                    600.0,
+                    args.routing_requests,
+                    task_header=header,
+                    client=args.client,
+                )
             )
             caches = replica_caches(url, args.replicas)
         finally:
@@ -112,7 +120,7 @@ def routing(args, settings_for, deploy, undeploy, rows: list) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_load_options(ap, "1,4,16,32")
+    add_load_options(ap, "1,4,16,32", client="httpx")
     ap.set_defaults(suite="runs/asap-v2/lora")
     ap.add_argument("--replicas", type=int, default=2, help="Serve replicas")
     ap.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per Serve replica")
@@ -162,12 +170,14 @@ def main() -> None:
 
     ray.shutdown()
     top_plain, top_served = peak(plain), peak(served)
+    defaults = ServiceSettings.model_construct()
     report = {
         "command": "python benchmarks/ray_serve.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}",
         "suite": args.suite,
         "serve": f"{args.replicas} replica(s) x {args.replica_cpus:g} CPU on a local Ray cluster of {args.ray_cpus} "
-        "CPUs; server defaults (max_batch_rows 64, max_wait_ms 5, queue_size 64); one response a request",
+        f"CPUs; server defaults (max_batch_rows {defaults.max_batch_rows}, max_wait_ms {defaults.max_wait_ms:g}, "
+        f"queue_size {defaults.queue_size}); one response a request; {args.client} client",
         "ray_serve_vs_uvicorn": round(top_served["throughput_rps"] / top_plain["throughput_rps"], 3),
         "ray_serve_errors": errors(served),
         "uvicorn_errors": errors(plain),

@@ -4,14 +4,16 @@ One run: the same stream of real ASAP-SAS test responses (one response per reque
 
 1. in-process by :class:`scoreplex.engine.Engine` (the whole stream in one call: the engine's throughput; and one
    response at a time: its single-row latency), then
-2. by a `scoreplex serve` subprocess on 127.0.0.1, driven by an async httpx client at 1, 2, 4, ... requests in
-   flight (closed loop: each client sends its next request when the previous one is answered), with a uniform
-   task mix and a skewed one (Zipf-like: asap-1 most often). Each level is bounded by ``--level-s`` seconds and
+2. by a `scoreplex serve` subprocess on 127.0.0.1 with its default settings, driven by a lean asyncio HTTP/1.1
+   client (:class:`RawClient`; ``--client httpx`` for httpx) at 1, 2, 4, ... requests in flight (closed loop: each
+   client sends its next request when the previous one is answered), with a uniform task mix and a skewed one
+   (Zipf-like: asap-1 most often). Each level is bounded by ``--level-s`` seconds and
    ``--level-requests`` requests. Per level: throughput, p50/p95/p99 latency, 429s and errors, peak server RSS.
 3. at 4x the saturating concurrency (the smallest level within 5 % of the best uniform throughput): the same
    figures; a 429 is back-pressure, not an error, and its client waits Retry-After (at most 1 s) as a client should.
 
-Client and server share the machine's cores, so the HTTP figures include the client's own CPU time.
+Client and server share the machine's cores, so the HTTP figures include the client's own CPU time (reported per
+request); one extra level at the saturating concurrency is driven with httpx, for comparison.
 Writes ``service.{json,md,png}`` under ``--out``.
 
     python benchmarks/service.py --suite runs/asap-sas/lora --out docs/results
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -30,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -95,11 +99,65 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
+class RawClient:
+    """A lean HTTP/1.1 keep-alive client for the load generator: request bytes built once per row, responses read
+    by Content-Length and parsed with ``json.loads``. On 2 cores the load generator shares the CPU with the server;
+    httpx spent about 2-5 ms of CPU per request here, this client well under 1 ms, so the figures measure the
+    server rather than the client. Only what `scoreplex serve` answers is supported (no chunked bodies)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+        """(status, lower-cased headers, body); reconnects once if the kept-alive connection was closed."""
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n"
+        ).encode()
+        for attempt in (0, 1):
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                self.writer.write(head + body)
+                status_line = await self.reader.readuntil(b"\r\n")
+                hdrs: dict[str, str] = {}
+                while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+                    k, _, v = line.decode("latin-1").partition(":")
+                    hdrs[k.strip().lower()] = v.strip()
+                data = await self.reader.readexactly(int(hdrs.get("content-length", "0")))
+                if hdrs.get("connection", "").lower() == "close":
+                    await self.close()
+                return int(status_line.split()[1]), hdrs, data
+            except (asyncio.IncompleteReadError, ConnectionError):
+                await self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
 async def drive(
-    url: str, rows: list, concurrency: int, seconds: float, max_requests: int, task_header: str | None = None
+    url: str,
+    rows: list,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    task_header: str | None = None,
+    client: str = "raw",
 ) -> dict:
     """Closed-loop load: ``concurrency`` clients, each one response per request, until the time or count bound.
-    ``task_header``: a header that names each request's task (Ray Serve's routing by task), else none."""
+    ``task_header``: a header that names each request's task (Ray Serve's routing by task), else none.
+    ``client``: ``raw`` (:class:`RawClient`, the default) or ``httpx``. The client's own CPU time per request is
+    reported (``client_cpu_ms_per_request``): it is taken from the cores the server could have used."""
     import httpx
 
     lat_ms: list[float] = []
@@ -107,41 +165,59 @@ async def drive(
     kinds: dict[str, int] = {}
     next_i = 0
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    parts = urlsplit(url)
+    bodies = [json.dumps({"responses": [{"id": rid, "task": task, "text": text}]}).encode() for rid, task, text in rows]
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def post(session, i: int) -> tuple[int, dict, bytes]:
+        task = rows[i][1]
+        headers = {task_header: task} if task_header else None
+        if client == "raw":
+            return await session.post("/v1/score", bodies[i], headers)
+        r = await session.post(
+            "/v1/score", content=bodies[i], headers={"content-type": "application/json", **(headers or {})}
+        )
+        return r.status_code, dict(r.headers), r.content
+
+    async def client_loop(session) -> None:
         nonlocal next_i
         while next_i < max_requests and time.monotonic() < deadline:
-            rid, task, text = rows[next_i % len(rows)]
+            i = next_i % len(rows)
             next_i += 1
             t0 = time.perf_counter()
             try:
-                r = await client.post(
-                    "/v1/score",
-                    json={"responses": [{"id": rid, "task": task, "text": text}]},
-                    headers={task_header: task} if task_header else None,
-                )
-            except httpx.TransportError as exc:
+                status, headers, body = await post(session, i)
+            except (httpx.TransportError, OSError, asyncio.IncompleteReadError) as exc:
                 counts["transport_errors"] += 1
                 kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
                 continue
             dt = (time.perf_counter() - t0) * 1000
-            if r.status_code == 200:
+            if status == 200:
                 counts["ok"] += 1
                 lat_ms.append(dt)
-                counts["row_errors"] += sum(x["error"] is not None for x in r.json()["results"])
-            elif r.status_code == 429:
+                counts["row_errors"] += sum(x["error"] is not None for x in json.loads(body)["results"])
+            elif status == 429:
                 counts["429"] += 1
-                await asyncio.sleep(min(1.0, float(r.headers.get("retry-after", "1"))))
+                await asyncio.sleep(min(1.0, float(headers.get("retry-after", "1"))))
             else:
                 counts["http_errors"] += 1
 
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    if client == "raw":
+        sessions = [RawClient(parts.hostname, parts.port) for _ in range(concurrency)]
+        try:
+            await asyncio.gather(*(client_loop(s) for s in sessions))
+        finally:
+            for s in sessions:
+                await s.close()
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as session:
+            await asyncio.gather(*(client_loop(session) for _ in range(concurrency)))
     wall = time.perf_counter() - t0
     return {
         "concurrency": concurrency,
+        "client": client,
         "requests": next_i,
         **counts,
         "wall_s": round(wall, 2),
@@ -149,35 +225,87 @@ async def drive(
         "p50_ms": pct(lat_ms, 50),
         "p95_ms": pct(lat_ms, 95),
         "p99_ms": pct(lat_ms, 99),
+        "client_cpu_ms_per_request": round((time.process_time() - cpu0) * 1000 / max(next_i, 1), 3),
         "transport_error_kinds": kinds,
     }
 
 
-def in_process(suite: str, rows: list, singles: int) -> dict:
-    """The engine's throughput on the whole stream in one call, and its latency for one response per call."""
-    from scoreplex.engine import Engine
+class InProcess:
+    """The engine in this process, on the same streams: throughput on a whole stream in one call, and the latency
+    of one response per call."""
 
-    engine = Engine(suite)
-    pairs = [(task, text) for _, task, text in rows]
-    engine.score(
-        pairs[:64] + [(t, "warm-up") for t in engine.task_ids]
-    )  # warm-up: modules loaded, first-call allocations done
-    t0 = time.perf_counter()
-    engine.score(pairs)
-    wall = time.perf_counter() - t0
-    single = []
-    for pair in pairs[:singles]:
-        t = time.perf_counter()
-        engine.score([pair])
-        single.append((time.perf_counter() - t) * 1000)
-    return {
-        "rows": len(pairs),
-        "wall_s": round(wall, 2),
-        "throughput_rps": round(len(pairs) / wall, 2),
-        "single_p50_ms": pct(single, 50),
-        "single_p99_ms": pct(single, 99),
-        "single_calls": len(single),
-    }
+    def __init__(self, suite: str, streams: dict[str, list]) -> None:
+        from scoreplex.engine import Engine
+
+        self.engine = Engine(suite)
+        self.pairs = {mix: [(task, text) for _, task, text in rows] for mix, rows in streams.items()}
+        first = next(iter(self.pairs.values()))
+        self.engine.score(first[:64] + [(t, "warm-up") for t in self.engine.task_ids])  # modules loaded
+
+    def throughput(self, mix: str) -> float:
+        """Responses per second, the whole stream in one call."""
+        t0 = time.perf_counter()
+        self.engine.score(self.pairs[mix])
+        return len(self.pairs[mix]) / (time.perf_counter() - t0)
+
+    def single_ms(self, mix: str, calls: int) -> list[float]:
+        """Milliseconds per call of one response, for the stream's first ``calls`` responses."""
+        out = []
+        for pair in self.pairs[mix][:calls]:
+            t = time.perf_counter()
+            self.engine.score([pair])
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    def sweep(self, singles: int, repeats: int = 3) -> dict:
+        """Per stream the median throughput of ``repeats`` whole-stream calls (interleaved across the streams), and
+        for the uniform stream the single-response latency."""
+        rps: dict[str, list[float]] = {mix: [] for mix in self.pairs}
+        for _ in range(repeats):
+            for mix in self.pairs:
+                rps[mix].append(self.throughput(mix))
+        out = {
+            mix: {
+                "rows": len(self.pairs[mix]),
+                "calls": repeats,
+                "throughput_rps": round(float(np.median(v)), 2),
+                "throughput_rps_each": [round(x, 2) for x in v],
+            }
+            for mix, v in rps.items()
+        }
+        single = self.single_ms("uniform", singles)
+        out["uniform"].update(single_p50_ms=pct(single, 50), single_p99_ms=pct(single, 99), single_calls=len(single))
+        return out
+
+
+def paired_rounds(inproc: InProcess, url: str, pid: int, rows: list, concurrency: int, args) -> list[dict]:
+    """``args.pairs`` rounds, each measuring the engine in-process and the server back to back on the uniform
+    stream: throughput (whole stream in one call vs HTTP at ``concurrency`` in flight) and single-response latency
+    (``args.singles`` engine calls vs as many HTTP requests at 1 in flight). On a shared machine whose speed drifts,
+    the ratio within a round is steadier than the ratio of two figures taken minutes apart."""
+    out = []
+    for k in range(args.pairs):
+        engine_rps = inproc.throughput("uniform")
+        http = level(url, pid, rows, concurrency, args)
+        engine_single = pct(inproc.single_ms("uniform", args.singles), 50)
+        one = asyncio.run(drive(url, rows, 1, args.level_s, args.singles, client=args.client))
+        out.append(
+            {
+                "round": k + 1,
+                "engine_rps": round(engine_rps, 2),
+                "http_rps": http["throughput_rps"],
+                "throughput_ratio": round(http["throughput_rps"] / engine_rps, 3),
+                "engine_single_p50_ms": engine_single,
+                "http_single_p50_ms": one["p50_ms"],
+                "latency_ratio": round(one["p50_ms"] / engine_single, 3),
+                "http_errors": http["http_errors"] + one["http_errors"],
+                "transport_errors": http["transport_errors"] + one["transport_errors"],
+                "row_errors": http["row_errors"] + one["row_errors"],
+                "429": http["429"] + one["429"],
+            }
+        )
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def start_server(suite: str, port: int, log_path: Path) -> subprocess.Popen:
@@ -210,13 +338,14 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def add_load_options(ap: argparse.ArgumentParser, levels: str) -> None:
-    """The suite, data and load-level options (shared with benchmarks/ray_serve.py)."""
+def add_load_options(ap: argparse.ArgumentParser, levels: str, client: str = "raw") -> None:
+    """The suite, data, load-level and client options (shared with benchmarks/ray_serve.py)."""
     ap.add_argument("--suite", default="runs/asap-sas/lora", help="a LoRA/head/moe suite of the ASAP-SAS items")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--levels", default=levels, help="requests in flight, comma-separated")
     ap.add_argument("--level-s", type=float, default=12.0, help="seconds per load level at most")
     ap.add_argument("--level-requests", type=int, default=3000, help="requests per load level at most")
+    ap.add_argument("--client", choices=("raw", "httpx"), default=client, help="the load generator's HTTP client")
 
 
 def asap_test_responses(args) -> dict:
@@ -228,9 +357,9 @@ def asap_test_responses(args) -> dict:
     return load_asap_sas(args.data, split="test")
 
 
-def level(url: str, pid: int, rows: list, c: int, args) -> dict:
+def level(url: str, pid: int, rows: list, c: int, args, client: str | None = None) -> dict:
     with RssSampler(pid) as rss:
-        r = asyncio.run(drive(url, rows, c, args.level_s, args.level_requests))
+        r = asyncio.run(drive(url, rows, c, args.level_s, args.level_requests, client=client or args.client))
     r["server_rss_mb"] = round(rss.peak, 1)
     print(json.dumps(r), flush=True)
     return r
@@ -271,9 +400,10 @@ def plot(levels: dict, overload: dict | None, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_load_options(ap, "1,2,4,8,16,32")
+    add_load_options(ap, "1,2,4,8,16,32,64,128,256")
     ap.add_argument("--stream-rows", type=int, default=400, help="responses in each mix's stream")
-    ap.add_argument("--singles", type=int, default=50, help="in-process single-response calls")
+    ap.add_argument("--singles", type=int, default=50, help="single-response calls, in-process and over HTTP")
+    ap.add_argument("--pairs", type=int, default=5, help="paired rounds (engine, then server) at saturation")
     ap.add_argument("--out", default="docs/results")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -282,10 +412,8 @@ def main() -> None:
     rows = {mix: stream(data, mix, args.stream_rows, seed=i) for i, mix in enumerate(MIXES)}
 
     print("in-process engine...", flush=True)
-    engine = {mix: in_process(args.suite, rows[mix], args.singles if mix == "uniform" else 0) for mix in MIXES}
-    for mix in MIXES:
-        if not engine[mix]["single_calls"]:
-            del engine[mix]["single_p50_ms"], engine[mix]["single_p99_ms"], engine[mix]["single_calls"]
+    inproc = InProcess(args.suite, rows)
+    engine = inproc.sweep(args.singles)
     print(json.dumps(engine), flush=True)
 
     port = free_port()
@@ -307,28 +435,40 @@ def main() -> None:
             best = max(p["throughput_rps"] for p in levels["uniform"])
             sat = next(p for p in levels["uniform"] if p["throughput_rps"] >= 0.95 * best)
             overload = level(url, proc.pid, rows["uniform"], 4 * sat["concurrency"], args)
+            other = "httpx" if args.client == "raw" else "raw"
+            other_client = level(url, proc.pid, rows["uniform"], sat["concurrency"], args, client=other)
+            paired = paired_rounds(inproc, url, proc.pid, rows["uniform"], sat["concurrency"], args)
         finally:
             stop_server(proc)
         server_log = log_path.read_text(errors="replace")
     tracebacks = server_log.count("Traceback")
 
+    from scoreplex.service.settings import ServiceSettings
+
+    defaults = ServiceSettings.model_construct()
     uni = levels["uniform"]
     half = min(uni, key=lambda p: abs(p["concurrency"] - sat["concurrency"] / 2))
-    all_levels = [*levels["uniform"], *levels["skewed"], overload]
+    all_levels = [*levels["uniform"], *levels["skewed"], overload, other_client, *paired]
     load_errors = sum(p["http_errors"] + p["transport_errors"] for p in all_levels)
     peak_http = {mix: max(p["throughput_rps"] for p in levels[mix]) for mix in MIXES}
     report = {
         "command": "python benchmarks/service.py " + " ".join(sys.argv[1:]),
         "suite": args.suite,
         "cores": os.cpu_count(),
-        "server": "scoreplex serve defaults (max_batch_rows 64, max_wait_ms 5, queue_size 64); one response a request",
-        "http_vs_inprocess": round(peak_http["uniform"] / engine["uniform"]["throughput_rps"], 3),
-        "http_vs_inprocess_skewed": round(peak_http["skewed"] / engine["skewed"]["throughput_rps"], 3),
+        "server": f"scoreplex serve defaults (max_batch_rows {defaults.max_batch_rows}, max_wait_ms "
+        f"{defaults.max_wait_ms:g}, queue_size {defaults.queue_size}); one response a request",
+        "client": args.client,
+        "http_vs_inprocess": round(float(np.median([p["throughput_ratio"] for p in paired])), 3),
+        "http_vs_inprocess_rounds": [p["throughput_ratio"] for p in paired],
+        "http_vs_inprocess_sweep": round(peak_http["uniform"] / engine["uniform"]["throughput_rps"], 3),
+        "http_vs_inprocess_skewed_sweep": round(peak_http["skewed"] / engine["skewed"]["throughput_rps"], 3),
         "p99_ms_half_load": half["p99_ms"],
         "half_load_concurrency": half["concurrency"],
         "saturation_concurrency": sat["concurrency"],
-        "p50_ms_single": uni[0]["p50_ms"] if uni[0]["concurrency"] == 1 else None,
-        "engine_single_ms": engine["uniform"]["single_p50_ms"],
+        "p50_ms_single": float(np.median([p["http_single_p50_ms"] for p in paired])),
+        "engine_single_ms": float(np.median([p["engine_single_p50_ms"] for p in paired])),
+        "single_latency_ratio": round(float(np.median([p["latency_ratio"] for p in paired])), 3),
+        "single_latency_ratio_rounds": [p["latency_ratio"] for p in paired],
         "fuzz_cases": None,
         "fuzz_5xx": None,
         "load_errors": load_errors,
@@ -342,6 +482,8 @@ def main() -> None:
         "engine_in_process": engine,
         "levels": levels,
         "overload": overload,
+        "other_client_at_saturation": other_client,
+        "paired_rounds": paired,
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     out = Path(args.out)
@@ -358,16 +500,22 @@ def write_md(r: dict, path: Path) -> None:
         "# `scoreplex serve` under load vs the engine in-process",
         "",
         f"Reproduce: `{r['command']}` ({r['cores']} cores; client and server share them; {r['wall_s']} s).",
-        f"Suite `{r['suite']}`; real ASAP-SAS test responses, one per request; {r['server']}.",
+        f"Suite `{r['suite']}`; real ASAP-SAS test responses, one per request; {r['server']}; load generator: "
+        f"{r['client']} client.",
         "",
         "| figure | measured |",
         "|---|---|",
-        f"| peak HTTP throughput / in-process `Engine.score` (uniform mix) | {r['http_vs_inprocess']}x |",
-        f"| same, skewed mix | {r['http_vs_inprocess_skewed']}x |",
-        f"| in-process engine throughput (uniform / skewed, responses/s) | {e['uniform']['throughput_rps']} / "
+        f"| HTTP throughput at saturation / in-process `Engine.score`, paired rounds (median; each) | "
+        f"{r['http_vs_inprocess']}x ({', '.join(f'{x}x' for x in r['http_vs_inprocess_rounds'])}) |",
+        f"| peak HTTP throughput of the sweep / in-process (uniform; skewed) | {r['http_vs_inprocess_sweep']}x; "
+        f"{r['http_vs_inprocess_skewed_sweep']}x |",
+        "| in-process engine throughput (uniform / skewed, responses/s; median of 3 calls) | "
+        f"{e['uniform']['throughput_rps']} / "
         f"{e['skewed']['throughput_rps']} |",
-        f"| p50 latency, one response, 1 in flight (HTTP) | {r['p50_ms_single']} ms |",
-        f"| engine's own single-response latency (p50, in-process) | {r['engine_single_ms']} ms |",
+        f"| p50 latency, one response, 1 in flight (HTTP; median of the paired rounds) | {r['p50_ms_single']} ms |",
+        f"| engine's own single-response latency (p50, in-process; same rounds) | {r['engine_single_ms']} ms |",
+        f"| HTTP / engine single-response latency, paired rounds (median; each) | {r['single_latency_ratio']}x "
+        f"({', '.join(f'{x}x' for x in r['single_latency_ratio_rounds'])}) |",
         f"| saturating concurrency (within 5 % of the best throughput) | {r['saturation_concurrency']} |",
         f"| p99 latency at half load ({r['half_load_concurrency']} in flight) | {r['p99_ms_half_load']} ms |",
         f"| server RSS: idle / saturation / 4x saturation ({r['overload']['concurrency']} in flight) | "
@@ -380,20 +528,31 @@ def write_md(r: dict, path: Path) -> None:
         "",
         "Per level (closed loop: each client sends its next request when answered):",
         "",
-        "| mix | in flight | requests | ok | 429 | errors | responses/s | p50 ms | p95 ms | p99 ms | server RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mix | in flight | client | requests | ok | 429 | errors | responses/s | p50 ms | p95 ms | p99 ms | "
+        "server RSS MB | client CPU ms / request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mix, pts in [*r["levels"].items(), ("uniform, 4x saturation", [r["overload"]])]:
+    other = r["other_client_at_saturation"]
+    for mix, pts in [
+        *r["levels"].items(),
+        ("uniform, 4x saturation", [r["overload"]]),
+        (f"uniform, saturation, {other['client']} client", [other]),
+    ]:
         for p in pts:
             err = p["http_errors"] + p["transport_errors"]
             md.append(
-                f"| {mix} | {p['concurrency']} | {p['requests']} | {p['ok']} | {p['429']} | {err} | "
-                f"{p['throughput_rps']} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['server_rss_mb']} |"
+                f"| {mix} | {p['concurrency']} | {p['client']} | {p['requests']} | {p['ok']} | {p['429']} | {err} | "
+                f"{p['throughput_rps']} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['server_rss_mb']} | "
+                f"{p['client_cpu_ms_per_request']} |"
             )
     md += [
         "",
-        'Notes: "saturation" is the smallest measured level within 5 % of the best uniform throughput; on 2 cores the',
-        "throughput is nearly flat from 4 in flight on, so latency there is mostly queueing.",
+        'Notes: "saturation" is the smallest measured level within 5 % of the best uniform throughput. A paired round',
+        "measures the engine in-process and then the server at saturation (and one response at a time), back to",
+        "back: on this shared machine, whose speed drifts by +-20 % over minutes, the ratio within a round is the",
+        "steadier figure; the sweep's ratio compares figures taken minutes apart. The in-process sweep throughput is",
+        "the median of 3 whole-stream calls. Throughput grows with the batch the server can gather",
+        "(the engine sorts a batch by length, so larger batches pad less); past that, latency is queueing.",
         "The machine is shared (other processes may have run during the levels): single levels are noisy by about",
         "+-15 %.",
         "",

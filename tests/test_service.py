@@ -496,6 +496,40 @@ def test_batcher_gathers_requests_never_splits_one_and_isolates_a_failure():
     asyncio.run(main())
 
 
+def test_batcher_waits_for_company_only_under_load():
+    """A lone request on an idle batcher is scored at once, even with a long max wait; under load the batch waits
+    for the requests that arrive, and the wait ends when arrivals go quiet, not at max wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[list] = []
+
+    def score(rows):
+        calls.append(list(rows))
+        return None, rows
+
+    async def main():
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(score, pool, max_batch_rows=16, max_wait_s=3600.0, queue_size=16, quiet_s=0.5)
+            b.start()
+            # idle, one request: no waiting for the hour-long max wait
+            assert await asyncio.wait_for(b.submit(["a"]), WAIT_S) == (None, ["a"])
+            # two at once: load. A third arrives while the batch gathers and joins it.
+            first = asyncio.gather(b.submit(["b"]), b.submit(["c"]))
+            await asyncio.sleep(0.01)
+            third = b.submit(["d"])
+            assert await asyncio.wait_for(asyncio.gather(first, third), WAIT_S) == [
+                [(None, ["b"]), (None, ["c"])],
+                (None, ["d"]),
+            ]
+            assert calls[-1] == ["b", "c", "d"]
+            # after a batch of several requests, a single one waits only until arrivals go quiet
+            assert await asyncio.wait_for(b.submit(["e"]), WAIT_S) == (None, ["e"])
+            assert calls[-1] == ["e"]
+            await b.close(1.0)
+
+    asyncio.run(main())
+
+
 def test_batcher_close_finishes_queued_requests_and_cuts_off_at_the_deadline():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1177,13 +1177,18 @@ def serve(
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000; 0: any free port).")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone (default: the one the suite was trained on).")] = None,
     max_batch_rows: Annotated[
-        int | None, typer.Option("--max-batch-rows", help="Rows of concurrent requests scored together (default 64).")
+        int | None, typer.Option("--max-batch-rows", help="Rows of concurrent requests scored together (default 256).")
     ] = None,
     max_wait_ms: Annotated[
-        float | None, typer.Option("--max-wait-ms", help="How long a batch waits for more requests (default 5).")
+        float | None,
+        typer.Option(
+            "--max-wait-ms",
+            help="Under load, how long a batch waits at most for more requests (default 20; it stops 3 ms after the "
+            "last arrival; a lone request on an idle server never waits).",
+        ),
     ] = None,
     queue_size: Annotated[
-        int | None, typer.Option("--queue-size", help="Requests waiting at most; more get 429 (default 64).")
+        int | None, typer.Option("--queue-size", help="Requests waiting at most; more get 429 (default 256).")
     ] = None,
     max_body_bytes: Annotated[
         int | None, typer.Option("--max-body-bytes", help="Largest request body; more gets 413 (default 4 MiB).")

@@ -1,10 +1,18 @@
 """Dynamic batching: concurrent requests gathered into one mixed-task engine call.
 
 Requests wait in a bounded queue. One asyncio task takes the oldest request, then keeps taking whole requests while
-the batch has room (``max_batch_rows``) and the first request has waited less than ``max_wait_ms``; the batch is then
-scored by ``score_fn`` on ONE worker thread (the engine is not re-entrant, and the event loop must stay free to accept
-requests meanwhile), and each request gets its own slice of the rows back. A request is never split; one larger than
-``max_batch_rows`` is scored alone. While a batch is scored, new requests queue up and form the next batch.
+the batch has room (``max_batch_rows``); the batch is then scored by ``score_fn`` on ONE worker thread (the engine is
+not re-entrant, and the event loop must stay free to accept requests meanwhile), and each request gets its own slice
+of the rows back. A request is never split; one larger than ``max_batch_rows`` is scored alone. While a batch is
+scored, new requests queue up and form the next batch.
+
+How long a batch waits for company adapts to the load:
+
+* a lone request on an idle server (the previous batch held one request and nothing else is queued) is scored at
+  once: no waiting at one request in flight;
+* under load, the batch waits up to ``max_wait_ms`` after its first request for more, but stops as soon as no new
+  request has arrived for ``quiet_ms`` (the burst of clients answered by the previous batch has come back) or the
+  batch is full. Without this wait, a closed loop of clients splits into two half-sized batches that alternate.
 
 A full queue refuses at once (:class:`QueueFull`, the service's 429); a closing batcher refuses new requests
 (:class:`Closing`, 503) and finishes the queued ones. If a batch's call raises (it should not: rows fail one by one),
@@ -46,7 +54,8 @@ class _Job:
 
 
 class Batcher:
-    """Gather requests into batches of at most ``max_batch_rows`` rows, waiting at most ``max_wait_s`` for company.
+    """Gather requests into batches of at most ``max_batch_rows`` rows, waiting at most ``max_wait_s`` for company
+    under load and never longer than ``quiet_s`` after the last arrival (see the module's docstring).
 
     Args:
         score_fn: scores one batch on the worker thread (see :data:`ScoreFn`).
@@ -63,6 +72,7 @@ class Batcher:
         max_batch_rows: int,
         max_wait_s: float,
         queue_size: int,
+        quiet_s: float = 0.003,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.score_fn = score_fn
@@ -70,12 +80,14 @@ class Batcher:
         self.max_batch_rows = max_batch_rows
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
+        self.quiet_s = min(quiet_s, max_wait_s)
         self.on_batch = on_batch
         self._jobs: collections.deque[_Job] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._busy = 0  # rows in the batch being scored
         self._current: list[_Job] = []  # the batch being gathered or scored
+        self._last_requests = 1  # requests in the previous batch: more than one means load
         self.closing = False
 
     # -- state, for metrics and readiness ------------------------------------------------------------------------------
@@ -137,7 +149,8 @@ class Batcher:
             await self._wake.wait()
         batch = self._current = [self._jobs.popleft()]  # kept in sight of `close` while it gathers
         rows = len(batch[0].rows)
-        deadline = loop.time() + self.max_wait_s
+        lone = self._last_requests <= 1 and not self._jobs
+        deadline = loop.time() + (0.0 if lone else self.max_wait_s)
         while rows < self.max_batch_rows:
             if self._jobs:
                 if rows + len(self._jobs[0].rows) > self.max_batch_rows:
@@ -150,8 +163,11 @@ class Batcher:
             if remaining <= 0:
                 break
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+            try:
+                await asyncio.wait_for(self._wake.wait(), min(remaining, self.quiet_s))
+            except TimeoutError:
+                break  # quiet: no request arrived for quiet_s
+        self._last_requests = len(batch)
         self._current = [job for job in batch if not job.future.done()]
         return self._current
 

@@ -33,11 +33,12 @@ class ServiceSettings(BaseSettings):
     """TCP port (0: any free port)."""
     backbone: str | None = None
     """Backbone name or folder; default: the one recorded in the suite (under a trusted root)."""
-    max_batch_rows: int = Field(64, ge=1, le=65536)
+    max_batch_rows: int = Field(256, ge=1, le=65536)
     """Rows gathered from concurrent requests into one engine call (a larger request is scored alone)."""
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
-    """How long the first request of a batch waits for others to join it."""
-    queue_size: int = Field(64, ge=1, le=1_000_000)
+    max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+    """Under load, how long the first request of a batch waits at most for others to join it (the wait also ends
+    3 ms after the last arrival); a lone request on an idle server never waits."""
+    queue_size: int = Field(256, ge=1, le=1_000_000)
     """Requests waiting for the engine; one more is refused with 429 and Retry-After."""
     max_body_bytes: int = Field(4 << 20, ge=1024)
     """Largest request body (bytes) of every route but module uploads; more is refused with 413."""
