@@ -12,7 +12,9 @@ Two parts, both derived from ASAP-SAS (read in place) so anyone can reproduce th
 * **long-input proxy** — ASAP-SAS answers are short, so long answers are simulated by a small ``max_length``
   (default 48 tokens, where about half the answers are cut): head-only suites trained with truncation, with
   overlapping windows, and at the full length (the 99th-percentile length), all on the same split. Windows
-  "recover" ``(windows - truncated) / (full - truncated)`` of the QWK that truncation lost.
+  "recover" ``(windows - truncated) / (full - truncated)`` of the QWK that truncation lost. The suites stack the
+  lexical model as ``train`` does by default; it reads the whole response, so the proxy is run again without it at
+  each of ``--encoder-lengths`` (default 48): the encoder's long-input mode alone.
 
 Models are selected on validation data only; ``test.tsv`` is used once per model, for the figures. Every finished
 model's result is kept in ``--work/results.json``, so an interrupted run resumes. Writes ``itembanks.json``,
@@ -60,6 +62,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--pair-length", type=int, default=128, help="max_length of the cross-item question+response pairs")
     ap.add_argument("--proxy-length", type=int, default=48, help="max_length of the long-input proxy (tokens)")
     ap.add_argument("--window-stride", type=int, default=24, help="tokens between window starts in the proxy")
+    ap.add_argument(
+        "--encoder-lengths",
+        default="48",
+        help="max_lengths of the proxy run again without the stacked lexical model (the encoder's long-input mode "
+        "alone; window stride = half the length); empty: skip",
+    )
     ap.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or folder (default: all-MiniLM-L6-v2)")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas or $ASAP_SAS)")
     ap.add_argument("--cv-folds", type=int, default=5, help="k-fold epoch choice for per-item LoRA on small items")
@@ -209,6 +217,9 @@ def fewshot(args, bb, train_all, test_all, results: Results) -> None:
 
 
 def longproxy(args, bb, train_all, test_all, results: Results) -> None:
+    """Head-only suites at a small ``max_length``, truncated and in windows, and at the full length. First as the
+    library trains them (the stacked lexical model included: it reads the whole response, so it hides part of what
+    truncation loses), then for each of ``--encoder-lengths`` without the lexical model: the encoder alone."""
     from scoreplex.encoding import LongInputs
     from scoreplex.training.suite import TrainOptions, default_config, pick_max_length, train_suite
 
@@ -216,32 +227,48 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
     train_sets = {tid: s[0] for tid, s in splits.items()}
     val_sets = {tid: s[1] for tid, s in splits.items()}
     full_length, _ = pick_max_length(bb, train_sets)
-    settings = {
-        "truncated": {"max_length": args.proxy_length, "long_inputs": "truncate"},
-        "windows": {"max_length": args.proxy_length, "long_inputs": "windows"},
-        "full": {"max_length": full_length, "long_inputs": "truncate"},
+    runs = {  # key: (max_length, long_inputs, window stride, lexical)
+        "longproxy/truncated": (args.proxy_length, "truncate", None, True),
+        "longproxy/windows": (args.proxy_length, "windows", args.window_stride, True),
+        "longproxy/full": (full_length, "truncate", None, True),
     }
-    for name, s in settings.items():
-        key = f"longproxy/{name}"
+    lengths = [int(x) for x in args.encoder_lengths.split(",") if x.strip()]
+    if lengths:
+        runs["longproxy-encoder/full"] = (full_length, "truncate", None, False)
+    for n in lengths:
+        runs[f"longproxy-encoder{n}/truncated"] = (n, "truncate", None, False)
+        runs[f"longproxy-encoder{n}/windows"] = (n, "windows", max(1, n // 2), False)
+    for key, (max_length, mode, stride, lexical) in runs.items():
         if results.get(key) is not None:
             print(f"[{key}] done before; skipped", flush=True)
             continue
-        print(f"[{key}] head-only, max_length {s['max_length']}, {s['long_inputs']}", flush=True)
+        lex = "with" if lexical else "without"
+        print(f"[{key}] head-only, max_length {max_length}, {mode}, {lex} the lexical model", flush=True)
         t0 = time.perf_counter()
         options = TrainOptions(
             method="head",
             backbone=args.backbone,
-            max_length=s["max_length"],
+            max_length=max_length,
             config=default_config("head", seed=args.seed),
-            long_inputs=LongInputs(
-                s["long_inputs"], stride=args.window_stride if s["long_inputs"] == "windows" else None
-            ),
+            long_inputs=LongInputs(mode, stride=stride),
+            lexical=lexical,
         )
-        folder = Path(args.work) / "longproxy" / name
+        folder = Path(args.work) / key.replace("/", "-")
+        if key.startswith("longproxy/"):
+            folder = Path(args.work) / "longproxy" / key.split("/")[1]  # where the first runs put them
         train_suite(train_sets, folder, options, val_sets=val_sets, backbone=bb)
         preds = suite_predictions(folder, bb, test_all)
         per_item = {tid: test_qwk(d.spec, d.labels[:, 0], preds[tid]) for tid, d in test_all.items()}
-        results.put(key, {"per_item": per_item, "max_length": s["max_length"], "seconds": time.perf_counter() - t0})
+        results.put(
+            key,
+            {
+                "per_item": per_item,
+                "max_length": max_length,
+                "window_stride": stride,
+                "lexical": lexical,
+                "seconds": time.perf_counter() - t0,
+            },
+        )
         print(f"[{key}] mean test QWK {mean(per_item.values())}", flush=True)
 
 
@@ -269,6 +296,18 @@ def summarise(results: Results, items: list[str]) -> dict:
         summary[f"longproxy_{name}_qwk"] = m(f"longproxy/{name}")
     t, w, f = (summary[f"longproxy_{k}_qwk"] for k in ("truncated", "windows", "full"))
     summary["longproxy_recovered"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
+    encoder: dict = {}
+    f = m("longproxy-encoder/full")
+    for key in sorted(k for k in results.data if k.startswith("longproxy-encoder") and k.endswith("/truncated")):
+        n = key.split("/")[0].removeprefix("longproxy-encoder")
+        t, w = m(key), m(f"longproxy-encoder{n}/windows")
+        encoder[n] = {
+            "truncated_qwk": t,
+            "windows_qwk": w,
+            "full_qwk": f,
+            "recovered": (w - t) / (f - t) if None not in (t, w, f) and f != t else None,
+        }
+    summary["longproxy_encoder_only"] = encoder
     return summary
 
 
@@ -342,8 +381,40 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
             f"Truncation at {args_length(results)} tokens costs {fmt(lost)} mean QWK against the full length; windows "
             f"recover {fmt(summary['longproxy_recovered'])} of that loss (a ratio that means little when the loss "
             "itself is within run-to-run noise, about 0.01).",
+            "These suites stack the lexical model, which reads the whole response whatever the encoder's max_length,",
+            "so part of what truncation loses comes back through it.",
             "",
         ]
+    encoder = summary.get("longproxy_encoder_only") or {}
+    if encoder:
+        lengths = sorted(encoder, key=int, reverse=True)
+        lines += [
+            "## Long-input proxy, the encoder alone (head-only suites without the lexical model)",
+            "",
+            "| item | "
+            + " | ".join(f"truncated {n} | windows {n} (stride {int(n) // 2})" for n in lengths)
+            + " | full |",
+            "|---|" + "---:|" * (2 * len(lengths) + 1),
+        ]
+        for t in items:
+            cells = []
+            for n in lengths:
+                for k in ("truncated", "windows"):
+                    entry = results.get(f"longproxy-encoder{n}/{k}")
+                    cells.append(fmt(None if entry is None else entry["per_item"].get(t)))
+            full = results.get("longproxy-encoder/full")
+            cells.append(fmt(None if full is None else full["per_item"].get(t)))
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        means = [fmt(encoder[n][f"{k}_qwk"]) for n in lengths for k in ("truncated", "windows")]
+        lines.append("| **mean** | " + " | ".join(means) + f" | {fmt(encoder[lengths[0]]['full_qwk'])} |")
+        lines.append("")
+        for n in lengths:
+            e = encoder[n]
+            lost = None if None in (e["truncated_qwk"], e["full_qwk"]) else e["full_qwk"] - e["truncated_qwk"]
+            lines.append(
+                f"- max_length {n}: truncation costs {fmt(lost)} mean QWK; windows recover {fmt(e['recovered'])} of it."
+            )
+        lines.append("")
     (out / "itembanks.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(out / "itembanks.png", summary, results, items)
 
