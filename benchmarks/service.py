@@ -9,7 +9,8 @@ One run: the same stream of real ASAP-SAS test responses (one response per reque
    client sends its next request when the previous one is answered), with a uniform task mix and a skewed one
    (Zipf-like: asap-1 most often). Each level is bounded by ``--level-s`` seconds and
    ``--level-requests`` requests. Per level: throughput, p50/p95/p99 latency, 429s and errors, peak server RSS.
-3. at 4x the saturating concurrency (the smallest level within 5 % of the best uniform throughput): the same
+3. at the saturating concurrency (the smallest level within 5 % of the best uniform throughput) once more, then at
+   4x it (server RSS compared between these two, RSS being a high-water mark): the same
    figures; a 429 is back-pressure, not an error, and its client waits Retry-After (at most 1 s) as a client should.
 
 Client and server share the machine's cores, so the HTTP figures include the client's own CPU time (reported per
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -308,13 +310,15 @@ def paired_rounds(inproc: InProcess, url: str, pid: int, rows: list, concurrency
     return out
 
 
-def start_server(suite: str, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(suite: str, port: int, log_path: Path, extra: Sequence[str] = ()) -> subprocess.Popen:
     import httpx
 
     exe = str(Path(sys.executable).with_name("scoreplex"))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [exe, "serve", suite, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+            [exe, "serve", suite, "--host", "127.0.0.1", "--port", str(port), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -330,12 +334,53 @@ def start_server(suite: str, port: int, log_path: Path) -> subprocess.Popen:
     raise SystemExit("the server did not become ready in 180 s:\n" + log_path.read_text())
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> int | None:
+    """SIGTERM, then the exit status (None: it had to be killed after 60 s)."""
     proc.terminate()
     try:
-        proc.wait(timeout=60)
+        return proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+        return None
+
+
+def fuzz_live(suite: str, task: str, tmp: Path) -> dict:
+    """The service fuzzer of ``tests/test_service_fuzz.py`` (hypothesis, derandomized: >= 1,000 malformed requests)
+    against a real `scoreplex serve` process on the real suite, served with a scorer key only so that no fuzzed
+    request can change the suite. Afterwards: is it alive and ready, does it still score a valid request, and does
+    SIGTERM end it with status 0?"""
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_service_fuzz import AUTH, SCORER_KEY, fuzz_requests
+
+    keys = tmp / "fuzz-keys.txt"
+    keys.write_text(f"scorer:{SCORER_KEY}\n")
+    port = free_port()
+    log_path = tmp / "fuzz-server.log"
+    proc = start_server(suite, port, log_path, ["--keys-file", str(keys)])
+    t0 = time.perf_counter()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120.0) as client:
+            sent, bad, unsendable = fuzz_requests(client)
+            alive = client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+            ok = client.post("/v1/score", json={"responses": [{"task": task, "text": "a valid answer"}]}, headers=AUTH)
+            scores_after = ok.status_code == 200 and ok.json()["results"][0]["error"] is None
+    finally:
+        exit_code = stop_server(proc)
+    statuses = sorted({c for _, _, c in sent})
+    return {
+        "fuzz_cases": len(sent),
+        "fuzz_5xx": len(bad),
+        "not_sendable_by_httpx": unsendable,
+        "by_status": {str(code): sum(c == code for _, _, c in sent) for code in statuses},
+        "first_5xx": [list(b) for b in bad[:3]],
+        "alive_after": alive,
+        "scores_after": scores_after,
+        "tracebacks": log_path.read_text(errors="replace").count("Traceback"),
+        "exit_code_after_sigterm": exit_code,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def add_load_options(ap: argparse.ArgumentParser, levels: str, client: str = "raw") -> None:
@@ -434,6 +479,9 @@ def main() -> None:
                     levels[mix].append(level(url, proc.pid, rows[mix], c, args))
             best = max(p["throughput_rps"] for p in levels["uniform"])
             sat = next(p for p in levels["uniform"] if p["throughput_rps"] >= 0.95 * best)
+            # RSS is a high-water mark (the allocator keeps what it took), so the overload level is compared with a
+            # saturation level run just before it, not with the first one, which ran before the larger levels
+            sat_again = level(url, proc.pid, rows["uniform"], sat["concurrency"], args)
             overload = level(url, proc.pid, rows["uniform"], 4 * sat["concurrency"], args)
             other = "httpx" if args.client == "raw" else "raw"
             other_client = level(url, proc.pid, rows["uniform"], sat["concurrency"], args, client=other)
@@ -441,6 +489,9 @@ def main() -> None:
         finally:
             stop_server(proc)
         server_log = log_path.read_text(errors="replace")
+        print("fuzzing a real server...", flush=True)
+        fuzz = fuzz_live(args.suite, sorted(data)[0], Path(tmp))
+        print(json.dumps(fuzz), flush=True)
     tracebacks = server_log.count("Traceback")
 
     from scoreplex.service.settings import ServiceSettings
@@ -448,7 +499,7 @@ def main() -> None:
     defaults = ServiceSettings.model_construct()
     uni = levels["uniform"]
     half = min(uni, key=lambda p: abs(p["concurrency"] - sat["concurrency"] / 2))
-    all_levels = [*levels["uniform"], *levels["skewed"], overload, other_client, *paired]
+    all_levels = [*levels["uniform"], *levels["skewed"], sat_again, overload, other_client, *paired]
     load_errors = sum(p["http_errors"] + p["transport_errors"] for p in all_levels)
     peak_http = {mix: max(p["throughput_rps"] for p in levels[mix]) for mix in MIXES}
     report = {
@@ -469,16 +520,20 @@ def main() -> None:
         "engine_single_ms": float(np.median([p["engine_single_p50_ms"] for p in paired])),
         "single_latency_ratio": round(float(np.median([p["latency_ratio"] for p in paired])), 3),
         "single_latency_ratio_rounds": [p["latency_ratio"] for p in paired],
-        "fuzz_cases": None,
-        "fuzz_5xx": None,
+        "fuzz_cases": fuzz["fuzz_cases"],
+        "fuzz_5xx": fuzz["fuzz_5xx"],
+        "fuzz": fuzz,
         "load_errors": load_errors,
         "row_errors": sum(p["row_errors"] for p in all_levels),
         "rejected_429": sum(p["429"] for p in all_levels),
         "server_tracebacks": tracebacks,
         "rss_idle_mb": round(idle_rss, 1) if idle_rss else None,
-        "rss_saturation_mb": sat["server_rss_mb"],
+        "rss_saturation_mb": sat_again["server_rss_mb"],
+        "rss_saturation_first_mb": sat["server_rss_mb"],
+        "saturation_again": sat_again,
         "rss_overload_mb": overload["server_rss_mb"],
-        "rss_overload_ratio": round(overload["server_rss_mb"] / sat["server_rss_mb"], 3),
+        "rss_overload_ratio": round(overload["server_rss_mb"] / sat_again["server_rss_mb"], 3),
+        "rss_overload_ratio_vs_first_saturation_level": round(overload["server_rss_mb"] / sat["server_rss_mb"], 3),
         "engine_in_process": engine,
         "levels": levels,
         "overload": overload,
@@ -492,6 +547,10 @@ def main() -> None:
     plot(levels, overload, out / "service.png")
     write_md(report, out / "service.md")
     print(json.dumps({k: v for k, v in report.items() if k not in ("levels", "engine_in_process")}, indent=1))
+
+
+def _yes(x: bool) -> str:
+    return "yes" if x else "**no**"
 
 
 def write_md(r: dict, path: Path) -> None:
@@ -520,11 +579,19 @@ def write_md(r: dict, path: Path) -> None:
         f"| p99 latency at half load ({r['half_load_concurrency']} in flight) | {r['p99_ms_half_load']} ms |",
         f"| server RSS: idle / saturation / 4x saturation ({r['overload']['concurrency']} in flight) | "
         f"{r['rss_idle_mb']} / {r['rss_saturation_mb']} / {r['rss_overload_mb']} MB |",
-        f"| RSS at 4x saturation / at saturation | {r['rss_overload_ratio']} |",
+        f"| RSS at 4x saturation / at saturation (a saturation level run just before the overload) | "
+        f"{r['rss_overload_ratio']} |",
+        f"| same, against the first saturation level (before the larger levels raised the high-water mark) | "
+        f"{r['rss_overload_ratio_vs_first_saturation_level']} |",
         f"| load errors (5xx, other non-200/429, transport) / 429s / row errors | {r['load_errors']} / "
         f"{r['rejected_429']} / {r['row_errors']} |",
         f"| tracebacks in the server log | {r['server_tracebacks']} |",
-        "| fuzz cases / 5xx | not measured here: `tests/test_service_fuzz.py` counts them (>= 1,000, no 5xx) |",
+        f"| fuzz cases / 5xx (hypothesis, the cases of `tests/test_service_fuzz.py`, against a real server on this "
+        f"suite; {r['fuzz']['seconds']} s) | {r['fuzz_cases']} / {r['fuzz_5xx']} |",
+        f"| after the fuzz: alive and ready / scores a valid request / exit status after SIGTERM / tracebacks | "
+        f"{_yes(r['fuzz']['alive_after'])} / {_yes(r['fuzz']['scores_after'])} / "
+        f"{r['fuzz']['exit_code_after_sigterm']} / {r['fuzz']['tracebacks']} |",
+        f"| fuzz answers by status | {', '.join(f'{k}: {v}' for k, v in r['fuzz']['by_status'].items())} |",
         "",
         "Per level (closed loop: each client sends its next request when answered):",
         "",
@@ -535,6 +602,7 @@ def write_md(r: dict, path: Path) -> None:
     other = r["other_client_at_saturation"]
     for mix, pts in [
         *r["levels"].items(),
+        ("uniform, saturation again", [r["saturation_again"]]),
         ("uniform, 4x saturation", [r["overload"]]),
         (f"uniform, saturation, {other['client']} client", [other]),
     ]:

@@ -124,6 +124,135 @@ def _dumps(value) -> bytes:
     return json.dumps(value).encode()
 
 
+# -- the fuzzer (also run by benchmarks/service.py against a real server) ----------------------------------------------
+def fuzz_requests(client) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int, str]], int]:
+    """Send every strategy's malformed requests through ``client`` (an httpx.Client or TestClient whose base URL is
+    the service, authorised by :data:`AUTH`'s scorer key). Returns ``(sent, bad, unsendable)``: (method, url, status)
+    of each request, (method, url, status, body) of those answered 5xx, and how many requests a real HTTP client
+    refused to send (an illegal header value: they never reach a server; TestClient sends them)."""
+    import httpx
+
+    sent: list[tuple[str, str, int]] = []
+    bad: list[tuple[str, str, int, str]] = []
+    unsendable = 0
+
+    def send(method: str, url: str, **kw) -> None:
+        nonlocal unsendable
+        try:
+            r = client.request(method, url, **kw)
+        except httpx.LocalProtocolError:
+            unsendable += 1
+            return
+        sent.append((method, url, r.status_code))
+        if r.status_code >= 500:
+            bad.append((method, url, r.status_code, r.text[:300]))
+
+    @_fuzz()
+    @given(body=st.binary(max_size=2048), ctype=CONTENT_TYPES)
+    def raw_bytes(body, ctype):
+        send("POST", "/v1/score", content=body, headers={**AUTH, "Content-Type": ctype})
+
+    @_fuzz()
+    @given(value=JSON_VALUES)
+    def any_json(value):
+        send("POST", "/v1/score", content=_dumps(value), headers={**AUTH, "Content-Type": "application/json"})
+
+    @_fuzz()
+    @given(body=SCORE_BODIES)
+    def score_bodies(body):
+        send("POST", "/v1/score", content=_dumps(body), headers={**AUTH, "Content-Type": "application/json"})
+
+    @_fuzz()
+    @given(text=TEXTS, task=TASKS, rid=IDS)
+    def one_response(text, task, rid):
+        body = {"responses": [{"id": rid, "task": task, "text": text}]}
+        send("POST", "/v1/score", content=_dumps(body), headers={**AUTH, "Content-Type": "application/json"})
+
+    @_fuzz()
+    @given(body=SCORE_BODIES, ctype=CONTENT_TYPES, utf16=st.booleans())
+    def wrong_content_types(body, ctype, utf16):
+        data = json.dumps(body).encode("utf-16", "surrogatepass") if utf16 else _dumps(body)
+        send("POST", "/v1/score", content=data, headers={**AUTH, "Content-Type": ctype})
+
+    @_fuzz()
+    @given(
+        path=st.sampled_from(["/v1/score", "/v1/tasks", "/readyz", "/healthz", "/metrics", f"/v1/tasks/{QV_TASKS[0]}"]),
+        params=st.lists(
+            st.tuples(
+                st.text(ANY_CHAR, max_size=10),
+                st.one_of(st.integers(-(10**20), 10**20).map(str), st.text(ANY_CHAR, max_size=10)),
+            ),
+            max_size=4,
+        ),
+        method=st.sampled_from(["GET", "POST"]),
+    )
+    def query_params(path, params, method):
+        query = urlencode([(k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")) for k, v in params])
+        kw = {"content": b'{"responses": []}', "headers": {**AUTH, "Content-Type": "application/json"}}
+        send(method, f"{path}?{query}", **(kw if method == "POST" else {"headers": AUTH}))
+
+    @_fuzz()
+    @given(
+        segments=st.lists(
+            st.one_of(
+                st.sampled_from(["v1", "score", "tasks", "..", ".", "", "%00", "docs", "openapi.json", "metrics"]),
+                st.text(ANY_CHAR, max_size=12),
+            ),
+            max_size=5,
+        ),
+        method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO"]),
+        body=st.binary(max_size=256),
+    )
+    def random_paths(segments, method, body):
+        path = "/".join(quote(s.encode("utf-8", "surrogatepass"), safe="") for s in segments)
+        path = "/" + path.lstrip("/")  # "//x" would be a host, refused by the client before it is sent
+        send(method, path, content=body or None, headers=AUTH)
+
+    @_fuzz()
+    @given(
+        task_id=st.text(ANY_CHAR, max_size=300),
+        method=st.sampled_from(["GET", "PUT", "DELETE"]),
+        body=st.none() | JSON_VALUES.map(_dumps),
+    )
+    def task_routes(task_id, method, body):
+        path = "/v1/tasks/" + quote(task_id.encode("utf-8", "surrogatepass"), safe="")
+        send(method, path, content=body, headers={**AUTH, "Content-Type": "application/json"})
+
+    @_fuzz()
+    @given(
+        auth=st.one_of(
+            st.none(),
+            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+            st.sampled_from(
+                ["Bearer", "Bearer ", "Basic Zm9vOmJhcg==", f"bearer {SCORER_KEY}x", "Bearer " + "k" * 5000]
+            ),
+        ),
+        api_key=st.none() | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+        body=SCORE_BODIES,
+    )
+    def wrong_keys(auth, api_key, body):
+        headers = {"Content-Type": "application/json"}
+        if auth is not None:
+            headers["Authorization"] = auth
+        if api_key is not None:
+            headers["X-API-Key"] = api_key
+        send("POST", "/v1/score", content=_dumps(body), headers=headers)
+
+    for fuzz in (
+        raw_bytes,
+        any_json,
+        score_bodies,
+        one_response,
+        wrong_content_types,
+        query_params,
+        random_paths,
+        task_routes,
+        wrong_keys,
+    ):
+        fuzz()
+    return sent, bad, unsendable
+
+
 # -- the test --------------------------------------------------------------------------------------------------------
 def test_a_thousand_malformed_requests_get_no_5xx(fuzz_suite, tiny_backbone_path):
     app = create_app(
@@ -136,125 +265,8 @@ def test_a_thousand_malformed_requests_get_no_5xx(fuzz_suite, tiny_backbone_path
             max_wait_ms=0,
         )
     )
-    sent: list[tuple[str, str, int]] = []
-    bad: list[tuple[str, str, int, str]] = []
-
     with TestClient(app, raise_server_exceptions=False) as client:
-
-        def send(method: str, url: str, **kw) -> None:
-            r = client.request(method, url, **kw)
-            sent.append((method, url, r.status_code))
-            if r.status_code >= 500:
-                bad.append((method, url, r.status_code, r.text[:300]))
-
-        @_fuzz()
-        @given(body=st.binary(max_size=2048), ctype=CONTENT_TYPES)
-        def raw_bytes(body, ctype):
-            send("POST", "/v1/score", content=body, headers={**AUTH, "Content-Type": ctype})
-
-        @_fuzz()
-        @given(value=JSON_VALUES)
-        def any_json(value):
-            send("POST", "/v1/score", content=_dumps(value), headers={**AUTH, "Content-Type": "application/json"})
-
-        @_fuzz()
-        @given(body=SCORE_BODIES)
-        def score_bodies(body):
-            send("POST", "/v1/score", content=_dumps(body), headers={**AUTH, "Content-Type": "application/json"})
-
-        @_fuzz()
-        @given(text=TEXTS, task=TASKS, rid=IDS)
-        def one_response(text, task, rid):
-            body = {"responses": [{"id": rid, "task": task, "text": text}]}
-            send("POST", "/v1/score", content=_dumps(body), headers={**AUTH, "Content-Type": "application/json"})
-
-        @_fuzz()
-        @given(body=SCORE_BODIES, ctype=CONTENT_TYPES, utf16=st.booleans())
-        def wrong_content_types(body, ctype, utf16):
-            data = json.dumps(body).encode("utf-16", "surrogatepass") if utf16 else _dumps(body)
-            send("POST", "/v1/score", content=data, headers={**AUTH, "Content-Type": ctype})
-
-        @_fuzz()
-        @given(
-            path=st.sampled_from(
-                ["/v1/score", "/v1/tasks", "/readyz", "/healthz", "/metrics", f"/v1/tasks/{QV_TASKS[0]}"]
-            ),
-            params=st.lists(
-                st.tuples(
-                    st.text(ANY_CHAR, max_size=10),
-                    st.one_of(st.integers(-(10**20), 10**20).map(str), st.text(ANY_CHAR, max_size=10)),
-                ),
-                max_size=4,
-            ),
-            method=st.sampled_from(["GET", "POST"]),
-        )
-        def query_params(path, params, method):
-            query = urlencode(
-                [(k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")) for k, v in params]
-            )
-            kw = {"content": b'{"responses": []}', "headers": {**AUTH, "Content-Type": "application/json"}}
-            send(method, f"{path}?{query}", **(kw if method == "POST" else {"headers": AUTH}))
-
-        @_fuzz()
-        @given(
-            segments=st.lists(
-                st.one_of(
-                    st.sampled_from(["v1", "score", "tasks", "..", ".", "", "%00", "docs", "openapi.json", "metrics"]),
-                    st.text(ANY_CHAR, max_size=12),
-                ),
-                max_size=5,
-            ),
-            method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "FOO"]),
-            body=st.binary(max_size=256),
-        )
-        def random_paths(segments, method, body):
-            path = "/".join(quote(s.encode("utf-8", "surrogatepass"), safe="") for s in segments)
-            path = "/" + path.lstrip("/")  # "//x" would be a host, refused by the client before it is sent
-            send(method, path, content=body or None, headers=AUTH)
-
-        @_fuzz()
-        @given(
-            task_id=st.text(ANY_CHAR, max_size=300),
-            method=st.sampled_from(["GET", "PUT", "DELETE"]),
-            body=st.none() | JSON_VALUES.map(_dumps),
-        )
-        def task_routes(task_id, method, body):
-            path = "/v1/tasks/" + quote(task_id.encode("utf-8", "surrogatepass"), safe="")
-            send(method, path, content=body, headers={**AUTH, "Content-Type": "application/json"})
-
-        @_fuzz()
-        @given(
-            auth=st.one_of(
-                st.none(),
-                st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
-                st.sampled_from(
-                    ["Bearer", "Bearer ", "Basic Zm9vOmJhcg==", f"bearer {SCORER_KEY}x", "Bearer " + "k" * 5000]
-                ),
-            ),
-            api_key=st.none() | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
-            body=SCORE_BODIES,
-        )
-        def wrong_keys(auth, api_key, body):
-            headers = {"Content-Type": "application/json"}
-            if auth is not None:
-                headers["Authorization"] = auth
-            if api_key is not None:
-                headers["X-API-Key"] = api_key
-            send("POST", "/v1/score", content=_dumps(body), headers=headers)
-
-        for fuzz in (
-            raw_bytes,
-            any_json,
-            score_bodies,
-            one_response,
-            wrong_content_types,
-            query_params,
-            random_paths,
-            task_routes,
-            wrong_keys,
-        ):
-            fuzz()
-
+        sent, bad, _ = fuzz_requests(client)
         counts = {code: sum(c == code for _, _, c in sent) for code in sorted({c for _, _, c in sent})}
         print(f"{len(sent)} fuzzed requests; answers by status: {counts}")
         assert not bad, f"{len(bad)} of {len(sent)} fuzzed requests got a 5xx; first: {bad[:3]}"
