@@ -66,7 +66,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--encoder-lengths",
         default="48",
         help="max_lengths of the proxy run again without the stacked lexical model (the encoder's long-input mode "
-        "alone; window stride = half the length); empty: skip",
+        "alone); empty: skip",
+    )
+    ap.add_argument(
+        "--encoder-stride", type=int, default=0, help="window stride of those runs (0: half the max_length)"
     )
     ap.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or folder (default: all-MiniLM-L6-v2)")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas or $ASAP_SAS)")
@@ -237,7 +240,7 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
         runs["longproxy-encoder/full"] = (full_length, "truncate", None, False)
     for n in lengths:
         runs[f"longproxy-encoder{n}/truncated"] = (n, "truncate", None, False)
-        runs[f"longproxy-encoder{n}/windows"] = (n, "windows", max(1, n // 2), False)
+        runs[f"longproxy-encoder{n}/windows"] = (n, "windows", args.encoder_stride or max(1, n // 2), False)
     for key, (max_length, mode, stride, lexical) in runs.items():
         if results.get(key) is not None:
             print(f"[{key}] done before; skipped", flush=True)
@@ -301,7 +304,9 @@ def summarise(results: Results, items: list[str]) -> dict:
     for key in sorted(k for k in results.data if k.startswith("longproxy-encoder") and k.endswith("/truncated")):
         n = key.split("/")[0].removeprefix("longproxy-encoder")
         t, w = m(key), m(f"longproxy-encoder{n}/windows")
+        windows = results.get(f"longproxy-encoder{n}/windows")
         encoder[n] = {
+            "window_stride": None if windows is None else windows["window_stride"],
             "truncated_qwk": t,
             "windows_qwk": w,
             "full_qwk": f,
@@ -392,7 +397,7 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
             "## Long-input proxy, the encoder alone (head-only suites without the lexical model)",
             "",
             "| item | "
-            + " | ".join(f"truncated {n} | windows {n} (stride {int(n) // 2})" for n in lengths)
+            + " | ".join(f"truncated {n} | windows {n} (stride {encoder[n]['window_stride']})" for n in lengths)
             + " | full |",
             "|---|" + "---:|" * (2 * len(lengths) + 1),
         ]
