@@ -141,6 +141,27 @@ def test_429_is_retried_after_retry_after_then_fails():
     assert waits == [2.0, 2.0, 2.0] and err.value.status == 429
 
 
+def test_a_connection_closed_in_the_pool_is_retried_then_fails():
+    calls = 0
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    with Client("http://x", transport=httpx.MockTransport(flaky), max_retries=2) as c:
+        assert c.health() == {"status": "ok"} and calls == 2
+
+    def gone(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    with Client("http://x", transport=httpx.MockTransport(gone), max_retries=2) as c:
+        with pytest.raises(RemoteConnectionError, match="GET http://x/healthz failed: connection reset"):
+            c.health()
+
+
 def test_a_one_task_request_names_its_task_for_ray_serve_routing():
     from scoreplex.client import TASK_HEADER
 

@@ -148,11 +148,20 @@ class Client:
 
     # -- transport -------------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, ok: Iterable[int] = (200,), **kwargs) -> httpx.Response:
-        """Send, retrying 429/503 after Retry-After up to ``max_retries`` times; an error status raises."""
+        """Send, retrying 429/503 after Retry-After up to ``max_retries`` times; an error status raises.
+
+        A connection that the server closed while it sat in the pool (uvicorn closes idle keep-alive connections
+        after a few seconds) fails the next request on it with no answer; that request is sent again at once, on a
+        new connection, within the same ``max_retries``. Every route the client calls may be replayed: it only
+        reads and scores, which changes nothing on the server."""
         ok = set(ok)
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._http.request(method, path, **kwargs)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if attempt < self.max_retries:
+                    continue  # a stale kept-alive connection: httpx drops it, the next try opens a new one
+                raise RemoteConnectionError(f"{method} {self.url}{path} failed: {exc}.") from None
             except httpx.ConnectError as exc:
                 raise RemoteConnectionError(
                     f"cannot connect to {self.url} ({exc}): is `scoreplex serve` running there? Check the URL."
