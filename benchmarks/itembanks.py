@@ -256,9 +256,7 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
             long_inputs=LongInputs(mode, stride=stride),
             lexical=lexical,
         )
-        folder = Path(args.work) / key.replace("/", "-")
-        if key.startswith("longproxy/"):
-            folder = Path(args.work) / "longproxy" / key.split("/")[1]  # where the first runs put them
+        folder = Path(args.work) / key
         train_suite(train_sets, folder, options, val_sets=val_sets, backbone=bb)
         preds = suite_predictions(folder, bb, test_all)
         per_item = {tid: test_qwk(d.spec, d.labels[:, 0], preds[tid]) for tid, d in test_all.items()}

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.engine import Engine
+from scoreplex.metrics import quadratic_weighted_kappa
 
 COLUMNS = ("A argmax", "B argmax", "A+B argmax", "A expected", "B expected", "A+B expected")
 
@@ -36,9 +36,6 @@ def main() -> None:
     def probs(engine: Engine, task: str, texts: list[str]) -> np.ndarray:  # (n, K) of the first dimension
         return np.array([o["probs"][next(iter(o["probs"]))] for o in engine.score([(task, x) for x in texts])])
 
-    def qwk(y: np.ndarray, pred: np.ndarray) -> float:
-        return float(cohen_kappa_score(y, pred, weights="quadratic"))
-
     rows = []
     print("item", *COLUMNS, sep=" | ")
     for task, data in train.items():
@@ -47,7 +44,8 @@ def main() -> None:
         pa, pb = (probs(e, task, list(val.texts)) for e in engines)
         pe = (pa + pb) / 2
         ks = np.arange(pa.shape[1])
-        row = [qwk(y, p.argmax(1)) for p in (pa, pb, pe)] + [qwk(y, np.rint(p @ ks).astype(int)) for p in (pa, pb, pe)]
+        row = [quadratic_weighted_kappa(y, p.argmax(1)) for p in (pa, pb, pe)]
+        row += [quadratic_weighted_kappa(y, np.rint(p @ ks).astype(int)) for p in (pa, pb, pe)]
         rows.append(row)
         print(task, *(f"{x:.3f}" for x in row), sep=" | ", flush=True)
     print("mean", *(f"{x:.3f}" for x in np.mean(rows, axis=0)), sep=" | ")

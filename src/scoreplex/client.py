@@ -34,6 +34,8 @@ DEFAULT_MAX_ROWS = 256
 DEFAULT_MAX_RETRIES = 5
 MAX_RETRY_WAIT_S = 60.0
 """A Retry-After longer than this is waited for this long only."""
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+"""How a request fails on a kept-alive connection the server closed while it sat in the pool: no answer came."""
 
 
 class RemoteError(ScoreplexError):
@@ -158,10 +160,6 @@ class Client:
         for attempt in range(self.max_retries + 1):
             try:
                 response = self._http.request(method, path, **kwargs)
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                if attempt < self.max_retries:
-                    continue  # a stale kept-alive connection: httpx drops it, the next try opens a new one
-                raise RemoteConnectionError(f"{method} {self.url}{path} failed: {exc}.") from None
             except httpx.ConnectError as exc:
                 raise RemoteConnectionError(
                     f"cannot connect to {self.url} ({exc}): is `scoreplex serve` running there? Check the URL."
@@ -172,6 +170,8 @@ class Client:
                     "raise timeout=, or send fewer rows per request (max_rows)."
                 ) from None
             except httpx.TransportError as exc:
+                if isinstance(exc, STALE_CONNECTION) and attempt < self.max_retries:
+                    continue  # httpx dropped the closed connection; the next try opens a new one
                 raise RemoteConnectionError(f"{method} {self.url}{path} failed: {exc}.") from None
             if response.status_code in ok:
                 return response
