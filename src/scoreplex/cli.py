@@ -918,6 +918,15 @@ def merge(
     density: Annotated[float, typer.Option(help="Share of each task vector kept (TIES / DARE).")] = 0.2,
     scale: Annotated[float, typer.Option(help="lambda: theta_0 + lambda * merged task vector.")] = 1.0,
     refit: Annotated[bool, typer.Option(help="Re-fit each head on the frozen merged encoder.")] = False,
+    per_task: Annotated[
+        str,
+        typer.Option(
+            help="What each task keeps beside its group's merged weights: 'none' (its head) or 'surgery' (a "
+            "representation surgery module before its head, fitted on its training responses without their scores; "
+            "Yang et al. 2024). Not with --refit."
+        ),
+    ] = "none",
+    surgery_rank: Annotated[int, typer.Option(help="Rank r of each surgery module (2 x hidden x r numbers).")] = 16,
     eval_data: Annotated[
         Path | None, typer.Option("--eval", help="Scored responses to compare before/after (e.g. a test file).")
     ] = None,
@@ -964,7 +973,9 @@ def merge(
             balanced=balanced,
             features=FeatureSettings(layer=layer, pooling=pooling, cap=cap or None),
             gw=GWSettings(method=gw, epsilon=epsilon, quantize=quantize or None),
-            merge=MergeSettings(method=method, density=density, scale=scale),
+            merge=MergeSettings(
+                method=method, density=density, scale=scale, per_task=per_task, surgery_rank=surgery_rank
+            ),
             refit=refit,
         )
         gw_pairs = None

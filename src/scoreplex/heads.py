@@ -184,11 +184,53 @@ HEAD_TYPES: dict[str, Callable[[int, Sequence[int], Mapping[str, Any]], nn.Modul
 
 def build_rubric_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str, Any]) -> nn.Module:
     """A fresh head ``(B, in_dim) -> (B, sum K)`` of the type ``config["head_type"]`` names (see :data:`HEAD_TYPES`);
-    ConfigError naming the known types for an unknown one."""
+    ConfigError naming the known types for an unknown one. With ``config["surgery_rank"]`` (a merged task's
+    representation surgery) the head is a :class:`SurgicalHead` around it."""
     kind = str(config.get("head_type", "softmax"))
     if kind not in HEAD_TYPES:
         raise ConfigError(f"unknown head_type {kind!r}; the known ones are {sorted(HEAD_TYPES)}.")
-    return HEAD_TYPES[kind](in_dim, class_counts, config)
+    head = HEAD_TYPES[kind](in_dim, class_counts, config)
+    rank = config.get("surgery_rank")
+    if rank is None:
+        return head
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= in_dim:
+        raise ConfigError(f"surgery_rank={rank!r} in task.json is not a rank in 1..{in_dim}; restore the task module.")
+    return SurgicalHead(head, in_dim, rank)
+
+
+class RepresentationSurgery(nn.Module):
+    """Representation surgery (Yang et al. 2024, "Representation Surgery for Multi-Task Model Merging", ICML, §4):
+    ``z_hat = z - W_up ReLU(W_down z)`` on pooled features ``(B, H) -> (B, H)``, ``W_down (r, H)``, ``W_up (H, r)``.
+
+    The low-rank term estimates the *representation bias* a merged encoder adds to one task's features, so that the
+    task's own head can read them again; fitted per task (:func:`scoreplex.merging.surgery.fit_surgery`). ``W_up``
+    starts at zero, so a fresh module is the identity. ``2 H r`` parameters (12,288 for MiniLM at r = 16).
+    """
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z - self.up(F.relu(self.down(z)))  # (B, H)
+
+
+class SurgicalHead(nn.Module):
+    """A rubric head read through a :class:`RepresentationSurgery`: ``base(surgery(pooled), n_tokens)``.
+
+    State keys ``surgery.*`` and ``base.*`` (the task's own head as trained); ``(B, H) -> (B, sum K)``.
+    """
+
+    def __init__(self, base: nn.Module, dim: int, rank: int) -> None:
+        super().__init__()
+        self.surgery = RepresentationSurgery(dim, rank)
+        self.base = base
+        self.class_counts = getattr(base, "class_counts", None)
+
+    def forward(self, pooled: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return self.base(self.surgery(pooled), n_tokens)
 
 
 def length_feature(n_tokens: torch.Tensor) -> torch.Tensor:

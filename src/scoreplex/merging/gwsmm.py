@@ -59,6 +59,10 @@ class MergeJob:
                 "similarity 'gw-debiased' with the exact GW solver: exact GW(X, X) is 0, there is nothing to debias; "
                 "use the entropic solver, or similarity 'gw'."
             )
+        if self.refit and self.merge.per_task == "surgery":
+            raise ConfigError(
+                "choose --refit or --per-task surgery, not both: surgery keeps each task's own head behind its module."
+            )
         if self.probe_size < 2:
             raise ConfigError(f"probe_size={self.probe_size}; the CKA probe set needs at least 2 responses.")
 
@@ -141,7 +145,8 @@ def run_merge(
     if "gw" in measure.info:
         plan.extra["gw_objective"] = plan.extra["similarity_objective"]
     refit = ({t: s[0] for t, s in splits.items()}, {t: s[1] for t, s in splits.items()}) if job.refit else None
-    merged = merge_suite(scorer, plan, out, job.merge, refit=refit, progress=progress)
+    unlabelled = {t: s[0] for t, s in splits.items()} if job.merge.per_task == "surgery" else None
+    merged = merge_suite(scorer, plan, out, job.merge, refit=refit, unlabelled=unlabelled, progress=progress)
     report: dict[str, Any] = {
         "suite": str(suite_dir),
         "merged_suite": str(out),

@@ -1,4 +1,5 @@
-"""Merge a group's fine-tuned encoders (or LoRA adapters) into one: TIES, task arithmetic, DARE-TIES.
+"""Merge a group's fine-tuned encoders (or LoRA adapters) into one: TIES, task arithmetic, DARE-TIES; optionally
+with a per-task representation surgery module (:mod:`scoreplex.merging.surgery`).
 
 Task vectors are taken against the PRETRAINED base, tau_t = theta_t - theta_0 (the authors' notebooks took them
 against task 1's fine-tuned model, which zeroes task 1's vector), combined per tensor with PEFT's merge utilities
@@ -19,6 +20,9 @@ import torch
 from scoreplex.errors import ConfigError, SuiteError, unknown_name
 
 MERGE_METHODS = ("ties", "task_arithmetic", "dare_ties")
+PER_TASK_PIECES = ("none", "surgery")
+"""What each task keeps beside its group's shared merged weights: nothing (its head only) or a representation
+surgery module in front of its head (:mod:`scoreplex.merging.surgery`; Yang et al. 2024)."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,18 @@ class MergeSettings:
     """DARE's random drops."""
     lora_rank: int | None = None
     """Rank of a merged LoRA adapter (None: the sum of the group's ranks, capped at 64)."""
+    per_task: str = "none"
+    """The per-task piece kept beside the shared weights (:data:`PER_TASK_PIECES`)."""
+    surgery_rank: int = 16
+    """Rank r of each task's surgery module (``per_task="surgery"``): ``2 H r`` numbers per task."""
 
     def __post_init__(self) -> None:
         if self.method not in MERGE_METHODS:
             raise unknown_name("merge method", self.method, MERGE_METHODS)
+        if self.per_task not in PER_TASK_PIECES:
+            raise unknown_name("per-task piece", self.per_task, PER_TASK_PIECES)
+        if self.surgery_rank < 1:
+            raise ConfigError(f"surgery rank={self.surgery_rank}; give a rank >= 1, e.g. 16.")
         if not 0 < self.density <= 1:
             raise ConfigError(f"merge density={self.density} is outside (0, 1]; give e.g. 0.2 to keep the top 20%.")
         if self.majority not in ("total", "frequency"):

@@ -23,6 +23,7 @@ from scoreplex.data.dataset import TaskData
 from scoreplex.errors import ConfigError, SuiteError
 from scoreplex.merging.merge import MergeSettings, lora_deltas, merge_lora, merge_state_dicts
 from scoreplex.merging.plan import MergePlan
+from scoreplex.merging.surgery import SurgerySettings, fit_surgery
 from scoreplex.methods import MethodSettings, TaskModel, methods_with, split_state
 from scoreplex.metrics import evaluate_task, mean_over_tasks
 from scoreplex.suite import Suite
@@ -58,6 +59,7 @@ class GroupMerger:
             )
         self.settings = settings
         self._base = {k: v.detach().clone() for k, v in scorer.bb.encoder.state_dict().items()}
+        self._own_features: dict[tuple[str, int], torch.Tensor] = {}
 
     def merge(self, members: list[str]) -> MergedGroup:
         t0 = time.perf_counter()
@@ -98,15 +100,60 @@ class GroupMerger:
             k: state[k].float() - b.float() for k, b in self._base.items() if torch.is_floating_point(b) and k in state
         }
 
-    def task_model(self, group: MergedGroup, task_id: str, head_state: Mapping[str, torch.Tensor] | None = None):
-        """A scoring model of ``task_id`` on its group's merged encoder, with its own head (or ``head_state``)."""
+    def task_model(
+        self,
+        group: MergedGroup,
+        task_id: str,
+        head_state: Mapping[str, torch.Tensor] | None = None,
+        head_config: Mapping[str, Any] | None = None,
+    ):
+        """A scoring model of ``task_id`` on its group's merged encoder, with its own head (or ``head_state``, built
+        with the extra ``head_config`` entries, e.g. a surgery head's rank)."""
         info, tensors = self.suite.load_module(task_id)
-        config = {**info["config"], **group.config}
+        config = {**info["config"], **group.config, **(head_config or {})}
         state = {**group.tensors, **{k: v for k, v in tensors.items() if k.startswith("head.")}}
         if head_state is not None:
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
             state.update({f"head.{k}": v for k, v in head_state.items()})
         spec = self.suite.spec(task_id)
         return self.method.load(self.scorer.bb.encoder, self.scorer.bb.hidden, spec, config, state, self.scorer.pooling)
+
+    def _features(self, model, texts) -> torch.Tensor:
+        from scoreplex.encoding import encode_texts
+        from scoreplex.predictions import embed_all
+
+        enc = encode_texts(
+            self.scorer.bb.tokenizer, list(texts), self.scorer.max_length, long_inputs=self.scorer.long_inputs
+        )
+        return embed_all(model, enc)  # (N, H)
+
+    def surgery_head(
+        self, group: MergedGroup, task_id: str, texts, surgery: SurgerySettings | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        """Fit ``task_id``'s representation surgery on its group's merged encoder (Yang et al. 2024, §4).
+
+        ``texts``: unlabelled responses of the task (its training split or a subsample). Returns ``(head state,
+        config entries, info)``: the head state holds ``surgery.*`` and ``base.*`` (the task's own head), the config
+        ``{"surgery_rank": r}``, the info the L1 distances before / after and seconds. The task's own model's
+        features of the same ``texts`` are computed once per task and kept.
+        """
+        surgery = surgery or SurgerySettings(rank=self.settings.surgery_rank)
+        key = (task_id, hash(tuple(texts)))
+        if key not in self._own_features:
+            self._own_features[key] = self._features(self.scorer.model(task_id), texts)
+        merged = self._features(self.task_model(group, task_id), texts)
+        module, info = fit_surgery(merged, self._own_features[key], surgery)
+        _, tensors = self.suite.load_module(task_id)
+        head = {f"base.{k}": v for k, v in split_state(tensors, "head.").items()}
+        head.update({f"surgery.{k}": v.detach().clone() for k, v in module.state_dict().items()})
+        return head, {"surgery_rank": surgery.rank}, info
+
+
+def surgery_texts(data: TaskData, surgery: SurgerySettings) -> list[str]:
+    """The responses a task's surgery is fitted on: a seeded subsample of ``surgery.rows`` (by response id)."""
+    from scoreplex.merging.features import sample_indices
+
+    return [data.texts[i] for i in sample_indices(list(data.ids), surgery.rows, surgery.seed)]
 
 
 def refit_head(
@@ -147,6 +194,52 @@ def refit_head(
     return {k: v.detach().clone() for k, v in new_model.head.state_dict().items()}, val_metrics
 
 
+def refit_head_on_features(
+    head_config: Mapping[str, Any],
+    hidden: int,
+    train: TaskData,
+    f_train: torch.Tensor,
+    val: TaskData,
+    f_val: torch.Tensor,
+    config: TrainConfig = REFIT_CONFIG,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`refit_head` on pooled features already computed by the merged encoder (each response encoded once).
+
+    ``f_train`` ``(N_train, H)`` and ``f_val`` ``(N_val, H)`` are the frozen merged encoder's pooled features of
+    ``train`` and ``val``; ``head_config`` the task's config (head type, hidden units, dropout; no length feature:
+    ConfigError). Returns the best-validation head's state and its validation metrics.
+    """
+    from scoreplex.heads import rubric_loss
+    from scoreplex.methods import TaskModel
+    from scoreplex.methods.base import build_head
+    from scoreplex.metrics import validation_qwk
+    from scoreplex.predictions import decode
+    from scoreplex.training.loop import fit
+    from scoreplex.training.suite import _features_batches
+
+    if head_config.get("length_feature"):
+        raise ConfigError("a head with the length feature needs token counts; re-fit it with refit_head.")
+    spec = train.spec
+    torch.manual_seed(config.seed)
+    cfg = {k: v for k, v in head_config.items() if k != "surgery_rank"}
+    model = TaskModel(None, build_head(hidden, spec, cfg), "mean")
+
+    def objective(mdl, batch):
+        return rubric_loss(mdl(features=batch["features"]), batch["labels"], spec.class_counts)
+
+    def validate(mdl) -> float:
+        return validation_qwk(spec, val.labels, decode(spec, val.ids, mdl(features=f_val)).labels)
+
+    steps = (len(train) + config.batch_size - 1) // config.batch_size
+    batches = _features_batches(f_train, train.labels, config.batch_size)
+    fit(model, batches, steps, objective, validate, config, description=f"head re-fit {spec.id}", progress=False)
+    model.eval()
+    with torch.no_grad():
+        pred = decode(spec, val.ids, model(features=f_val))
+    state = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
+    return state, evaluate_task(spec, val.labels, pred.labels)
+
+
 def _head_hidden(head) -> int:
     linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
     return linears[0].out_features if len(linears) > 1 else 0
@@ -165,10 +258,22 @@ def merge_suite(
     *,
     refit: tuple[Mapping[str, TaskData], Mapping[str, TaskData]] | None = None,
     refit_config: TrainConfig = REFIT_CONFIG,
+    unlabelled: Mapping[str, TaskData] | None = None,
+    surgery: SurgerySettings | None = None,
     extra_manifest: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Suite:
-    """Write the merged suite of ``plan`` to ``out_dir``; ``refit=(train_sets, val_sets)`` re-fits every head."""
+    """Write the merged suite of ``plan`` to ``out_dir``.
+
+    ``refit=(train_sets, val_sets)`` re-fits every head; with ``settings.per_task == "surgery"``, every task of a
+    merged group (two or more tasks) gets a representation surgery module fitted on a seeded subsample of its
+    ``unlabelled`` responses (their scores are not read; ``surgery`` settings, default rank
+    ``settings.surgery_rank``) and keeps its own head behind it.
+
+    Raises:
+        ConfigError: ``out_dir`` holds a suite; a task without re-fit data or (surgery) responses; both re-fit and
+            surgery asked for.
+    """
     from scoreplex.progress import progress_bar
 
     source: Suite = scorer.suite
@@ -180,6 +285,18 @@ def merge_suite(
         missing = [t for t in source.task_ids if t not in refit[0] or t not in refit[1]]
         if missing:
             raise ConfigError(f"head re-fit needs training and validation responses for every task; missing {missing}.")
+    use_surgery = settings.per_task == "surgery"
+    if use_surgery:
+        if refit is not None:
+            raise ConfigError(
+                "choose a head re-fit or representation surgery, not both: surgery keeps each task's own head."
+            )
+        missing = [t for t in source.task_ids if unlabelled is None or t not in unlabelled or not len(unlabelled[t])]
+        if missing:
+            raise ConfigError(
+                f"representation surgery needs responses of every task (unscored is fine); none for {missing}."
+            )
+        surgery = surgery or SurgerySettings(rank=settings.surgery_rank)
     merger = GroupMerger(scorer, settings)
     m = source.manifest
     suite = Suite.create(
@@ -207,6 +324,11 @@ def merge_suite(
                     "group": name,
                     "source_metrics": m["tasks"][task_id].get("metrics"),
                 }
+                config = {**info["config"], **group.config}
+                if use_surgery and len(members) > 1:
+                    texts = surgery_texts(unlabelled[task_id], surgery)
+                    head, extra, summary["surgery"] = merger.surgery_head(group, task_id, texts, surgery)
+                    config.update(extra)
                 if refit is not None:
                     model = merger.task_model(group, task_id)
                     head, val_metrics = refit_head(
@@ -222,7 +344,7 @@ def merge_suite(
                 suite.add_task(
                     source.spec(task_id),
                     {f"head.{k}": v for k, v in head.items()},
-                    {**info["config"], **group.config},
+                    config,
                     summary,
                     shared=name,
                 )
@@ -252,12 +374,20 @@ class PlanEvaluator:
         *,
         refit: tuple[Mapping[str, TaskData], Mapping[str, TaskData]] | None = None,
         refit_config: TrainConfig = REFIT_CONFIG,
+        unlabelled: Mapping[str, TaskData] | None = None,
+        surgery: SurgerySettings | None = None,
     ) -> None:
         self.merger = GroupMerger(scorer, settings)
         self.scorer = scorer
         self.eval_sets = eval_sets
         self.refit = refit
         self.refit_config = refit_config
+        self.surgery = surgery or SurgerySettings(rank=settings.surgery_rank)
+        if settings.per_task == "surgery":
+            missing = [t for t in eval_sets if unlabelled is None or t not in unlabelled]
+            if missing:
+                raise ConfigError(f"representation surgery needs responses of every task; none for {missing}.")
+        self.unlabelled = unlabelled
         self._cache: dict[tuple[frozenset, str, bool], np.ndarray] = {}
 
     def _predict(self, model, task_id: str) -> np.ndarray:
@@ -293,6 +423,10 @@ class PlanEvaluator:
                             self.refit_config,
                         )
                         model = self.merger.task_model(group, t, head)
+                    elif self.merger.settings.per_task == "surgery":
+                        texts = surgery_texts(self.unlabelled[t], self.surgery)
+                        head, extra, _ = self.merger.surgery_head(group, t, texts, self.surgery)
+                        model = self.merger.task_model(group, t, head, extra)
                     group_model[t] = model
             for t in todo:
                 self._cache[(key, t, refit)] = self._predict(group_model[t], t)
