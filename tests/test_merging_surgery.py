@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,9 @@ def test_surgery_needs_responses_and_excludes_a_head_refit(lora_suite, demo_data
         )  # fmt: skip
     with pytest.raises(ConfigError, match="needs responses of every task"):
         PlanEvaluator(scorer, demo_datasets, settings)
+    ev = PlanEvaluator(scorer, demo_datasets, settings, refit=(demo_datasets, demo_datasets), unlabelled=demo_datasets)
+    with pytest.raises(ConfigError, match="not both"):
+        ev.evaluate(plan, refit=True)
 
 
 def test_merge_cli_fits_surgery_on_full_fine_tunes(tiny_full_suite, demo_files, tiny_backbone_path, tmp_path):
@@ -135,13 +140,17 @@ def test_merge_cli_fits_surgery_on_full_fine_tunes(tiny_full_suite, demo_files, 
 
     from scoreplex.cli import app
     from scoreplex.scorer import SuiteScorer
+    from scoreplex.suite import Suite
 
     runner = CliRunner()
     out = tmp_path / "merged"
     common = [str(tiny_full_suite.root), str(demo_files["train"])]
     res = runner.invoke(app, ["merge", *common, str(out), "--groups", "1", "--cap", "30", "--per-task", "surgery",
-                              "--surgery-rank", "4"])  # fmt: skip
+                              "--surgery-rank", "4", "--eval", str(demo_files["test"])])  # fmt: skip
     assert res.exit_code == 0, res.output
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {"before", "after"} <= set(report["evaluation"])
+    assert Suite.open(out).manifest["merge"]["surgery"]["rank"] == 4
     merged = SuiteScorer(out, backbone=str(tiny_backbone_path))
     for t in merged.suite.task_ids:
         assert merged.suite.task_info(t)["config"]["surgery_rank"] == 4
@@ -151,3 +160,6 @@ def test_merge_cli_fits_surgery_on_full_fine_tunes(tiny_full_suite, demo_files, 
     assert res.exit_code == 2 and "not both" in res.output
     res = runner.invoke(app, ["merge", *common, str(tmp_path / "y"), "--per-task", "masks"])
     assert res.exit_code == 2 and "per-task piece" in res.output
+    res = runner.invoke(app, ["merge", *common, str(tmp_path / "z"), "--per-task", "surgery", "--surgery-rank", "64"])
+    assert res.exit_code == 2 and "above the backbone's feature size 32" in res.output
+    assert not (tmp_path / "z" / "manifest.json").exists()  # refused before any suite was written

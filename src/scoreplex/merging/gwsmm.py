@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from scoreplex.errors import ConfigError
 from scoreplex.merging.features import FeatureSettings
 from scoreplex.merging.gromov import GWSettings, PairMap
 from scoreplex.merging.merge import MergeSettings
-from scoreplex.merging.merged_suite import PlanEvaluator, merge_suite, unmerged_plan
+from scoreplex.merging.merged_suite import PlanEvaluator, check_surgery_rank, merge_suite, unmerged_plan
 from scoreplex.merging.plan import MergePlan, clustering_plan, optimal_plan, plan_score
 from scoreplex.merging.similarity import SimilarityInputs, get_similarity
 from scoreplex.suite import Suite, write_json_atomic
@@ -115,6 +115,7 @@ def run_merge(
             f"the suite at {suite_dir} is a {method.name!r} suite ({method.description}); merging needs task encoders: "
             f"give a suite of {' or '.join(methods_with('mergeable'))} models."
         )
+    check_surgery_rank(job.merge, scorer.bb.hidden)
     plan = MergePlan.from_file(job.plan_file, ids) if job.plan_file else None
     if plan is None and not 1 <= job.n_groups <= len(ids):
         raise ConfigError(f"--groups {job.n_groups} for {len(ids)} tasks; choose T' between 1 and {len(ids)}.")
@@ -180,7 +181,10 @@ def run_merge(
         f"![{job.similarity} {kind.kind}](gw-heatmap.png)",
     ]
     if eval_data is not None:
-        evaluator = PlanEvaluator(scorer, {t: eval_data[t] for t in ids if t in eval_data}, job.merge)
+        # the unmerged plan only: no group is merged, so no per-task piece is fitted
+        evaluator = PlanEvaluator(
+            scorer, {t: eval_data[t] for t in ids if t in eval_data}, replace(job.merge, per_task="none")
+        )
         if len(evaluator.eval_sets) != len(ids):
             raise ConfigError(f"the evaluation data lacks tasks {sorted(set(ids) - set(eval_data))}.")
         before = evaluator.evaluate(unmerged_plan(ids))

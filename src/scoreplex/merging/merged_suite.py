@@ -59,7 +59,7 @@ class GroupMerger:
             )
         self.settings = settings
         self._base = {k: v.detach().clone() for k, v in scorer.bb.encoder.state_dict().items()}
-        self._own_features: dict[tuple[str, int], torch.Tensor] = {}
+        self._own_features: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
 
     def merge(self, members: list[str]) -> MergedGroup:
         t0 = time.perf_counter()
@@ -138,7 +138,7 @@ class GroupMerger:
         features of the same ``texts`` are computed once per task and kept.
         """
         surgery = surgery or SurgerySettings(rank=self.settings.surgery_rank)
-        key = (task_id, hash(tuple(texts)))
+        key = (task_id, tuple(texts))
         if key not in self._own_features:
             self._own_features[key] = self._features(self.scorer.model(task_id), texts)
         merged = self._features(self.task_model(group, task_id), texts)
@@ -147,6 +147,18 @@ class GroupMerger:
         head = {f"base.{k}": v for k, v in split_state(tensors, "head.").items()}
         head.update({f"surgery.{k}": v.detach().clone() for k, v in module.state_dict().items()})
         return head, {"surgery_rank": surgery.rank}, info
+
+
+def check_surgery_rank(settings: MergeSettings, hidden: int, surgery: SurgerySettings | None = None) -> None:
+    """ConfigError, before any work, when a surgery module of the asked rank cannot fit features of size ``hidden``."""
+    if settings.per_task != "surgery":
+        return
+    rank = surgery.rank if surgery is not None else settings.surgery_rank
+    if rank > hidden:
+        raise ConfigError(
+            f"surgery rank {rank} is above the backbone's feature size {hidden}; give --surgery-rank {hidden} or "
+            "less (16 is the paper's choice)."
+        )
 
 
 def surgery_texts(data: TaskData, surgery: SurgerySettings) -> list[str]:
@@ -297,6 +309,7 @@ def merge_suite(
                 f"representation surgery needs responses of every task (unscored is fine); none for {missing}."
             )
         surgery = surgery or SurgerySettings(rank=settings.surgery_rank)
+        check_surgery_rank(settings, scorer.bb.hidden, surgery)
     merger = GroupMerger(scorer, settings)
     m = source.manifest
     suite = Suite.create(
@@ -356,6 +369,7 @@ def merge_suite(
             "source": str(source.root),
             "source_bytes": source.total_bytes,
             "head_refit": refit is not None,
+            "surgery": asdict(surgery) if use_surgery else None,
             "groups": groups_info,
             **(extra_manifest or {}),
         }
@@ -384,6 +398,7 @@ class PlanEvaluator:
         self.refit_config = refit_config
         self.surgery = surgery or SurgerySettings(rank=settings.surgery_rank)
         if settings.per_task == "surgery":
+            check_surgery_rank(settings, scorer.bb.hidden, self.surgery)
             missing = [t for t in eval_sets if unlabelled is None or t not in unlabelled]
             if missing:
                 raise ConfigError(f"representation surgery needs responses of every task; none for {missing}.")
@@ -402,6 +417,8 @@ class PlanEvaluator:
 
     def predictions(self, members: list[str], refit: bool = False) -> dict[str, np.ndarray]:
         key = frozenset(members)
+        if refit and self.merger.settings.per_task == "surgery":
+            raise ConfigError("choose a head re-fit or representation surgery, not both: surgery keeps each own head.")
         todo = [t for t in members if (key, t, refit) not in self._cache]
         if todo:
             if len(members) == 1 and not refit:
