@@ -471,6 +471,22 @@ def update_gw_merging(path: Path, r: dict, predict: dict) -> None:
     d["best_similarity"] = predict["best_similarity"]
     d["best_similarity_spearman"] = predict["best_similarity_spearman"]
     write_json_atomic(path, d)
+    md = path.with_suffix(".md")
+    if md.is_file():  # the same figures at the top of the markdown, between markers a rerun replaces
+        text = md.read_text(encoding="utf-8")
+        start, end = "<!-- fair-protocol -->", "<!-- /fair-protocol -->"
+        if start in text and end in text:
+            text = text[: text.index(start)] + text[text.index(end) + len(end) + 1 :]
+        title, _, rest = text.partition("\n")
+        block = (
+            f"{start}\n**Headline figures now come from one fair protocol on the LoRA suite** "
+            f"([merge-protocol.md](merge-protocol.md), `{r['command']}`): best variant on validation "
+            f"**{best}**; T' = 3 mean test QWK: unmerged {r['unmerged']['mean_qwk']:.3f}, GW plan "
+            f"{t['gw_mean_qwk']:.3f}, expert {d['expert_plan_t3_mean_qwk']:.3f}, random median "
+            f"{_f(t['random_median_mean_qwk'])}. The figures below are the first run's: full fine-tunes, TIES at fixed "
+            f"density 0.2, lambda 1 (`full_finetune_fixed_ties` in the JSON).\n{end}\n"
+        )
+        md.write_text(f"{title}\n\n{block}{rest}", encoding="utf-8")
 
 
 def _f(v, fmt=".3f") -> str:
