@@ -496,12 +496,16 @@ def _f(v, fmt=".3f") -> str:
 def markdown(r: dict) -> str:
     p = r["protocol"]
     grid = ", ".join(f"({d}, {s})" for d, s in p["grid"])
+    single = "all-in-one" in r["plans"]
+    kind = "models" if single else "adapters"
     lines = [
-        "# GW-SMM under one fair protocol (ASAP-SAS, LoRA suite, T' = 3)",
+        f"# All {len(r['task_ids'])} task models of {p['suite']} merged into one, under the fair protocol"
+        if single
+        else "# GW-SMM under one fair protocol (ASAP-SAS, LoRA suite, T' = 3)",
         "",
         f"Reproduce: `{r['command']}` ({r['date']}, {r['machine']}).",
         "",
-        f"Every distinct group of every plan: its LoRA adapters merged with TIES at (density, lambda) in {grid}; per "
+        f"Every distinct group of every plan: its task {kind} merged with TIES at (density, lambda) in {grid}; per "
         f"variant the grid point with the best mean validation QWK of its members; test.tsv scored once per group "
         f"and variant at that point. Variants: **kept** (each item's own head), **refit** (a new head on "
         f"{p['fit_rows']} training rows' merged features, early-stopped on validation), **surgery** (each item's own "
@@ -512,7 +516,10 @@ def markdown(r: dict) -> str:
     ]
     if r["groups_missing"]:
         lines += [f"**Incomplete**: {len(r['groups_missing'])} groups not evaluated yet; rerun to resume.", ""]
-    lines += [f"Unmerged (10 adapters, heads kept): mean test QWK **{r['unmerged']['mean_qwk']:.3f}**.", ""]
+    lines += [
+        f"Unmerged ({len(r['task_ids'])} {kind}, heads kept): mean test QWK **{r['unmerged']['mean_qwk']:.3f}**.",
+        "",
+    ]
     if r["best_variant"]:
         gw = r["plans"]["gw"]["variants"]
         vals = ", ".join(f"{v} {_f(gw[v]['val_mean_qwk'])}" for v in VARIANTS)
@@ -570,8 +577,10 @@ def markdown(r: dict) -> str:
             g = " / ".join(",".join(x.removeprefix("asap-") for x in grp) for grp in row["groups"])
             lines.append(f"| {k} | " + " | ".join(_f(row[v]) for v in VARIANTS) + f" | {g} |")
         lines.append("")
-    if "all-in-one" in r["plans"]:
+    if single:
         pl = r["plans"]["all-in-one"]["variants"]
+        vals = ", ".join(f"{v} {_f(pl[v]['val_mean_qwk'])}" for v in VARIANTS)
+        lines += ["", f"Mean validation QWK at each variant's chosen point: {vals}.", ""]
         lines += ["## All tasks merged into one", "", "| item | unmerged | " + " | ".join(VARIANTS) + " |",
                   "|---|---:|" + "---:|" * len(VARIANTS)]  # fmt: skip
         for t in r["task_ids"]:
