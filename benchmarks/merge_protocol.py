@@ -198,7 +198,7 @@ def main(argv=None) -> dict:
                 module, s_info = fit_surgery(zf, own_fit[t], surgery)
                 with torch.no_grad():
                     surg = metrics(spec, val_sets[t], model.head(module(zv)))
-                head, refit = refit_head_on_features(info["config"], hidden, fit_sets[t], zf, val_sets[t], zv)
+                head, refit = refit_head_on_features(info["config"], fit_sets[t], zf, val_sets[t], zv)
                 row["val"][t] = {"kept": kept["qwk"], "refit": refit["qwk"], "surgery": surg["qwk"],
                                  "surgery_l1": [s_info["l1_before"], s_info["l1_after"]]}  # fmt: skip
                 refit_head = load_head(hidden, spec, info["config"], {f"head.{k}": v for k, v in head.items()})

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from scoreplex.data.dataset import TaskData
-from scoreplex.errors import ConfigError, SuiteError
+from scoreplex.errors import ConfigError, DataError, SuiteError
 from scoreplex.merging.merge import MergeSettings, lora_deltas, merge_lora, merge_state_dicts
 from scoreplex.merging.plan import MergePlan
 from scoreplex.merging.surgery import SurgerySettings, fit_surgery
-from scoreplex.methods import MethodSettings, TaskModel, methods_with, split_state
+from scoreplex.methods import TaskModel, methods_with, split_state
 from scoreplex.metrics import evaluate_task, mean_over_tasks
 from scoreplex.suite import Suite
 from scoreplex.training.loop import TrainConfig
@@ -178,76 +178,81 @@ def refit_head(
     *,
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Train a fresh head on the frozen merged encoder's features; returns its state and validation metrics."""
-    from scoreplex.backbone import Backbone
-    from scoreplex.training.suite import train_task
+    """Train a fresh head on the frozen merged encoder's features; returns its state and validation metrics.
 
-    enc = model.encoder
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    bb = Backbone(enc, tokenizer, None)
-    settings = MethodSettings(
-        head_hidden=_head_hidden(model.head),
-        head_dropout=_head_dropout(model.head),
-        length_feature=getattr(model.head, "length", None) is not None,
-    )
-    # train_task builds a head-only model on bb.encoder's (the merged encoder's) pooled features
-    new_model, _, val_metrics = train_task(
-        bb,
+    Encodes ``train`` and ``val`` once with ``model``'s encoder, then :func:`refit_head_on_features`; the new head
+    has the old one's hidden units, dropout and length feature."""
+    from scoreplex.encoding import encode_texts
+    from scoreplex.predictions import embed_all
+
+    enc_train = encode_texts(tokenizer, train.texts, max_length, train.labels)
+    enc_val = encode_texts(tokenizer, val.texts, max_length, val.labels)
+    head_config = {"head_hidden": _head_hidden(model.head), "head_dropout": _head_dropout(model.head)}
+    if getattr(model.head, "length", None) is not None:
+        head_config["length_feature"] = True
+    return refit_head_on_features(
+        head_config,
         train,
+        embed_all(model, enc_train),
         val,
-        method="head",
-        pooling=model.pooling,
-        max_length=max_length,
-        config=config,
-        settings=settings,
+        embed_all(model, enc_val),
+        config,
+        n_tokens=(enc_train.n_tokens, enc_val.n_tokens),
         progress=progress,
     )
-    return {k: v.detach().clone() for k, v in new_model.head.state_dict().items()}, val_metrics
 
 
 def refit_head_on_features(
     head_config: Mapping[str, Any],
-    hidden: int,
     train: TaskData,
     f_train: torch.Tensor,
     val: TaskData,
     f_val: torch.Tensor,
     config: TrainConfig = REFIT_CONFIG,
+    *,
+    n_tokens: tuple[Any, Any] | None = None,
+    progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """:func:`refit_head` on pooled features already computed by the merged encoder (each response encoded once).
+    """A fresh head trained on pooled features already computed by a frozen (merged) encoder, early-stopped on
+    validation QWK (:func:`scoreplex.training.loop.fit`, as head-only training does).
 
-    ``f_train`` ``(N_train, H)`` and ``f_val`` ``(N_val, H)`` are the frozen merged encoder's pooled features of
-    ``train`` and ``val``; ``head_config`` the task's config (head type, hidden units, dropout; no length feature:
-    ConfigError). Returns the best-validation head's state and its validation metrics.
+    ``f_train`` ``(N_train, H)`` and ``f_val`` ``(N_val, H)`` are the encoder's pooled features of ``train`` and
+    ``val``; ``head_config`` the head's config (head type, hidden units, dropout, length feature); ``n_tokens``
+    ``(train (N_train,), val (N_val,))`` token counts, which a head with the length feature needs (ConfigError
+    without them). Returns the best-validation head's state and its validation metrics.
     """
-    from scoreplex.heads import rubric_loss
-    from scoreplex.methods import TaskModel
+    from scoreplex.heads import balanced_class_weights, rubric_loss
     from scoreplex.methods.base import build_head
     from scoreplex.metrics import validation_qwk
     from scoreplex.predictions import decode
     from scoreplex.training.loop import fit
     from scoreplex.training.suite import _features_batches
 
-    if head_config.get("length_feature"):
-        raise ConfigError("a head with the length feature needs token counts; re-fit it with refit_head.")
+    if not train.has_labels or not val.has_labels:
+        raise DataError("a head re-fit needs scored responses (labels) for train and validation.", task=train.spec.id)
+    if head_config.get("length_feature") and n_tokens is None:
+        raise ConfigError("a head with the length feature needs the responses' token counts (n_tokens).")
     spec = train.spec
+    tok_train, tok_val = n_tokens if n_tokens is not None else (None, None)
+    val_tokens = None if tok_val is None else torch.as_tensor(tok_val)
     torch.manual_seed(config.seed)
     cfg = {k: v for k, v in head_config.items() if k != "surgery_rank"}
-    model = TaskModel(None, build_head(hidden, spec, cfg), "mean")
+    model = TaskModel(None, build_head(f_train.shape[1], spec, cfg), "mean")
+    weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
 
     def objective(mdl, batch):
-        return rubric_loss(mdl(features=batch["features"]), batch["labels"], spec.class_counts)
+        logits = mdl(**{k: v for k, v in batch.items() if k != "labels"})
+        return rubric_loss(logits, batch["labels"], spec.class_counts, weights)
 
     def validate(mdl) -> float:
-        return validation_qwk(spec, val.labels, decode(spec, val.ids, mdl(features=f_val)).labels)
+        return validation_qwk(spec, val.labels, decode(spec, val.ids, mdl(features=f_val, n_tokens=val_tokens)).labels)
 
     steps = (len(train) + config.batch_size - 1) // config.batch_size
-    batches = _features_batches(f_train, train.labels, config.batch_size)
-    fit(model, batches, steps, objective, validate, config, description=f"head re-fit {spec.id}", progress=False)
+    batches = _features_batches(f_train, train.labels, config.batch_size, tok_train)
+    fit(model, batches, steps, objective, validate, config, description=f"head re-fit {spec.id}", progress=progress)
     model.eval()
     with torch.no_grad():
-        pred = decode(spec, val.ids, model(features=f_val))
+        pred = decode(spec, val.ids, model(features=f_val, n_tokens=val_tokens))
     state = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
     return state, evaluate_task(spec, val.labels, pred.labels)
 
