@@ -574,6 +574,32 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path):
     assert r.exit_code == 2 and "not a scoreplex suite" in r.output
 
 
+def test_serve_passes_keep_alive_and_access_log_to_uvicorn(served_suite, tiny_backbone_path, monkeypatch):
+    """The kept-alive timeout outlives clients' pool expiry (httpx: 5 s) unless told otherwise, and the access log
+    is off unless asked for; both reach uvicorn from flags and from SCOREPLEX_* variables."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+
+    seen: list = []
+
+    def fake_run(self, sockets=None):  # records the config instead of serving
+        seen.append((self.config.timeout_keep_alive, self.config.access_log))
+        self.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    base = ["serve", str(served_suite), "--backbone", str(tiny_backbone_path), "--port", "0"]
+    runner = CliRunner()
+    assert runner.invoke(app, base).exit_code == 0
+    assert runner.invoke(app, [*base, "--keep-alive", "12.5", "--access-log"]).exit_code == 0
+    r = runner.invoke(app, base, env={"SCOREPLEX_KEEP_ALIVE_S": "30", "SCOREPLEX_ACCESS_LOG": "true"})
+    assert r.exit_code == 0, r.output
+    assert seen == [(75.0, False), (12.5, True), (30.0, True)]
+    r = runner.invoke(app, [*base, "--keep-alive", "0"])
+    assert r.exit_code == 2 and "--keep-alive (SCOREPLEX_KEEP_ALIVE_S)" in r.output
+
+
 _SLOW_SERVER = """
 import sys, time
 from pathlib import Path
@@ -645,4 +671,5 @@ def test_real_server_finishes_in_flight_requests_on_sigterm_and_exits_0(served_s
     assert len(answers) == 1 and answers[0].status_code == 200, text
     assert answers[0].json()["results"][0]["id"] == "slow" and answers[0].json()["results"][0]["error"] is None
     assert "binding to 127.0.0.1 (loopback only) instead of 0.0.0.0" in text
+    assert "POST /v1/score" not in text  # no access log unless asked for
     assert "Traceback" not in text

@@ -1223,6 +1223,17 @@ def serve(
     shutdown_timeout_s: Annotated[
         float | None, typer.Option("--shutdown-timeout", help="Seconds queued requests get on SIGTERM (default 30).")
     ] = None,
+    keep_alive_s: Annotated[
+        float | None,
+        typer.Option("--keep-alive", help="Seconds an idle kept-alive connection stays open (default 75)."),
+    ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log a line per request (default off: /metrics counts requests by route and status).",
+        ),
+    ] = None,
     ray: Annotated[str | None, _ray_opt("Serve on Ray Serve, one engine per replica.")] = None,
     replicas: Annotated[int | None, typer.Option("--replicas", help="With --ray: replicas (default 1).")] = None,
     min_replicas: Annotated[
@@ -1269,6 +1280,8 @@ def serve(
         "keys_file": keys_file,
         "import_roots": tuple(import_root) if import_root else None,
         "shutdown_timeout_s": shutdown_timeout_s,
+        "keep_alive_s": keep_alive_s,
+        "access_log": access_log,
     }
     try:
         settings = ServiceSettings(suite=suite, **{k: v for k, v in given.items() if v is not None})

@@ -59,6 +59,8 @@ def serve(settings: ServiceSettings, *, log: Callable[[str], None] = print) -> N
         port=settings.port,
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        timeout_keep_alive=settings.keep_alive_s,
+        access_log=settings.access_log,
         log_config=_log_config(),
         server_header=False,
     )
