@@ -393,6 +393,33 @@ def add_load_options(ap: argparse.ArgumentParser, levels: str, client: str = "ra
     ap.add_argument("--client", choices=("raw", "httpx"), default=client, help="the load generator's HTTP client")
 
 
+def build_quick_suite(folder: Path, data_root: str | None, rows_per_item: int) -> None:
+    """A LoRA suite of the 10 ASAP-SAS items trained on each item's first ``rows_per_item`` training responses for
+    one epoch (about a minute on 2 cores), for when the real one (``make bench-asap``, about an hour) is not at hand.
+    Serving cost depends on the suite's shape (method, LoRA rank, max_length, the tasks), which this suite shares
+    with the real one, not on how well it scores; its QWK means nothing. Kept under ``folder`` (resumable)."""
+    import csv
+
+    from scoreplex.data.asap_sas import default_root
+
+    if (folder / "suite" / "manifest.json").is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: dict[str, int] = {}
+    tsv = folder / "train-subset.tsv"
+    root = Path(data_root) if data_root else default_root()
+    with open(root / "train.tsv", newline="", encoding="utf-8") as f, open(tsv, "w", newline="") as out:
+        w = csv.writer(out, delimiter="\t")
+        w.writerow(["id", "task", "text", "score"])
+        for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if taken.get(row["EssaySet"], 0) < rows_per_item:
+                taken[row["EssaySet"]] = taken.get(row["EssaySet"], 0) + 1
+                w.writerow([f"asap-{row['Id']}", f"asap-{row['EssaySet']}", row["EssayText"], row["Score1"]])
+    exe = str(Path(sys.executable).with_name("scoreplex"))
+    cmd = [exe, "train", str(tsv), "-o", str(folder / "suite"), "--method", "lora", "--epochs", "1"]
+    subprocess.run([*cmd, "--head-warmup-epochs", "0", "--max-length", "160"], check=True)
+
+
 def asap_test_responses(args) -> dict:
     """The ASAP-SAS test responses by task, once the suite is there."""
     from scoreplex.data.asap_sas import load_asap_sas
@@ -450,8 +477,28 @@ def main() -> None:
     ap.add_argument("--singles", type=int, default=50, help="single-response calls, in-process and over HTTP")
     ap.add_argument("--pairs", type=int, default=5, help="paired rounds (engine, then server) at saturation")
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument(
+        "--suite-note",
+        default="",
+        help="how the suite was trained, for the report (serving cost depends on the suite's shape: method, rank, "
+        "max_length, tasks; not on how well it scores)",
+    )
+    ap.add_argument(
+        "--quick-suite",
+        default=None,
+        metavar="FOLDER",
+        help="train (once, into FOLDER) and serve a LoRA suite of the 10 items on 120 responses each for one epoch, "
+        "instead of --suite: same serving cost, meaningless scores",
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
+    if args.quick_suite:
+        build_quick_suite(Path(args.quick_suite), args.data, 120)
+        args.suite = str(Path(args.quick_suite) / "suite")
+        args.suite_note = args.suite_note or (
+            "`--quick-suite`: LoRA r 8 on query/value, max_length 160, each item's first 120 training responses, "
+            "one epoch; the serving cost of the real suite's shape, not its scores"
+        )
 
     data = asap_test_responses(args)
     rows = {mix: stream(data, mix, args.stream_rows, seed=i) for i, mix in enumerate(MIXES)}
@@ -506,8 +553,10 @@ def main() -> None:
         "command": "python benchmarks/service.py " + " ".join(sys.argv[1:]),
         "suite": args.suite,
         "cores": os.cpu_count(),
+        "suite_note": args.suite_note or None,
         "server": f"scoreplex serve defaults (max_batch_rows {defaults.max_batch_rows}, max_wait_ms "
-        f"{defaults.max_wait_ms:g}, queue_size {defaults.queue_size}); one response a request",
+        f"{defaults.max_wait_ms:g}, queue_size {defaults.queue_size}, keep_alive_s {defaults.keep_alive_s:g}, "
+        f"access_log {'on' if defaults.access_log else 'off'}); one response a request",
         "client": args.client,
         "http_vs_inprocess": round(float(np.median([p["throughput_ratio"] for p in paired])), 3),
         "http_vs_inprocess_rounds": [p["throughput_ratio"] for p in paired],
@@ -555,11 +604,12 @@ def _yes(x: bool) -> str:
 
 def write_md(r: dict, path: Path) -> None:
     e = r["engine_in_process"]
+    note = f" ({r['suite_note']})" if r.get("suite_note") else ""
     md = [
         "# `scoreplex serve` under load vs the engine in-process",
         "",
         f"Reproduce: `{r['command']}` ({r['cores']} cores; client and server share them; {r['wall_s']} s).",
-        f"Suite `{r['suite']}`; real ASAP-SAS test responses, one per request; {r['server']}; load generator: "
+        f"Suite `{r['suite']}`{note}; real ASAP-SAS test responses, one per request; {r['server']}; load generator: "
         f"{r['client']} client.",
         "",
         "| figure | measured |",
