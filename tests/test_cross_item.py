@@ -332,6 +332,34 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(demo_datasets, tiny_bb, 
     assert sorted(suite.task_ids) == sorted(data) and not (out / ".checkpoints").exists()
 
 
+def test_few_shot_items_choose_the_epochs_by_cross_validation_then_refit_on_all_rows(
+    demo_datasets, tiny_bb, small_options, tmp_path
+):
+    from scoreplex.crossitem.train import train_cross_item
+
+    few = {t: demo_datasets[t].subset(range(15)) for t in ITEMS[:2]}  # 1-2 validation rows each: small items
+    options = small_options("cross-item", max_length=32, lexical=False, decoding=False, cv_folds=3)
+    suite = train_cross_item(few, tmp_path / "few", options, backbone=tiny_bb)
+    record = suite.manifest["cross_item"]
+    cv = record["cv"]
+    assert cv["folds"] == 3 and sorted(cv["small_items"]) == sorted(few)
+    assert len(cv["per_fold"]) == 3 and all(len(curve) == 2 for curve in cv["per_fold"])  # every epoch of every fold
+    mean = np.mean(np.array(cv["per_fold"]), axis=0)
+    assert np.allclose(cv["mean_pooled_qwk"], mean, atol=1e-5)
+    assert cv["epochs"] == int(np.argmax(mean)) + 1
+    fit = record["fit"]  # the refit: all rows, exactly the chosen number of epochs, nothing validated
+    assert fit["epochs_run"] == cv["epochs"] and fit["best_pooled_qwk"] is None
+    assert all(h["val"] is None for h in fit["history"])
+    assert all(suite.task_info(t)["summary"]["train"]["n_train"] == 15 for t in few)
+    assert not (tmp_path / "few" / ".checkpoints").exists()
+
+    # items with validation splits of their own: early stopping on the pooled split, as before
+    options = small_options("cross-item", max_length=32, lexical=False, decoding=False, cv_folds=3, min_val_rows=0)
+    suite = train_cross_item({t: demo_datasets[t] for t in ITEMS[:2]}, tmp_path / "big", options, backbone=tiny_bb)
+    assert "cv" not in suite.manifest["cross_item"]
+    assert suite.manifest["cross_item"]["fit"]["best_pooled_qwk"] is not None
+
+
 # -- head warm-up --------------------------------------------------------------------------------------------------
 def test_the_head_warm_up_trains_only_the_heads(demo_datasets, tiny_bb):
     from scoreplex.crossitem.model import CrossItemModel

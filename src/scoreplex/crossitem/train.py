@@ -7,6 +7,13 @@ up alone on frozen pooled pair features (``config.head_warmup_epochs`` at ``head
 model selection use *pooled* validation: the mean validation QWK over items weighted by their validation rows (items
 whose QWK is undefined left out), so an item with 2-3 validation rows does not decide the epoch alone. An item too
 small to split keeps all its rows for training and is named in a warning.
+
+With ``TrainOptions.cv_folds >= 2`` and at least one small item (its own validation split below ``min_val_rows``
+responses, or one class: :func:`~scoreplex.data.splits.validation_shortfall`), the pooled validation split is itself
+a few rows per item, and early stopping on it picks the first epoch or two by chance. The joint model's number of
+epochs is then chosen by k-fold cross-validation over every item at once (:func:`choose_cross_item_epochs`: each
+fold holds out a fifth of every item, the pooled validation QWK per epoch is averaged over the folds) and the model
+is refitted on all responses for that many epochs (no decoding is fitted then: no held-out responses are left).
 """
 
 from __future__ import annotations
@@ -216,7 +223,7 @@ def warm_up_heads(
         make_batches,
         (len(tasks) + config.batch_size - 1) // config.batch_size,
         cross_item_objective,
-        lambda m: pooled_qwk(val, lambda t: m.heads[t](f_val[t])),
+        (lambda m: pooled_qwk(val, lambda t: m.heads[t](f_val[t]))) if val else None,  # a refit: every epoch
         warm,
         description="cross-item head warm-up",
         progress=progress,
@@ -258,6 +265,8 @@ class CrossItemRun:
     """Validation encodings per item."""
     truncated: dict[str, int]
     """Training responses cut per item."""
+    cv: dict[str, Any] | None = None
+    """How the epochs were chosen by cross-validation (:func:`choose_cross_item_epochs`), None without it."""
 
 
 def fit_cross_item(
@@ -268,14 +277,19 @@ def fit_cross_item(
     val_sets: Mapping[str, TaskData] | None = None,
     pairing_texts: Mapping[str, str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    refit: bool = False,
 ) -> CrossItemRun:
     """Train the cross-item model on every item of ``datasets`` (see :func:`train_cross_item`); writes nothing but
-    the loop's checkpoint."""
+    the loop's checkpoint. ``refit``: train on all responses for ``options.config.epochs`` epochs, without
+    validation (the count was chosen elsewhere, :func:`choose_cross_item_epochs`)."""
     if not datasets:
         raise ConfigError("no items to train: the data held no responses.")
     settings = CrossItemSettings.from_extra(options.settings.extra)
     log = progress_log(options.progress)
-    train, val, unsplit = _split(datasets, val_sets, options)
+    if refit:
+        train, val, unsplit = dict(datasets), {}, []
+    else:
+        train, val, unsplit = _split(datasets, val_sets, options)
     if unsplit and log is not None:
         log(
             f"warning: {len(unsplit)} items have too few responses for a validation split and train on all their "
@@ -335,10 +349,10 @@ def fit_cross_item(
         make_batches,
         steps,
         cross_item_objective,
-        lambda m: pooled_qwk(val, lambda t: predict_logits(m.task_view(t), enc_val[t])),
-        options.config,
+        (lambda m: pooled_qwk(val, lambda t: predict_logits(m.task_view(t), enc_val[t]))) if val else None,
+        replace(options.config, patience=0) if refit else options.config,
         checkpoint_dir=checkpoint_dir,
-        description="cross-item",
+        description="cross-item refit on all responses" if refit else "cross-item",
         progress=options.progress,
         score_name="pooled validation QWK",
     )
@@ -380,6 +394,8 @@ def save_cross_item(
         max_length=run.max_length,
     )
     extra = {"cross_item": {"items": len(model.specs), "unsplit_items": run.unsplit, "fit": _fit_record(run.result)}}
+    if run.cv is not None:
+        extra["cross_item"]["cv"] = run.cv
     if run.truncated_share is not None:
         extra["truncated_share"] = run.truncated_share
     suite.update(**extra)
@@ -469,7 +485,27 @@ def train_cross_item(
             "scoreplex.crossitem.add_item."
         )
     bb = backbone or Backbone.load(options.backbone)
-    run = fit_cross_item(datasets, options, bb, val_sets=val_sets, pairing_texts=pairing_texts, checkpoint_dir=ckpt)
+    small = small_items(datasets, options) if options.cv_folds >= 2 and val_sets is None else {}
+    if small:
+        log = progress_log(options.progress)
+        if log is not None:
+            log(
+                f"{len(small)} of {len(datasets)} items have too small a validation split "
+                f"({', '.join(f'{t}: {why}' for t, why in list(small.items())[:5])}"
+                + (" ..." if len(small) > 5 else "")
+                + f"); the cross-item model's epochs are chosen by {options.cv_folds}-fold cross-validation over "
+                "all items, then it is refitted on all responses."
+            )
+        cv = choose_cross_item_epochs(
+            datasets, options, bb, folds=options.cv_folds, folder=ckpt / "cv", pairing_texts=pairing_texts
+        )
+        refit_options = replace(options, config=replace(options.config, epochs=cv["epochs"]))
+        run = fit_cross_item(
+            datasets, refit_options, bb, pairing_texts=pairing_texts, checkpoint_dir=ckpt / "refit", refit=True
+        )
+        run.cv = {**cv, "small_items": small}
+    else:
+        run = fit_cross_item(datasets, options, bb, val_sets=val_sets, pairing_texts=pairing_texts, checkpoint_dir=ckpt)
     suite = save_cross_item(run, root, bb, options, on_task_done=on_task_done)
     shutil.rmtree(ckpt, ignore_errors=True)
     ckpt_root = root / ".checkpoints"
@@ -478,11 +514,86 @@ def train_cross_item(
     return suite
 
 
+def small_items(datasets: Mapping[str, TaskData], options: TrainOptions) -> dict[str, str]:
+    """Items whose own ``val_fraction`` split would be too small to choose epochs on
+    (:func:`~scoreplex.data.splits.validation_shortfall` at ``options.min_val_rows``), with why; an item too small to
+    split at all counts as small."""
+    from scoreplex.data.splits import train_val_split, validation_shortfall
+
+    out = {}
+    for task_id, data in datasets.items():
+        try:
+            _, val = train_val_split(data, val_fraction=options.val_fraction, seed=options.config.seed)
+        except DataError:
+            out[task_id] = f"{len(data)} responses, too few to split"
+            continue
+        if (why := validation_shortfall(val, min_rows=options.min_val_rows)) is not None:
+            out[task_id] = why
+    return out
+
+
+def choose_cross_item_epochs(
+    datasets: Mapping[str, TaskData],
+    options: TrainOptions,
+    bb: Backbone,
+    *,
+    folds: int,
+    folder: str | os.PathLike[str],
+    pairing_texts: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Choose the cross-item model's number of epochs by k-fold cross-validation over all items at once.
+
+    Every item's responses are split into ``min(folds, n_item)`` folds (:func:`~scoreplex.data.splits.kfold_split`,
+    seeded by ``options.config.seed``); fold ``i`` holds out fold ``i`` of every item (``i mod k_item`` for an item
+    with fewer folds). Per fold the joint model trains for ``options.config.epochs`` epochs without early stopping
+    (head warm-up included) and its pooled validation QWK (:func:`pooled_qwk`) is kept after every epoch; the chosen
+    count is the first epoch with the best mean over the folds. Resumable: each fold's run is checkpointed under
+    ``folder/fold-<i>``. Returns ``{"epochs", "folds", "mean_pooled_qwk" (per epoch), "per_fold" (per fold, per
+    epoch)}``.
+
+    Raises:
+        ConfigError: ``folds`` below 2.
+        DataError: an item with fewer than 2 responses.
+    """
+    from scoreplex.data.splits import kfold_split
+
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"cv_folds={folds!r}; give a number of folds >= 2, e.g. 5.")
+    for task_id, data in datasets.items():
+        if len(data) < 2:
+            raise DataError(
+                f"{len(data)} scored response(s) cannot be cross-validated.", task=task_id, fix="add scored responses."
+            )
+    splits = {t: kfold_split(d, folds=min(folds, len(d)), seed=options.config.seed) for t, d in datasets.items()}
+    cfg = replace(options.config, patience=0)  # every epoch of every fold, so the epochs can be compared
+    fold_options = replace(options, config=cfg, progress=options.progress)
+    curves: list[list[float]] = []
+    for i in range(folds):
+        train = {t: parts[i % len(parts)][0] for t, parts in splits.items()}
+        val = {t: parts[i % len(parts)][1] for t, parts in splits.items()}
+        run = fit_cross_item(
+            train,
+            fold_options,
+            bb,
+            val_sets=val,
+            pairing_texts=pairing_texts,
+            checkpoint_dir=Path(folder) / f"fold-{i + 1}",
+        )
+        curves.append([float(h["val"]) for h in run.result.history])
+    mean = np.mean(np.array(curves), axis=0)  # (epochs,)
+    return {
+        "epochs": int(np.argmax(mean)) + 1,
+        "folds": folds,
+        "mean_pooled_qwk": [round(float(x), 6) for x in mean],
+        "per_fold": [[round(x, 6) for x in c] for c in curves],
+    }
+
+
 def _fit_record(result: FitResult) -> dict[str, Any]:
     return {
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
-        "best_pooled_qwk": result.best_score,
+        "best_pooled_qwk": result.best_score if np.isfinite(result.best_score) else None,  # None: a refit
         "seconds": round(result.seconds, 2),
         "history": result.history,
     }
