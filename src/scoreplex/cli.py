@@ -294,7 +294,8 @@ def train(
         typer.Option(
             "--cv-folds",
             help="Small items: choose their epochs by k-fold cross-validation within the item, then refit on all "
-            "their responses (0: train them on their own split).",
+            "their responses (0: train them on their own split). cross-item: with any small item, the joint model's "
+            "epochs by k-fold cross-validation over all items, then a refit on all responses.",
         ),
     ] = 0,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
