@@ -337,8 +337,8 @@ def test_few_shot_items_choose_the_epochs_by_cross_validation_then_refit_on_all_
 ):
     from scoreplex.crossitem.train import train_cross_item
 
-    few = {t: demo_datasets[t].subset(range(15)) for t in ITEMS[:2]}  # 1-2 validation rows each: small items
-    options = small_options("cross-item", max_length=32, lexical=False, decoding=False, cv_folds=3)
+    few = {t: demo_datasets[t].subset(range(24)) for t in ITEMS[:2]}  # 2-3 validation rows each: small items
+    options = small_options("cross-item", max_length=32, lexical=False, cv_folds=3)
     suite = train_cross_item(few, tmp_path / "few", options, backbone=tiny_bb)
     record = suite.manifest["cross_item"]
     cv = record["cv"]
@@ -350,7 +350,11 @@ def test_few_shot_items_choose_the_epochs_by_cross_validation_then_refit_on_all_
     fit = record["fit"]  # the refit: all rows, exactly the chosen number of epochs, nothing validated
     assert fit["epochs_run"] == cv["epochs"] and fit["best_pooled_qwk"] is None
     assert all(h["val"] is None for h in fit["history"])
-    assert all(suite.task_info(t)["summary"]["train"]["n_train"] == 15 for t in few)
+    for t in few:  # validated and decoded out of fold: each response held out once, at the chosen epoch
+        info = suite.task_info(t)
+        assert info["summary"]["train"]["n_train"] == 24 and info["summary"]["train"]["validation"] == "out-of-fold"
+        assert info["summary"]["metrics"]["validation"]["n"] == 24
+        assert info["decoding"] is not None
     assert not (tmp_path / "few" / ".checkpoints").exists()
 
     # items with validation splits of their own: early stopping on the pooled split, as before

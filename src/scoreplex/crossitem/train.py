@@ -44,7 +44,7 @@ from scoreplex.predictions import decode, embed_all, predict_logits
 from scoreplex.progress import progress_log
 from scoreplex.suite import Suite
 from scoreplex.tasks import TaskSpec
-from scoreplex.training.loop import FitResult, TrainConfig, fit
+from scoreplex.training.loop import FitResult, TrainConfig, checkpoint_epochs, fit
 from scoreplex.training.suite import TaskResult, TrainOptions, _features_batches, finish_task
 
 CHECKPOINT = "cross-item"
@@ -267,6 +267,9 @@ class CrossItemRun:
     """Training responses cut per item."""
     cv: dict[str, Any] | None = None
     """How the epochs were chosen by cross-validation (:func:`choose_cross_item_epochs`), None without it."""
+    out_of_fold: dict[str, list[np.ndarray]] | None = None
+    """With cross-validation: per item, every response's out-of-fold class probabilities at the chosen epoch
+    (``[(n_item, K_d)]``); the refitted items' validation metrics and decoding come from them."""
 
 
 def fit_cross_item(
@@ -278,10 +281,12 @@ def fit_cross_item(
     pairing_texts: Mapping[str, str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     refit: bool = False,
+    on_val_logits: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> CrossItemRun:
     """Train the cross-item model on every item of ``datasets`` (see :func:`train_cross_item`); writes nothing but
     the loop's checkpoint. ``refit``: train on all responses for ``options.config.epochs`` epochs, without
-    validation (the count was chosen elsewhere, :func:`choose_cross_item_epochs`)."""
+    validation (the count was chosen elsewhere, :func:`choose_cross_item_epochs`). ``on_val_logits``: called after
+    each epoch's validation with ``{item: (n_val, sum K) logits}``."""
     if not datasets:
         raise ConfigError("no items to train: the data held no responses.")
     settings = CrossItemSettings.from_extra(options.settings.extra)
@@ -344,12 +349,19 @@ def fit_cross_item(
     if options.config.head_warmup_epochs > 0 and not resuming:
         warm_up_heads(model, enc_train, val, enc_val, options.config, progress=options.progress)
     make_batches, steps = _mixed_batches(enc_train, options.config.batch_size)
+
+    def validate(m: CrossItemModel) -> float:
+        logits = {t: predict_logits(m.task_view(t), enc_val[t]) for t in val}
+        if on_val_logits is not None:
+            on_val_logits(logits)
+        return pooled_qwk(val, logits.__getitem__)
+
     result = fit(
         model,
         make_batches,
         steps,
         cross_item_objective,
-        (lambda m: pooled_qwk(val, lambda t: predict_logits(m.task_view(t), enc_val[t]))) if val else None,
+        validate if val else None,
         replace(options.config, patience=0) if refit else options.config,
         checkpoint_dir=checkpoint_dir,
         description="cross-item refit on all responses" if refit else "cross-item",
@@ -415,12 +427,15 @@ def save_cross_item(
                 decoding, stack, report = finish_task(
                     train, val[task_id], probs, lexical=options.lexical, decoding=options.decoding
                 )
+        elif run.out_of_fold is not None and task_id in run.out_of_fold:
+            decoding, val_metrics = _out_of_fold_decoding(train, run.out_of_fold[task_id], options)
         n_val = len(val[task_id]) if task_id in val else 0
         summary: dict[str, Any] = {
             "metrics": {"validation": val_metrics},
             "train": {
                 "n_train": len(train),
                 "n_val": n_val,
+                "validation": "out-of-fold" if run.out_of_fold is not None and task_id not in val else "held out",
                 "truncated": run.truncated[task_id],
                 "joint": True,
                 "config": options.config.to_dict(),
@@ -496,7 +511,7 @@ def train_cross_item(
                 + f"); the cross-item model's epochs are chosen by {options.cv_folds}-fold cross-validation over "
                 "all items, then it is refitted on all responses."
             )
-        cv = choose_cross_item_epochs(
+        cv, oof = choose_cross_item_epochs(
             datasets, options, bb, folds=options.cv_folds, folder=ckpt / "cv", pairing_texts=pairing_texts
         )
         refit_options = replace(options, config=replace(options.config, epochs=cv["epochs"]))
@@ -504,6 +519,7 @@ def train_cross_item(
             datasets, refit_options, bb, pairing_texts=pairing_texts, checkpoint_dir=ckpt / "refit", refit=True
         )
         run.cv = {**cv, "small_items": small}
+        run.out_of_fold = oof
     else:
         run = fit_cross_item(datasets, options, bb, val_sets=val_sets, pairing_texts=pairing_texts, checkpoint_dir=ckpt)
     suite = save_cross_item(run, root, bb, options, on_task_done=on_task_done)
@@ -512,6 +528,22 @@ def train_cross_item(
     if ckpt_root.is_dir() and not any(ckpt_root.iterdir()):
         ckpt_root.rmdir()
     return suite
+
+
+def _out_of_fold_decoding(data: TaskData, probs: list[np.ndarray], options: TrainOptions) -> tuple[Any, dict[str, Any]]:
+    """A cross-validated item's validation metrics (out of fold: the summary's ``train.validation``) and its decoding
+    fitted on its out-of-fold probabilities, as per-item LoRA does for a small item: only with ``options.decoding``
+    and at least :data:`~scoreplex.training.suite.MIN_DECODING_ROWS` responses (else None: argmax at T = 1). No
+    stacked lexical model: no held-out responses are left to weigh it on."""
+    from scoreplex.decoding import fit_decoding
+    from scoreplex.predictions import from_probabilities
+    from scoreplex.training.suite import MIN_DECODING_ROWS, human_reference
+
+    metrics = evaluate_task(data.spec, data.labels, from_probabilities(data.spec, data.ids, probs).labels)
+    if not options.decoding or len(data) < MIN_DECODING_ROWS:
+        return None, metrics
+    human = human_reference(data.spec, data)
+    return fit_decoding(data.spec, probs, data.labels, human=human, second=data.second), metrics
 
 
 def small_items(datasets: Mapping[str, TaskData], options: TrainOptions) -> dict[str, str]:
@@ -548,8 +580,9 @@ def choose_cross_item_epochs(
     with fewer folds). Per fold the joint model trains for ``options.config.epochs`` epochs without early stopping
     (head warm-up included) and its pooled validation QWK (:func:`pooled_qwk`) is kept after every epoch; the chosen
     count is the first epoch with the best mean over the folds. Resumable: each fold's run is checkpointed under
-    ``folder/fold-<i>``. Returns ``{"epochs", "folds", "mean_pooled_qwk" (per epoch), "per_fold" (per fold, per
-    epoch)}``.
+    ``folder/fold-<i>`` with its held-out class probabilities after every epoch. Returns the record ``{"epochs",
+    "folds", "mean_pooled_qwk" (per epoch), "per_fold" (per fold, per epoch)}`` and, per item, every response's
+    out-of-fold class probabilities at the chosen epoch (``[(n_item, K_d)]`` in the item's row order).
 
     Raises:
         ConfigError: ``folds`` below 2.
@@ -566,27 +599,89 @@ def choose_cross_item_epochs(
             )
     splits = {t: kfold_split(d, folds=min(folds, len(d)), seed=options.config.seed) for t, d in datasets.items()}
     cfg = replace(options.config, patience=0)  # every epoch of every fold, so the epochs can be compared
-    fold_options = replace(options, config=cfg, progress=options.progress)
+    fold_options = replace(options, config=cfg)
+    epochs = cfg.epochs
+    oof = {  # item -> epoch -> [(n_item, K_d)]
+        t: [[np.zeros((len(d), c)) for c in d.spec.class_counts] for _ in range(epochs)] for t, d in datasets.items()
+    }
+    position = {t: {rid: i for i, rid in enumerate(d.ids)} for t, d in datasets.items()}
     curves: list[list[float]] = []
     for i in range(folds):
         train = {t: parts[i % len(parts)][0] for t, parts in splits.items()}
         val = {t: parts[i % len(parts)][1] for t, parts in splits.items()}
+        fold_dir = Path(folder) / f"fold-{i + 1}"
+        saved = _load_fold_probs(fold_dir)
+        done = checkpoint_epochs(fold_dir)
+        if any(e not in saved for e in range(1, done + 1)):  # a checkpoint without its probabilities: start over
+            shutil.rmtree(fold_dir, ignore_errors=True)
+            saved, done = {}, 0
+        epoch = [done]  # the next validation is epoch done + 1 (a resumed fit continues after `done`)
+
+        def keep(logits, saved=saved, epoch=epoch, fold_dir=fold_dir) -> None:
+            epoch[0] += 1
+            saved[epoch[0]] = {
+                t: [p.numpy().astype(np.float64) for p in probabilities(x, datasets[t].spec.class_counts)]
+                for t, x in logits.items()
+            }
+            _save_fold_probs(fold_dir, saved)  # before fit's checkpoint: an interrupted epoch is redone
+
         run = fit_cross_item(
             train,
             fold_options,
             bb,
             val_sets=val,
             pairing_texts=pairing_texts,
-            checkpoint_dir=Path(folder) / f"fold-{i + 1}",
+            checkpoint_dir=fold_dir,
+            on_val_logits=keep,
         )
         curves.append([float(h["val"]) for h in run.result.history])
+        for t, part in val.items():
+            rows = np.array([position[t][r] for r in part.ids], dtype=np.int64)
+            for e in range(epochs):
+                for d, p in enumerate(saved[e + 1][t]):
+                    oof[t][e][d][rows] = p
     mean = np.mean(np.array(curves), axis=0)  # (epochs,)
-    return {
-        "epochs": int(np.argmax(mean)) + 1,
+    best = int(np.argmax(mean))  # the first of equal scores: fewer epochs
+    record = {
+        "epochs": best + 1,
         "folds": folds,
         "mean_pooled_qwk": [round(float(x), 6) for x in mean],
         "per_fold": [[round(x, 6) for x in c] for c in curves],
     }
+    return record, {t: per_epoch[best] for t, per_epoch in oof.items()}
+
+
+FOLD_PROBS = "oof.safetensors"
+"""In a cross-validation fold's checkpoint folder: its held-out responses' class probabilities after each epoch."""
+
+
+def _load_fold_probs(folder: Path) -> dict[int, dict[str, list[np.ndarray]]]:
+    """``{epoch: {item: [(n_val, K_d)]}}`` saved in a fold's folder (empty when none)."""
+    from safetensors.numpy import load_file
+
+    path = folder / FOLD_PROBS
+    if not path.is_file():
+        return {}
+    out: dict[int, dict[str, dict[int, np.ndarray]]] = {}
+    for key, arr in load_file(str(path)).items():  # "e<epoch>/<item>/d<dimension>" (item ids hold no "/")
+        e, task, d = key.split("/")
+        out.setdefault(int(e[1:]), {}).setdefault(task, {})[int(d[1:])] = arr
+    return {e: {t: [dims[d] for d in sorted(dims)] for t, dims in items.items()} for e, items in out.items()}
+
+
+def _save_fold_probs(folder: Path, saved: Mapping[int, Mapping[str, list[np.ndarray]]]) -> None:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"e{e}/{t}/d{d}": np.ascontiguousarray(p)
+        for e, items in saved.items()
+        for t, ps in items.items()
+        for d, p in enumerate(ps)
+    }
+    tmp = folder / f".{FOLD_PROBS}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / FOLD_PROBS)
 
 
 def _fit_record(result: FitResult) -> dict[str, Any]:
