@@ -72,12 +72,12 @@ def test_pairing_text_prefers_the_question_and_adds_the_reference():
 
 
 # -- training, scoring, adding ---------------------------------------------------------------------------------------
-def _train_suite(folder, demo_datasets, tiny_bb, small_options, head: str):
+def _train_suite(folder, demo_datasets, tiny_bb, small_options, head: str, length_feature: bool = False):
     """A cross-item run on the three items and its suite, with the given head."""
     from scoreplex.crossitem.train import fit_cross_item, save_cross_item
     from scoreplex.methods import MethodSettings
 
-    settings = MethodSettings(extra={"head": head})
+    settings = MethodSettings(extra={"head": head}, length_feature=length_feature)
     options = small_options("cross-item", max_length=48, lexical=False, settings=settings)
     run = fit_cross_item({t: demo_datasets[t] for t in ITEMS}, options, tiny_bb)
     return run, save_cross_item(run, folder / "suite", tiny_bb, options)
@@ -486,7 +486,33 @@ def test_a_shared_ordinal_suite_stores_one_latent_and_round_trips(trained_ordina
             np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("fixture", ["trained", "trained_ordinal"])
+@pytest.fixture(scope="module")
+def trained_length(tmp_path_factory, demo_datasets, tiny_bb, small_options):
+    """A shared-ordinal suite whose latent score reads the response length too."""
+    folder = tmp_path_factory.mktemp("cross-length")
+    return _train_suite(folder, demo_datasets, tiny_bb, small_options, "shared-ordinal", length_feature=True)
+
+
+def test_the_length_feature_is_one_slope_on_the_shared_latent(trained_length, demo_datasets, tiny_bb):
+    from scoreplex.encoding import encode_pairs as pairs_of
+    from scoreplex.scorer import SuiteScorer
+
+    run, suite = trained_length
+    suite = Suite.open(suite.root)
+    slopes = [suite.module_tensors(t)["head.latent.length.weight"] for t in ITEMS]
+    assert all(torch.equal(w, slopes[0]) for w in slopes) and float(slopes[0].abs()) > 0  # shared, and trained
+    assert all(suite.task_info(t)["config"]["length_feature"] for t in ITEMS)
+    # the response's token count, not the pair's: the question does not change it
+    enc = pairs_of(tiny_bb.tokenizer, "a long question " * 5, ["short answer", "a much longer answer " * 4], 64)
+    plain = encode_texts(tiny_bb.tokenizer, ["short answer", "a much longer answer " * 4], 64)
+    assert enc.n_tokens.tolist() == plain.n_tokens.tolist()
+    # a head without the token counts refuses to guess
+    head = SuiteScorer(suite, tiny_bb).model(ITEMS[0]).head
+    with pytest.raises(ConfigError, match="n_tokens"):
+        head(torch.randn(2, tiny_bb.hidden))
+
+
+@pytest.mark.parametrize("fixture", ["trained", "trained_ordinal", "trained_length"])
 def test_the_engine_equals_the_suite_scorer_for_both_heads(fixture, request, demo_datasets, tiny_bb):
     from scoreplex.engine import Engine
     from scoreplex.scorer import SuiteScorer

@@ -318,6 +318,8 @@ def encode_pairs(
     question keeps its *last* tokens, since an item's question usually ends with what it asks (ASAP-SAS items 1, 2
     and 10 give the procedure first). ``truncated`` counts the responses cut, not questions. An empty ``first`` gives
     :func:`encode_texts`. DataError (row = 0-based index) for a text without content, as :func:`encode_texts`.
+    ``n_tokens`` is each *response's* token count before any cut, with a single text's special tokens (as
+    :func:`encode_texts` counts it): the length feature reads the response, not the question.
     """
     if not first.strip():
         return encode_texts(tokenizer, texts, max_length, labels, checked=checked)
@@ -332,6 +334,8 @@ def encode_pairs(
     prefix, middle, suffix = pair_template(tokenizer)
     floor = min(len(question), max(1, int(first_share * budget)))
     ids, truncated = [], 0
+    n_special = tokenizer.num_special_tokens_to_add(pair=False)
+    n_tokens = np.fromiter((len(r) + n_special for r in responses), dtype=np.int64, count=len(responses))
     for i, (r, t) in enumerate(zip(responses, texts, strict=True)):
         if not r:  # visible characters the tokenizer drops entirely
             raise DataError(EMPTY_TEXT, row=i, fix=EMPTY_TEXT_FIX)
@@ -340,7 +344,7 @@ def encode_pairs(
         truncated += keep_r < len(r) or len(t) > cap
         q = question[len(question) - keep_q :]
         ids.append(prefix + q + middle + r[:keep_r] + suffix)
-    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated)
+    return Encoded(ids, labels, int(tokenizer.pad_token_id or 0), truncated, n_tokens=n_tokens)
 
 
 def token_lengths(tokenizer, texts: Sequence[str], *, max_chars: int | None = 1 << 16) -> np.ndarray:

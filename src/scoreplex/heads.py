@@ -67,16 +67,31 @@ class ScoringHead(nn.Module):
 
 
 class LatentScore(nn.Module):
-    """One scalar quality score per response: ``s = w . dropout(LayerNorm(pooled)) + b``, ``(B, H) -> (B,)``."""
+    """One scalar quality score per response: ``s = w . dropout(LayerNorm(pooled)) + b``, ``(B, H) -> (B,)``.
 
-    def __init__(self, in_dim: int, *, dropout: float = 0.1) -> None:
+    With ``length_feature``, ``+ v * log(n_tokens)`` (:func:`length_feature`; ``v`` starts at zero): one length
+    slope, shared by every item that reads this latent."""
+
+    def __init__(self, in_dim: int, *, dropout: float = 0.1, length_feature: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(in_dim, 1)
+        self.length: nn.Linear | None = None
+        if length_feature:
+            self.length = nn.Linear(1, 1, bias=False)
+            nn.init.zeros_(self.length.weight)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout(self.norm(pooled))).squeeze(-1)  # (B,)
+    def forward(self, pooled: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.linear(self.dropout(self.norm(pooled))).squeeze(-1)  # (B,)
+        if self.length is None:
+            return s
+        if n_tokens is None:
+            raise ConfigError(
+                "this latent score uses the response-length feature, so it needs each response's token count "
+                "(n_tokens); score through SuiteScorer or the Engine, which pass it."
+            )
+        return s + self.length(length_feature(n_tokens).to(s.dtype)).squeeze(-1)
 
 
 ORDINAL_RANGE = 2.0
@@ -105,7 +120,8 @@ class OrdinalHead(nn.Module):
     fractions of the shared latent scale, so an item whose head was never trained still ranks and scores its
     responses by the latent the other items trained.
 
-    ``latent``: the :class:`LatentScore` to read (a cross-item model passes its shared one); a fresh one if None.
+    ``latent``: the :class:`LatentScore` to read (a cross-item model passes its shared one); a fresh one if None,
+    with the length term when ``length_feature``.
     """
 
     def __init__(
@@ -115,12 +131,15 @@ class OrdinalHead(nn.Module):
         *,
         dropout: float = 0.1,
         latent: LatentScore | None = None,
+        length_feature: bool = False,
     ) -> None:
         super().__init__()
         self.class_counts = [int(k) for k in class_counts]
         if any(k < 2 for k in self.class_counts):
             raise ConfigError(f"an ordinal head needs >= 2 classes per dimension; got {self.class_counts}.")
-        self.latent = latent if latent is not None else LatentScore(in_dim, dropout=dropout)
+        self.latent = (
+            latent if latent is not None else LatentScore(in_dim, dropout=dropout, length_feature=length_feature)
+        )
         self.scale = nn.Parameter(torch.ones(len(self.class_counts)))  # (D,)
         first, gaps = [], []
         for k in self.class_counts:
@@ -145,8 +164,9 @@ class OrdinalHead(nn.Module):
         return out
 
     def forward(self, pooled: torch.Tensor, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Log class probabilities ``(B, sum K)`` from pooled features ``(B, H)`` (``n_tokens`` is not used)."""
-        s = self.latent(pooled)  # (B,)
+        """Log class probabilities ``(B, sum K)`` from pooled features ``(B, H)`` (and the responses' token counts
+        ``(B,)`` when the latent has the length term)."""
+        s = self.latent(pooled, n_tokens)  # (B,)
         blocks = []
         for d, theta in enumerate(self.thresholds()):
             above = torch.sigmoid(self.scale[d] * s[:, None] - theta[None, :])  # (B, K-1): P(y > k)
@@ -167,12 +187,16 @@ def _softmax_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str,
 
 
 def _ordinal_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str, Any]) -> nn.Module:
-    if int(config.get("head_hidden", 0)) or config.get("length_feature"):
+    if int(config.get("head_hidden", 0)):
         raise ConfigError(
-            "the ordinal head is linear in the pooled features and has no length feature; give head_hidden=0 and "
-            "no length_feature, or head_type='softmax'."
+            "the ordinal head is linear in the pooled features; give head_hidden=0, or head_type='softmax'."
         )
-    return OrdinalHead(in_dim, class_counts, dropout=float(config.get("head_dropout", 0.1)))
+    return OrdinalHead(
+        in_dim,
+        class_counts,
+        dropout=float(config.get("head_dropout", 0.1)),
+        length_feature=bool(config.get("length_feature", False)),
+    )
 
 
 HEAD_TYPES: dict[str, Callable[[int, Sequence[int], Mapping[str, Any]], nn.Module]] = {

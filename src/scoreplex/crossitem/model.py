@@ -62,6 +62,7 @@ class CrossItemModel(nn.Module):
         head_hidden: int = 0,
         head_dropout: float = 0.1,
         head: str = "per-item",
+        length_feature: bool = False,
     ) -> None:
         super().__init__()
         if head not in CROSS_ITEM_HEADS:
@@ -72,6 +73,7 @@ class CrossItemModel(nn.Module):
         self.head_hidden = head_hidden
         self.head_dropout = head_dropout
         self.head_kind = head
+        self.length_feature = length_feature
         self.latent: nn.Module | None = None
         """The latent score every item's head reads (``shared-ordinal``); None for per-item heads."""
         self.heads = nn.ModuleDict()
@@ -82,11 +84,14 @@ class CrossItemModel(nn.Module):
     @property
     def head_config(self) -> dict[str, object]:
         """The head part of every item's task config (what :func:`scoreplex.methods.base.build_head` reads)."""
-        return {
+        config: dict[str, object] = {
             "head_type": CROSS_ITEM_HEADS[self.head_kind],
             "head_hidden": self.head_hidden,
             "head_dropout": self.head_dropout,
         }
+        if self.length_feature:  # absent when off: task.json as before
+            config["length_feature"] = True
+        return config
 
     def add_task(self, spec: TaskSpec) -> int:
         """Add an item's fresh head (reading the shared latent, if any); returns the number of parameters added."""

@@ -139,11 +139,12 @@ def cross_item_objective(model: CrossItemModel | _Heads, batch: dict) -> torch.T
     else:
         pooled = model.embed(batch["input_ids"], batch["attention_mask"])  # (B, H)
     tasks = batch["tasks"]
+    n_tokens = batch.get("n_tokens")  # (B,): each response's token count, for heads with the length feature
     total = pooled.new_zeros(())
     for task_id in dict.fromkeys(tasks):
         rows = torch.as_tensor([i for i, t in enumerate(tasks) if t == task_id])
         counts = model.specs[task_id].class_counts
-        logits = model.heads[task_id](pooled[rows])  # (b, sum K)
+        logits = model.heads[task_id](pooled[rows], None if n_tokens is None else n_tokens[rows])  # (b, sum K)
         total = total + rubric_loss(logits, batch["labels"][rows][:, : len(counts)], counts) * (len(rows) / len(tasks))
     return total
 
@@ -159,6 +160,13 @@ def _stacked_labels(encs: Mapping[str, Encoded]) -> np.ndarray:
     return labels
 
 
+def _stacked_tokens(encs: Mapping[str, Encoded]) -> np.ndarray | None:
+    """Every item's response token counts one after the other ``(N,)``; None if an item does not record them."""
+    if any(e.n_tokens is None for e in encs.values()):
+        return None
+    return np.concatenate([e.n_tokens for e in encs.values()])
+
+
 def _mixed_batches(encs: Mapping[str, Encoded], batch_size: int):
     """``make_batches(rng)`` over every item's rows, labels padded with -1 to the widest rubric."""
     task_ids = list(encs)
@@ -166,7 +174,8 @@ def _mixed_batches(encs: Mapping[str, Encoded], batch_size: int):
     owner = np.concatenate([np.full(len(e), k) for k, e in enumerate(encs.values())])
     labels = _stacked_labels(encs)
     pad_id = next(iter(encs.values())).pad_id
-    mixed = Encoded(ids, labels, pad_id)
+    n_tokens = _stacked_tokens(encs)
+    mixed = Encoded(ids, labels, pad_id, n_tokens=n_tokens)
     lengths = mixed.lengths
 
     def make(rng: np.random.Generator):
@@ -216,14 +225,18 @@ def warm_up_heads(
     f_train = [embed_all(model.task_view(t), e) for t, e in enc_train.items()]  # [(n_t, H)]
     f_val = {t: embed_all(model.task_view(t), e) for t, e in enc_val.items()}
     tasks = [t for t, e in enc_train.items() for _ in range(len(e))]
-    make_batches = _features_batches(torch.cat(f_train), _stacked_labels(enc_train), config.batch_size, tasks=tasks)
+    n_train = _stacked_tokens(enc_train)
+    n_val = {t: None if e.n_tokens is None else torch.as_tensor(e.n_tokens) for t, e in enc_val.items()}
+    make_batches = _features_batches(
+        torch.cat(f_train), _stacked_labels(enc_train), config.batch_size, n_train, tasks=tasks
+    )
     warm = replace(config, epochs=config.head_warmup_epochs, lr=config.head_warmup_lr, head_lr=None, patience=0)
     return fit(
         _Heads(model),
         make_batches,
         (len(tasks) + config.batch_size - 1) // config.batch_size,
         cross_item_objective,
-        (lambda m: pooled_qwk(val, lambda t: m.heads[t](f_val[t]))) if val else None,  # a refit: every epoch
+        (lambda m: pooled_qwk(val, lambda t: m.heads[t](f_val[t], n_val[t]))) if val else None,  # refit: all epochs
         warm,
         description="cross-item head warm-up",
         progress=progress,
@@ -329,6 +342,7 @@ def fit_cross_item(
         head_hidden=s.head_hidden,
         head_dropout=s.head_dropout,
         head=settings.head,
+        length_feature=s.length_feature,
     )
     enc_train = {
         t: encode_pairs(bb.tokenizer, texts[t], d.texts, max_length, d.labels, first_share=share)
@@ -761,7 +775,9 @@ def add_item(
         raise DataError("adding an item needs scored responses.", task=spec.id, file=data.source or None)
     any_task = suite.task_ids[0] if suite.task_ids else None
     stored_cfg = suite.task_info(any_task)["config"] if any_task else {}
-    head_cfg = {k: stored_cfg[k] for k in ("head_type", "head_hidden", "head_dropout") if k in stored_cfg}
+    head_cfg = {
+        k: stored_cfg[k] for k in ("head_type", "head_hidden", "head_dropout", "length_feature") if k in stored_cfg
+    }
     bb = backbone if isinstance(backbone, Backbone) else Backbone.for_suite(suite, backbone)
     config = config or (ADD_ITEM_THRESHOLDS_CONFIG if head_cfg.get("head_type") == "ordinal" else ADD_ITEM_CONFIG)
     torch.manual_seed(config.seed)
@@ -797,15 +813,19 @@ def add_item(
             except DataError:
                 val, validated_on = data, "train"
         view = TaskModel(encoder, head, suite.pooling)
-        f_train = embed_all(view, encode_pairs(bb.tokenizer, text, data.texts, suite.max_length, first_share=share))
-        f_val = embed_all(view, encode_pairs(bb.tokenizer, text, val.texts, suite.max_length, first_share=share))
-        make_batches = _features_batches(f_train, data.labels, config.batch_size)
+        enc_train = encode_pairs(bb.tokenizer, text, data.texts, suite.max_length, first_share=share)
+        enc_val = encode_pairs(bb.tokenizer, text, val.texts, suite.max_length, first_share=share)
+        f_train, f_val = embed_all(view, enc_train), embed_all(view, enc_val)
+        n_val = torch.as_tensor(enc_val.n_tokens)  # (n_val,): for a head with the length feature
+        make_batches = _features_batches(f_train, data.labels, config.batch_size, enc_train.n_tokens)
 
         def objective(model, batch):
-            return rubric_loss(model(features=batch["features"]), batch["labels"], spec.class_counts)
+            logits = model(features=batch["features"], n_tokens=batch.get("n_tokens"))
+            return rubric_loss(logits, batch["labels"], spec.class_counts)
 
         def validate(model) -> float:
-            qwk = defined_qwk(evaluate_task(spec, val.labels, decode(spec, val.ids, model(features=f_val)).labels))
+            pred = decode(spec, val.ids, model(features=f_val, n_tokens=n_val))
+            qwk = defined_qwk(evaluate_task(spec, val.labels, pred.labels))
             return 0.0 if qwk is None else qwk
 
         steps = (len(data) + config.batch_size - 1) // config.batch_size
@@ -813,7 +833,7 @@ def add_item(
             view, make_batches, steps, objective, validate, config, description=f"add {spec.id}", progress=progress
         )
         with torch.no_grad():
-            logits = view(features=f_val)
+            logits = view(features=f_val, n_tokens=n_val)
         metrics = evaluate_task(spec, val.labels, decode(spec, val.ids, logits).labels)
         if decoding and validated_on == "validation":
             probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
