@@ -91,6 +91,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="k-fold epoch choice on small items (per-item LoRA: per item; cross-item: over all items at once)",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--note", default="", help="a paragraph for the report: where its figures come from, what to know")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     return ap.parse_args(argv)
 
@@ -428,6 +429,7 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
         f"Reproduce: `{meta['command']}` ({meta['machine']}, {meta['date']}). Test QWK on the full ASAP-SAS test set;",
         "`n/a` = not measured (or QWK undefined for that item).",
         "",
+        *([meta["note"], ""] if meta.get("note") else []),
     ]
     for n in (25, 50):
         methods = [m for m in FEWSHOT if results.get(f"fewshot{n}/{m}") is not None]
@@ -542,6 +544,19 @@ def plot(path: Path, summary: dict, results: Results, items: list[str]) -> None:
     plt.close(fig)
 
 
+def _without_note(argv: list[str]) -> list[str]:
+    """``argv`` without ``--note TEXT`` (the report prints the note itself, not in the command)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -562,9 +577,10 @@ def main(argv: list[str] | None = None) -> dict:
     tids = list(test_all)
     summary = summarise(results, tids)
     meta = {
-        "command": "python benchmarks/itembanks.py " + shlex.join(argv),
+        "command": "python benchmarks/itembanks.py " + shlex.join(_without_note(argv)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
+        "note": args.note or None,
     }
     write_report(Path(args.out), summary, results, tids, meta)
     print(json.dumps(summary, indent=1))
