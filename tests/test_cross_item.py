@@ -364,6 +364,26 @@ def test_few_shot_items_choose_the_epochs_by_cross_validation_then_refit_on_all_
     assert suite.manifest["cross_item"]["fit"]["best_pooled_qwk"] is not None
 
 
+def test_every_response_is_held_out_once_and_a_single_response_item_only_trains(
+    demo_datasets, tiny_bb, small_options, tmp_path
+):
+    from scoreplex.crossitem.train import choose_cross_item_epochs, train_cross_item
+
+    few = {ITEMS[0]: demo_datasets[ITEMS[0]].subset(range(10)), ITEMS[1]: demo_datasets[ITEMS[1]].subset([0])}
+    options = small_options("cross-item", max_length=32, lexical=False, cv_folds=3)
+    record, oof = choose_cross_item_epochs(few, options, tiny_bb, folds=3, folder=tmp_path / "cv")
+    assert set(oof) == {ITEMS[0]}  # the single response is never held out
+    for d, probs in enumerate(oof[ITEMS[0]]):  # every row filled out of fold: a row never held out would sum to 0
+        assert probs.shape == (10, few[ITEMS[0]].spec.class_counts[d])
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert 1 <= record["epochs"] <= 2
+    again, oof_again = choose_cross_item_epochs(few, options, tiny_bb, folds=3, folder=tmp_path / "cv")  # resumed
+    assert again == record and np.array_equal(oof_again[ITEMS[0]][0], oof[ITEMS[0]][0])
+    suite = train_cross_item(few, tmp_path / "suite", options, backbone=tiny_bb)
+    assert suite.task_info(ITEMS[1])["summary"]["train"]["validation"] == "none"
+    assert suite.task_info(ITEMS[0])["summary"]["train"]["n_val"] == 10
+
+
 # -- head warm-up --------------------------------------------------------------------------------------------------
 def test_the_head_warm_up_trains_only_the_heads(demo_datasets, tiny_bb):
     from scoreplex.crossitem.model import CrossItemModel

@@ -13,7 +13,9 @@ responses, or one class: :func:`~scoreplex.data.splits.validation_shortfall`), t
 a few rows per item, and early stopping on it picks the first epoch or two by chance. The joint model's number of
 epochs is then chosen by k-fold cross-validation over every item at once (:func:`choose_cross_item_epochs`: each
 fold holds out a fifth of every item, the pooled validation QWK per epoch is averaged over the folds) and the model
-is refitted on all responses for that many epochs (no decoding is fitted then: no held-out responses are left).
+is refitted on all responses for that many epochs; each item's validation metrics and decoding then come from its
+out-of-fold probabilities at the chosen epoch (an item with a single response has none: it is in every fold's
+training rows, and keeps argmax).
 """
 
 from __future__ import annotations
@@ -443,13 +445,14 @@ def save_cross_item(
                 )
         elif run.out_of_fold is not None and task_id in run.out_of_fold:
             decoding, val_metrics = _out_of_fold_decoding(train, run.out_of_fold[task_id], options)
-        n_val = len(val[task_id]) if task_id in val else 0
+        out_of_fold = run.out_of_fold is not None and task_id in run.out_of_fold and task_id not in val
+        n_val = len(val[task_id]) if task_id in val else len(train) if out_of_fold else 0
         summary: dict[str, Any] = {
             "metrics": {"validation": val_metrics},
             "train": {
                 "n_train": len(train),
                 "n_val": n_val,
-                "validation": "out-of-fold" if run.out_of_fold is not None and task_id not in val else "held out",
+                "validation": "out-of-fold" if out_of_fold else "held out" if task_id in val else "none",
                 "truncated": run.truncated[task_id],
                 "joint": True,
                 "config": options.config.to_dict(),
@@ -586,7 +589,7 @@ def choose_cross_item_epochs(
     folds: int,
     folder: str | os.PathLike[str],
     pairing_texts: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
     """Choose the cross-item model's number of epochs by k-fold cross-validation over all items at once.
 
     Every item's responses are split into ``min(folds, n_item)`` folds (:func:`~scoreplex.data.splits.kfold_split`,
@@ -598,30 +601,31 @@ def choose_cross_item_epochs(
     "folds", "mean_pooled_qwk" (per epoch), "per_fold" (per fold, per epoch)}`` and, per item, every response's
     out-of-fold class probabilities at the chosen epoch (``[(n_item, K_d)]`` in the item's row order).
 
+    An item with a single response cannot be held out: it is in every fold's training rows and gets no out-of-fold
+    probabilities.
+
     Raises:
         ConfigError: ``folds`` below 2.
-        DataError: an item with fewer than 2 responses.
     """
     from scoreplex.data.splits import kfold_split
 
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ConfigError(f"cv_folds={folds!r}; give a number of folds >= 2, e.g. 5.")
-    for task_id, data in datasets.items():
-        if len(data) < 2:
-            raise DataError(
-                f"{len(data)} scored response(s) cannot be cross-validated.", task=task_id, fix="add scored responses."
-            )
-    splits = {t: kfold_split(d, folds=min(folds, len(d)), seed=options.config.seed) for t, d in datasets.items()}
+    splits = {
+        t: kfold_split(d, folds=min(folds, len(d)), seed=options.config.seed) for t, d in datasets.items() if len(d) > 1
+    }
     cfg = replace(options.config, patience=0)  # every epoch of every fold, so the epochs can be compared
     fold_options = replace(options, config=cfg)
     epochs = cfg.epochs
     oof = {  # item -> epoch -> [(n_item, K_d)]
-        t: [[np.zeros((len(d), c)) for c in d.spec.class_counts] for _ in range(epochs)] for t, d in datasets.items()
+        t: [[np.zeros((len(d), c)) for c in d.spec.class_counts] for _ in range(epochs)]
+        for t, d in datasets.items()
+        if t in splits
     }
     position = {t: {rid: i for i, rid in enumerate(d.ids)} for t, d in datasets.items()}
     curves: list[list[float]] = []
     for i in range(folds):
-        train = {t: parts[i % len(parts)][0] for t, parts in splits.items()}
+        train = {t: splits[t][i % len(splits[t])][0] if t in splits else d for t, d in datasets.items()}
         val = {t: parts[i % len(parts)][1] for t, parts in splits.items()}
         fold_dir = Path(folder) / f"fold-{i + 1}"
         saved = _load_fold_probs(fold_dir)
