@@ -148,22 +148,18 @@ def run_lora(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
     return suite_predictions(work / "lora", bb, test)
 
 
-CROSS_ITEM_HEADS = {
-    "cross_item": "per-item",
-    "cross_item_ordinal": "shared-ordinal",
-    "cross_item_ordinal_length": "shared-ordinal",
-    "cross_item_ordinal_length_12ep": "shared-ordinal",
+CROSS_ITEM_VARIANTS: dict[str, dict] = {
+    "cross_item": {"head": "per-item"},
+    "cross_item_ordinal": {"head": "shared-ordinal"},
+    "cross_item_ordinal_length": {"head": "shared-ordinal", "length_feature": True},
+    "cross_item_ordinal_length_12ep": {"head": "shared-ordinal", "length_feature": True, "epochs": 12},
 }
-"""The cross-item variants (method key -> ``CrossItemSettings.head``); the headline one is chosen on validation."""
-CROSS_ITEM_LENGTH = {"cross_item_ordinal_length", "cross_item_ordinal_length_12ep"}
-"""The variants whose latent score also reads the response's log token count (``--length-feature``)."""
-CROSS_ITEM_EPOCHS = {"cross_item_ordinal_length_12ep": 12}
-"""Variants whose cross-validation looks at more epochs than the method's default (6), where its curve still rose
-at the last one."""
+"""The cross-item variants (method key -> ``CrossItemSettings.head``, the length feature, and a larger epoch budget
+where the 6-epoch cross-validated curve still rose at its last epoch); the headline one is chosen on validation."""
 
 
 def cross_item_runner(method: str) -> Callable:
-    """The cross-item model with the head of ``CROSS_ITEM_HEADS[method]``; its suite goes to ``work/method``."""
+    """The cross-item model of ``CROSS_ITEM_VARIANTS[method]``; its suite goes to ``work/method``."""
 
     def run(train, test, work: Path, bb, args) -> dict[str, np.ndarray]:
         from dataclasses import replace
@@ -172,15 +168,14 @@ def cross_item_runner(method: str) -> Callable:
         from scoreplex.methods.base import MethodSettings
         from scoreplex.training.suite import TrainOptions, default_config
 
+        variant = CROSS_ITEM_VARIANTS[method]
+        config = default_config("cross-item", seed=args.seed)
         options = TrainOptions(
             method="cross-item",
             backbone=args.backbone,
-            config=replace(
-                default_config("cross-item", seed=args.seed),
-                **({"epochs": CROSS_ITEM_EPOCHS[method]} if method in CROSS_ITEM_EPOCHS else {}),
-            ),
+            config=replace(config, epochs=variant.get("epochs", config.epochs)),
             settings=MethodSettings(
-                extra={"head": CROSS_ITEM_HEADS[method]}, length_feature=method in CROSS_ITEM_LENGTH
+                extra={"head": variant["head"]}, length_feature=variant.get("length_feature", False)
             ),
             max_length=args.pair_length,  # question + response: the 99% pair length (392 here) costs 3x the time
             cv_folds=args.cv_folds,  # few-shot items: the joint model's epochs by k-fold CV over all items
@@ -274,7 +269,7 @@ def fewshot(args, bb, train_all, test_all, results: Results) -> None:
             preds = FEWSHOT[method](train, test_all, Path(args.work) / f"fewshot{n}", bb, args)
             per_item = {tid: test_qwk(d.spec, d.labels[:, 0], preds[tid]) for tid, d in test_all.items()}
             entry = {"per_item": per_item, "seconds": time.perf_counter() - t0}
-            if method in CROSS_ITEM_HEADS:
+            if method in CROSS_ITEM_VARIANTS:
                 entry["val_qwk"] = cross_item_val_qwk(Path(args.work) / f"fewshot{n}", method)
             results.put(key, entry)
             print(f"[{key}] mean test QWK {mean(per_item.values())}", flush=True)
@@ -362,7 +357,7 @@ def summarise(results: Results, items: list[str]) -> dict:
         summary[f"fewshot{n}_cross_item_variant"] = chosen
         summary[f"fewshot{n}_cross_item_qwk"] = None if chosen is None else m(f"fewshot{n}/{chosen}")
         summary[f"fewshot{n}_items_won"] = None if chosen is None else items_won(results, n, items, chosen)
-        for method in CROSS_ITEM_HEADS:
+        for method in CROSS_ITEM_VARIANTS:
             summary[f"fewshot{n}_{method}_items_won"] = items_won(results, n, items, method)
             entry = results.get(f"fewshot{n}/{method}")
             summary[f"fewshot{n}_{method}_val_qwk"] = None if entry is None else entry.get("val_qwk")
@@ -390,7 +385,7 @@ def summarise(results: Results, items: list[str]) -> dict:
 def chosen_cross_item(results: Results, n: int) -> str | None:
     """The cross-item variant with the best pooled validation QWK (test QWK is not looked at); with one variant
     measured, that one; None if none. A variant measured before validation QWK was recorded counts as -inf."""
-    measured = [m for m in CROSS_ITEM_HEADS if results.get(f"fewshot{n}/{m}") is not None]
+    measured = [m for m in CROSS_ITEM_VARIANTS if results.get(f"fewshot{n}/{m}") is not None]
     if not measured:
         return None
     val = {m: results.get(f"fewshot{n}/{m}").get("val_qwk") for m in measured}
@@ -452,7 +447,7 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
             f"pooled validation QWK; test QWK not looked at) beats per-item LoRA and TF-IDF: {fmt(won, 0)} of "
             f"{len(items)}.",
         ]
-        for method in CROSS_ITEM_HEADS:
+        for method in CROSS_ITEM_VARIANTS:
             if results.get(f"fewshot{n}/{method}") is not None:
                 lines.append(
                     f"- {LABELS[method]}: pooled validation QWK "

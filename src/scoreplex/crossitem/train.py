@@ -47,7 +47,7 @@ from scoreplex.progress import progress_log
 from scoreplex.suite import Suite
 from scoreplex.tasks import TaskSpec
 from scoreplex.training.loop import FitResult, TrainConfig, checkpoint_epochs, fit
-from scoreplex.training.suite import TaskResult, TrainOptions, _features_batches, finish_task
+from scoreplex.training.suite import TaskResult, TrainOptions, _features_batches, _load_oof, _save_oof, finish_task
 
 CHECKPOINT = "cross-item"
 """Name of the training checkpoint under ``<suite>/.checkpoints/`` until the suite is written."""
@@ -549,18 +549,14 @@ def train_cross_item(
 
 def _out_of_fold_decoding(data: TaskData, probs: list[np.ndarray], options: TrainOptions) -> tuple[Any, dict[str, Any]]:
     """A cross-validated item's validation metrics (out of fold: the summary's ``train.validation``) and its decoding
-    fitted on its out-of-fold probabilities, as per-item LoRA does for a small item: only with ``options.decoding``
-    and at least :data:`~scoreplex.training.suite.MIN_DECODING_ROWS` responses (else None: argmax at T = 1). No
-    stacked lexical model: no held-out responses are left to weigh it on."""
-    from scoreplex.decoding import fit_decoding
+    fitted on its out-of-fold probabilities, as per-item LoRA does for a small item
+    (:func:`~scoreplex.training.suite.out_of_fold_decoding`). No stacked lexical model: no held-out responses are
+    left to weigh it on."""
     from scoreplex.predictions import from_probabilities
-    from scoreplex.training.suite import MIN_DECODING_ROWS, human_reference
+    from scoreplex.training.suite import out_of_fold_decoding
 
     metrics = evaluate_task(data.spec, data.labels, from_probabilities(data.spec, data.ids, probs).labels)
-    if not options.decoding or len(data) < MIN_DECODING_ROWS:
-        return None, metrics
-    human = human_reference(data.spec, data)
-    return fit_decoding(data.spec, probs, data.labels, human=human, second=data.second), metrics
+    return out_of_fold_decoding(data, probs, options.decoding)[0], metrics
 
 
 def small_items(datasets: Mapping[str, TaskData], options: TrainOptions) -> dict[str, str]:
@@ -628,20 +624,20 @@ def choose_cross_item_epochs(
         train = {t: splits[t][i % len(splits[t])][0] if t in splits else d for t, d in datasets.items()}
         val = {t: parts[i % len(parts)][1] for t, parts in splits.items()}
         fold_dir = Path(folder) / f"fold-{i + 1}"
-        saved = _load_fold_probs(fold_dir)
+        saved = {t: _load_oof(fold_dir / OOF_FOLDER / t) for t in val}  # item -> {epoch: [(n_val, K_d)]}
         done = checkpoint_epochs(fold_dir)
-        if any(e not in saved for e in range(1, done + 1)):  # a checkpoint without its probabilities: start over
+        if any(e not in saved[t] for t in val for e in range(1, done + 1)):  # a checkpoint without them: start over
             shutil.rmtree(fold_dir, ignore_errors=True)
-            saved, done = {}, 0
+            saved, done = {t: {} for t in val}, 0
         epoch = [done]  # the next validation is epoch done + 1 (a resumed fit continues after `done`)
 
         def keep(logits, saved=saved, epoch=epoch, fold_dir=fold_dir) -> None:
             epoch[0] += 1
-            saved[epoch[0]] = {
-                t: [p.numpy().astype(np.float64) for p in probabilities(x, datasets[t].spec.class_counts)]
-                for t, x in logits.items()
-            }
-            _save_fold_probs(fold_dir, saved)  # before fit's checkpoint: an interrupted epoch is redone
+            for t, x in logits.items():  # saved before fit's checkpoint: an interrupted epoch is redone
+                saved[t][epoch[0]] = [
+                    p.numpy().astype(np.float64) for p in probabilities(x, datasets[t].spec.class_counts)
+                ]
+                _save_oof(fold_dir / OOF_FOLDER / t, saved[t])
 
         run = fit_cross_item(
             train,
@@ -656,7 +652,7 @@ def choose_cross_item_epochs(
         for t, part in val.items():
             rows = np.array([position[t][r] for r in part.ids], dtype=np.int64)
             for e in range(epochs):
-                for d, p in enumerate(saved[e + 1][t]):
+                for d, p in enumerate(saved[t][e + 1]):
                     oof[t][e][d][rows] = p
     mean = np.mean(np.array(curves), axis=0)  # (epochs,)
     best = int(np.argmax(mean))  # the first of equal scores: fewer epochs
@@ -669,37 +665,9 @@ def choose_cross_item_epochs(
     return record, {t: per_epoch[best] for t, per_epoch in oof.items()}
 
 
-FOLD_PROBS = "oof.safetensors"
-"""In a cross-validation fold's checkpoint folder: its held-out responses' class probabilities after each epoch."""
-
-
-def _load_fold_probs(folder: Path) -> dict[int, dict[str, list[np.ndarray]]]:
-    """``{epoch: {item: [(n_val, K_d)]}}`` saved in a fold's folder (empty when none)."""
-    from safetensors.numpy import load_file
-
-    path = folder / FOLD_PROBS
-    if not path.is_file():
-        return {}
-    out: dict[int, dict[str, dict[int, np.ndarray]]] = {}
-    for key, arr in load_file(str(path)).items():  # "e<epoch>/<item>/d<dimension>" (item ids hold no "/")
-        e, task, d = key.split("/")
-        out.setdefault(int(e[1:]), {}).setdefault(task, {})[int(d[1:])] = arr
-    return {e: {t: [dims[d] for d in sorted(dims)] for t, dims in items.items()} for e, items in out.items()}
-
-
-def _save_fold_probs(folder: Path, saved: Mapping[int, Mapping[str, list[np.ndarray]]]) -> None:
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"e{e}/{t}/d{d}": np.ascontiguousarray(p)
-        for e, items in saved.items()
-        for t, ps in items.items()
-        for d, p in enumerate(ps)
-    }
-    tmp = folder / f".{FOLD_PROBS}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / FOLD_PROBS)
+OOF_FOLDER = "oof"
+"""In a cross-validation fold's checkpoint folder: one folder per item holding its held-out responses' class
+probabilities after each epoch (the per-item format, :data:`~scoreplex.training.suite.OOF_FILE`)."""
 
 
 def _fit_record(result: FitResult) -> dict[str, Any]:

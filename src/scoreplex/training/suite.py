@@ -602,28 +602,27 @@ def _finish_small_item(
     """Decoding of a cross-validated small item, fitted on its out-of-fold probabilities at the chosen epoch when
     it has at least :data:`MIN_DECODING_ROWS` responses; no stacked lexical model (no held-out responses are left to
     weigh it on). Records both choices in ``small_item["record"]``."""
-    from scoreplex.decoding import fit_decoding
-
     record = small_item["record"]
     stack_report = None
     if options.lexical:
         reason = "small item: no held-out responses left to weigh a lexical model (epochs chosen by cross-validation)"
         stack_report = {"kept": False, "weight": 0.0, "neural_qwk": None, "lexical_qwk": None, "skipped": reason}
-    decoding = None
-    if not options.decoding:
-        record["decoding"] = "not asked for"
-    elif len(data) < MIN_DECODING_ROWS:
-        record["decoding"] = f"skipped: {len(data)} responses, fewer than {MIN_DECODING_ROWS}; argmax at temperature 1"
-    else:
-        decoding = fit_decoding(
-            data.spec,
-            list(small_item["choice"].probs),
-            data.labels,
-            human=human_reference(data.spec, data),
-            second=data.second,
-        )
-        record["decoding"] = "fitted on the out-of-fold probabilities at the chosen epoch"
+    decoding, record["decoding"] = out_of_fold_decoding(data, list(small_item["choice"].probs), options.decoding)
     return decoding, None, stack_report
+
+
+def out_of_fold_decoding(data: TaskData, probs: list[np.ndarray], decoding: bool) -> tuple[Decoding | None, str]:
+    """The decoding of a cross-validated item, fitted on its out-of-fold probabilities ``[(N, K_d)]`` at the chosen
+    epoch, with what was done: only when asked for (``decoding``) and with at least :data:`MIN_DECODING_ROWS`
+    responses; else None (argmax at temperature 1)."""
+    from scoreplex.decoding import fit_decoding
+
+    if not decoding:
+        return None, "not asked for"
+    if len(data) < MIN_DECODING_ROWS:
+        return None, f"skipped: {len(data)} responses, fewer than {MIN_DECODING_ROWS}; argmax at temperature 1"
+    fitted = fit_decoding(data.spec, probs, data.labels, human=human_reference(data.spec, data), second=data.second)
+    return fitted, "fitted on the out-of-fold probabilities at the chosen epoch"
 
 
 def check_same_specs(suite: Suite, datasets: Mapping[str, TaskData]) -> None:
