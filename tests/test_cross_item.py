@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -320,15 +322,22 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(demo_datasets, tiny_bb, 
     data = {t: demo_datasets[t] for t in ITEMS[:2]}
     options = small_options("cross-item", max_length=32, lexical=False, decoding=False)
     out = tmp_path / "suite"
-    first = fit_cross_item(
-        data,
-        replace(options, config=replace(options.config, epochs=1)),
-        tiny_bb,
-        checkpoint_dir=out / ".checkpoints" / CHECKPOINT,
-    )  # the run "stops" after epoch 1, its checkpoint kept
+    ckpt = out / ".checkpoints" / CHECKPOINT
+    calls = []
+
+    def interrupt(logits) -> None:  # during epoch 2's validation: epoch 1 is checkpointed, epoch 2 is not
+        calls.append(len(logits))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_cross_item(data, options, tiny_bb, checkpoint_dir=ckpt, on_val_logits=interrupt)
+    first_epoch = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))["history"][0]
+    with pytest.raises(ConfigError, match="config.lr"):  # a resume with other settings is refused, not mixed in
+        train_cross_item(data, out, replace(options, config=replace(options.config, lr=1e-4)), backbone=tiny_bb)
     suite = train_cross_item(data, out, options, backbone=tiny_bb)
     fit = suite.manifest["cross_item"]["fit"]
-    assert fit["epochs_run"] == 2 and fit["history"][0] == first.result.history[0]
+    assert fit["epochs_run"] == 2 and fit["history"][0] == first_epoch
     assert sorted(suite.task_ids) == sorted(data) and not (out / ".checkpoints").exists()
 
 

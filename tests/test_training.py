@@ -221,6 +221,50 @@ def test_a_finished_checkpoint_is_not_trained_again(toy, tmp_path: Path):
     assert_same_params(params(again), params(first))
 
 
+def test_stop_after_replays_the_first_epochs_of_the_longer_schedule(toy):
+    x, y, _, _ = toy
+    make, steps = batches_of(x, y)
+    config = replace(CONFIG, epochs=4, patience=0)
+    full = fit(make_model(), make, steps, objective, None, config, progress=False)
+    stopped_model = make_model()
+    stopped = fit(stopped_model, make, steps, objective, None, config, progress=False, stop_after=2)
+    short = fit(make_model(), make, steps, objective, None, replace(config, epochs=2), progress=False)
+    assert stopped.epochs_run == 2
+    # the same steps at the same learning rates as the 4-epoch run's first two epochs ...
+    assert [h["loss"] for h in stopped.history] == pytest.approx([h["loss"] for h in full.history[:2]])
+    # ... not those of a 2-epoch schedule, which decays faster
+    assert short.history[1]["loss"] != pytest.approx(stopped.history[1]["loss"])
+    with pytest.raises(ConfigError, match="stop_after=5"):
+        fit(make_model(), make, steps, objective, None, config, progress=False, stop_after=5)
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_the_differences(toy, tmp_path: Path):
+    x, y, _, _ = toy
+    make, steps = batches_of(x, y)
+    config = replace(CONFIG, epochs=2, patience=0)
+    fit(make_model(), make, steps, objective, None, config, checkpoint_dir=tmp_path, progress=False, run_key={"r": 8})
+    with pytest.raises(ConfigError) as err:
+        fit(
+            make_model(),
+            make,
+            steps,
+            objective,
+            None,
+            replace(config, lr=config.lr / 2),
+            checkpoint_dir=tmp_path,
+            progress=False,
+            run_key={"r": 16},
+        )
+    message = str(err.value)
+    assert str(tmp_path) in message and f"config.lr: {config.lr!r} -> {config.lr / 2!r}" in message
+    assert "run_key.r: 8 -> 16" in message and "delete that folder" in message
+    # the same settings resume (here: nothing left to run)
+    again = fit(
+        make_model(), make, steps, objective, None, config, checkpoint_dir=tmp_path, progress=False, run_key={"r": 8}
+    )
+    assert again.epochs_run == 2
+
+
 def test_head_lr_gives_the_head_its_own_rate():
     class Net(nn.Module):
         def __init__(self) -> None:

@@ -13,7 +13,9 @@ responses, or one class: :func:`~scoreplex.data.splits.validation_shortfall`), t
 a few rows per item, and early stopping on it picks the first epoch or two by chance. The joint model's number of
 epochs is then chosen by k-fold cross-validation over every item at once (:func:`choose_cross_item_epochs`: each
 fold holds out a fifth of every item, the pooled validation QWK per epoch is averaged over the folds) and the model
-is refitted on all responses for that many epochs; each item's validation metrics and decoding then come from its
+is refitted on all responses, replaying the folds' run up to that epoch (their learning-rate schedule over all
+``config.epochs``; the head warm-up runs all its epochs in the folds and the refit alike, nothing chosen on a
+held-out fold but the epoch count); each item's validation metrics and decoding then come from its
 out-of-fold probabilities at the chosen epoch (an item with a single response has none: it is in every fold's
 training rows, and keeps argmax).
 """
@@ -24,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -295,17 +297,22 @@ def fit_cross_item(
     val_sets: Mapping[str, TaskData] | None = None,
     pairing_texts: Mapping[str, str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
-    refit: bool = False,
+    refit_epochs: int | None = None,
     on_val_logits: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    select_warm_up: bool = True,
 ) -> CrossItemRun:
     """Train the cross-item model on every item of ``datasets`` (see :func:`train_cross_item`); writes nothing but
-    the loop's checkpoint. ``refit``: train on all responses for ``options.config.epochs`` epochs, without
-    validation (the count was chosen elsewhere, :func:`choose_cross_item_epochs`). ``on_val_logits``: called after
-    each epoch's validation with ``{item: (n_val, sum K) logits}``."""
+    the loop's checkpoint. ``refit_epochs``: train on all responses, without validation, for the first
+    ``refit_epochs`` epochs of the ``options.config.epochs`` schedule (the count chosen by
+    :func:`choose_cross_item_epochs`, whose folds ran that schedule; the head warm-up runs all its epochs).
+    ``on_val_logits``: called after each epoch's validation with ``{item: (n_val, sum K) logits}``.
+    ``select_warm_up=False``: the head warm-up runs all its epochs instead of keeping its best on validation (a
+    cross-validation fold, so that it is trained as the refit will be)."""
     if not datasets:
         raise ConfigError("no items to train: the data held no responses.")
     settings = CrossItemSettings.from_extra(options.settings.extra)
     log = progress_log(options.progress)
+    refit = refit_epochs is not None
     if refit:
         train, val, unsplit = dict(datasets), {}, []
     else:
@@ -363,7 +370,9 @@ def fit_cross_item(
     # a resumed run restores the warmed-up heads from its checkpoint, so the warm-up is not repeated
     resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
     if options.config.head_warmup_epochs > 0 and not resuming:
-        warm_up_heads(model, enc_train, val, enc_val, options.config, progress=options.progress)
+        warm_up_heads(
+            model, enc_train, val if select_warm_up else {}, enc_val, options.config, progress=options.progress
+        )
     make_batches, steps = _mixed_batches(enc_train, options.config.batch_size)
 
     def validate(m: CrossItemModel) -> float:
@@ -383,6 +392,8 @@ def fit_cross_item(
         description="cross-item refit on all responses" if refit else "cross-item",
         progress=options.progress,
         score_name="pooled validation QWK",
+        stop_after=refit_epochs,
+        run_key=_run_key(options, max_length, texts, train),
     )
     return CrossItemRun(
         model,
@@ -531,9 +542,8 @@ def train_cross_item(
         cv, oof = choose_cross_item_epochs(
             datasets, options, bb, folds=options.cv_folds, folder=ckpt / "cv", pairing_texts=pairing_texts
         )
-        refit_options = replace(options, config=replace(options.config, epochs=cv["epochs"]))
         run = fit_cross_item(
-            datasets, refit_options, bb, pairing_texts=pairing_texts, checkpoint_dir=ckpt / "refit", refit=True
+            datasets, options, bb, pairing_texts=pairing_texts, checkpoint_dir=ckpt / "refit", refit_epochs=cv["epochs"]
         )
         run.cv = {**cv, "small_items": small}
         run.out_of_fold = oof
@@ -591,8 +601,9 @@ def choose_cross_item_epochs(
     Every item's responses are split into ``min(folds, n_item)`` folds (:func:`~scoreplex.data.splits.kfold_split`,
     seeded by ``options.config.seed``); fold ``i`` holds out fold ``i`` of every item (``i mod k_item`` for an item
     with fewer folds). Per fold the joint model trains for ``options.config.epochs`` epochs without early stopping
-    (head warm-up included) and its pooled validation QWK (:func:`pooled_qwk`) is kept after every epoch; the chosen
-    count is the first epoch with the best mean over the folds. Resumable: each fold's run is checkpointed under
+    (after a head warm-up that runs all its epochs, as the refit's does) and its pooled validation QWK
+    (:func:`pooled_qwk`) is kept after every epoch; the chosen count is the first epoch with the best mean over the
+    folds. Resumable: each fold's run is checkpointed under
     ``folder/fold-<i>`` with its held-out class probabilities after every epoch. Returns the record ``{"epochs",
     "folds", "mean_pooled_qwk" (per epoch), "per_fold" (per fold, per epoch)}`` and, per item, every response's
     out-of-fold class probabilities at the chosen epoch (``[(n_item, K_d)]`` in the item's row order).
@@ -647,6 +658,7 @@ def choose_cross_item_epochs(
             pairing_texts=pairing_texts,
             checkpoint_dir=fold_dir,
             on_val_logits=keep,
+            select_warm_up=False,
         )
         curves.append([float(h["val"]) for h in run.result.history])
         for t, part in val.items():
@@ -668,6 +680,21 @@ def choose_cross_item_epochs(
 OOF_FOLDER = "oof"
 """In a cross-validation fold's checkpoint folder: one folder per item holding its held-out responses' class
 probabilities after each epoch (the per-item format, :data:`~scoreplex.training.suite.OOF_FILE`)."""
+
+
+def _run_key(
+    options: TrainOptions, max_length: int, texts: Mapping[str, str], train: Mapping[str, TaskData]
+) -> dict[str, Any]:
+    """What besides the TrainConfig makes a cross-item checkpoint this run's (:func:`~scoreplex.training.loop.fit`'s
+    ``run_key``): the method settings, max_length, each item's pairing text and training rows (hashed)."""
+    from scoreplex.training.suite import digest
+
+    return {
+        "settings": asdict(options.settings),
+        "max_length": max_length,
+        "pooling": options.pooling,
+        "items": {t: {"text": digest([texts[t]]), "rows": digest(d.ids)} for t, d in sorted(train.items())},
+    }
 
 
 def _fit_record(result: FitResult) -> dict[str, Any]:

@@ -4,7 +4,9 @@ AdamW, linear warm-up then linear decay, gradient clipping, early stopping on a 
 better), seeded, progress (a bar on a terminal, one line per epoch on stderr elsewhere), and resumable: after every
 epoch the trainable tensors, the optimiser state and the loop's counters are written atomically to a checkpoint
 folder; a re-run with the same folder continues after the last finished epoch and gives the same result as an
-uninterrupted run (the batch order and dropout of epoch e are seeded by ``seed + e``).
+uninterrupted run (the batch order and dropout of epoch e are seeded by ``seed + e``). The checkpoint records the
+run's :class:`TrainConfig` and the caller's ``run_key`` (what else decides the result: method settings, rows); a
+re-run with other settings is refused, naming each difference, instead of silently mixing two runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,34 @@ def checkpoint_epochs(folder: str | os.PathLike[str]) -> int:
         return 0
 
 
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf where two JSON records differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _check_checkpoint(folder: Path, identity: dict[str, Any]) -> None:
+    """ConfigError if the checkpoint in ``folder`` was written by a run with other settings (a checkpoint from
+    before settings were recorded is accepted)."""
+    state = folder / "state.json"
+    if not state.is_file():
+        return
+    try:
+        counters = json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not a whole checkpoint: _load_checkpoint's business
+    if "config" not in counters:
+        return
+    diff = _differences({k: counters.get(k) for k in identity}, identity)
+    if diff:
+        raise ConfigError(
+            f"{folder} holds a checkpoint of a run with other settings ({'; '.join(diff[:8])}"
+            + (f"; {len(diff) - 8} more" if len(diff) > 8 else "")
+            + "). Fix: rerun with the settings it was started with to resume it, or delete that folder to start over."
+        )
+
+
 def _load_checkpoint(folder: Path, model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     from safetensors.torch import load_file
 
@@ -187,6 +217,8 @@ def fit(
     description: str = "training",
     progress: bool = True,
     score_name: str = "validation QWK",
+    stop_after: int | None = None,
+    run_key: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model``'s parameters that require grad; restore the best validation state at the end.
 
@@ -197,9 +229,25 @@ def fit(
     state (a refit on all responses whose epoch count was chosen elsewhere, e.g. by cross-validation); the history's
     ``val`` is then None and ``best_score`` nan.
 
+    ``stop_after``: run only the first ``stop_after`` epochs of the ``config.epochs`` schedule (warm-up and linear
+    decay over ``config.epochs``). A refit on all responses after cross-validation uses it to replay the folds'
+    schedule up to the chosen epoch, so the model it keeps was trained exactly as the epoch that was chosen.
+
+    ``run_key``: JSON-able facts besides ``config`` that make a checkpoint this run's (method settings, max_length,
+    the training rows' ids); stored with the checkpoint.
+
     ``progress``: a bar on a terminal; elsewhere (``nohup``, CI, a pipe) one line per epoch on stderr with the loss,
     the validation score and the time, so a long run is never silent.
+
+    Raises:
+        ConfigError: ``stop_after`` outside ``1..config.epochs``; or ``checkpoint_dir`` holds a checkpoint of a run
+            with another ``config`` or ``run_key`` (each difference named, old -> new; rerun with the old settings
+            to resume, or delete the folder to start over).
     """
+    if stop_after is not None and not 1 <= stop_after <= config.epochs:
+        raise ConfigError(f"stop_after={stop_after!r} is outside 1..{config.epochs} (the schedule's epochs).")
+    last_epoch = config.epochs if stop_after is None else stop_after
+    identity = {"config": config.to_dict(), "run_key": json.loads(json.dumps(run_key or {}, default=str))}
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
     total = max(1, steps_per_epoch * config.epochs)
@@ -214,23 +262,24 @@ def fit(
     start_epoch, step, best_score, best_epoch, bad, history = 0, 0, -math.inf, -1, 0, []
     best_state = _trainable_state(model)
     if ckpt is not None:
+        _check_checkpoint(ckpt, identity)
         loaded = _load_checkpoint(ckpt, model, optimizer)
         if loaded is not None:
             best_state, c = loaded
             start_epoch, step, best_score = c["epoch"] + 1, c["step"], c["best_score"]
             best_epoch, bad, history = c["best_epoch"], c["bad_epochs"], c["history"]
             if c.get("stopped"):
-                start_epoch = config.epochs
+                start_epoch = last_epoch
     t0 = time.perf_counter()
     seconds_before = sum(h.get("seconds", 0.0) for h in history)
     log = progress_log(progress)
     bar = progress_bar(progress and log is None, transient=True)
     if log is not None and start_epoch > 0:
-        done = "stopped early" if start_epoch >= config.epochs else f"continuing with epoch {start_epoch + 1}"
+        done = "finished" if start_epoch >= last_epoch else f"continuing with epoch {start_epoch + 1}"
         log(f"{description}: resumed from the checkpoint after epoch {start_epoch}; {done}")
     with bar:
-        task = bar.add_task(description, total=steps_per_epoch * config.epochs, completed=step)
-        for epoch in range(start_epoch, config.epochs):
+        task = bar.add_task(description, total=steps_per_epoch * last_epoch, completed=step)
+        for epoch in range(start_epoch, last_epoch):
             te = time.perf_counter()
             torch.manual_seed(config.seed + epoch)
             rng = np.random.default_rng(config.seed + epoch)
@@ -277,7 +326,7 @@ def fit(
                 else:
                     shown = f"{score_name} {score:.4f} (best {best_score:.4f} at epoch {best_epoch + 1})"
                 log(
-                    f"{description}: epoch {epoch + 1}/{config.epochs}, loss {history[-1]['loss']:.4f}, {shown}, "
+                    f"{description}: epoch {epoch + 1}/{last_epoch}, loss {history[-1]['loss']:.4f}, {shown}, "
                     f"{history[-1]['seconds']:.1f} s (elapsed {time.perf_counter() - t0:.0f} s)"
                     + (f"; stopping: no better score for {bad} epochs" if stopped else "")
                 )
@@ -290,6 +339,7 @@ def fit(
                     "bad_epochs": bad,
                     "history": history,
                     "stopped": stopped,
+                    **identity,
                 }
                 _save_checkpoint(ckpt, model, optimizer, best_state, counters)
             if stopped:

@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class TrainOptions:
     cv_folds: int = 0
     """For small items (``min_val_rows``) split by ``val_fraction``: 0 trains them like any task (after the
     warning); ``k >= 2`` chooses their number of epochs by k-fold cross-validation within the item on pooled
-    out-of-fold predictions, then refits on all their responses for that many epochs
+    out-of-fold predictions, then refits on all their responses, replaying the folds' schedule up to that epoch
     (:func:`cross_validate_epochs`; about ``k + 1`` times the training time of the item). ``--cv-folds``."""
     config: TrainConfig = field(default_factory=TrainConfig)
     settings: MethodSettings = field(default_factory=MethodSettings)
@@ -229,12 +229,16 @@ def train_task(
     description: str | None = None,
     on_val_probs: Callable[[list[np.ndarray]], None] | None = None,
     long_inputs: LongInputs = TRUNCATE,
+    stop_after: int | None = None,
+    select_warm_up: bool = True,
 ) -> tuple[TaskModel, FitResult, dict[str, Any] | None]:
     """Train one task's module with ``method``; returns the model (best validation state), the fit, val metrics.
 
-    ``val=None`` trains ``config.epochs`` epochs without validation and keeps the last state (the refit of a small
-    item on all its responses, :func:`cross_validate_epochs`); the val metrics are then None. ``on_val_probs``
-    receives the class probabilities ``[(N_val, K_d)]`` of every epoch's validation pass (not the head warm-up's).
+    ``val=None`` trains ``config.epochs`` epochs (or the first ``stop_after`` of that schedule) without validation
+    and keeps the last state (the refit of a small item on all its responses, :func:`cross_validate_epochs`); the
+    val metrics are then None. ``on_val_probs`` receives the class probabilities ``[(N_val, K_d)]`` of every epoch's
+    validation pass (not the head warm-up's). ``select_warm_up=False``: the head warm-up runs all its epochs instead
+    of keeping its best on validation (a cross-validation fold, trained as its refit will be).
     ``long_inputs`` in windows mode trains on every window of a long response, averaged per response.
     """
     spec = train.spec
@@ -290,7 +294,7 @@ def train_task(
                 feature_batches,
                 steps,
                 objective,
-                validator(feature_logits),
+                validator(feature_logits) if select_warm_up else None,
                 warm,
                 description=warm_description,
                 progress=progress,
@@ -309,12 +313,37 @@ def train_task(
         checkpoint_dir=checkpoint_dir,
         description=description,
         progress=progress,
+        stop_after=stop_after,
+        run_key=_run_key(method, pooling, max_length, settings, long_inputs, train),
     )
     if val is None:
         return model, result, None
     with torch.no_grad():
         val_pred = decode(spec, val.ids, val_logits(model))
     return model, result, evaluate_task(spec, val.labels, val_pred.labels)
+
+
+def digest(values: Sequence[Any]) -> str:
+    """A short stable hash of a sequence of values (row ids, a text), for a checkpoint's ``run_key``."""
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(map(str, values)).encode("utf-8")).hexdigest()[:16]
+
+
+def _run_key(
+    method: str, pooling: str, max_length: int, settings: MethodSettings, long_inputs: LongInputs, train: TaskData
+) -> dict[str, Any]:
+    """What besides the TrainConfig makes a task's checkpoint this run's (:func:`~scoreplex.training.loop.fit`'s
+    ``run_key``): method, pooling, max_length, method settings, long-input mode and the training rows (hashed)."""
+    rows = digest(train.ids)
+    return {
+        "method": method,
+        "pooling": pooling,
+        "max_length": max_length,
+        "settings": asdict(settings),
+        "long_inputs": long_inputs.to_dict(),
+        "rows": rows,
+    }
 
 
 OOF_FILE = "oof.safetensors"
@@ -391,7 +420,9 @@ def cross_validate_epochs(
     without early stopping, keeping the class probabilities of its held-out responses after every epoch. Then every
     response has one out-of-fold prediction per epoch, and the chosen count is the first epoch maximising
     :func:`~scoreplex.metrics.validation_qwk` of those predictions pooled over all ``N`` responses (one QWK on
-    ``N`` responses instead of k on 2-3 each). The caller refits on all responses for that many epochs.
+    ``N`` responses instead of k on 2-3 each). The caller refits on all responses with the same schedule, stopped
+    after that many epochs (:func:`~scoreplex.training.loop.fit`'s ``stop_after``). A fold's head warm-up runs all
+    its epochs without looking at the held-out responses, as the refit's does.
 
     Resumable: each fold's epochs are checkpointed under ``folder/fold-<i>`` (:func:`~scoreplex.training.loop.fit`)
     with its held-out probabilities (:data:`OOF_FILE`); a finished fold is not trained again.
@@ -437,6 +468,7 @@ def cross_validate_epochs(
                 description=f"{method} {spec.id} fold {i}/{k}",
                 on_val_probs=keep,
                 long_inputs=long_inputs,
+                select_warm_up=False,
             )
         rows = np.array([position[r] for r in val.ids], dtype=np.int64)
         for e in range(cfg.epochs):
@@ -585,7 +617,8 @@ def _train_small_item(
         bb,
         data,
         None,
-        config=replace(options.config, epochs=choice.epochs, patience=0),
+        config=replace(options.config, patience=0),
+        stop_after=choice.epochs,
         checkpoint_dir=ckpt / "refit",
         **common,
         description=f"{options.method} {data.spec.id} refit on all {len(data)} responses",
