@@ -25,7 +25,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
-from scoreplex.decoding import describe_decoding, expected_calibration_error
+from scoreplex.decoding import calibration_consistency, describe_decoding, expected_calibration_error
 from scoreplex.encoding import token_lengths
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "human_exact": auto.get("human_exact"),
                 "ece_before": task_eval["ece_before"],
                 "ece_after": task_eval["ece_after"],
+                "ece_floor": task_eval["ece_consistency"]["floor"],
+                "ece_floor_q95": task_eval["ece_consistency"]["floor_q95"],
+                "ece_p_value": task_eval["ece_consistency"]["p_value"],
                 "train_seconds": info["summary"]["train"]["seconds"],
                 "epochs_run": info["summary"]["train"]["epochs_run"],
                 "best_epoch": info["summary"]["train"]["best_epoch"],
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
             "mean_automation_rate": decoded["mean_automation_rate"],
             "mean_ece_before": float(np.mean([t["ece_before"] for t in per_task.values()])),
             "mean_ece_after": float(np.mean([t["ece_after"] for t in per_task.values()])),
+            "mean_ece_floor": float(np.mean([t["ece_floor"] for t in per_task.values()])),
+            "items_calibration_rejected": sum(t["ece_p_value"] < 0.05 for t in per_task.values()),
             "suite_bytes": Suite.open(suite.root, verify=False).total_bytes,
             "mean_train_seconds_per_task": float(np.mean([p["train_seconds"] for p in per_task.values()])),
             "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
@@ -238,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate", "mean_ece_after"):
         summary[key] = results["methods"][primary][key]
     summary["mean_ece_before"] = results["methods"][primary]["mean_ece_before"]
+    for key in ("mean_ece_floor", "items_calibration_rejected"):
+        summary[key] = results["methods"][primary].get(key)
+    for m in ("full", "lora", "head"):  # the keys: a method not run this time is null, not absent
+        summary.setdefault(f"{m}_mean_qwk", None)
     if "lora" in methods and "full" in methods:
         summary["lora_minus_full"] = summary["lora_mean_qwk"] - summary["full_mean_qwk"]
         a = [results["items"][t]["lora_qwk"] for t in results["items"]]
@@ -315,6 +324,8 @@ def evaluate_decoded(suite: Suite, backbone: str, train_sets: dict, val_sets: di
             y = data.labels[:, 0]
             result["tasks"][tid]["ece_before"] = expected_calibration_error(raw[tid].probs[0], y)
             result["tasks"][tid]["ece_after"] = expected_calibration_error(preds[tid].probs[0], y)
+            # what a perfectly calibrated model with these confidences would measure on this many responses
+            result["tasks"][tid]["ece_consistency"] = calibration_consistency(preds[tid].probs[0], y)
             result["tasks"][tid]["lexical"] = fits[tid][3] if which == 1 else None
         return result
 
@@ -442,6 +453,26 @@ def criteria_section(r: dict, method: str) -> list[str]:
         f"{len(m['tasks'])}**, mean automation rate **{_f(m['mean_automation_rate'], '.1%')}**. Mean ECE "
         f"{m['mean_ece_before']:.3f} → **{m['mean_ece_after']:.3f}** after temperature scaling.",
     ]
+    if m.get("mean_ece_floor") is not None:
+        sizes = sorted({row["n_test"] for row in r["items"].values()})
+        n_test = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        lines += [
+            "",
+            "How much of that ECE is calibration error, and how much the finite test set: a perfectly calibrated "
+            f"model with the same confidences would measure a mean ECE of **{m['mean_ece_floor']:.3f}** on these "
+            "responses (consistency resampling, Bröcker & Smith 2007: each response marked right with probability "
+            f"equal to its confidence, 1,000 draws; 15 bins and {n_test} responses per item keep it well above 0). "
+            f"Items whose ECE after temperature scaling is beyond chance (consistency p < 0.05): "
+            f"**{m['items_calibration_rejected']} of {len(m['tasks'])}**.",
+            "",
+            "| item | ECE after | calibrated model's ECE: mean (95th percentile) | p |",
+            "|---|---|---|---|",
+        ]
+        for tid, t in m["tasks"].items():
+            lines.append(
+                f"| {tid} | {_f(t['ece_after'])} | {_f(t.get('ece_floor'))} ({_f(t.get('ece_floor_q95'))}) "
+                f"| {_f(t.get('ece_p_value'), '.2f')} |"
+            )
     others = [k for k in r["methods"] if k != method]
     if others:
         lines += [

@@ -12,6 +12,7 @@ from scoreplex.decoding import (
     Decoding,
     DimensionDecoding,
     agreement,
+    calibration_consistency,
     expected_calibration_error,
     fit_cutpoints,
     fit_decoding,
@@ -51,6 +52,30 @@ def test_ece_is_zero_for_a_calibrated_predictor():
     y = np.array([0, 1] * 50)
     p = np.full((100, 2), 0.5)  # 50% confident, right half of the time
     assert expected_calibration_error(p, y) == pytest.approx(0.0)
+
+
+def _calibrated(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities with labels drawn from them: calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    p = np.exp(2 * rng.normal(size=(n, k)))
+    p /= p.sum(axis=1, keepdims=True)
+    return p, np.array([rng.choice(k, p=row) for row in p])
+
+
+def test_calibration_consistency_separates_chance_from_miscalibration():
+    p, y = _calibrated(557, 4)
+    calibrated = calibration_consistency(p, y)
+    # a calibrated model still measures an ECE well above 0 on 557 responses: the floor is of the same size ...
+    assert calibrated["ece"] == pytest.approx(expected_calibration_error(p, y))
+    assert 0.02 < calibrated["floor"] < 0.08 and calibrated["floor"] < calibrated["floor_q95"]
+    assert calibrated["p_value"] > 0.05 and calibrated["n"] == 557  # ... and is not rejected
+    sharp = np.exp(3 * np.log(p))  # the same model, overconfident
+    sharp /= sharp.sum(axis=1, keepdims=True)
+    over = calibration_consistency(sharp, y)
+    assert over["ece"] > over["floor_q95"] and over["p_value"] < 0.01
+    assert calibration_consistency(sharp, y) == over  # seeded
+    many = calibration_consistency(*_calibrated(20000, 4))  # the floor shrinks with N
+    assert many["floor"] < calibrated["floor"] / 3
 
 
 def test_cutpoints_fix_a_biased_expected_score():

@@ -274,6 +274,39 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(ece)
 
 
+def calibration_consistency(
+    probs: np.ndarray, y: np.ndarray, bins: int = 15, draws: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """How large the top-label ECE of ``probs (N, K)`` against ``y (N,)`` is next to what a *perfectly calibrated*
+    model with the same confidences would measure on ``N`` responses: consistency resampling (Bröcker & Smith 2007,
+    "Increasing the reliability of reliability diagrams", Weather and Forecasting 22(3)). Each of ``draws`` draws
+    marks each response correct with probability equal to its confidence (what calibration means) and computes the
+    ECE of that draw; binning and a finite ``N`` make it positive even then.
+
+    Returns ``{"ece", "floor" (mean ECE over the draws), "floor_q95" (its 95th percentile), "p_value" (share of draws
+    whose ECE is at least the measured one: small means miscalibrated beyond chance), "n"}``. Seeded, so the same
+    inputs give the same figures."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    observed = expected_calibration_error(probs, np.asarray(y), bins)
+    rng = np.random.default_rng(seed)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)  # (N,) as expected_calibration_error
+    correct = rng.random((draws, len(conf))) < conf  # (draws, N)
+    share = np.bincount(which, minlength=bins) / max(1, len(conf))  # (bins,)
+    count = np.maximum(np.bincount(which, minlength=bins), 1)
+    mean_conf = np.bincount(which, weights=conf, minlength=bins) / count  # (bins,)
+    acc = np.stack([np.bincount(which, weights=c, minlength=bins) for c in correct.astype(np.float64)]) / count
+    simulated = (share * np.abs(acc - mean_conf)).sum(axis=1)  # (draws,)
+    return {
+        "ece": observed,
+        "floor": float(simulated.mean()),
+        "floor_q95": float(np.quantile(simulated, 0.95)),
+        "p_value": float((simulated >= observed - 1e-12).mean()),
+        "n": int(len(conf)),
+    }
+
+
 def agreement(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """QWK (mean over dimensions), exact and adjacent agreement (every dimension equal / within 1) and ``n`` of
     ``(N, D)`` scores, as :func:`scoreplex.metrics.task_agreement`; a figure with no scored rows is ``nan``."""
