@@ -335,9 +335,11 @@ def test_markdown_report_has_both_tables_with_pass_fail():
     assert "## All responses" in md and '## Automated responses (route "auto")' in md
     assert "| QWK >= 0.70 | degradation <= 0.10 | \\|SMD\\| <= 0.15 | pass |" in md  # pipes escaped in cells
     rows = [line for line in md.splitlines() if line.startswith("| item-1 |")]
-    assert len(rows) == 2  # one per table
+    assert len(rows) == 3  # one per table
     assert "FAIL" in rows[0] and rows[0].endswith("| FAIL |")  # QWK of all responses below 0.70
     assert "4 of 8" in rows[1] and "50.0%" in rows[1] and rows[1].endswith("| pass | n/a |")  # no reference
+    # one-hot probabilities right on 4 of 8: ECE 0.5 where a calibrated model's would be 0
+    assert rows[2] == "| item-1 | 8 | 0.500 | 0.000 (0.000) | 0.00 | **miscalibrated** |"
     assert "Tasks meeting the criteria: **0 of 1**" in md
 
 
@@ -422,6 +424,14 @@ def test_cli_evaluate_writes_markdown_and_json_with_the_criteria(tiny_suite, dou
     text = md.read_text(encoding="utf-8")
     assert "## All responses" in text and "| q1 |" in text and "QWK >= 0.50" in text
     assert f"| {crit['qwk']:.3f} |" in text
+    # calibration: the ECE of the returned probabilities beside a calibrated model's on as many responses
+    cal = m["calibration"]
+    (dim,) = cal["dimensions"].values()
+    assert dim["n"] == 40 and cal["ece"] == pytest.approx(dim["ece"]) and 0 <= cal["p_value"] <= 1
+    assert data["mean_ece"] == pytest.approx(cal["ece"]) and data["mean_ece_floor"] == pytest.approx(dim["floor"])
+    assert data["items_calibration_rejected"] == int(cal["p_value"] < 0.05)
+    assert f"calibration: mean top-label ECE {cal['ece']:.3f}" in out
+    assert "## Calibration" in text and f"| q1 | 40 | {cal['ece']:.3f} | {dim['floor']:.3f} (" in text
 
 
 @pytest.mark.parametrize(
@@ -473,6 +483,10 @@ def test_evaluate_suite_leaves_undefined_tasks_out_of_the_mean_and_pools_every_r
     result = evaluate_suite(scorer, datasets, progress=False)
 
     assert result["tasks"]["flat"]["qwk"] is None and result["qwk_undefined_tasks"] == ["flat"]
+    # one-hot probabilities: every response 100% sure, right on 6 of 8 -> ECE 0.25, beyond what chance gives
+    good_cal = result["tasks"]["good"]["calibration"]
+    assert good_cal["ece"] == pytest.approx(0.25) and good_cal["floor"] == 0.0 and good_cal["p_value"] == 0.0
+    assert result["items_calibration_rejected"] == 1  # "flat" is right every time: ECE 0, consistent
     assert result["mean_qwk"] == pytest.approx(quadratic_weighted_kappa(good_t, good_p, labels=range(4)))
     pooled = result["pooled"]
     both_t, both_p = np.concatenate([good_t, flat]), np.concatenate([good_p, flat])

@@ -503,7 +503,12 @@ def evaluate(
         from scoreplex.encoding import LengthCounts
         from scoreplex.metrics import Criteria
         from scoreplex.paths import prepare_output_folder
-        from scoreplex.reports.evaluation import evaluation_criteria_table, summary_lines, write_criteria_markdown
+        from scoreplex.reports.evaluation import (
+            calibration_line,
+            evaluation_criteria_table,
+            summary_lines,
+            write_criteria_markdown,
+        )
         from scoreplex.scorer import SuiteScorer, evaluate_suite
         from scoreplex.suite import Suite, write_json_atomic
 
@@ -557,6 +562,8 @@ def evaluate(
         + f"; on {result['items_auto_meeting_human']} of {len(result['tasks'])} tasks the automated responses agree "
         "with the human score at least as well as two humans do"
     )
+    if (line := calibration_line(result)) is not None:
+        typer.echo(line)
     if "baselines" in result:
         typer.echo(_baselines_line(result["baselines"]))
     if report:

@@ -307,6 +307,25 @@ def calibration_consistency(
     }
 
 
+def task_calibration(spec: TaskSpec, y_true: np.ndarray, probs: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Top-label calibration of a task's class probabilities ``probs [(N, K_d)]`` against the human scores
+    ``y_true (N, D)`` (class positions; missing scores left out): :func:`calibration_consistency` per rubric
+    dimension, and over the dimensions the mean ``ece`` and ``floor`` and the smallest ``p_value``. None for a
+    dimension (and the means) with no scored response."""
+    y_true = np.asarray(y_true)
+    dims = {}
+    for d, (dim, p) in enumerate(zip(spec.dimensions, probs, strict=True)):
+        scored = y_true[:, d] >= 0
+        dims[dim.name] = calibration_consistency(np.asarray(p)[scored], y_true[scored, d]) if scored.any() else None
+    known = [c for c in dims.values() if c is not None]
+    return {
+        "ece": float(np.mean([c["ece"] for c in known])) if known else None,
+        "floor": float(np.mean([c["floor"] for c in known])) if known else None,
+        "p_value": min((c["p_value"] for c in known), default=None),
+        "dimensions": dims,
+    }
+
+
 def agreement(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """QWK (mean over dimensions), exact and adjacent agreement (every dimension equal / within 1) and ``n`` of
     ``(N, D)`` scores, as :func:`scoreplex.metrics.task_agreement`; a figure with no scored rows is ``nan``."""

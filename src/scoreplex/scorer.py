@@ -20,7 +20,7 @@ import numpy as np
 
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
-from scoreplex.decoding import Decoding
+from scoreplex.decoding import Decoding, task_calibration
 from scoreplex.encoding import LengthCounts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
@@ -228,7 +228,8 @@ def evaluate_suite(
         ``{"tasks": {task id: metrics}, "mean_qwk", "qwk_undefined_tasks", "pooled", "human_mean_qwk" (when a task
         has a second score), "truncation" (the responses longer than the suite's max_length over all tasks, as
         :meth:`~scoreplex.encoding.LengthCounts.to_dict`; also per task, when the scorer counts them),
-        "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate"}``.
+        "criteria_thresholds", "items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate",
+        "mean_ece", "mean_ece_floor", "items_calibration_rejected"}``.
         ``mean_qwk`` is the unweighted mean over the tasks whose QWK is defined (None when none is);
         ``qwk_undefined_tasks`` lists the others (one class in both truth and prediction); ``pooled`` is
         :func:`~scoreplex.metrics.pooled_metrics` over every response of every task.
@@ -236,13 +237,15 @@ def evaluate_suite(
         (:func:`~scoreplex.metrics.human_agreement`, when the data has a second score), ``"criteria"``
         (:func:`~scoreplex.metrics.deployment_criteria` on every response) and ``"criteria_automated"``
         (:func:`~scoreplex.metrics.automated_criteria` on the responses whose ``Predictions.automated`` is True),
-        both against :func:`human_reference`. ``items_passing_criteria`` counts tasks whose criteria ``pass`` is
-        True, ``items_auto_meeting_human`` tasks whose automated responses agree with the human score at least as
-        well as two humans do (``meets_human``), and ``mean_automation_rate`` is the unweighted mean over tasks of
-        the share automated (None without tasks). Rows left out for a score off the task's scale
-        (``TaskData.skipped``, read with ``off_scale="skip"``) are counted in ``"skipped_rows"`` ``{"count", "rows"
-        (the first 20 row numbers)}``, per task and in the summary by task; a task with no row left has no
-        metrics.
+        both against :func:`human_reference`, and ``"calibration"`` (:func:`~scoreplex.decoding.task_calibration`:
+        top-label ECE of the probabilities the scorer returns, beside what a perfectly calibrated model with the
+        same confidences would measure on these responses, and its p-value). ``items_passing_criteria`` counts
+        tasks whose criteria ``pass`` is True, ``items_auto_meeting_human`` tasks whose automated responses agree
+        with the human score at least as well as two humans do (``meets_human``), and ``mean_automation_rate`` is
+        the unweighted mean over tasks of the share automated (None without tasks). Rows left out for a score off
+        the task's scale (``TaskData.skipped``, read with ``off_scale="skip"``) are counted in ``"skipped_rows"``
+        ``{"count", "rows" (the first 20 row numbers)}``, per task and in the summary by task; a task with no row
+        left has no metrics.
     """
     criteria = Criteria() if criteria is None else criteria
     if not scorer.suite.task_ids:
@@ -291,6 +294,7 @@ def evaluate_suite(
             reference=automated_reference(scorer, data, automated),
             criteria=criteria,
         )
+        metrics["calibration"] = task_calibration(data.spec, data.labels, pred.probs)
         if task_id in skipped:
             metrics["skipped_rows"] = skipped[task_id]
         per_task[task_id] = metrics
@@ -314,6 +318,12 @@ def evaluate_suite(
     summary["items_passing_criteria"] = sum(m["criteria"]["pass"] is True for m in per_task.values())
     summary["items_auto_meeting_human"] = sum(m["criteria_automated"]["meets_human"] is True for m in per_task.values())
     summary["mean_automation_rate"] = float(np.mean(rates)) if rates else None
+    eces = [(c["ece"], c["floor"]) for m in per_task.values() if (c := m["calibration"])["ece"] is not None]
+    summary["mean_ece"] = float(np.mean([e for e, _ in eces])) if eces else None
+    summary["mean_ece_floor"] = float(np.mean([f for _, f in eces])) if eces else None
+    summary["items_calibration_rejected"] = sum(
+        p is not None and p < 0.05 for p in (m["calibration"]["p_value"] for m in per_task.values())
+    )
     if skipped:
         summary["skipped_rows"] = skipped
     if baseline_report is not None:

@@ -148,6 +148,52 @@ def evaluation_criteria_table(report: Mapping[str, Any]) -> tuple[list[str], lis
     return with_baseline_columns(report, header, rows)
 
 
+def calibration_line(report: Mapping[str, Any]) -> str | None:
+    """One line on the calibration of an :func:`~scoreplex.scorer.evaluate_suite` result (None without it)."""
+    if report.get("mean_ece") is None:
+        return None
+    return (
+        f"calibration: mean top-label ECE {_num(report['mean_ece'])}; a perfectly calibrated model with the same "
+        f"confidences would measure {_num(report.get('mean_ece_floor'))} on these responses (consistency "
+        f"resampling); beyond chance (p < 0.05) on {report.get('items_calibration_rejected', 0)} of "
+        f"{len(report.get('tasks') or {})} tasks"
+    )
+
+
+def calibration_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The calibration section of :func:`criteria_markdown`: per task and rubric dimension the top-label ECE of the
+    returned probabilities, what a perfectly calibrated model with the same confidences would measure on as many
+    responses (mean and 95th percentile over 1,000 draws; Bröcker & Smith 2007), and the p-value."""
+    tasks = report.get("tasks") or {}
+    rows = []
+    for tid, m in tasks.items():
+        for dim, c in ((m.get("calibration") or {}).get("dimensions") or {}).items():
+            if c is None:
+                continue
+            verdict = "consistent" if c["p_value"] >= 0.05 else "**miscalibrated**"
+            name = tid if len(m["calibration"]["dimensions"]) == 1 else f"{tid} ({dim})"
+            rows.append(
+                [name, str(c["n"]), _num(c["ece"]), f"{_num(c['floor'])} ({_num(c['floor_q95'])})"]
+                + [f"{c['p_value']:.2f}", verdict]
+            )
+    if not rows:
+        return []
+    header = ["task", "n", "ECE", "calibrated model's ECE: mean (95th pct)", "p", "verdict"]
+    return [
+        "",
+        "## Calibration",
+        "",
+        "Top-label expected calibration error (15 equal-width bins; Guo et al. 2017) of the probabilities the suite "
+        "returns (after its temperature, where the task module holds one). A finite test set gives even a perfectly "
+        "calibrated model a positive ECE: the next column is what such a model with the same confidences would "
+        "measure on as many responses (each response marked right with probability equal to its confidence; "
+        "consistency resampling, Bröcker & Smith 2007), and p is the share of those draws with an ECE at least the "
+        "measured one. `miscalibrated`: p < 0.05.",
+        "",
+        *_md_table(header, rows),
+    ]
+
+
 def _md_cell(text: Any) -> str:
     """Text safe inside a Markdown table cell (pipes escaped, line breaks as spaces)."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
@@ -218,6 +264,7 @@ def criteria_markdown(report: Mapping[str, Any], *, title: str = "Deployment cri
             + [_VERDICT[a.get("pass")], _YES_NO[a.get("meets_human")]]
         )
     lines += _md_table(header, rows)
+    lines += calibration_markdown(report)
     pooled = report.get("pooled") or {}
     lines += [
         "",
