@@ -149,6 +149,9 @@ def test_finished_folds_are_not_trained_again(tiny_bb, tmp_path, monkeypatch):
     first = _cv(tiny_bb, data, tmp_path / "cv")
     monkeypatch.setattr(pipeline, "train_task", lambda *a, **kw: pytest.fail("a finished fold was retrained"))
     assert _cv(tiny_bb, data, tmp_path / "cv").scores == first.scores
+    # ... but a finished fold of a run with other settings is refused, not reused
+    with pytest.raises(ConfigError, match="config.lr"):
+        _cv(tiny_bb, data, tmp_path / "cv", config=replace(CONFIG, lr=CONFIG.lr / 2))
 
 
 # -- train_suite ---------------------------------------------------------------------------------------------------

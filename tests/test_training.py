@@ -238,6 +238,17 @@ def test_stop_after_replays_the_first_epochs_of_the_longer_schedule(toy):
         fit(make_model(), make, steps, objective, None, config, progress=False, stop_after=5)
 
 
+def test_a_checkpoint_past_stop_after_is_refused(toy, tmp_path: Path):
+    x, y, _, _ = toy
+    make, steps = batches_of(x, y)
+    config = replace(CONFIG, epochs=4, patience=0)
+    fit(make_model(), make, steps, objective, None, config, checkpoint_dir=tmp_path, progress=False, stop_after=3)
+    with pytest.raises(ConfigError, match="after epoch 3, past stop_after=2"):
+        fit(make_model(), make, steps, objective, None, config, checkpoint_dir=tmp_path, progress=False, stop_after=2)
+    resumed = fit(make_model(), make, steps, objective, None, config, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.epochs_run == 4  # the same run resumed without stop_after trains its last epoch
+
+
 def test_a_checkpoint_of_another_run_is_refused_with_the_differences(toy, tmp_path: Path):
     x, y, _, _ = toy
     make, steps = batches_of(x, y)

@@ -371,7 +371,12 @@ def fit_cross_item(
     resuming = checkpoint_dir is not None and (Path(checkpoint_dir) / "state.json").is_file()
     if options.config.head_warmup_epochs > 0 and not resuming:
         warm_up_heads(
-            model, enc_train, val if select_warm_up else {}, enc_val, options.config, progress=options.progress
+            model,
+            enc_train,
+            val if select_warm_up else {},
+            enc_val if select_warm_up else {},
+            options.config,
+            progress=options.progress,
         )
     make_batches, steps = _mixed_batches(enc_train, options.config.batch_size)
 
@@ -393,7 +398,7 @@ def fit_cross_item(
         progress=options.progress,
         score_name="pooled validation QWK",
         stop_after=refit_epochs,
-        run_key=_run_key(options, max_length, texts, train),
+        run_key=_run_key(bb, options, max_length, texts, train),
     )
     return CrossItemRun(
         model,
@@ -683,13 +688,14 @@ probabilities after each epoch (the per-item format, :data:`~scoreplex.training.
 
 
 def _run_key(
-    options: TrainOptions, max_length: int, texts: Mapping[str, str], train: Mapping[str, TaskData]
+    bb: Backbone, options: TrainOptions, max_length: int, texts: Mapping[str, str], train: Mapping[str, TaskData]
 ) -> dict[str, Any]:
     """What besides the TrainConfig makes a cross-item checkpoint this run's (:func:`~scoreplex.training.loop.fit`'s
-    ``run_key``): the method settings, max_length, each item's pairing text and training rows (hashed)."""
+    ``run_key``): the backbone, method settings, max_length, each item's pairing text and training rows (hashed)."""
     from scoreplex.training.suite import digest
 
     return {
+        "backbone": bb.info.sha256,
         "settings": asdict(options.settings),
         "max_length": max_length,
         "pooling": options.pooling,

@@ -165,9 +165,28 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
 
 
+def _json_value(o: Any) -> Any:
+    """A numpy scalar as its Python value (else its text), for JSON records of settings."""
+    return o.item() if hasattr(o, "item") else str(o)
+
+
+def checkpoint_identity(config: TrainConfig, run_key: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint records of its run (``config`` and ``run_key``, as JSON values), compared on resume."""
+    record = {"config": config.to_dict(), "run_key": dict(run_key or {})}
+    return json.loads(json.dumps(record, default=_json_value))
+
+
+def check_checkpoint(
+    folder: str | os.PathLike[str], config: TrainConfig, run_key: Mapping[str, Any] | None = None
+) -> None:
+    """ConfigError if the checkpoint in ``folder`` was written by a run with another ``config`` or ``run_key``,
+    naming each difference (old -> new); nothing without a checkpoint. A caller that skips a finished run without
+    calling :func:`fit` checks with this first. A checkpoint written before runs recorded their settings is
+    accepted as it is (nothing to compare)."""
+    _check_checkpoint(Path(folder), checkpoint_identity(config, run_key))
+
+
 def _check_checkpoint(folder: Path, identity: dict[str, Any]) -> None:
-    """ConfigError if the checkpoint in ``folder`` was written by a run with other settings (a checkpoint from
-    before settings were recorded is accepted)."""
     state = folder / "state.json"
     if not state.is_file():
         return
@@ -225,8 +244,8 @@ def fit(
     ``make_batches(rng)`` yields one epoch of batches; ``objective(model, batch)`` returns the scalar loss (task
     loss, distillation, load balance: the objective is what varies between methods, never the loop);
     ``validate(model)`` returns the validation score to maximise (e.g. mean QWK), named ``score_name`` in the log.
-    ``validate=None`` trains all ``config.epochs`` epochs without validation or early stopping and keeps the last
-    state (a refit on all responses whose epoch count was chosen elsewhere, e.g. by cross-validation); the history's
+    ``validate=None`` trains all ``config.epochs`` epochs (or ``stop_after``) without validation or early stopping
+    and keeps the last state (a refit on all responses whose epoch count was chosen elsewhere, e.g. by cross-validation); the history's
     ``val`` is then None and ``best_score`` nan.
 
     ``stop_after``: run only the first ``stop_after`` epochs of the ``config.epochs`` schedule (warm-up and linear
@@ -247,7 +266,7 @@ def fit(
     if stop_after is not None and not 1 <= stop_after <= config.epochs:
         raise ConfigError(f"stop_after={stop_after!r} is outside 1..{config.epochs} (the schedule's epochs).")
     last_epoch = config.epochs if stop_after is None else stop_after
-    identity = {"config": config.to_dict(), "run_key": json.loads(json.dumps(run_key or {}, default=str))}
+    identity = checkpoint_identity(config, run_key)
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
     total = max(1, steps_per_epoch * config.epochs)
@@ -270,6 +289,11 @@ def fit(
             best_epoch, bad, history = c["best_epoch"], c["bad_epochs"], c["history"]
             if c.get("stopped"):
                 start_epoch = last_epoch
+            elif start_epoch > last_epoch:  # the kept model would have trained past stop_after
+                raise ConfigError(
+                    f"{ckpt} holds a checkpoint after epoch {start_epoch}, past stop_after={last_epoch}. Fix: delete "
+                    "that folder to start over, or resume without stop_after."
+                )
     t0 = time.perf_counter()
     seconds_before = sum(h.get("seconds", 0.0) for h in history)
     log = progress_log(progress)

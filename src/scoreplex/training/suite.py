@@ -37,7 +37,7 @@ from scoreplex.predictions import decode, embed_all, predict_logits
 from scoreplex.progress import progress_log
 from scoreplex.stacking import LexicalStack, fit_stack
 from scoreplex.suite import Suite
-from scoreplex.training.loop import FitResult, TrainConfig, checkpoint_epochs, fit
+from scoreplex.training.loop import FitResult, TrainConfig, check_checkpoint, checkpoint_epochs, fit
 
 _log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def train_task(
         description=description,
         progress=progress,
         stop_after=stop_after,
-        run_key=_run_key(method, pooling, max_length, settings, long_inputs, train),
+        run_key=_run_key(bb, method, pooling, max_length, settings, long_inputs, train),
     )
     if val is None:
         return model, result, None
@@ -331,12 +331,20 @@ def digest(values: Sequence[Any]) -> str:
 
 
 def _run_key(
-    method: str, pooling: str, max_length: int, settings: MethodSettings, long_inputs: LongInputs, train: TaskData
+    bb: Backbone,
+    method: str,
+    pooling: str,
+    max_length: int,
+    settings: MethodSettings,
+    long_inputs: LongInputs,
+    train: TaskData,
 ) -> dict[str, Any]:
     """What besides the TrainConfig makes a task's checkpoint this run's (:func:`~scoreplex.training.loop.fit`'s
-    ``run_key``): method, pooling, max_length, method settings, long-input mode and the training rows (hashed)."""
+    ``run_key``): backbone, method, pooling, max_length, method settings, long-input mode and the training rows
+    (hashed)."""
     rows = digest(train.ids)
     return {
+        "backbone": bb.info.sha256,
         "method": method,
         "pooling": pooling,
         "max_length": max_length,
@@ -444,6 +452,8 @@ def cross_validate_epochs(
     per_epoch = [[np.zeros((len(data), c)) for c in spec.class_counts] for _ in range(cfg.epochs)]  # E x [(N, K_d)]
     for i, (train, val) in enumerate(kfold_split(data, folds=k, seed=cfg.seed), 1):
         fold_dir = Path(folder) / f"fold-{i}"
+        # a fold finished by a run with other settings (lr, epochs, folds, ...) is refused, not reused
+        check_checkpoint(fold_dir, cfg, _run_key(bb, method, pooling, max_length, settings, long_inputs, train))
         oof = _load_oof(fold_dir)
         done = checkpoint_epochs(fold_dir)
         if done < cfg.epochs or any(e not in oof for e in range(1, cfg.epochs + 1)):
