@@ -25,7 +25,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
-from scoreplex.decoding import calibration_consistency, describe_decoding, expected_calibration_error
+from scoreplex.decoding import describe_decoding, expected_calibration_error
 from scoreplex.encoding import token_lengths
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
@@ -325,7 +325,8 @@ def evaluate_decoded(suite: Suite, backbone: str, train_sets: dict, val_sets: di
             result["tasks"][tid]["ece_before"] = expected_calibration_error(raw[tid].probs[0], y)
             result["tasks"][tid]["ece_after"] = expected_calibration_error(preds[tid].probs[0], y)
             # what a perfectly calibrated model with these confidences would measure on this many responses
-            result["tasks"][tid]["ece_consistency"] = calibration_consistency(preds[tid].probs[0], y)
+            # (evaluate_suite's calibration of the same probabilities)
+            result["tasks"][tid]["ece_consistency"] = result["tasks"][tid]["calibration"]["dimensions"]["score"]
             result["tasks"][tid]["lexical"] = fits[tid][3] if which == 1 else None
         return result
 

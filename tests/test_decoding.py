@@ -78,6 +78,23 @@ def test_calibration_consistency_separates_chance_from_miscalibration():
     assert many["floor"] < calibrated["floor"] / 3
 
 
+def test_task_calibration_corrects_for_several_dimensions_and_skips_missing_scores():
+    from scoreplex.decoding import task_calibration
+    from scoreplex.metrics import MISSING
+
+    p, y = _calibrated(300, 2, seed=4)
+    q, z = _calibrated(300, 2, seed=5)
+    spec = TaskSpec.multilabel("ml", ["a", "b"])
+    z = z.copy()
+    z[:50] = MISSING  # dimension b scored on 250 responses only
+    out = task_calibration(spec, np.stack([y, z], axis=1), [p, q])
+    a, b = out["dimensions"]["a"], out["dimensions"]["b"]
+    assert a["n"] == 300 and b["n"] == 250
+    assert b["ece"] == pytest.approx(expected_calibration_error(q[50:], z[50:]))
+    assert out["p_value"] == pytest.approx(min(1.0, 2 * min(a["p_value"], b["p_value"])))  # Bonferroni
+    assert out["ece"] == pytest.approx((a["ece"] + b["ece"]) / 2)
+
+
 def test_cutpoints_fix_a_biased_expected_score():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 4, 1500)

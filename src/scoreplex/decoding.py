@@ -292,12 +292,17 @@ def calibration_consistency(
     rng = np.random.default_rng(seed)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)  # (N,) as expected_calibration_error
-    correct = rng.random((draws, len(conf))) < conf  # (draws, N)
     share = np.bincount(which, minlength=bins) / max(1, len(conf))  # (bins,)
     count = np.maximum(np.bincount(which, minlength=bins), 1)
     mean_conf = np.bincount(which, weights=conf, minlength=bins) / count  # (bins,)
-    acc = np.stack([np.bincount(which, weights=c, minlength=bins) for c in correct.astype(np.float64)]) / count
-    simulated = (share * np.abs(acc - mean_conf)).sum(axis=1)  # (draws,)
+    simulated = np.empty(draws)
+    chunk = max(1, min(draws, (1 << 22) // max(1, len(conf))))  # draws per chunk: memory bounded, whatever N
+    for start in range(0, draws, chunk):
+        c = min(chunk, draws - start)
+        correct = rng.random((c, len(conf))) < conf  # (c, N): right with probability = confidence
+        slots = (np.arange(c)[:, None] * bins + which).ravel()
+        acc = np.bincount(slots, weights=correct.ravel(), minlength=c * bins).reshape(c, bins) / count
+        simulated[start : start + c] = (share * np.abs(acc - mean_conf)).sum(axis=1)
     return {
         "ece": observed,
         "floor": float(simulated.mean()),
@@ -310,8 +315,9 @@ def calibration_consistency(
 def task_calibration(spec: TaskSpec, y_true: np.ndarray, probs: Sequence[np.ndarray]) -> dict[str, Any]:
     """Top-label calibration of a task's class probabilities ``probs [(N, K_d)]`` against the human scores
     ``y_true (N, D)`` (class positions; missing scores left out): :func:`calibration_consistency` per rubric
-    dimension, and over the dimensions the mean ``ece`` and ``floor`` and the smallest ``p_value``. None for a
-    dimension (and the means) with no scored response."""
+    dimension, and over the dimensions the mean ``ece`` and ``floor`` and a ``p_value`` for the task: the smallest
+    over its dimensions times their number (Bonferroni, at most 1), so that a task with many rubric dimensions is
+    not flagged more often by chance. None for a dimension (and the means) with no scored response."""
     y_true = np.asarray(y_true)
     dims = {}
     for d, (dim, p) in enumerate(zip(spec.dimensions, probs, strict=True)):
@@ -321,7 +327,7 @@ def task_calibration(spec: TaskSpec, y_true: np.ndarray, probs: Sequence[np.ndar
     return {
         "ece": float(np.mean([c["ece"] for c in known])) if known else None,
         "floor": float(np.mean([c["floor"] for c in known])) if known else None,
-        "p_value": min((c["p_value"] for c in known), default=None),
+        "p_value": min(1.0, len(known) * min(c["p_value"] for c in known)) if known else None,
         "dimensions": dims,
     }
 
