@@ -245,8 +245,8 @@ def fit(
     loss, distillation, load balance: the objective is what varies between methods, never the loop);
     ``validate(model)`` returns the validation score to maximise (e.g. mean QWK), named ``score_name`` in the log.
     ``validate=None`` trains all ``config.epochs`` epochs (or ``stop_after``) without validation or early stopping
-    and keeps the last state (a refit on all responses whose epoch count was chosen elsewhere, e.g. by cross-validation); the history's
-    ``val`` is then None and ``best_score`` nan.
+    and keeps the last state (a refit on all responses whose epoch count was chosen elsewhere, e.g. by
+    cross-validation); the history's ``val`` is then None and ``best_score`` nan.
 
     ``stop_after``: run only the first ``stop_after`` epochs of the ``config.epochs`` schedule (warm-up and linear
     decay over ``config.epochs``). A refit on all responses after cross-validation uses it to replay the folds'
