@@ -77,6 +77,12 @@ def parse_args(argv):
     ap.add_argument("--max-groups", type=int, default=None, help="evaluate at most this many new groups this run")
     ap.add_argument("--sweep", action="store_true", help="also the GW plans at T' = 1..number of items")
     ap.add_argument(
+        "--only-sweep",
+        action="store_true",
+        help="only the GW plans at T' = 1..number of items (the curve), into merge-protocol-sweep.{json,md,png}; "
+        "the T' = 3 comparison and gw-merging.json are left as they are",
+    )
+    ap.add_argument(
         "--single-group",
         action="store_true",
         help="no plans: merge all of the suite's tasks into one group (e.g. the few full fine-tunes at hand)",
@@ -95,6 +101,10 @@ def build_plans(args, ids: list[str], predict: dict | None) -> dict[str, MergePl
         return {"all-in-one": MergePlan("all-in-one", [list(ids)])}
     if predict["task_ids"] != ids:
         raise ConfigError(f"{args.predict} is about tasks {predict['task_ids']}, the suite has {ids}.")
+    sim = predict["similarities"][PRIMARY_MEASURE]
+    if args.only_sweep:
+        sim_matrix = planner_similarity(np.asarray(sim["values"]), sim["kind"])
+        return {f"gw-t{k}": optimal_plan(sim_matrix, ids, k, name=f"gw-t{k}") for k in range(1, len(ids) + 1)}
     plans = {}
     for m in [m.strip() for m in args.measures.split(",") if m.strip()]:
         if m not in predict["similarity_plans"]:
@@ -104,7 +114,6 @@ def build_plans(args, ids: list[str], predict: dict | None) -> dict[str, MergePl
         plans["gw" if m == PRIMARY_MEASURE else m] = MergePlan(m, predict["similarity_plans"][m]["groups"])
     plans["measured-loss"] = MergePlan("measured-loss", predict["reference_plan"]["groups"])
     plans["expert"] = MergePlan.from_file(args.expert_plan, ids)
-    sim = predict["similarities"][PRIMARY_MEASURE]
     plans["clustering"] = clustering_plan(np.asarray(sim["values"]), ids, 3)
     for i, p in enumerate(random_plans(ids, 3, args.n_random, seed=args.seed)):
         plans[f"random-{i:02d}"] = p
@@ -262,10 +271,14 @@ def main(argv=None) -> dict:
     report = summarise(args, argv, ids, plans, base, results, protocol, missing, scorer, t_start)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "merge-protocol-full" if args.single_group else "merge-protocol"
+    stem = (
+        "merge-protocol-full" if args.single_group else "merge-protocol-sweep" if args.only_sweep else "merge-protocol"
+    )
     write_json_atomic(out / f"{stem}.json", report)
     (out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
-    if not missing and not args.single_group:
+    if args.only_sweep and report["sweep"]:
+        plot(report, out / f"{stem}.png")
+    elif not missing and not args.single_group:
         plot(report, out / "merge-protocol.png")
         update_gw_merging(out / "gw-merging.json", report, predict)
     print(f"wrote {out / stem}.json ({len(missing)} groups still to evaluate)", file=sys.stderr)
@@ -497,11 +510,15 @@ def markdown(r: dict) -> str:
     p = r["protocol"]
     grid = ", ".join(f"({d}, {s})" for d, s in p["grid"])
     single = "all-in-one" in r["plans"]
+    only_sweep = all(n.startswith("gw-t") for n in r["plans"]) and bool(r["plans"])
     kind = "models" if single else "adapters"
+    title = "GW-SMM under one fair protocol (ASAP-SAS, LoRA suite, T' = 3)"
+    if single:
+        title = f"All {len(r['task_ids'])} task models of {p['suite']} merged into one, under the fair protocol"
+    elif only_sweep:
+        title = f"GW-SMM under one fair protocol: GW plans at T' = 1..{len(r['task_ids'])} (ASAP-SAS, LoRA suite)"
     lines = [
-        f"# All {len(r['task_ids'])} task models of {p['suite']} merged into one, under the fair protocol"
-        if single
-        else "# GW-SMM under one fair protocol (ASAP-SAS, LoRA suite, T' = 3)",
+        f"# {title}",
         "",
         f"Reproduce: `{r['command']}` ({r['date']}, {r['machine']}).",
         "",
@@ -524,8 +541,9 @@ def markdown(r: dict) -> str:
         gw = r["plans"]["gw"]["variants"]
         vals = ", ".join(f"{v} {_f(gw[v]['val_mean_qwk'])}" for v in VARIANTS)
         lines += [f"Variant chosen on validation (GW plan's mean validation QWK: {vals}): **{r['best_variant']}**.", ""]
-    lines += ["| plan | kept | refit | surgery | groups |", "|---|---:|---:|---:|---|"]
     named = [n for n in r["plans"] if not n.startswith(("random-", "gw-t"))]
+    if named:
+        lines += ["| plan | kept | refit | surgery | groups |", "|---|---:|---:|---:|---|"]
     for n in named:
         pl = r["plans"][n]
         g = " / ".join(",".join(x.removeprefix("asap-") for x in grp) for grp in pl["groups"])
@@ -589,6 +607,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| mean | {_f(r['unmerged']['mean_qwk'])} | "
                      + " | ".join(_f(pl[v]["mean_qwk"]) for v in VARIANTS) + " |")  # fmt: skip
         return "\n".join(lines) + "\n"
+    if only_sweep:
+        return "\n".join([*lines, "![mean test QWK against T'](merge-protocol-sweep.png)", ""]) + "\n"
     lines += ["![per-plan mean test QWK](merge-protocol.png)", "", "## Per item (test QWK, GW plan)", ""]
     if "gw" in r["plans"]:
         lines += ["| item | unmerged | " + " | ".join(VARIANTS) + " |", "|---|---:|" + "---:|" * len(VARIANTS)]
@@ -604,6 +624,13 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if all(n.startswith("gw-t") for n in r["plans"]):  # --only-sweep: the curve alone
+        fig, ax2 = plt.subplots(figsize=(7, 4.5))
+        _sweep_axes(ax2, r)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(1, 2 if r["sweep"] else 1, figsize=(13 if r["sweep"] else 8, 4.5), squeeze=False)
     ax = axes[0, 0]
     named = [n for n in r["plans"] if not n.startswith(("random-", "gw-t"))]
@@ -622,17 +649,21 @@ def plot(r: dict, path: Path) -> None:
     ax.legend(fontsize=8, ncol=4)
     ax.set_title("T' = 3 merges of the ASAP-SAS LoRA suite, one protocol for every plan", fontsize=9)
     if r["sweep"]:
-        ax2 = axes[0, 1]
-        ks = list(r["sweep"])
-        for i, v in enumerate(VARIANTS):
-            ax2.plot(ks, [r["sweep"][k][v] for k in ks], marker="o", color=f"C{i}", label=v)
-        ax2.axhline(r["unmerged"]["mean_qwk"], color="k", ls="--", lw=1, label="unmerged")
-        ax2.set_xlabel("T' (merged adapters kept, GW plans)")
-        ax2.set_ylabel("mean test QWK")
-        ax2.legend(fontsize=8)
+        _sweep_axes(axes[0, 1], r)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _sweep_axes(ax, r: dict) -> None:
+    """Mean test QWK of the GW plans against T', one line per variant, the unmerged suite dashed."""
+    ks = list(r["sweep"])
+    for i, v in enumerate(VARIANTS):
+        ax.plot(ks, [r["sweep"][k][v] for k in ks], marker="o", color=f"C{i}", label=v)
+    ax.axhline(r["unmerged"]["mean_qwk"], color="k", ls="--", lw=1, label="unmerged")
+    ax.set_xlabel("T' (merged adapters kept, GW plans)")
+    ax.set_ylabel("mean test QWK")
+    ax.legend(fontsize=8)
 
 
 if __name__ == "__main__":
