@@ -82,6 +82,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--encoder-stride", type=int, default=0, help="window stride of those runs (0: half the max_length)"
     )
+    ap.add_argument(
+        "--encoder-window-pools",
+        default="mean",
+        help="window poolings of those runs, comma-separated: mean (key .../windows), mean+max (.../windows-mean+max)",
+    )
     ap.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or folder (default: all-MiniLM-L6-v2)")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas or $ASAP_SAS)")
     ap.add_argument(
@@ -297,10 +302,13 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
     lengths = [int(x) for x in args.encoder_lengths.split(",") if x.strip()]
     if lengths:
         runs["longproxy-encoder/full"] = (full_length, "truncate", None, False)
+    pools = [p.strip() for p in args.encoder_window_pools.split(",") if p.strip()]
     for n in lengths:
         runs[f"longproxy-encoder{n}/truncated"] = (n, "truncate", None, False)
-        runs[f"longproxy-encoder{n}/windows"] = (n, "windows", args.encoder_stride or max(1, n // 2), False)
-    for key, (max_length, mode, stride, lexical) in runs.items():
+        for p in pools:
+            name = "windows" if p == "mean" else f"windows-{p}"
+            runs[f"longproxy-encoder{n}/{name}"] = (n, "windows", args.encoder_stride or max(1, n // 2), False, p)
+    for key, (max_length, mode, stride, lexical, *pool) in runs.items():
         if results.get(key) is not None:
             print(f"[{key}] done before; skipped", flush=True)
             continue
@@ -312,7 +320,7 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
             backbone=args.backbone,
             max_length=max_length,
             config=default_config("head", seed=args.seed),
-            long_inputs=LongInputs(mode, stride=stride),
+            long_inputs=LongInputs(mode, stride=stride, pool=pool[0] if pool else "mean"),
             lexical=lexical,
         )
         folder = Path(args.work) / key
@@ -325,6 +333,7 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
                 "per_item": per_item,
                 "max_length": max_length,
                 "window_stride": stride,
+                **({"window_pool": pool[0]} if pool else {}),
                 "lexical": lexical,
                 "seconds": time.perf_counter() - t0,
             },
@@ -378,8 +387,18 @@ def summarise(results: Results, items: list[str]) -> dict:
             "full_qwk": f,
             "recovered": (w - t) / (f - t) if None not in (t, w, f) and f != t else None,
         }
+        for pool in encoder_pools(results, n):
+            w = m(f"longproxy-encoder{n}/windows-{pool}")
+            encoder[n][f"windows_{pool}_qwk"] = w
+            encoder[n][f"recovered_{pool}"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
     summary["longproxy_encoder_only"] = encoder
     return summary
+
+
+def encoder_pools(results: Results, n: str) -> list[str]:
+    """The window poolings other than ``mean`` run for the encoder-alone proxy at ``max_length`` ``n``."""
+    prefix = f"longproxy-encoder{n}/windows-"
+    return sorted(k.removeprefix(prefix) for k in results.data if k.startswith(prefix))
 
 
 def chosen_cross_item(results: Results, n: int) -> str | None:
@@ -480,24 +499,30 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
     encoder = summary.get("longproxy_encoder_only") or {}
     if encoder:
         lengths = sorted(encoder, key=int, reverse=True)
+        columns = {n: ["truncated", "windows", *(f"windows-{p}" for p in encoder_pools(results, n))] for n in lengths}
+
+        def title(n: str, k: str) -> str:
+            stride = encoder[n]["window_stride"]
+            return {"truncated": f"truncated {n}", "windows": f"windows {n} (stride {stride})"}.get(
+                k, f"windows {n}, {k.removeprefix('windows-')} (stride {stride})"
+            )
+
         lines += [
             "## Long-input proxy, the encoder alone (head-only suites without the lexical model)",
             "",
-            "| item | "
-            + " | ".join(f"truncated {n} | windows {n} (stride {encoder[n]['window_stride']})" for n in lengths)
-            + " | full |",
-            "|---|" + "---:|" * (2 * len(lengths) + 1),
+            "| item | " + " | ".join(title(n, k) for n in lengths for k in columns[n]) + " | full |",
+            "|---|" + "---:|" * (sum(len(c) for c in columns.values()) + 1),
         ]
         for t in items:
             cells = []
             for n in lengths:
-                for k in ("truncated", "windows"):
+                for k in columns[n]:
                     entry = results.get(f"longproxy-encoder{n}/{k}")
                     cells.append(fmt(None if entry is None else entry["per_item"].get(t)))
             full = results.get("longproxy-encoder/full")
             cells.append(fmt(None if full is None else full["per_item"].get(t)))
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
-        means = [fmt(encoder[n][f"{k}_qwk"]) for n in lengths for k in ("truncated", "windows")]
+        means = [fmt(encoder[n][f"{k.replace('-', '_')}_qwk"]) for n in lengths for k in columns[n]]
         lines.append("| **mean** | " + " | ".join(means) + f" | {fmt(encoder[lengths[0]]['full_qwk'])} |")
         lines.append("")
         for n in lengths:
@@ -506,6 +531,11 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
             lines.append(
                 f"- max_length {n}: truncation costs {fmt(lost)} mean QWK; windows recover {fmt(e['recovered'])} of it."
             )
+            for p in encoder_pools(results, n):
+                lines.append(
+                    f"- max_length {n}, windows pooled {p} (the pooling chosen on validation in "
+                    f"[window-pooling.md](window-pooling.md)): recover {fmt(e[f'recovered_{p}'])} of it."
+                )
         lines.append("")
     (out / "itembanks.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(out / "itembanks.png", summary, results, items)

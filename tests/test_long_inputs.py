@@ -359,3 +359,107 @@ def test_length_feature_trains_and_engine_matches_suite_scorer(
     # off by default: task.json and the module as before
     assert "length_feature" not in Suite.open(windows_suite).task_info(t)["config"]
     assert not any(k.startswith("head.length") for k in Suite.open(windows_suite).module_tensors(t))
+
+
+# -- mean+max window pooling -----------------------------------------------------------------------------------------
+MEANMAX = LongInputs("windows", stride=STRIDE, pool="mean+max")
+
+
+def test_pool_windows_puts_the_mean_and_the_maximum_side_by_side():
+    from scoreplex.encoding import pool_windows
+
+    pooled = torch.tensor([[1.0, -2.0], [3.0, -4.0], [-1.0, 5.0], [0.5, 0.5]])
+    owner = torch.tensor([0, 0, 0, 1])
+    out = pool_windows(pooled, owner, 2, "mean+max")
+    want = torch.tensor([[1.0, -1 / 3, 3.0, 5.0], [0.5, 0.5, 0.5, 0.5]])
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(pool_windows(pooled, owner, 2, "mean"), window_mean(pooled, owner, 2))
+    # one window per row: the vector twice, or itself for the mean
+    torch.testing.assert_close(pool_windows(pooled, None, 4, "mean+max"), torch.cat([pooled, pooled], 1))
+    torch.testing.assert_close(pool_windows(pooled, None, 4, "mean"), pooled)
+    with pytest.raises(ConfigError, match="mean\\+max"):
+        pool_windows(pooled, owner, 2, "attention")
+
+
+@pytest.fixture(scope="module")
+def meanmax_suite(tmp_path_factory, demo_datasets, tiny_bb, tiny_backbone_path) -> Path:
+    root = tmp_path_factory.mktemp("long") / "meanmax"
+    _train({t: demo_datasets[t] for t in TASKS[:2]}, root, tiny_bb, tiny_backbone_path, long_inputs=MEANMAX)
+    return root
+
+
+def test_a_mean_max_suite_records_its_pooling_and_its_heads_read_twice_the_width(meanmax_suite, tiny_bb):
+    suite = Suite.open(meanmax_suite)
+    assert suite.long_inputs == MEANMAX
+    for t in TASKS[:2]:
+        assert suite.task_info(t)["config"]["window_pool"] == "mean+max"
+        assert suite.module_tensors(t)["head.net.0.weight"].shape == (2 * tiny_bb.hidden,)
+
+
+def test_mean_max_scores_are_the_head_on_the_window_mean_and_maximum_by_hand(meanmax_suite, tiny_bb, texts):
+    scorer = SuiteScorer(meanmax_suite, tiny_bb, decoding=False, lexical=False)
+    t = TASKS[0]
+    model = scorer.model(t)
+    body = MAX_LENGTH - 2
+    text = max(texts[t], key=len)
+    ids = tiny_bb.tokenizer(text)["input_ids"]
+    inner = ids[1:-1]
+    starts = sorted({min(s, len(inner) - body) for s in range(0, len(inner) - body + STRIDE, STRIDE)})
+    assert len(starts) > 2
+    with torch.no_grad():
+        windows = torch.tensor([[ids[0], *inner[s : s + body], ids[-1]] for s in starts])
+        out = model.encoder(input_ids=windows, attention_mask=torch.ones_like(windows)).last_hidden_state
+        vecs = out.mean(1)  # (W, H): mean pooling over each full window
+        feats = torch.cat([vecs.mean(0), vecs.max(0).values])[None]
+        logits = model.head(feats)
+    want = probabilities(logits, scorer.suite.spec(t).class_counts)
+    for g, w in zip(scorer.predict(t, [text]).probs, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5, rtol=0)
+
+
+def test_engine_and_onnx_match_suite_scorer_with_mean_max(meanmax_suite, tiny_bb, tmp_path, texts):
+    from scoreplex.engine.onnx_export import export_onnx
+    from scoreplex.engine.onnx_runtime import OnnxEngine
+
+    scorer = SuiteScorer(meanmax_suite, tiny_bb)
+    pairs = [(t, x) for t in TASKS[:2] for x in texts[t]]  # long and short rows of two tasks, mixed
+    pairs = [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))]
+    engine = Engine(meanmax_suite, tiny_bb, batch_size=32, max_tokens=None).score(pairs)
+    export_onnx(meanmax_suite, tmp_path / "onnx", backbone=tiny_bb)
+    onnx = OnnxEngine(meanmax_suite, tmp_path / "onnx", batch_size=8, intra_op_threads=1).score(pairs)
+    for (t, x), row, orow in zip(pairs, engine, onnx, strict=True):
+        alone = scorer.predict(t, [x])
+        for d, name in enumerate(alone.spec.dimension_names):
+            np.testing.assert_allclose(row["probs"][name], alone.probs[d][0], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(orow["probs"][name], alone.probs[d][0], atol=1e-4, rtol=0)
+
+
+def test_a_task_whose_head_disagrees_with_the_suite_pooling_is_refused_by_name(meanmax_suite, tiny_bb, tmp_path):
+    root = Path(shutil.copytree(meanmax_suite, tmp_path / "s"))
+    Suite.open(root, verify=False).update(long_inputs=WINDOWS.to_dict())  # the heads still read mean+max
+    with pytest.raises(SuiteError, match=f"{TASKS[0]}.*'mean\\+max' window features"):
+        Engine(root, tiny_bb).predict(TASKS[0], ["a response"])
+
+
+def test_head_only_suite_trains_and_scores_with_mean_max(demo_datasets, tiny_bb, tiny_backbone_path, tmp_path, texts):
+    t = TASKS[0]
+    _train({t: demo_datasets[t]}, tmp_path / "head", tiny_bb, tiny_backbone_path, method="head", long_inputs=MEANMAX)
+    suite = Suite.open(tmp_path / "head")
+    assert suite.task_info(t)["config"]["window_pool"] == "mean+max"
+    scorer = SuiteScorer(suite, tiny_bb)
+    _probs_close(Engine(suite, tiny_bb).predict(t, texts[t]), scorer.predict(t, texts[t]), atol=1e-5)
+
+
+def test_cli_refuses_an_unknown_window_pool_with_exit_code_2(tmp_path, tiny_backbone_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+    from scoreplex.data.demo import write_demo
+
+    files = write_demo(tmp_path / "data", n_train=30, n_test=10)
+    args = ["train", files["train"], "--out", tmp_path / "s", "--tasks", files["tasks"], "--backbone",
+            tiny_backbone_path, "--long-inputs", "windows", "--window-pool", "attention"]  # fmt: skip
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+    assert result.exit_code == 2, result.output
+    assert "window pooling 'attention' is unknown" in result.output and "mean+max" in result.output
+    assert not (tmp_path / "s").exists()

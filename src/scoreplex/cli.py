@@ -273,6 +273,14 @@ def train(
     max_windows: Annotated[
         int, typer.Option("--max-windows", help="Windows: at most this many per response (the rest is cut).")
     ] = 16,
+    window_pool: Annotated[
+        str,
+        typer.Option(
+            "--window-pool",
+            help="Windows: how each response's window vectors are combined for its head: mean, or mean+max (mean and "
+            "element-wise maximum side by side; better on ASAP-SAS validation, docs/results/window-pooling.md).",
+        ),
+    ] = "mean",
     length_feature: Annotated[
         bool,
         typer.Option(
@@ -406,7 +414,7 @@ def train(
             decoding=decoding,
             lexical=lexical,
             progress=progress,
-            long_inputs=LongInputs(long_inputs, stride=window_stride, max_windows=max_windows),
+            long_inputs=LongInputs(long_inputs, stride=window_stride, max_windows=max_windows, pool=window_pool),
         )
         callbacks = dict(
             on_task_done=lambda r: typer.echo(

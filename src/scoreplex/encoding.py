@@ -14,8 +14,9 @@ Two rules every entry point (CLI, Python, service) goes through:
 ``max_length`` tokens. ``windows`` keeps up to ``max_windows`` overlapping windows of ``max_length`` tokens each (every
 window with the tokenizer's first and last special tokens, ``[CLS]`` ... ``[SEP]``), a window starting every
 ``stride`` tokens; :func:`collate` then returns every window of its rows plus ``windows``, the row each window belongs
-to, and the model averages the windows' pooled vectors per response (:func:`window_mean`) before its head. A response
-that fits in ``max_length`` tokens is one window, encoded and batched exactly as in ``truncate`` mode.
+to, and the model combines the windows' pooled vectors per response (:func:`pool_windows`: their mean, or with
+``pool="mean+max"`` their mean and maximum side by side) before its head. A response that fits in ``max_length``
+tokens is one window, encoded and batched exactly as in ``truncate`` mode.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ longer words become one unknown token)."""
 
 LONG_INPUT_MODES = ("truncate", "windows")
 """How a response longer than ``max_length`` is encoded (see the module docstring)."""
-WINDOW_POOLS = ("mean",)
-"""How the pooled vectors of a response's windows are combined."""
+WINDOW_POOLS = ("mean", "mean+max")
+"""How the pooled vectors of a response's windows are combined (:func:`pool_windows`): their mean ``(H,)``, or their
+mean and element-wise maximum side by side ``(2H,)``."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ class LongInputs:
     """Windows mode: tokens between the starts of two windows (< the window's body overlaps them); None: half a
     window's body, rounded down."""
     pool: str = "mean"
-    """Windows mode: how the windows' pooled vectors are combined per response (``mean``)."""
+    """Windows mode: how the windows' pooled vectors are combined per response: ``mean``, or ``mean+max`` (the mean
+    and the element-wise maximum concatenated, so each task's head reads ``2H`` features; chosen on validation in
+    ``benchmarks/window_pooling.py``). Truncate mode ignores it."""
     max_windows: int = 16
     """Windows mode: at most this many windows per response (memory and time bound); tokens beyond them are cut
     and the response counts as cut."""
@@ -78,6 +82,11 @@ class LongInputs:
     def windowed(self) -> bool:
         """True when long responses are encoded as several windows."""
         return self.mode == "windows"
+
+    @property
+    def window_pool(self) -> str:
+        """The pooling the suite's heads read: :attr:`pool` in windows mode, ``mean`` when truncating."""
+        return self.pool if self.windowed else "mean"
 
     def step(self, max_length: int, n_special: int = 2) -> int:
         """Tokens between window starts at ``max_length``; ConfigError if the stride is longer than a window's
@@ -287,6 +296,23 @@ def window_mean(pooled: torch.Tensor, owner: torch.Tensor, n_rows: int) -> torch
     total = pooled.new_zeros((n_rows, pooled.shape[-1])).index_add_(0, owner, pooled)  # (B, H)
     count = torch.bincount(owner, minlength=n_rows).clamp_min(1).to(pooled.dtype)  # (B,)
     return total / count[:, None]
+
+
+def pool_windows(pooled: torch.Tensor, owner: torch.Tensor | None, n_rows: int, how: str = "mean") -> torch.Tensor:
+    """Combine the windows' pooled vectors ``pooled (W, H)`` per response (``owner (W,)``: the row of each window in
+    ``0..n_rows-1``; None: one window per row, ``W == n_rows``) as :data:`WINDOW_POOLS` names: ``mean`` -> ``(n_rows,
+    H)`` (:func:`window_mean`); ``mean+max`` -> ``(n_rows, 2H)``, the mean then the element-wise maximum (a row with
+    one window gets its vector twice). ConfigError for another name."""
+    if how not in WINDOW_POOLS:
+        raise ConfigError(f"window pooling {how!r} is unknown; choose one of: {', '.join(WINDOW_POOLS)}.")
+    if owner is None:
+        return pooled if how == "mean" else torch.cat([pooled, pooled], dim=1)
+    mean = window_mean(pooled, owner, n_rows)  # (B, H)
+    if how == "mean":
+        return mean
+    index = owner[:, None].expand(-1, pooled.shape[1])  # (W, H)
+    top = pooled.new_zeros((n_rows, pooled.shape[1])).scatter_reduce(0, index, pooled, "amax", include_self=False)
+    return torch.cat([mean, top], dim=1)  # (B, 2H)
 
 
 def pair_template(tokenizer) -> tuple[list[int], list[int], list[int]]:

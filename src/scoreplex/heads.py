@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scoreplex.encoding import WINDOW_POOLS
 from scoreplex.errors import ConfigError
 
 
@@ -209,17 +210,29 @@ HEAD_TYPES: dict[str, Callable[[int, Sequence[int], Mapping[str, Any]], nn.Modul
 def build_rubric_head(in_dim: int, class_counts: Sequence[int], config: Mapping[str, Any]) -> nn.Module:
     """A fresh head ``(B, in_dim) -> (B, sum K)`` of the type ``config["head_type"]`` names (see :data:`HEAD_TYPES`);
     ConfigError naming the known types for an unknown one. With ``config["surgery_rank"]`` (a merged task's
-    representation surgery) the head is a :class:`SurgicalHead` around it."""
+    representation surgery) the head is a :class:`SurgicalHead` around it. With ``config["window_pool"] ==
+    "mean+max"`` it reads ``(B, 2 in_dim)`` (:func:`scoreplex.encoding.pool_windows`); the head's ``window_pool``
+    attribute says which, for :class:`~scoreplex.methods.base.TaskModel` and the engine."""
     kind = str(config.get("head_type", "softmax"))
     if kind not in HEAD_TYPES:
         raise ConfigError(f"unknown head_type {kind!r}; the known ones are {sorted(HEAD_TYPES)}.")
-    head = HEAD_TYPES[kind](in_dim, class_counts, config)
+    window_pool = config.get("window_pool", "mean")
+    if window_pool not in WINDOW_POOLS:
+        raise ConfigError(
+            f"window_pool={window_pool!r} in task.json is not one of {', '.join(WINDOW_POOLS)}; restore the task "
+            "module."
+        )
+    width = 2 * in_dim if window_pool == "mean+max" else in_dim  # the features the head reads
+    head = HEAD_TYPES[kind](width, class_counts, config)
     rank = config.get("surgery_rank")
-    if rank is None:
-        return head
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= in_dim:
-        raise ConfigError(f"surgery_rank={rank!r} in task.json is not a rank in 1..{in_dim}; restore the task module.")
-    return SurgicalHead(head, in_dim, rank)
+    if rank is not None:
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= width:
+            raise ConfigError(
+                f"surgery_rank={rank!r} in task.json is not a rank in 1..{width}; restore the task module."
+            )
+        head = SurgicalHead(head, width, rank)
+    head.window_pool = window_pool  # what TaskModel.embed and the engine pool a long response's windows into
+    return head
 
 
 class RepresentationSurgery(nn.Module):

@@ -35,8 +35,8 @@ from scoreplex.encoding import (
     LengthCounts,
     collate,
     encode_texts,
+    pool_windows,
     token_batches,
-    window_mean,
 )
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
@@ -175,15 +175,19 @@ class Engine:
     def _pooled(
         self, ids: torch.Tensor, mask: torch.Tensor, row_modules: Sequence[Any], windows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H).
+        """ONE encoder pass for every row of a batch, each with its task's adapter slot; pooled features (B, H), or
+        (B, 2H) in a suite whose windows are pooled ``mean+max``.
 
         With ``windows (W,)`` (windows mode), ``ids`` are the windows of the rows: each window runs with its row's
-        slot, and the windows' pooled vectors are averaged per row (the backend, PyTorch or ONNX, sees windows)."""
+        slot, and the windows' pooled vectors are combined per row as the suite says
+        (:func:`~scoreplex.encoding.pool_windows`; the backend, PyTorch or ONNX, sees windows)."""
+        how = self.long_inputs.window_pool
         if windows is None:
-            return self.backend.pool(ids, mask, [m.slot for m in row_modules])
+            pooled = self.backend.pool(ids, mask, [m.slot for m in row_modules])  # (B, H)
+            return pool_windows(pooled, None, len(row_modules), how)
         slots = [row_modules[o].slot for o in windows.tolist()]
         pooled = self.backend.pool(ids, mask, slots)  # (W, H)
-        return window_mean(pooled, windows.to(pooled.device), len(row_modules))  # (B, H)
+        return pool_windows(pooled, windows.to(pooled.device), len(row_modules), how)  # (B, H) or (B, 2H)
 
     @property
     def task_ids(self) -> list[str]:

@@ -262,6 +262,12 @@ class AdapterStore:
             if spec.id != task_id:
                 raise SuiteError(f"its task.json describes task {spec.id!r}; {MODULE_FIX}.")
             parsed = self.method.parse(task_id, spec, config, split_tensors(tensors)[0], self.hidden)
+            reads, pools = getattr(parsed.head, "window_pool", "mean"), self.suite.long_inputs.window_pool
+            if reads != pools:
+                raise SuiteError(
+                    f"its head reads {reads!r} window features but the suite pools a response's windows as "
+                    f"{pools!r} (manifest long_inputs); {MODULE_FIX}."
+                )
         except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
             raise task_module_error(task_id, exc) from exc
         return ResidentModule(

@@ -236,7 +236,8 @@ def refit_head_on_features(
     tok_train, tok_val = n_tokens if n_tokens is not None else (None, None)
     val_tokens = None if tok_val is None else torch.as_tensor(tok_val)
     torch.manual_seed(config.seed)
-    cfg = {k: v for k, v in head_config.items() if k != "surgery_rank"}
+    # f_train already holds what the head reads (2H for a mean+max suite): no surgery, no second widening
+    cfg = {k: v for k, v in head_config.items() if k not in ("surgery_rank", "window_pool")}
     model = TaskModel(None, build_head(f_train.shape[1], spec, cfg), "mean")
     weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.backbone import pool
-from scoreplex.encoding import window_mean
+from scoreplex.encoding import pool_windows
 from scoreplex.errors import ScoreplexError, SuiteError
 from scoreplex.heads import ScoringHead, build_rubric_head
 from scoreplex.tasks import TaskSpec
@@ -45,8 +45,9 @@ class TaskModel(nn.Module):
     ``forward(input_ids (B, T), attention_mask (B, T))`` or ``forward(features=(B, H))`` -> logits ``(B, sum K_d)``.
     ``n_tokens (B,)``: each response's token count, for a head with the length feature.
     With ``windows (W,)`` (a long-input batch from :func:`scoreplex.encoding.collate`), ``input_ids`` are ``W``
-    windows and ``windows`` the response of each: their pooled vectors are averaged per response
-    (:func:`scoreplex.encoding.window_mean`) before the head, so the logits are ``(B, sum K_d)`` per response.
+    windows and ``windows`` the response of each: their pooled vectors are combined per response as the head's
+    ``window_pool`` says (:func:`scoreplex.encoding.pool_windows`: averaged, or mean and maximum side by side) before
+    the head, so the logits are ``(B, sum K_d)`` per response.
     """
 
     def __init__(self, encoder: nn.Module | None, head: ScoringHead, pooling: str) -> None:
@@ -58,12 +59,14 @@ class TaskModel(nn.Module):
     def embed(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, windows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Pooled features ``(B, H)``; with ``windows (W,)`` the mean over each response's windows."""
+        """Pooled features ``(B, H)`` (``(B, 2H)`` for a head reading ``mean+max``); with ``windows (W,)`` combined
+        over each response's windows."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
         pooled = pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+        how = getattr(getattr(self, "head", None), "window_pool", "mean")  # models without one head: mean
         if windows is None:
-            return pooled  # (B, H)
-        return window_mean(pooled, windows, int(windows.max()) + 1)  # (W, H) -> (B, H)
+            return pool_windows(pooled, None, len(pooled), how)  # (B, H) or (B, 2H)
+        return pool_windows(pooled, windows, int(windows.max()) + 1, how)  # (W, H) -> (B, H) or (B, 2H)
 
     def forward(
         self, input_ids=None, attention_mask=None, features=None, windows=None, n_tokens=None, **_: Any
@@ -84,6 +87,9 @@ class MethodSettings:
     head_dropout: float = 0.1
     length_feature: bool = False
     """Give the head the response's log token count as an extra input (:class:`~scoreplex.heads.ScoringHead`)."""
+    window_pool: str = "mean"
+    """What the head reads of a long response's windows (:data:`scoreplex.encoding.WINDOW_POOLS`); set by
+    ``train_suite`` from the suite's long-input mode, not by hand."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -222,6 +228,8 @@ class Method:
         config = {"head_hidden": settings.head_hidden, "head_dropout": settings.head_dropout}
         if settings.length_feature:  # absent when off: task.json as before
             config["length_feature"] = True
+        if settings.window_pool != "mean":  # likewise
+            config["window_pool"] = settings.window_pool
         return config
 
     def train_all(self, datasets, out_dir, options, *, val_sets=None, backbone=None, on_task_done=None) -> Suite:

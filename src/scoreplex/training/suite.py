@@ -89,13 +89,16 @@ class TrainOptions:
     epoch's loss, validation QWK and time."""
     long_inputs: LongInputs = TRUNCATE
     """How responses longer than ``max_length`` are encoded, in training and by every scorer of the suite
-    (stored in the manifest): cut (the default) or overlapping windows whose pooled vectors are averaged."""
+    (stored in the manifest): cut (the default) or overlapping windows whose pooled vectors are averaged (or, with
+    ``pool="mean+max"``, averaged and maximised side by side; the method settings' ``window_pool`` follows it)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.long_inputs, LongInputs):
             raise ConfigError(
                 f"long_inputs={self.long_inputs!r}; give a scoreplex.encoding.LongInputs, e.g. LongInputs('windows')."
             )
+        if self.settings.window_pool != self.long_inputs.window_pool:  # the heads read what the suite pools
+            self.settings = replace(self.settings, window_pool=self.long_inputs.window_pool)
         if self.max_length is not None and not 8 <= self.max_length <= 8192:
             raise ConfigError(
                 f"max_length={self.max_length!r}; give a token count in 8..8192, or None to pick the 99th "
