@@ -463,3 +463,31 @@ def test_cli_refuses_an_unknown_window_pool_with_exit_code_2(tmp_path, tiny_back
     assert result.exit_code == 2, result.output
     assert "window pooling 'attention' is unknown" in result.output and "mean+max" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_mean_max_suite_merges_with_surgery_or_refit_heads_and_is_served_alike(
+    meanmax_suite, demo_datasets, tiny_bb, tiny_backbone_path, tmp_path, texts
+):
+    from scoreplex.merging import MergePlan, MergeSettings, merge_suite
+    from scoreplex.merging.surgery import SurgerySettings
+
+    scorer = SuiteScorer(meanmax_suite, tiny_bb, decoding=False, lexical=False)
+    ids = list(TASKS[:2])
+    plan = MergePlan("p", [ids])
+    data = {t: demo_datasets[t] for t in ids}
+    surgery = SurgerySettings(rank=4, steps=50, lr=1e-2, rows=40)
+    settings = MergeSettings(per_task="surgery", surgery_rank=4)
+    merged = [
+        merge_suite(scorer, plan, tmp_path / "surgery", settings, unlabelled=data, surgery=surgery, progress=False),
+        merge_suite(scorer, plan, tmp_path / "refit", refit=(data, data), progress=False),
+    ]
+    for suite in merged:
+        opened = Suite.open(suite.root)
+        assert opened.long_inputs == MEANMAX
+        engine = Engine(opened, tiny_bb)
+        again = SuiteScorer(opened, tiny_bb)
+        for t in ids:
+            assert opened.task_info(t)["config"]["window_pool"] == "mean+max"
+            _probs_close(engine.predict(t, texts[t]), again.predict(t, texts[t]), atol=1e-4)
+    surgery_tensors = Suite.open(merged[0].root).module_tensors(ids[0])
+    assert surgery_tensors["head.surgery.down.weight"].shape == (4, 2 * tiny_bb.hidden)  # surgery on the 2H features
