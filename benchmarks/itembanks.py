@@ -83,6 +83,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--encoder-stride", type=int, default=0, help="window stride of those runs (0: half the max_length)"
     )
     ap.add_argument(
+        "--window-pools",
+        default="mean",
+        help="window poolings of the proxy's stacked runs: mean (key longproxy/windows), mean+max "
+        "(longproxy/windows-mean+max)",
+    )
+    ap.add_argument(
         "--encoder-window-pools",
         default="mean",
         help="window poolings of those runs, comma-separated: mean (key .../windows), mean+max (.../windows-mean+max)",
@@ -299,6 +305,8 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
         "longproxy/windows": (args.proxy_length, "windows", args.window_stride, True),
         "longproxy/full": (full_length, "truncate", None, True),
     }
+    for p in [p.strip() for p in args.window_pools.split(",") if p.strip() and p.strip() != "mean"]:
+        runs[f"longproxy/windows-{p}"] = (args.proxy_length, "windows", args.window_stride, True, p)
     lengths = [int(x) for x in args.encoder_lengths.split(",") if x.strip()]
     if lengths:
         runs["longproxy-encoder/full"] = (full_length, "truncate", None, False)
@@ -374,6 +382,9 @@ def summarise(results: Results, items: list[str]) -> dict:
         summary[f"longproxy_{name}_qwk"] = m(f"longproxy/{name}")
     t, w, f = (summary[f"longproxy_{k}_qwk"] for k in ("truncated", "windows", "full"))
     summary["longproxy_recovered"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
+    for pool in stacked_pools(results):
+        w = summary[f"longproxy_windows_{pool}_qwk"] = m(f"longproxy/windows-{pool}")
+        summary[f"longproxy_recovered_{pool}"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
     encoder: dict = {}
     f = m("longproxy-encoder/full")
     for key in sorted(k for k in results.data if k.startswith("longproxy-encoder") and k.endswith("/truncated")):
@@ -393,6 +404,11 @@ def summarise(results: Results, items: list[str]) -> dict:
             encoder[n][f"recovered_{pool}"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
     summary["longproxy_encoder_only"] = encoder
     return summary
+
+
+def stacked_pools(results: Results) -> list[str]:
+    """The window poolings other than ``mean`` run for the proxy's stacked (lexical) suites."""
+    return sorted(k.removeprefix("longproxy/windows-") for k in results.data if k.startswith("longproxy/windows-"))
 
 
 def encoder_pools(results: Results, n: str) -> list[str]:
@@ -474,24 +490,31 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
                     f"{fmt(summary[f'fewshot{n}_{method}_items_won'], 0)}."
                 )
         lines.append("")
-    names = [k for k in ("truncated", "windows", "full") if results.get(f"longproxy/{k}") is not None]
+    names = [
+        k
+        for k in ("truncated", "windows", *(f"windows-{p}" for p in stacked_pools(results)), "full")
+        if results.get(f"longproxy/{k}") is not None
+    ]
     if names:
         lines += ["## Long-input proxy (head-only suites)", ""]
-        heads = [f"{k} (max_length {results.get(f'longproxy/{k}')['max_length']})" for k in names]
+        heads = [f"{k.replace('-', ', ')} (max_length {results.get(f'longproxy/{k}')['max_length']})" for k in names]
         lines.append("| item | " + " | ".join(heads) + " |")
         lines.append("|---|" + "---:|" * len(names))
         for t in items:
             lines.append(
                 f"| {t} | " + " | ".join(fmt(results.get(f"longproxy/{k}")["per_item"].get(t)) for k in names) + " |"
             )
-        lines.append("| **mean** | " + " | ".join(fmt(summary[f"longproxy_{k}_qwk"]) for k in names) + " |")
+        means = [fmt(summary[f"longproxy_{k.replace('-', '_')}_qwk"]) for k in names]
+        lines.append("| **mean** | " + " | ".join(means) + " |")
         t, f = summary["longproxy_truncated_qwk"], summary["longproxy_full_qwk"]
         lost = None if None in (t, f) else f - t
         lines += [
             "",
             f"Truncation at {args_length(results)} tokens costs {fmt(lost)} mean QWK against the full length; windows "
             f"recover {fmt(summary['longproxy_recovered'])} of that loss (a ratio that means little when the loss "
-            "itself is within run-to-run noise, about 0.01).",
+            "itself is within run-to-run noise, about 0.01)"
+            + "".join(f"; pooled {p}, {fmt(summary[f'longproxy_recovered_{p}'])}" for p in stacked_pools(results))
+            + ".",
             "These suites stack the lexical model, which reads the whole response whatever the encoder's max_length,",
             "so part of what truncation loses comes back through it.",
             "",
