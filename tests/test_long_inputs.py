@@ -310,6 +310,7 @@ def test_cli_trains_in_windows_mode_and_reports_long_responses_everywhere(tmp_pa
                  "--long-inputs", "windows", "--window-stride", STRIDE)  # fmt: skip
     trained = length_counts(tiny_bb.tokenizer, train_texts, MAX_LENGTH, WINDOWS)
     assert trained.windowed > 0
+    assert Suite.open(suite).long_inputs.pool == "mean+max"  # the CLI's default window pooling
     line = f"{trained.windowed} of {len(train_texts)} responses longer than max_length {MAX_LENGTH} encoded as windows"
     assert line in out
     info = invoke("info", suite)

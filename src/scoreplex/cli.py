@@ -277,10 +277,11 @@ def train(
         str,
         typer.Option(
             "--window-pool",
-            help="Windows: how each response's window vectors are combined for its head: mean, or mean+max (mean and "
-            "element-wise maximum side by side; better on ASAP-SAS validation, docs/results/window-pooling.md).",
+            help="Windows: how each response's window vectors are combined for its head: mean+max (their mean and "
+            "element-wise maximum side by side; better than mean on ASAP-SAS validation, "
+            "docs/results/window-pooling.md) or mean.",
         ),
-    ] = "mean",
+    ] = "mean+max",
     length_feature: Annotated[
         bool,
         typer.Option(
