@@ -17,7 +17,8 @@ Two parts, both derived from ASAP-SAS (read in place) so anyone can reproduce th
   overlapping windows, and at the full length (the 99th-percentile length), all on the same split. Windows
   "recover" ``(windows - truncated) / (full - truncated)`` of the QWK that truncation lost. The suites stack the
   lexical model as ``train`` does by default; it reads the whole response, so the proxy is run again without it at
-  each of ``--encoder-lengths`` (default 48): the encoder's long-input mode alone.
+  each of ``--encoder-lengths`` (default 48): the encoder's long-input mode alone. ``--window-pools`` and
+  ``--encoder-window-pools`` add windows pooled otherwise than by their mean (``mean+max``) beside them.
 
 Models are selected on validation data only; ``test.tsv`` is used once per model, for the figures. Every finished
 model's result is kept in ``--work/results.json``, so an interrupted run resumes. Writes ``itembanks.json``,
