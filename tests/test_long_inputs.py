@@ -492,3 +492,58 @@ def test_a_mean_max_suite_merges_with_surgery_or_refit_heads_and_is_served_alike
             _probs_close(engine.predict(t, texts[t]), again.predict(t, texts[t]), atol=1e-4)
     surgery_tensors = Suite.open(merged[0].root).module_tensors(ids[0])
     assert surgery_tensors["head.surgery.down.weight"].shape == (4, 2 * tiny_bb.hidden)  # surgery on the 2H features
+
+
+def test_truncate_and_mean_runs_keep_the_checkpoint_key_they_had_before_window_pools(demo_datasets, tiny_bb):
+    from dataclasses import asdict
+
+    from scoreplex.training.suite import _run_key
+
+    data = demo_datasets[TASKS[0]]
+    settings = MethodSettings(lora_r=4)
+    key = _run_key(tiny_bb, "lora", "mean", 16, settings, LongInputs(pool="mean+max"), data)
+    assert key["settings"] == {k: v for k, v in asdict(settings).items() if k != "window_pool"}
+    assert key["long_inputs"] == LongInputs().to_dict()  # truncate pools nothing: recorded as before
+    key = _run_key(tiny_bb, "lora", "mean", 16, MethodSettings(window_pool="mean+max"), MEANMAX, data)
+    assert key["settings"]["window_pool"] == "mean+max" and key["long_inputs"]["pool"] == "mean+max"
+
+
+def test_train_task_gives_the_head_the_pooling_of_its_windows(demo_datasets, tiny_bb):
+    from scoreplex.training.suite import train_task
+
+    t = TASKS[0]
+    model, _, _ = train_task(
+        tiny_bb, demo_datasets[t], None, method="head", pooling="mean", max_length=MAX_LENGTH,
+        config=ADAPTER_CONFIG, settings=MethodSettings(), progress=False, long_inputs=MEANMAX, stop_after=1,
+    )  # fmt: skip
+    assert model.head.window_pool == "mean+max"
+    with pytest.raises(ConfigError, match="window_pool"):
+        MethodSettings(window_pool="max")
+
+
+def test_adding_to_a_mean_windows_suite_with_another_pooling_names_the_option(
+    windows_suite, demo_datasets, tiny_bb, tiny_backbone_path, tmp_path
+):
+    root = Path(shutil.copytree(windows_suite, tmp_path / "s"))
+    with pytest.raises(SuiteError, match="train with --window-pool mean"):
+        _train({TASKS[0]: demo_datasets[TASKS[0]]}, root, tiny_bb, tiny_backbone_path, long_inputs=MEANMAX)
+
+
+def test_a_merge_with_head_refit_encodes_the_refit_responses_as_the_suite_does(
+    meanmax_suite, demo_datasets, tiny_bb, tmp_path, monkeypatch
+):
+    import scoreplex.merging.merged_suite as merged_suite
+    from scoreplex.merging import MergePlan, merge_suite
+
+    seen = []
+    real = merged_suite.refit_head
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("long_inputs"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merged_suite, "refit_head", spy)
+    scorer = SuiteScorer(meanmax_suite, tiny_bb, decoding=False, lexical=False)
+    data = {t: demo_datasets[t] for t in TASKS[:2]}
+    merge_suite(scorer, MergePlan("p", [list(TASKS[:2])]), tmp_path / "m", refit=(data, data), progress=False)
+    assert seen == [MEANMAX, MEANMAX]

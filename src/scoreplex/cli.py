@@ -262,8 +262,8 @@ def train(
         typer.Option(
             "--long-inputs",
             help="Responses longer than max_length: truncate (keep the first max_length tokens) or windows "
-            "(overlapping windows of max_length tokens, their pooled vectors averaged; stored in the suite, used by "
-            "every scorer).",
+            "(overlapping windows of max_length tokens, their pooled vectors combined as --window-pool says; stored "
+            "in the suite, used by every scorer).",
         ),
     ] = "truncate",
     window_stride: Annotated[
@@ -415,7 +415,12 @@ def train(
             decoding=decoding,
             lexical=lexical,
             progress=progress,
-            long_inputs=LongInputs(long_inputs, stride=window_stride, max_windows=max_windows, pool=window_pool),
+            long_inputs=LongInputs(
+                long_inputs,
+                stride=window_stride,
+                max_windows=max_windows,
+                pool=window_pool if long_inputs == "windows" else "mean",  # truncate pools nothing
+            ),
         )
         callbacks = dict(
             on_task_done=lambda r: typer.echo(

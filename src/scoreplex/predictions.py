@@ -151,7 +151,8 @@ def predict_logits(
 
 @torch.no_grad()
 def embed_all(model, enc: Encoded, batch_size: int = 64, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> torch.Tensor:
-    """Pooled features ``(N, H)`` of a TaskModel's encoder, in the original row order."""
+    """Pooled features ``(N, H)`` of a TaskModel's encoder (``(N, 2H)`` for a head reading ``mean+max`` windows), in
+    the original row order."""
     model.eval()
     out = None
     for idx in token_batches(enc.lengths, max_rows=batch_size, max_tokens=max_tokens):

@@ -273,9 +273,13 @@ class Suite:
                 if m["backbone"]["sha256"] != backbone["sha256"]:
                     clash["backbone"] = (m["backbone"]["name"], backbone["name"])
                 if clash:
+                    old, new = clash.get("long_inputs") or (None, None)
+                    hint = ""
+                    if len(clash) == 1 and old and new and {**old, "pool": new.get("pool")} == new:
+                        hint = f" (to add to it, train with --window-pool {old.get('pool', 'mean')})"
                     raise SuiteError(
                         f"{root} holds a suite trained with different settings {clash} (existing, requested); "
-                        "write to a new folder or delete the old one."
+                        f"write to a new folder or delete the old one{hint}."
                     )
                 return suite
             suite.manifest = {

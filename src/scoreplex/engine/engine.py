@@ -281,7 +281,8 @@ class Engine:
             row_tasks = [task_ids[i] for i in rows]
             n_tokens = batch.get("n_tokens")  # (B,) for heads with the length feature (None: not recorded)
             n_tokens = None if n_tokens is None else n_tokens.to(self.device)
-            pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks], batch.get("windows"))  # (B, H)
+            # (B, H), or (B, 2H) in a suite whose windows are pooled mean+max
+            pooled = self._pooled(ids, mask, [modules[t] for t in row_tasks], batch.get("windows"))
             if self.moe is not None:  # each row through the MoE block with its own task's embedding
                 vecs = torch.stack([modules[t].task_vec for t in row_tasks]).to(self.device)
                 pooled, _ = self.moe(pooled, vecs)

@@ -177,16 +177,19 @@ def refit_head(
     config: TrainConfig = REFIT_CONFIG,
     *,
     progress: bool = False,
+    long_inputs=None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train a fresh head on the frozen merged encoder's features; returns its state and validation metrics.
 
-    Encodes ``train`` and ``val`` once with ``model``'s encoder, then :func:`refit_head_on_features`; the new head
-    has the old one's hidden units, dropout and length feature."""
-    from scoreplex.encoding import encode_texts
+    Encodes ``train`` and ``val`` once with ``model``'s encoder as the suite encodes them (``long_inputs``, the
+    suite's :class:`~scoreplex.encoding.LongInputs`; None = truncate), then :func:`refit_head_on_features`; the new
+    head has the old one's hidden units, dropout, length feature and window pooling."""
+    from scoreplex.encoding import TRUNCATE, encode_texts
     from scoreplex.predictions import embed_all
 
-    enc_train = encode_texts(tokenizer, train.texts, max_length, train.labels)
-    enc_val = encode_texts(tokenizer, val.texts, max_length, val.labels)
+    long_inputs = long_inputs or TRUNCATE
+    enc_train = encode_texts(tokenizer, train.texts, max_length, train.labels, long_inputs=long_inputs)
+    enc_val = encode_texts(tokenizer, val.texts, max_length, val.labels, long_inputs=long_inputs)
     head_config = {"head_hidden": _head_hidden(model.head), "head_dropout": _head_dropout(model.head)}
     if getattr(model.head, "length", None) is not None:
         head_config["length_feature"] = True
@@ -236,7 +239,8 @@ def refit_head_on_features(
     tok_train, tok_val = n_tokens if n_tokens is not None else (None, None)
     val_tokens = None if tok_val is None else torch.as_tensor(tok_val)
     torch.manual_seed(config.seed)
-    # f_train already holds what the head reads (2H for a mean+max suite): no surgery, no second widening
+    # f_train already holds what the head reads (2H for a mean+max suite, refit_head encoding as the suite does):
+    # no surgery, no second widening
     cfg = {k: v for k, v in head_config.items() if k not in ("surgery_rank", "window_pool")}
     model = TaskModel(None, build_head(f_train.shape[1], spec, cfg), "mean")
     weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
@@ -357,6 +361,7 @@ def merge_suite(
                         refit[1][task_id],
                         int(m["max_length"]),
                         refit_config,
+                        long_inputs=scorer.long_inputs,
                     )
                     summary["metrics"] = {"validation": val_metrics}
                     summary["head_refit"] = refit_config.to_dict()
@@ -444,6 +449,7 @@ class PlanEvaluator:
                             self.refit[1][t],
                             self.scorer.max_length,
                             self.refit_config,
+                            long_inputs=self.scorer.long_inputs,
                         )
                         model = self.merger.task_model(group, t, head)
                     elif self.merger.settings.per_task == "surgery":

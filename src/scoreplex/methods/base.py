@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from scoreplex.backbone import pool
-from scoreplex.encoding import pool_windows
+from scoreplex.encoding import WINDOW_POOLS, pool_windows
 from scoreplex.errors import ScoreplexError, SuiteError
 from scoreplex.heads import ScoringHead, build_rubric_head
 from scoreplex.tasks import TaskSpec
@@ -71,7 +71,7 @@ class TaskModel(nn.Module):
     def forward(
         self, input_ids=None, attention_mask=None, features=None, windows=None, n_tokens=None, **_: Any
     ) -> torch.Tensor:
-        pooled = features if features is not None else self.embed(input_ids, attention_mask, windows)  # (B, H)
+        pooled = features if features is not None else self.embed(input_ids, attention_mask, windows)  # (B, H) / 2H
         return self.head(pooled, n_tokens)  # (B, sum K)
 
 
@@ -88,8 +88,8 @@ class MethodSettings:
     length_feature: bool = False
     """Give the head the response's log token count as an extra input (:class:`~scoreplex.heads.ScoringHead`)."""
     window_pool: str = "mean"
-    """What the head reads of a long response's windows (:data:`scoreplex.encoding.WINDOW_POOLS`); set by
-    ``train_suite`` from the suite's long-input mode, not by hand."""
+    """What the head reads of a long response's windows (:data:`scoreplex.encoding.WINDOW_POOLS`); set from the
+    suite's long-input mode by :class:`~scoreplex.training.suite.TrainOptions` and ``train_task``, not by hand."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -101,6 +101,7 @@ class MethodSettings:
             ("lora_dropout", 0 <= self.lora_dropout < 1, "give a dropout in [0, 1), e.g. 0.1"),
             ("head_hidden", isinstance(self.head_hidden, int) and self.head_hidden >= 0, "give 0 or a unit count"),
             ("head_dropout", 0 <= self.head_dropout < 1, "give a dropout in [0, 1), e.g. 0.1"),
+            ("window_pool", self.window_pool in WINDOW_POOLS, f"give one of {', '.join(WINDOW_POOLS)}"),
         )
         for name, ok, fix in checks:
             if not ok:

@@ -89,8 +89,8 @@ class TrainOptions:
     epoch's loss, validation QWK and time."""
     long_inputs: LongInputs = TRUNCATE
     """How responses longer than ``max_length`` are encoded, in training and by every scorer of the suite
-    (stored in the manifest): cut (the default) or overlapping windows whose pooled vectors are averaged (or, with
-    ``pool="mean+max"``, averaged and maximised side by side; the method settings' ``window_pool`` follows it)."""
+    (stored in the manifest): cut (the default) or overlapping windows whose pooled vectors are averaged, or with
+    ``pool="mean+max"`` averaged and maximised side by side (the method settings' ``window_pool`` follows it)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.long_inputs, LongInputs):
@@ -242,9 +242,12 @@ def train_task(
     val metrics are then None. ``on_val_probs`` receives the class probabilities ``[(N_val, K_d)]`` of every epoch's
     validation pass (not the head warm-up's). ``select_warm_up=False``: the head warm-up runs all its epochs instead
     of keeping its best on validation (a cross-validation fold, trained as its refit will be).
-    ``long_inputs`` in windows mode trains on every window of a long response, averaged per response.
+    ``long_inputs`` in windows mode trains on every window of a long response, pooled per response as
+    ``long_inputs.pool`` says (the head's ``settings.window_pool`` follows it).
     """
     spec = train.spec
+    if settings.window_pool != long_inputs.window_pool:  # the head reads what the windows are pooled into
+        settings = replace(settings, window_pool=long_inputs.window_pool)
     if not train.has_labels or (val is not None and not val.has_labels):
         raise DataError("training needs scored responses (labels) for train and validation.", task=spec.id)
     m = get_method(method)
@@ -346,13 +349,16 @@ def _run_key(
     ``run_key``): backbone, method, pooling, max_length, method settings, long-input mode and the training rows
     (hashed)."""
     rows = digest(train.ids)
+    settings_record = asdict(settings)
+    if settings_record.get("window_pool") == "mean":  # as before the option: older checkpoints still resume
+        del settings_record["window_pool"]
     return {
         "backbone": bb.info.sha256,
         "method": method,
         "pooling": pooling,
         "max_length": max_length,
-        "settings": asdict(settings),
-        "long_inputs": long_inputs.to_dict(),
+        "settings": settings_record,
+        "long_inputs": replace(long_inputs, pool=long_inputs.window_pool).to_dict(),  # truncate: pool unused, "mean"
         "rows": rows,
     }
 
