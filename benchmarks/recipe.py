@@ -27,7 +27,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
-from scoreplex.encoding import encode_texts
+from scoreplex.encoding import LongInputs, encode_texts
 from scoreplex.methods import MethodSettings
 from scoreplex.predictions import predict_logits
 from scoreplex.suite import write_json_atomic
@@ -60,6 +60,19 @@ CONFIGS: dict[str, dict] = {
         "config": {"epochs": 8, "patience": 0, "lr": 1e-3},
         "settings": {},
         "question": "a lower learning rate",
+    },
+    "qv-r8-6ep": {
+        "config": {"epochs": 6, "patience": 0},
+        "settings": {},
+        "question": "today's recipe (6 epochs, one 160-token pass), every epoch validated: the windows' reference",
+    },
+    "qv-r8-6ep-win64": {
+        "config": {"epochs": 6, "patience": 0},
+        "settings": {"window_pool": "mean+max"},
+        "max_length": 64,
+        "long_inputs": {"mode": "windows", "stride": 32, "pool": "mean+max"},
+        "question": "windows of 64 tokens every 32, pooled mean+max, instead of one 160-token pass "
+        "(head-only, windows beat the full length on validation: window-pooling.md)",
     },
 }
 
@@ -114,6 +127,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from finished runs")
+    ap.add_argument(
+        "--name",
+        default="recipe",
+        help="report file stem in --out (default recipe: recipe.{json,md} with its decision)",
+    )
     return ap.parse_args(argv)
 
 
@@ -125,6 +143,8 @@ def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) ->
     spec = CONFIGS[name]
     config = replace(BASE, **spec["config"])
     settings = replace(MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"), **spec["settings"])
+    max_length = spec.get("max_length", max_length)
+    long_inputs = LongInputs.from_dict(spec.get("long_inputs"))
     t0 = time.perf_counter()
     model, fit, val_metrics = train_task(
         bb,
@@ -137,8 +157,10 @@ def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) ->
         settings=settings,
         checkpoint_dir=folder / "checkpoint",
         progress=True,
+        long_inputs=long_inputs,
     )
-    logits = predict_logits(model, encode_texts(bb.tokenizer, val.texts, max_length)).numpy()
+    enc = encode_texts(bb.tokenizer, val.texts, max_length, long_inputs=long_inputs)
+    logits = predict_logits(model, enc).numpy()
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "val_logits.npy", logits)
     np.save(folder / "val_labels.npy", val.labels)
@@ -192,9 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
         r["decoding_out_of_fold"] = decoding_check(work / r["config"] / r["item"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "recipe.json", report)
-    (out / "recipe.md").write_text(markdown(report), encoding="utf-8")
-    print(f"wrote {out / 'recipe.json'}, {out / 'recipe.md'}")
+    write_json_atomic(out / f"{args.name}.json", report)
+    (out / f"{args.name}.md").write_text(markdown(report, decision=args.name == "recipe"), encoding="utf-8")
+    print(f"wrote {out / args.name}.json, .md")
     return report
 
 
@@ -241,7 +263,7 @@ def decoding_check(folder: Path) -> dict | None:
     return {k: rep.get(k) for k in keys}
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, decision: bool = True) -> str:
     runs = report["runs"]
     items = sorted({r["item"] for r in runs}, key=lambda t: int(t.split("-")[1]))
     names = list(dict.fromkeys(r["config"] for r in runs))
@@ -296,7 +318,22 @@ def markdown(report: dict) -> str:
                 f"{d['qwk_cutpoints_out_of_fold']:.3f} | {d['ece_before']:.3f} → {d['ece_after']:.3f} | "
                 f"{d['temperature']:.2f} |"
             )
-    lines += ["", DECISION]
+    if decision:
+        lines += ["", DECISION]
+    else:  # a side sweep: say which configuration its own runs favour, over the items every configuration finished
+        done = [i for i in items if all((n, i) in by for n in names)]
+        if done and len(names) > 1:
+            mean = {n: float(np.mean([by[(n, i)]["val_qwk"] for i in done])) for n in names}
+            best = max(names, key=mean.get)
+            wins = {
+                n: sum(by[(n, i)]["val_qwk"] >= max(by[(m, i)]["val_qwk"] for m in names) for i in done) for n in names
+            }
+            lines += [
+                "",
+                f"Over {', '.join(done)}: highest mean best-epoch validation QWK `{best}` ({mean[best]:.3f}; "
+                + ", ".join(f"`{n}` {mean[n]:.3f}, best on {wins[n]} of {len(done)} items" for n in names)
+                + ").",
+            ]
     return "\n".join(lines) + "\n"
 
 
