@@ -440,6 +440,8 @@ def test_a_task_whose_head_disagrees_with_the_suite_pooling_is_refused_by_name(m
     Suite.open(root, verify=False).update(long_inputs=WINDOWS.to_dict())  # the heads still read mean+max
     with pytest.raises(SuiteError, match=f"{TASKS[0]}.*'mean\\+max' window features"):
         Engine(root, tiny_bb).predict(TASKS[0], ["a response"])
+    with pytest.raises(SuiteError, match=f"{TASKS[0]}.*'mean\\+max' window features"):
+        SuiteScorer(root, tiny_bb).predict(TASKS[0], ["a response"])
 
 
 def test_head_only_suite_trains_and_scores_with_mean_max(demo_datasets, tiny_bb, tiny_backbone_path, tmp_path, texts):
@@ -547,3 +549,11 @@ def test_a_merge_with_head_refit_encodes_the_refit_responses_as_the_suite_does(
     data = {t: demo_datasets[t] for t in TASKS[:2]}
     merge_suite(scorer, MergePlan("p", [list(TASKS[:2])]), tmp_path / "m", refit=(data, data), progress=False)
     assert seen == [MEANMAX, MEANMAX]
+
+
+def test_a_task_from_a_suite_with_other_long_inputs_is_refused_on_import_naming_them(
+    meanmax_suite, windows_suite, tiny_bb
+):
+    engine = Engine(windows_suite, tiny_bb)
+    with pytest.raises(SuiteError, match="long_inputs.*long-input mode"):
+        engine.store.import_task(meanmax_suite, TASKS[0], replace=True)

@@ -25,7 +25,7 @@ from scoreplex.encoding import LengthCounts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
 from scoreplex.methods import TaskModel
-from scoreplex.methods.base import task_module_error
+from scoreplex.methods.base import check_window_pool, task_module_error
 from scoreplex.metrics import (
     Criteria,
     HumanReference,
@@ -95,6 +95,7 @@ class SuiteScorer:
             model = self.method.load(
                 self.bb.encoder, self.bb.hidden, spec, info.get("config", {}), tensors, self.pooling
             )
+            check_window_pool(model.head, self.long_inputs)
         except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
             raise task_module_error(task_id, exc) from exc
         self._cache[task_id] = model

@@ -28,7 +28,7 @@ import torch
 from scoreplex.decoding import Decoding
 from scoreplex.errors import ConfigError, ScoreplexError, SuiteError, UnknownTaskError
 from scoreplex.heads import ScoringHead
-from scoreplex.methods.base import MODULE_FIX, task_module_error
+from scoreplex.methods.base import MODULE_FIX, check_window_pool, task_module_error
 from scoreplex.stacking import LexicalStack, split_tensors
 from scoreplex.suite import MODULE_FILE, Suite
 from scoreplex.tasks import TaskSpec
@@ -262,12 +262,7 @@ class AdapterStore:
             if spec.id != task_id:
                 raise SuiteError(f"its task.json describes task {spec.id!r}; {MODULE_FIX}.")
             parsed = self.method.parse(task_id, spec, config, split_tensors(tensors)[0], self.hidden)
-            reads, pools = getattr(parsed.head, "window_pool", "mean"), self.suite.long_inputs.window_pool
-            if reads != pools:
-                raise SuiteError(
-                    f"its head reads {reads!r} window features but the suite pools a response's windows as "
-                    f"{pools!r} (manifest long_inputs); {MODULE_FIX}."
-                )
+            check_window_pool(parsed.head, self.suite.long_inputs)
         except (ScoreplexError, KeyError, TypeError, ValueError) as exc:
             raise task_module_error(task_id, exc) from exc
         return ResidentModule(
@@ -333,16 +328,20 @@ class AdapterStore:
             self.add(spec, tensors, config, summary, replace=True)
 
     def import_task(self, source: Suite | str | os.PathLike[str], task_id: str, *, replace: bool = False) -> None:
-        """Copy one task from another suite trained on the same backbone with the same method and pooling."""
+        """Copy one task from another suite trained on the same backbone with the same method, pooling, max_length
+        and long-input mode (a task reads its responses as it was trained to)."""
         src = source if isinstance(source, Suite) else Suite.open(source, verify=False)
         mine, theirs = self.suite.manifest, src.manifest
-        clash = {k: (theirs.get(k), mine.get(k)) for k in ("method", "pooling") if theirs.get(k) != mine.get(k)}
+        keys = ("method", "pooling", "max_length")
+        clash = {k: (theirs.get(k), mine.get(k)) for k in keys if theirs.get(k) != mine.get(k)}
+        if src.long_inputs != self.suite.long_inputs:
+            clash["long_inputs"] = (src.long_inputs.to_dict(), self.suite.long_inputs.to_dict())
         if theirs["backbone"]["sha256"] != mine["backbone"]["sha256"]:
             clash["backbone"] = (theirs["backbone"]["name"], mine["backbone"]["name"])
         if clash:
             raise SuiteError(
                 f"task {task_id!r} of {src.root} cannot join the suite at {self.suite.root}: {clash} (theirs, ours) "
-                "differ. Retrain the task with this suite's backbone, method and pooling."
+                "differ. Retrain the task with this suite's backbone, method, pooling, max_length and long-input mode."
             )
         info, tensors = src.load_module(task_id)
         tensors = {**tensors, **split_tensors(src.module_tensors(task_id, lexical=True))[1]}

@@ -165,6 +165,18 @@ def task_module_error(task_id: str, exc: Exception) -> SuiteError:
     return SuiteError(f"task {task_id!r}: task.json or the module is incomplete ({exc!r}); {MODULE_FIX}.")
 
 
+def check_window_pool(head: nn.Module, long_inputs) -> None:
+    """SuiteError if ``head`` reads other window features than its suite pools a response's windows into
+    (``long_inputs``, the manifest's :class:`~scoreplex.encoding.LongInputs`): a task module that does not belong to
+    the suite. A head without ``window_pool`` reads the mean."""
+    reads, pools = getattr(head, "window_pool", "mean"), long_inputs.window_pool
+    if reads != pools:
+        raise SuiteError(
+            f"its head reads {reads!r} window features but the suite pools a response's windows as {pools!r} "
+            f"(manifest long_inputs); {MODULE_FIX}."
+        )
+
+
 def split_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``state`` under ``prefix`` (``"encoder."``, ``"lora."``, ``"head."``, ``"moe."``), unprefixed."""
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
