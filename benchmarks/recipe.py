@@ -66,6 +66,11 @@ CONFIGS: dict[str, dict] = {
         "settings": {},
         "question": "today's recipe (6 epochs, one 160-token pass), every epoch validated: the windows' reference",
     },
+    "qv-r8-6ep-balanced": {
+        "config": {"epochs": 6, "patience": 0, "class_weighting": True},
+        "settings": {},
+        "question": "today's recipe with class weighting by inverse frequency (skewed score distributions)",
+    },
     "qv-r8-6ep-win64": {
         "config": {"epochs": 6, "patience": 0},
         "settings": {"window_pool": "mean+max"},
@@ -320,19 +325,19 @@ def markdown(report: dict, decision: bool = True) -> str:
             )
     if decision:
         lines += ["", DECISION]
-    else:  # a side sweep: say which configuration its own runs favour, over the items every configuration finished
-        done = [i for i in items if all((n, i) in by for n in names)]
-        if done and len(names) > 1:
-            mean = {n: float(np.mean([by[(n, i)]["val_qwk"] for i in done])) for n in names}
-            best = max(names, key=mean.get)
-            wins = {
-                n: sum(by[(n, i)]["val_qwk"] >= max(by[(m, i)]["val_qwk"] for m in names) for i in done) for n in names
-            }
+    else:  # a side sweep: each configuration against the first (the reference), on the items both finished
+        ref = names[0]
+        for n in names[1:]:
+            done = [i for i in items if (ref, i) in by and (n, i) in by]
+            if not done:
+                continue
+            a = float(np.mean([by[(ref, i)]["val_qwk"] for i in done]))
+            b = float(np.mean([by[(n, i)]["val_qwk"] for i in done]))
+            better = sum(by[(n, i)]["val_qwk"] > by[(ref, i)]["val_qwk"] for i in done)
             lines += [
                 "",
-                f"Over {', '.join(done)}: highest mean best-epoch validation QWK `{best}` ({mean[best]:.3f}; "
-                + ", ".join(f"`{n}` {mean[n]:.3f}, best on {wins[n]} of {len(done)} items" for n in names)
-                + ").",
+                f"`{n}` against `{ref}` on {', '.join(done)}: mean best-epoch validation QWK {b:.3f} vs {a:.3f} "
+                f"({b - a:+.3f}), higher on {better} of {len(done)} items.",
             ]
     return "\n".join(lines) + "\n"
 
