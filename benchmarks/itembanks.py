@@ -383,7 +383,7 @@ def summarise(results: Results, items: list[str]) -> dict:
         summary[f"longproxy_{name}_qwk"] = m(f"longproxy/{name}")
     t, w, f = (summary[f"longproxy_{k}_qwk"] for k in ("truncated", "windows", "full"))
     summary["longproxy_recovered"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
-    for pool in stacked_pools(results):
+    for pool in extra_pools(results):
         w = summary[f"longproxy_windows_{pool}_qwk"] = m(f"longproxy/windows-{pool}")
         summary[f"longproxy_recovered_{pool}"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
     encoder: dict = {}
@@ -399,7 +399,7 @@ def summarise(results: Results, items: list[str]) -> dict:
             "full_qwk": f,
             "recovered": (w - t) / (f - t) if None not in (t, w, f) and f != t else None,
         }
-        for pool in encoder_pools(results, n):
+        for pool in extra_pools(results, f"longproxy-encoder{n}"):
             w = m(f"longproxy-encoder{n}/windows-{pool}")
             encoder[n][f"windows_{pool}_qwk"] = w
             encoder[n][f"recovered_{pool}"] = (w - t) / (f - t) if None not in (t, w, f) and f != t else None
@@ -407,14 +407,10 @@ def summarise(results: Results, items: list[str]) -> dict:
     return summary
 
 
-def stacked_pools(results: Results) -> list[str]:
-    """The window poolings other than ``mean`` run for the proxy's stacked (lexical) suites."""
-    return sorted(k.removeprefix("longproxy/windows-") for k in results.data if k.startswith("longproxy/windows-"))
-
-
-def encoder_pools(results: Results, n: str) -> list[str]:
-    """The window poolings other than ``mean`` run for the encoder-alone proxy at ``max_length`` ``n``."""
-    prefix = f"longproxy-encoder{n}/windows-"
+def extra_pools(results: Results, run: str = "longproxy") -> list[str]:
+    """The window poolings other than ``mean`` run for the proxy ``run`` (``longproxy``: the stacked suites;
+    ``longproxy-encoder48``: the encoder alone at max_length 48), from their keys ``<run>/windows-<pool>``."""
+    prefix = f"{run}/windows-"
     return sorted(k.removeprefix(prefix) for k in results.data if k.startswith(prefix))
 
 
@@ -493,7 +489,7 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
         lines.append("")
     names = [
         k
-        for k in ("truncated", "windows", *(f"windows-{p}" for p in stacked_pools(results)), "full")
+        for k in ("truncated", "windows", *(f"windows-{p}" for p in extra_pools(results)), "full")
         if results.get(f"longproxy/{k}") is not None
     ]
     if names:
@@ -514,7 +510,7 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
             f"Truncation at {args_length(results)} tokens costs {fmt(lost)} mean QWK against the full length; windows "
             f"recover {fmt(summary['longproxy_recovered'])} of that loss (a ratio that means little when the loss "
             "itself is within run-to-run noise, about 0.01)"
-            + "".join(f"; pooled {p}, {fmt(summary[f'longproxy_recovered_{p}'])}" for p in stacked_pools(results))
+            + "".join(f"; pooled {p}, {fmt(summary[f'longproxy_recovered_{p}'])}" for p in extra_pools(results))
             + ".",
             "These suites stack the lexical model, which reads the whole response whatever the encoder's max_length,",
             "so part of what truncation loses comes back through it.",
@@ -523,7 +519,10 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
     encoder = summary.get("longproxy_encoder_only") or {}
     if encoder:
         lengths = sorted(encoder, key=int, reverse=True)
-        columns = {n: ["truncated", "windows", *(f"windows-{p}" for p in encoder_pools(results, n))] for n in lengths}
+        columns = {
+            n: ["truncated", "windows", *(f"windows-{p}" for p in extra_pools(results, f"longproxy-encoder{n}"))]
+            for n in lengths
+        }
 
         def title(n: str, k: str) -> str:
             stride = encoder[n]["window_stride"]
@@ -555,7 +554,7 @@ def write_report(out: Path, summary: dict, results: Results, items: list[str], m
             lines.append(
                 f"- max_length {n}: truncation costs {fmt(lost)} mean QWK; windows recover {fmt(e['recovered'])} of it."
             )
-            for p in encoder_pools(results, n):
+            for p in extra_pools(results, f"longproxy-encoder{n}"):
                 lines.append(
                     f"- max_length {n}, windows pooled {p} (the pooling chosen on validation in "
                     f"[window-pooling.md](window-pooling.md)): recover {fmt(e[f'recovered_{p}'])} of it."

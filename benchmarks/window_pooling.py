@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone, pool
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
-from scoreplex.encoding import LongInputs, collate, encode_texts, token_batches
+from scoreplex.encoding import LongInputs, collate, encode_texts, pool_windows, token_batches
 from scoreplex.heads import ScoringHead
 from scoreplex.metrics import quadratic_weighted_kappa
 from scoreplex.suite import write_json_atomic
@@ -125,14 +125,11 @@ class Pooled(nn.Module):
 
     def forward(self, windows: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
         h = windows.shape[1]
-        count = torch.bincount(owner, minlength=n).clamp_min(1).to(windows.dtype)[:, None]
-        mean = torch.zeros(n, h).index_add_(0, owner, windows) / count
         if self.kind in ("mean", "truncated", "full"):  # the last two: one window per response
-            z = mean
-        elif self.kind == "max":
-            z = torch.full((n, h), -torch.inf).index_reduce_(0, owner, windows, "amax")
-        elif self.kind == "mean+max":
-            z = torch.cat([mean, torch.full((n, h), -torch.inf).index_reduce_(0, owner, windows, "amax")], 1)
+            z = pool_windows(windows, owner, n, "mean")
+        elif self.kind in ("max", "mean+max"):  # the library's pooling; max alone is its second half
+            z = pool_windows(windows, owner, n, "mean+max")
+            z = z[:, h:] if self.kind == "max" else z
         else:  # attention
             a = segment_softmax(self.score(windows).squeeze(-1), owner, n)  # (W,)
             z = torch.zeros(n, h).index_add_(0, owner, a[:, None] * windows)
