@@ -496,6 +496,20 @@ def test_a_mean_max_suite_merges_with_surgery_or_refit_heads_and_is_served_alike
     assert surgery_tensors["head.surgery.down.weight"].shape == (4, 2 * tiny_bb.hidden)  # surgery on the 2H features
 
 
+def test_surgery_rank_is_checked_against_the_features_a_mean_max_head_reads(meanmax_suite, tiny_bb):
+    from scoreplex.merging import MergeSettings
+    from scoreplex.merging.merged_suite import check_surgery_rank
+
+    scorer = SuiteScorer(meanmax_suite, tiny_bb, decoding=False, lexical=False)
+    width = scorer.long_inputs.feature_width(tiny_bb.hidden)
+    assert width == 2 * tiny_bb.hidden
+    check_surgery_rank(MergeSettings(per_task="surgery", surgery_rank=tiny_bb.hidden + 1), width)  # H < r <= 2H fits
+    with pytest.raises(ConfigError, match=f"feature size {2 * tiny_bb.hidden}"):
+        check_surgery_rank(MergeSettings(per_task="surgery", surgery_rank=2 * tiny_bb.hidden + 1), width)
+    assert LongInputs(mode="windows", pool="mean").feature_width(tiny_bb.hidden) == tiny_bb.hidden
+    assert LongInputs(pool="mean+max").feature_width(tiny_bb.hidden) == tiny_bb.hidden  # truncate: one vector
+
+
 def test_truncate_and_mean_runs_keep_the_checkpoint_key_they_had_before_window_pools(demo_datasets, tiny_bb):
     from dataclasses import asdict
 
@@ -557,3 +571,12 @@ def test_a_task_from_a_suite_with_other_long_inputs_is_refused_on_import_naming_
     engine = Engine(windows_suite, tiny_bb)
     with pytest.raises(SuiteError, match="long_inputs.*long-input mode"):
         engine.store.import_task(meanmax_suite, TASKS[0], replace=True)
+
+
+def test_distilling_windowed_teachers_says_the_student_reads_truncated_answers(meanmax_suite, tiny_bb):
+    from scoreplex.moe.runs import student_input_note
+
+    scorer = SuiteScorer(meanmax_suite, tiny_bb, decoding=False, lexical=False)
+    note = student_input_note(scorer.long_inputs, scorer.max_length)
+    assert note is not None and f"first {scorer.max_length} tokens" in note and "mean+max" in note
+    assert student_input_note(LongInputs(), 128) is None  # truncating teachers: nothing to say

@@ -161,5 +161,5 @@ def test_merge_cli_fits_surgery_on_full_fine_tunes(tiny_full_suite, demo_files, 
     res = runner.invoke(app, ["merge", *common, str(tmp_path / "y"), "--per-task", "masks"])
     assert res.exit_code == 2 and "per-task piece" in res.output
     res = runner.invoke(app, ["merge", *common, str(tmp_path / "z"), "--per-task", "surgery", "--surgery-rank", "64"])
-    assert res.exit_code == 2 and "above the backbone's feature size 32" in res.output
+    assert res.exit_code == 2 and "above the heads' feature size 32" in res.output
     assert not (tmp_path / "z" / "manifest.json").exists()  # refused before any suite was written

@@ -1070,6 +1070,7 @@ def distill(
             moe=MoEConfig(n_layers=moe_layers, n_experts=experts, top_k=top_k),
             objective=StudentObjective(kd_weight=kd_weight, temperature=temperature, balance_weight=balance_weight),
             config=replace(STUDENT_CONFIG, epochs=epochs),
+            on_warning=lambda message: typer.echo(f"warning: {message}", err=True),
         )
     except ScoreplexError as exc:
         _fail(exc)

@@ -64,6 +64,11 @@ class LongInputs:
     """Windows mode: at most this many windows per response (memory and time bound); tokens beyond them are cut
     and the response counts as cut."""
 
+    def feature_width(self, hidden: int) -> int:
+        """Width of the pooled features a task's head reads, for a backbone of ``hidden`` units: ``2 * hidden`` in
+        windows mode pooled ``mean+max``, else ``hidden``."""
+        return 2 * hidden if self.mode == "windows" and self.pool == "mean+max" else hidden
+
     def __post_init__(self) -> None:
         if self.mode not in LONG_INPUT_MODES:
             raise ConfigError(

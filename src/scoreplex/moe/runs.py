@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,18 @@ STUDENT_CONFIG = TrainConfig(**MoEStudentMethod.training_defaults)
 ADAPT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
 
 
+def student_input_note(teachers_long_inputs, max_length: int) -> str | None:
+    """What a user must know when the teachers read long answers in windows: the student reads each answer's first
+    ``max_length`` tokens (it has no windows mode; the teachers' targets still cover whole answers). None otherwise."""
+    if not teachers_long_inputs.windowed:
+        return None
+    return (
+        f"the teachers read long answers in windows ({teachers_long_inputs.pool} pooled); the MoE student has no "
+        f"windows mode and reads the first {max_length} tokens of each answer (its targets still come from the "
+        "teachers' whole-answer scores). Check the student's validation QWK on long answers before deploying it."
+    )
+
+
 def run_distill(
     teachers_suite,
     data: Mapping[str, TaskData],
@@ -39,13 +51,16 @@ def run_distill(
     config: TrainConfig = STUDENT_CONFIG,
     val_fraction: float = 0.1,
     progress: bool = True,
+    on_warning: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Distil the teachers (a suite with a model per task) into one MoE student suite at ``out_dir``.
 
     ``teachers_suite`` is an open :class:`~scoreplex.suite.Suite` (or its folder). The student's encoder is
     ``student_backbone`` cut to its first ``layers`` layers (written next to the suite as ``<out>.backbone``;
     None keeps every layer). Teacher targets are cached in
-    ``<out>.teacher-targets``; training checkpoints every epoch and resumes after an interruption."""
+    ``<out>.teacher-targets``; training checkpoints every epoch and resumes after an interruption. ``on_warning``
+    receives :func:`student_input_note` before training when the teachers read windows (also in the result's
+    ``notes``)."""
     from scoreplex.backbone import Backbone, truncated_backbone
     from scoreplex.data.splits import train_val_split
     from scoreplex.moe.distill import compute_teacher_targets
@@ -58,6 +73,10 @@ def run_distill(
     missing = [t for t in data if not teachers.suite.has_task(t)]
     if missing:
         raise ConfigError(f"the teachers at {teachers.suite.root} have no model for tasks {missing}; train them first.")
+    notes = [n for n in [student_input_note(teachers.long_inputs, teachers.max_length)] if n]
+    for n in notes:
+        if on_warning is not None:
+            on_warning(n)
     t0 = time.perf_counter()
     splits = {t: train_val_split(d, val_fraction=val_fraction, seed=config.seed) for t, d in data.items()}
     train_sets = {t: s[0] for t, s in splits.items()}
@@ -98,6 +117,7 @@ def run_distill(
         "bytes": suite.total_bytes,
         "teacher_bytes": sum(teachers.suite.task_bytes(t) for t in data),
         "seconds": round(time.perf_counter() - t0, 1),
+        "notes": notes,
     }
 
 
