@@ -71,6 +71,20 @@ def parse_args(argv):
     ap.add_argument("--grid", default="three", choices=sorted(GRIDS))
     ap.add_argument("--fit-rows", type=int, default=200, help="training rows per task for re-fit and surgery")
     ap.add_argument("--surgery-rank", type=int, default=16)
+    ap.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        help="rank each group's merged adapter is factored back to by truncated SVD (default: the sum of the members' "
+        "ranks, up to 64, which saves no storage); with it the report is <out>/<--name>-lora-r<R>.*",
+    )
+    ap.add_argument(
+        "--only-plans",
+        default=None,
+        help="comma-separated plan names to evaluate (e.g. gw,expert,random: 'random' stands for the --n-random "
+        "random plans); default: every plan",
+    )
+    ap.add_argument("--name", default="merge-protocol", help="stem of the report files")
     ap.add_argument("--n-random", type=int, default=20)
     ap.add_argument("--measures", default="gw/entropic-q400-s0,gw/entropic-all,cka,task-vector,text")
     ap.add_argument("--seed", type=int, default=0)
@@ -121,6 +135,12 @@ def build_plans(args, ids: list[str], predict: dict | None) -> dict[str, MergePl
         sim_matrix = planner_similarity(np.asarray(sim["values"]), sim["kind"])
         for k in range(1, len(ids) + 1):
             plans[f"gw-t{k}"] = optimal_plan(sim_matrix, ids, k, name=f"gw-t{k}")
+    if args.only_plans:
+        wanted = {x.strip() for x in args.only_plans.split(",") if x.strip()}
+        unknown = wanted - set(plans) - {"random"}
+        if unknown:
+            raise ConfigError(f"--only-plans {sorted(unknown)} are not plans of this run; it has {sorted(plans)}.")
+        plans = {n: p for n, p in plans.items() if n in wanted or ("random" in wanted and n.startswith("random-"))}
     for name, p in plans.items():
         p.validate(ids, where=f"plan {name!r}")
     return plans
@@ -159,6 +179,8 @@ def main(argv=None) -> dict:
         "suite": str(Path(args.suite).resolve()),
         "seed": args.seed,
     }
+    if args.lora_rank is not None:  # only then: earlier runs' cached groups keep their keys
+        protocol["lora_rank"] = args.lora_rank
     work = Path(args.work)
     hidden = scorer.bb.hidden
 
@@ -180,18 +202,21 @@ def main(argv=None) -> dict:
         return {"val": val, "test": test}
 
     base = {}
-    for t in ids:
-        path = work / "unmerged" / f"{t}-{_key(protocol)}.json"
+    unmerged_key = _key({k: v for k, v in protocol.items() if k != "lora_rank"})  # the same models at any rank
+    for i, t in enumerate(ids, 1):
+        path = work / "unmerged" / f"{t}-{unmerged_key}.json"
         base[t] = json.loads(path.read_text()) if path.is_file() else None
         if base[t] is None:
             base[t] = unmerged(t)
             write_json_atomic(path, base[t])
+            print(f"unmerged [{i}/{len(ids)}] {t}: validation QWK {base[t]['val']['qwk']:.3f}", file=sys.stderr,
+                  flush=True)  # fmt: skip
 
     def evaluate_group(members: list[str]) -> dict:
         t0 = time.perf_counter()
         points, kept_models = [], []
         for d, lam in grid:
-            merger = GroupMerger(scorer, MergeSettings(density=d, scale=lam))
+            merger = GroupMerger(scorer, MergeSettings(density=d, scale=lam, lora_rank=args.lora_rank))
             group = merger.merge(members)
             row = {"density": d, "scale": lam, "svd_relative_error": group.info.get("svd_relative_error"), "val": {}}
             pieces = {}
@@ -271,16 +296,20 @@ def main(argv=None) -> dict:
     report = summarise(args, argv, ids, plans, base, results, protocol, missing, scorer, t_start)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = (
-        "merge-protocol-full" if args.single_group else "merge-protocol-sweep" if args.only_sweep else "merge-protocol"
-    )
+    stem = args.name + ("-full" if args.single_group else "-sweep" if args.only_sweep else "")
+    if args.lora_rank is not None:
+        stem += f"-lora-r{args.lora_rank}"
+    report["report_stem"] = stem
     write_json_atomic(out / f"{stem}.json", report)
     (out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
     if args.only_sweep and report["sweep"]:
         plot(report, out / f"{stem}.png")
     elif not missing and not args.single_group:
-        plot(report, out / "merge-protocol.png")
-        update_gw_merging(out / "gw-merging.json", report, predict)
+        plot(report, out / f"{stem}.png")
+        if args.lora_rank is not None:
+            update_gw_merging_compressed(out / "gw-merging.json", report)
+        elif not args.only_plans and args.name == "merge-protocol":
+            update_gw_merging(out / "gw-merging.json", report, predict)
     print(f"wrote {out / stem}.json ({len(missing)} groups still to evaluate)", file=sys.stderr)
     return report
 
@@ -390,7 +419,8 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
     """Bytes of the per-task models against a T' = 3 merged suite (shared group parts + per-task pieces), float32.
 
     LoRA: a group's merged adapter has rank min(sum of the members' ranks, 64) (what ``merge_lora`` writes), so it
-    is about as large as its members' adapters together: merging LoRA adapters saves little storage. Full fine-tunes
+    is about as large as its members' adapters together and merging saves little storage; with ``--lora-rank R``
+    (``protocol["lora_rank"]``) each group's adapter is factored back to rank R, one member's size. Full fine-tunes
     (from ``gw-merging.json``'s measured suite sizes) are computed alongside for the same per-task pieces.
     """
     if gw_plan is None:
@@ -412,9 +442,12 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
         return None  # not a LoRA suite
     n_adapted = sum(1 for k in suite.load_module(suite.task_ids[0])[1] if k.endswith("lora_A.weight"))
     per_rank = per_task_encoder / sum(ranks.values())  # bytes per unit of LoRA rank over all adapted modules
-    merged_adapters = sum(
-        per_rank * (min(sum(ranks[t] for t in g), 64) if len(g) > 1 else ranks[g[0]]) for g in gw_plan["groups"]
-    )
+    merged_rank = protocol.get("lora_rank")  # None: what merge_lora writes by default
+
+    def group_rank(g) -> int:
+        return ranks[g[0]] if len(g) == 1 else merged_rank or min(sum(ranks[t] for t in g), 64)
+
+    merged_adapters = sum(per_rank * group_rank(g) for g in gw_plan["groups"])
     surgery_bytes = 2 * hidden * protocol["surgery"]["rank"] * 4
     n_merged_tasks = sum(len(g) for g in gw_plan["groups"] if len(g) > 1)
     out = {
@@ -423,6 +456,7 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
         "lora_merged_bytes_surgery": merged_adapters + heads + n_merged_tasks * surgery_bytes,
         "surgery_bytes_per_task": surgery_bytes,
         "adapted_modules": n_adapted,
+        "merged_lora_ranks": [group_rank(g) for g in gw_plan["groups"]],
     }
     out["lora_ratio_heads_kept"] = out["lora_per_task_bytes"] / out["lora_merged_bytes_heads_kept"]
     out["lora_ratio_surgery"] = out["lora_per_task_bytes"] / out["lora_merged_bytes_surgery"]
@@ -502,6 +536,30 @@ def update_gw_merging(path: Path, r: dict, predict: dict) -> None:
         md.write_text(f"{title}\n\n{block}{rest}", encoding="utf-8")
 
 
+def update_gw_merging_compressed(path: Path, r: dict) -> None:
+    """gw-merging.json's ``compressed_lora["r<R>-s<S>"]``: the GW plan at T' = 3 with every group's merged adapter
+    factored back to rank R (and rank-S surgery modules), its test QWK per variant and storage ratio."""
+    if not path.is_file() or "gw" not in r["plans"]:
+        return
+    d = json.loads(path.read_text())
+    p, s, gw = r["protocol"], r["storage"], r["plans"]["gw"]["variants"]
+    entry = {
+        "command": r["command"],
+        "lora_rank": p["lora_rank"],
+        "surgery_rank": p["surgery"]["rank"],
+        "best_variant": r["best_variant"],
+        "unmerged_mean_qwk": r["unmerged"]["mean_qwk"],
+        "gw_plan_t3_mean_qwk": {v: gw[v]["mean_qwk"] for v in VARIANTS},
+        "gw_plan_t3_val_mean_qwk": {v: gw[v]["val_mean_qwk"] for v in VARIANTS},
+        "storage_ratio_t3": {"kept": s["lora_ratio_heads_kept"], "surgery": s["lora_ratio_surgery"]} if s else None,
+        "other_plans_t3_mean_qwk": {
+            n: pl["variants"][r["best_variant"]]["mean_qwk"] for n, pl in r["plans"].items() if n != "gw"
+        },
+    }
+    d.setdefault("compressed_lora", {})[f"r{p['lora_rank']}-s{p['surgery']['rank']}"] = entry
+    write_json_atomic(path, d)
+
+
 def _f(v, fmt=".3f") -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
 
@@ -528,7 +586,12 @@ def markdown(r: dict) -> str:
         f"{p['fit_rows']} training rows' merged features, early-stopped on validation), **surgery** (each item's own "
         f"head behind a rank-{p['surgery']['rank']} representation surgery module, Yang et al. 2024, fitted on the "
         f"same {p['fit_rows']} rows without their scores). {p['decoding']}. "
-        f"{r['groups_evaluated']} groups, median {_f(r['seconds_per_group'], '.0f')} s each.",
+        + (
+            f"Each group's merged adapter factored back to rank {p['lora_rank']} by truncated SVD. "
+            if p.get("lora_rank")
+            else ""
+        )
+        + f"{r['groups_evaluated']} groups, median {_f(r['seconds_per_group'], '.0f')} s each.",
         "",
     ]
     if r["groups_missing"]:
@@ -577,8 +640,13 @@ def markdown(r: dict) -> str:
             f"- merged + surgery: {s['lora_merged_bytes_surgery'] / 1e6:.2f} MB (**{s['lora_ratio_surgery']:.2f}x**); "
             f"one surgery module is {s['surgery_bytes_per_task'] / 1e3:.0f} KB",
             "",
-            "A merged group's adapter keeps rank min(sum of the members' ranks, 64), so merging LoRA adapters saves "
-            "no storage; the per-task surgery modules add to it.",
+            (
+                f"Each merged group's adapter is factored back to rank {p['lora_rank']} by truncated SVD (ranks "
+                f"{s['merged_lora_ranks']}); the per-task surgery modules add to it."
+                if p.get("lora_rank")
+                else "A merged group's adapter keeps rank min(sum of the members' ranks, 64), so merging LoRA "
+                "adapters saves no storage; the per-task surgery modules add to it."
+            ),
         ]
         if "full_ratio_surgery" in s:
             lines.append(
@@ -609,7 +677,8 @@ def markdown(r: dict) -> str:
         return "\n".join(lines) + "\n"
     if only_sweep:
         return "\n".join([*lines, "![mean test QWK against T'](merge-protocol-sweep.png)", ""]) + "\n"
-    lines += ["![per-plan mean test QWK](merge-protocol.png)", "", "## Per item (test QWK, GW plan)", ""]
+    png = r.get("report_stem", "merge-protocol") + ".png"
+    lines += [f"![per-plan mean test QWK]({png})", "", "## Per item (test QWK, GW plan)", ""]
     if "gw" in r["plans"]:
         lines += ["| item | unmerged | " + " | ".join(VARIANTS) + " |", "|---|---:|" + "---:|" * len(VARIANTS)]
         for t in r["task_ids"]:

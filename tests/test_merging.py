@@ -464,6 +464,31 @@ def test_lora_groups_of_one_reproduce_each_adapter(lora_suite, demo_datasets, ti
     assert _scorer(pair, tiny_backbone_path).predict(ids[0], demo_datasets[ids[0]].texts[:5]).labels.shape == (5, 1)
 
 
+def test_a_merged_lora_adapter_can_be_factored_to_one_members_rank(
+    lora_suite, demo_datasets, tiny_backbone_path, tmp_path
+):
+    from scoreplex.suite import Suite
+
+    scorer = _scorer(lora_suite, tiny_backbone_path)
+    ids = lora_suite.task_ids
+    plan = MergePlan("p", [ids])
+    summed = merge_suite(scorer, plan, tmp_path / "sum", progress=False)
+    small = merge_suite(scorer, plan, tmp_path / "r4", MergeSettings(lora_rank=4), progress=False)
+    shared = Suite.open(small.root).load_shared("group-0")
+    a_keys = [k for k in shared if k.endswith("lora_A.weight")]
+    assert a_keys and all(shared[k].shape[0] == 4 for k in a_keys)
+    assert all(v.shape[1] == 4 for k, v in shared.items() if k.endswith("lora_B.weight"))
+    assert small.total_bytes < summed.total_bytes  # one rank-4 adapter instead of rank 4 x 8
+    err = [s.manifest["merge"]["groups"][0]["svd_relative_error"] for s in (summed, small)]
+    assert err[1] > err[0]  # truncation loses part of the merged update, and says how much
+    for t in ids:
+        assert small.task_info(t)["config"]["lora_r"] == 4
+    pred = _scorer(small, tiny_backbone_path).predict(ids[1], demo_datasets[ids[1]].texts[:5])
+    assert pred.labels.shape == (5, 1)
+    with pytest.raises(ConfigError, match="merged LoRA rank=0"):
+        MergeSettings(lora_rank=0)
+
+
 def test_head_suite_cannot_be_merged(demo_datasets, tiny_bb, tiny_backbone_path, tmp_path):
     from scoreplex.merging import GroupMerger
 

@@ -163,3 +163,5 @@ def test_merge_cli_fits_surgery_on_full_fine_tunes(tiny_full_suite, demo_files, 
     res = runner.invoke(app, ["merge", *common, str(tmp_path / "z"), "--per-task", "surgery", "--surgery-rank", "64"])
     assert res.exit_code == 2 and "above the heads' feature size 32" in res.output
     assert not (tmp_path / "z" / "manifest.json").exists()  # refused before any suite was written
+    res = runner.invoke(app, ["merge", *common, str(tmp_path / "w"), "--lora-rank", "0"])
+    assert res.exit_code == 2 and "merged LoRA rank=0" in res.output

@@ -949,6 +949,14 @@ def merge(
         ),
     ] = "none",
     surgery_rank: Annotated[int, typer.Option(help="Rank r of each surgery module (2 x hidden x r numbers).")] = 16,
+    lora_rank: Annotated[
+        int | None,
+        typer.Option(
+            help="LoRA suites: rank of each group's merged adapter, factored back by truncated SVD (e.g. 4 or 8 "
+            "to make a group's adapter as small as one member's; default: the sum of the members' ranks, up to 64, "
+            "which keeps the merge exactly but saves no storage). Full fine-tunes ignore it."
+        ),
+    ] = None,
     eval_data: Annotated[
         Path | None, typer.Option("--eval", help="Scored responses to compare before/after (e.g. a test file).")
     ] = None,
@@ -996,7 +1004,12 @@ def merge(
             features=FeatureSettings(layer=layer, pooling=pooling, cap=cap or None),
             gw=GWSettings(method=gw, epsilon=epsilon, quantize=quantize or None),
             merge=MergeSettings(
-                method=method, density=density, scale=scale, per_task=per_task, surgery_rank=surgery_rank
+                method=method,
+                density=density,
+                scale=scale,
+                per_task=per_task,
+                surgery_rank=surgery_rank,
+                lora_rank=lora_rank,
             ),
             refit=refit,
         )

@@ -37,7 +37,9 @@ class MergeSettings:
     seed: int = 0
     """DARE's random drops."""
     lora_rank: int | None = None
-    """Rank of a merged LoRA adapter (None: the sum of the group's ranks, capped at 64)."""
+    """Rank of a merged LoRA adapter: the merged update is factored back to this rank by truncated SVD, so a
+    group's adapter can be as small as one member's (None: the sum of the group's ranks, capped at 64, which keeps
+    the merged update all but exactly and saves no storage)."""
     per_task: str = "none"
     """The per-task piece kept beside the shared weights (:data:`PER_TASK_PIECES`)."""
     surgery_rank: int = 16
@@ -48,6 +50,8 @@ class MergeSettings:
             raise unknown_name("merge method", self.method, MERGE_METHODS)
         if self.per_task not in PER_TASK_PIECES:
             raise unknown_name("per-task piece", self.per_task, PER_TASK_PIECES)
+        if self.lora_rank is not None and (isinstance(self.lora_rank, bool) or self.lora_rank < 1):
+            raise ConfigError(f"merged LoRA rank={self.lora_rank}; give a rank >= 1, e.g. 8 (one member's rank).")
         if self.surgery_rank < 1:
             raise ConfigError(f"surgery rank={self.surgery_rank}; give a rank >= 1, e.g. 16.")
         if not 0 < self.density <= 1:
