@@ -579,4 +579,6 @@ def test_distilling_windowed_teachers_says_the_student_reads_truncated_answers(m
     scorer = SuiteScorer(meanmax_suite, tiny_bb, decoding=False, lexical=False)
     note = student_input_note(scorer.long_inputs, scorer.max_length)
     assert note is not None and f"first {scorer.max_length} tokens" in note and "mean+max" in note
+    assert "distillation targets" in note
+    assert "distillation targets" not in student_input_note(scorer.long_inputs, scorer.max_length, distilled=False)
     assert student_input_note(LongInputs(), 128) is None  # truncating teachers: nothing to say

@@ -27,15 +27,17 @@ STUDENT_CONFIG = TrainConfig(**MoEStudentMethod.training_defaults)
 ADAPT_CONFIG = TrainConfig(epochs=40, lr=2e-3, patience=5)
 
 
-def student_input_note(teachers_long_inputs, max_length: int) -> str | None:
+def student_input_note(teachers_long_inputs, max_length: int, distilled: bool = True) -> str | None:
     """What a user must know when the teachers read long answers in windows: the student reads each answer's first
-    ``max_length`` tokens (it has no windows mode; the teachers' targets still cover whole answers). None otherwise."""
+    ``max_length`` tokens (it has no windows mode; with ``distilled`` the teachers' targets still cover whole
+    answers). None otherwise."""
     if not teachers_long_inputs.windowed:
         return None
     return (
         f"the teachers read long answers in windows ({teachers_long_inputs.pool} pooled); the MoE student has no "
-        f"windows mode and reads the first {max_length} tokens of each answer (its targets still come from the "
-        "teachers' whole-answer scores). Check the student's validation QWK on long answers before deploying it."
+        f"windows mode and reads the first {max_length} tokens of each answer"
+        + (" (its distillation targets still come from the teachers' whole-answer scores)" if distilled else "")
+        + ". Check the student's validation QWK on long answers before deploying it."
     )
 
 
@@ -73,7 +75,8 @@ def run_distill(
     missing = [t for t in data if not teachers.suite.has_task(t)]
     if missing:
         raise ConfigError(f"the teachers at {teachers.suite.root} have no model for tasks {missing}; train them first.")
-    notes = [n for n in [student_input_note(teachers.long_inputs, teachers.max_length)] if n]
+    note = student_input_note(teachers.long_inputs, teachers.max_length, distilled=objective.kd_weight > 0)
+    notes = [note] if note else []
     for n in notes:
         if on_warning is not None:
             on_warning(n)
