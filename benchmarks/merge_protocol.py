@@ -43,6 +43,7 @@ from scoreplex.data.splits import train_val_split
 from scoreplex.errors import ConfigError
 from scoreplex.merging import GroupMerger, MergePlan, MergeSettings, clustering_plan, optimal_plan, random_plans
 from scoreplex.merging.features import sample_indices
+from scoreplex.merging.merge import merged_lora_rank
 from scoreplex.merging.merged_suite import REFIT_CONFIG, refit_head_on_features
 from scoreplex.merging.similarity import planner_similarity
 from scoreplex.merging.surgery import SurgerySettings, fit_surgery
@@ -111,6 +112,8 @@ def _key(obj) -> str:
 def build_plans(args, ids: list[str], predict: dict | None) -> dict[str, MergePlan]:
     """Named plans at T' = 3 (similarity plans and the reference from ``--predict``), expert, clustering, random;
     with ``--sweep`` the GW plans ``gw-t<k>`` at every T'; with ``--single-group`` only the group of all tasks."""
+    if args.only_plans and (args.single_group or args.only_sweep):
+        raise ConfigError("--only-plans picks among the T' = 3 plans; not with --single-group or --only-sweep.")
     if args.single_group:
         return {"all-in-one": MergePlan("all-in-one", [list(ids)])}
     if predict["task_ids"] != ids:
@@ -180,6 +183,7 @@ def main(argv=None) -> dict:
         "seed": args.seed,
     }
     if args.lora_rank is not None:  # only then: earlier runs' cached groups keep their keys
+        MergeSettings(lora_rank=args.lora_rank)  # a rank below 1 stops here, before any work
         protocol["lora_rank"] = args.lora_rank
     work = Path(args.work)
     hidden = scorer.bb.hidden
@@ -209,7 +213,7 @@ def main(argv=None) -> dict:
         if base[t] is None:
             base[t] = unmerged(t)
             write_json_atomic(path, base[t])
-            print(f"unmerged [{i}/{len(ids)}] {t}: validation QWK {base[t]['val']['qwk']:.3f}", file=sys.stderr,
+            print(f"unmerged [{i}/{len(ids)}] {t}: validation QWK {_f(base[t]['val']['qwk'])}", file=sys.stderr,
                   flush=True)  # fmt: skip
 
     def evaluate_group(members: list[str]) -> dict:
@@ -299,6 +303,8 @@ def main(argv=None) -> dict:
     stem = args.name + ("-full" if args.single_group else "-sweep" if args.only_sweep else "")
     if args.lora_rank is not None:
         stem += f"-lora-r{args.lora_rank}"
+    if args.only_plans:  # a subset never replaces the full report
+        stem += "-" + "-".join(sorted(x.strip() for x in args.only_plans.split(",") if x.strip()))
     report["report_stem"] = stem
     write_json_atomic(out / f"{stem}.json", report)
     (out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
@@ -442,13 +448,13 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
         return None  # not a LoRA suite
     n_adapted = sum(1 for k in suite.load_module(suite.task_ids[0])[1] if k.endswith("lora_A.weight"))
     per_rank = per_task_encoder / sum(ranks.values())  # bytes per unit of LoRA rank over all adapted modules
-    merged_rank = protocol.get("lora_rank")  # None: what merge_lora writes by default
 
-    def group_rank(g) -> int:
-        return ranks[g[0]] if len(g) == 1 else merged_rank or min(sum(ranks[t] for t in g), 64)
+    def group_rank(g) -> int:  # what merge_lora writes (protocol["lora_rank"] None: the sum of ranks up to 64)
+        return merged_lora_rank([ranks[t] for t in g], protocol.get("lora_rank"))
 
     merged_adapters = sum(per_rank * group_rank(g) for g in gw_plan["groups"])
-    surgery_bytes = 2 * hidden * protocol["surgery"]["rank"] * 4
+    width = scorer.long_inputs.feature_width(hidden)  # what a surgery module reads (2H for mean+max windows)
+    surgery_bytes = 2 * width * protocol["surgery"]["rank"] * 4
     n_merged_tasks = sum(len(g) for g in gw_plan["groups"] if len(g) > 1)
     out = {
         "lora_per_task_bytes": per_task_encoder + heads,
@@ -553,10 +559,15 @@ def update_gw_merging_compressed(path: Path, r: dict) -> None:
         "gw_plan_t3_val_mean_qwk": {v: gw[v]["val_mean_qwk"] for v in VARIANTS},
         "storage_ratio_t3": {"kept": s["lora_ratio_heads_kept"], "surgery": s["lora_ratio_surgery"]} if s else None,
         "other_plans_t3_mean_qwk": {
-            n: pl["variants"][r["best_variant"]]["mean_qwk"] for n, pl in r["plans"].items() if n != "gw"
+            n: pl["variants"][r["best_variant"]]["mean_qwk"]
+            for n, pl in r["plans"].items()
+            if n != "gw" and not n.startswith(("gw-t", "random-"))
         },
+        "random_plans_t3_median_qwk": r["tests"][r["best_variant"]]["random_median_mean_qwk"],
+        "n_random_plans": sum(1 for n in r["plans"] if n.startswith("random-")),
+        "tests": r["tests"][r["best_variant"]],
     }
-    d.setdefault("compressed_lora", {})[f"r{p['lora_rank']}-s{p['surgery']['rank']}"] = entry
+    d.setdefault("compressed_lora", {})[r["report_stem"]] = entry  # one entry per rank, surgery rank and plan set
     write_json_atomic(path, d)
 
 
@@ -676,7 +687,8 @@ def markdown(r: dict) -> str:
                      + " | ".join(_f(pl[v]["mean_qwk"]) for v in VARIANTS) + " |")  # fmt: skip
         return "\n".join(lines) + "\n"
     if only_sweep:
-        return "\n".join([*lines, "![mean test QWK against T'](merge-protocol-sweep.png)", ""]) + "\n"
+        png = r.get("report_stem", "merge-protocol-sweep") + ".png"
+        return "\n".join([*lines, f"![mean test QWK against T']({png})", ""]) + "\n"
     png = r.get("report_stem", "merge-protocol") + ".png"
     lines += [f"![per-plan mean test QWK]({png})", "", "## Per item (test QWK, GW plan)", ""]
     if "gw" in r["plans"]:

@@ -330,6 +330,10 @@ def test_lora_merge_factors_back_the_merged_update():
     assert torch.allclose(got, want, atol=1e-4)
     _, _, err_low = merge_lora([(a, 2.0), (b, 0.5)], MergeSettings(method="task_arithmetic", lora_rank=1))
     assert err_low > 0.05  # rank 1 cannot hold a rank-5 update: the error is reported, not hidden
+    _, r_high, err_high = merge_lora([(a, 2.0), (b, 0.5)], MergeSettings(method="task_arithmetic", lora_rank=40))
+    assert r_high == 5 and err_high < 1e-5  # never padded above the members' ranks together
+    alone, r_one, err_one = merge_lora([(b, 0.5)], MergeSettings(lora_rank=1))
+    assert r_one == 3 and err_one < 1e-5  # a group of one keeps its own adapter at any merged rank
 
 
 # -- suites ---------------------------------------------------------------------------------------------------------

@@ -948,7 +948,9 @@ def merge(
             "Yang et al. 2024). Not with --refit."
         ),
     ] = "none",
-    surgery_rank: Annotated[int, typer.Option(help="Rank r of each surgery module (2 x hidden x r numbers).")] = 16,
+    surgery_rank: Annotated[
+        int, typer.Option(help="Rank r of each surgery module (2 x width x r numbers; width: the features heads read).")
+    ] = 16,
     lora_rank: Annotated[
         int | None,
         typer.Option(

@@ -117,19 +117,28 @@ def lora_deltas(state: Mapping[str, torch.Tensor], scaling: float) -> dict[str, 
     return out
 
 
+def merged_lora_rank(ranks: Sequence[int], lora_rank: int | None = None) -> int:
+    """Rank of the adapter :func:`merge_lora` writes for members of ``ranks``: a group of one keeps its own; else
+    ``lora_rank`` (None: the sum of the ranks, capped at 64), never above the sum of the ranks."""
+    if len(ranks) == 1:
+        return int(ranks[0])
+    return min(lora_rank or 64, sum(ranks))
+
+
 def merge_lora(
     adapters: Sequence[tuple[Mapping[str, torch.Tensor], float]], settings: MergeSettings = MergeSettings()
 ) -> tuple[dict[str, torch.Tensor], int, float]:
     """Merge LoRA adapters ``[(state, scaling), ...]`` into one of rank r (scaling 1).
 
-    Returns ``(state, r, relative error)`` where the error is ||merged - factored||_F / ||merged||_F over all modules.
+    The rank r is :func:`merged_lora_rank` (``settings.lora_rank`` for a group of two or more). Returns
+    ``(state, r, relative error)`` where the error is ||merged - factored||_F / ||merged||_F over all modules.
     """
     deltas = [lora_deltas(s, sc) for s, sc in adapters]
     modules = set(deltas[0])
     if any(set(d) != modules for d in deltas):
         raise SuiteError("the group's LoRA adapters adapt different modules; merge adapters of one target set.")
     ranks = [next(v.shape[0] for k, v in s.items() if k.endswith("lora_A.weight")) for s, _ in adapters]
-    r = settings.lora_rank or min(sum(ranks), 64)
+    r = merged_lora_rank(ranks, settings.lora_rank)
     out: dict[str, torch.Tensor] = {}
     num = den = 0.0
     for m in sorted(modules):
