@@ -622,9 +622,11 @@ def markdown(r: dict) -> str:
         pl = r["plans"][n]
         g = " / ".join(",".join(x.removeprefix("asap-") for x in grp) for grp in pl["groups"])
         lines.append(f"| {n} | " + " | ".join(_f(pl["variants"][v]["mean_qwk"]) for v in VARIANTS) + f" | {g} |")
-    if r["tests"]:
-        lines.append("| random, median of " + str(sum(1 for n in r["plans"] if n.startswith("random-"))) + " | "
+    n_random = sum(1 for n in r["plans"] if n.startswith("random-"))
+    if r["tests"] and n_random:
+        lines.append(f"| random, median of {n_random} | "
                      + " | ".join(_f(r["tests"][v]["random_median_mean_qwk"]) for v in VARIANTS) + " | |")  # fmt: skip
+    if r["tests"]:
         lines += ["", "## GW plan against the others (paired t-tests over the 10 items' test QWK)", ""]
         lines += [
             "Items merged in one group are not independent, and there are many comparisons (no correction): read the "
@@ -639,7 +641,7 @@ def markdown(r: dict) -> str:
                     lines.append(f"| {v} | GW {k.replace('_', ' ')} | {res['mean_diff']:+.3f} | {res['t']:.2f} | "
                                  f"{res['p']:.3f} |")  # fmt: skip
         shares = ", ".join(f"{v} {_f(t['gw_beats_random_share'], '.0%')}" for v, t in r["tests"].items())
-        lines += ["", f"GW beats this share of the random plans: {shares}", ""]
+        lines += ["", f"GW beats this share of the random plans: {shares}" if n_random else "", ""]
     s = r["storage"]
     if s:
         lines += [
