@@ -414,6 +414,9 @@ def summarise(args, argv, ids, plans, base, results, protocol, missing, scorer, 
                 "chosen": r["chosen"],
                 "seconds": r["seconds"],
                 "val": {f"{p['density']}:{p['scale']}": p["val"] for p in r["points"]},
+                "svd_relative_error": {
+                    f"{p['density']}:{p['scale']}": p.get("svd_relative_error") for p in r["points"]
+                },
             }
             for r in results.values()
         ],  # fmt: skip
