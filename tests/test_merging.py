@@ -493,6 +493,24 @@ def test_a_merged_lora_adapter_can_be_factored_to_one_members_rank(
         MergeSettings(lora_rank=0)
 
 
+def test_merge_cli_writes_a_lora_suite_at_the_asked_rank(lora_suite, demo_files, tiny_backbone_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+    from scoreplex.suite import Suite
+
+    out = tmp_path / "merged"
+    args = ["merge", str(lora_suite.root), str(demo_files["train"]), str(out), "--groups", "1", "--cap", "30"]
+    res = CliRunner().invoke(app, [*args, "--lora-rank", "2"])
+    assert res.exit_code == 0, res.output
+    merged = Suite.open(out)
+    shared = merged.load_shared("group-0")
+    assert all(v.shape[0] == 2 for k, v in shared.items() if k.endswith("lora_A.weight"))
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["storage"]["after_bytes"] < report["storage"]["before_bytes"]
+    assert f"({report['storage']['ratio']:.2f}x)" in res.output
+
+
 def test_head_suite_cannot_be_merged(demo_datasets, tiny_bb, tiny_backbone_path, tmp_path):
     from scoreplex.merging import GroupMerger
 
