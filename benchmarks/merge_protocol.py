@@ -571,6 +571,24 @@ def update_gw_merging_compressed(path: Path, r: dict) -> None:
         "tests": r["tests"][r["best_variant"]],
     }
     d.setdefault("compressed_lora", {})[r["report_stem"]] = entry  # one entry per rank, surgery rank and plan set
+    best = r["best_variant"]
+    if entry["n_random_plans"] and "expert" in r["plans"] and s:  # a full comparison: its storage is the headline
+        if "storage_ratio_t3_uncompressed_lora" not in d:
+            d["storage_ratio_t3_uncompressed_lora"] = d.get("storage_ratio_t3")
+        d.update(
+            storage_ratio_t3=s["lora_ratio_surgery"] if best == "surgery" else s["lora_ratio_heads_kept"],
+            storage_ratio_t3_source=(
+                f"merged LoRA rank {p['lora_rank']}, surgery rank {p['surgery']['rank']} ({r['report_stem']}.md); "
+                "the other headline QWKs are the uncompressed protocol's (merge-protocol.md)"
+            ),
+            compressed_lora_t3={
+                "gw_plan_mean_qwk": gw[best]["mean_qwk"],
+                "expert_plan_mean_qwk": r["plans"]["expert"]["variants"][best]["mean_qwk"],
+                "random_plans_median_qwk": entry["random_plans_t3_median_qwk"],
+                "unmerged_mean_qwk": r["unmerged"]["mean_qwk"],
+                "variant": best,
+            },
+        )
     write_json_atomic(path, d)
 
 
