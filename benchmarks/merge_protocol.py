@@ -446,7 +446,6 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
             else:
                 per_task_encoder += n
         ranks[t] = int(info["config"].get("lora_r", 0))
-    hidden = scorer.bb.hidden
     if not all(ranks.values()):
         return None  # not a LoRA suite
     n_adapted = sum(1 for k in suite.load_module(suite.task_ids[0])[1] if k.endswith("lora_A.weight"))
@@ -456,8 +455,7 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
         return merged_lora_rank([ranks[t] for t in g], protocol.get("lora_rank"))
 
     merged_adapters = sum(per_rank * group_rank(g) for g in gw_plan["groups"])
-    width = scorer.long_inputs.feature_width(hidden)  # what a surgery module reads (2H for mean+max windows)
-    surgery_bytes = 2 * width * protocol["surgery"]["rank"] * 4
+    surgery_bytes = 2 * scorer.feature_width * protocol["surgery"]["rank"] * 4  # 2H for mean+max windows
     n_merged_tasks = sum(len(g) for g in gw_plan["groups"] if len(g) > 1)
     out = {
         "lora_per_task_bytes": per_task_encoder + heads,

@@ -43,6 +43,12 @@ WINDOW_POOLS = ("mean", "mean+max")
 mean and element-wise maximum side by side ``(2H,)``."""
 
 
+def pooled_width(hidden: int, pool: str) -> int:
+    """Width of a response's vector after its windows' ``hidden``-wide vectors are combined by ``pool``: ``2 *
+    hidden`` for ``mean+max`` (mean and maximum side by side, :func:`pool_windows`), else ``hidden``."""
+    return 2 * hidden if pool == "mean+max" else hidden
+
+
 @dataclass(frozen=True)
 class LongInputs:
     """How a suite encodes responses longer than its ``max_length`` (stored in the manifest as ``long_inputs``).
@@ -67,7 +73,7 @@ class LongInputs:
     def feature_width(self, hidden: int) -> int:
         """Width of the pooled features a task's head reads, for a backbone of ``hidden`` units: ``2 * hidden`` in
         windows mode pooled ``mean+max``, else ``hidden``."""
-        return 2 * hidden if self.mode == "windows" and self.pool == "mean+max" else hidden
+        return pooled_width(hidden, self.pool) if self.windowed else hidden
 
     def __post_init__(self) -> None:
         if self.mode not in LONG_INPUT_MODES:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scoreplex.encoding import WINDOW_POOLS
+from scoreplex.encoding import WINDOW_POOLS, pooled_width
 from scoreplex.errors import ConfigError
 
 
@@ -222,7 +222,7 @@ def build_rubric_head(in_dim: int, class_counts: Sequence[int], config: Mapping[
             f"window_pool={window_pool!r} in task.json is not one of {', '.join(WINDOW_POOLS)}; restore the task "
             "module."
         )
-    width = 2 * in_dim if window_pool == "mean+max" else in_dim  # the features the head reads
+    width = pooled_width(in_dim, window_pool)  # the features the head reads
     head = HEAD_TYPES[kind](width, class_counts, config)
     rank = config.get("surgery_rank")
     if rank is not None:

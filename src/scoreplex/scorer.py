@@ -83,6 +83,12 @@ class SuiteScorer:
         self._cache_size = cache_size
         self._recent: list[str] = []
 
+    @property
+    def feature_width(self) -> int:
+        """Width of the pooled features each task's head reads: the backbone's hidden size, twice it for windows
+        pooled ``mean+max`` (:meth:`~scoreplex.encoding.LongInputs.feature_width`)."""
+        return self.long_inputs.feature_width(self.bb.hidden)
+
     def model(self, task_id: str) -> TaskModel:
         """The task's scoring model (eval mode), built on first use and kept among the most recent."""
         if task_id in self._cache:

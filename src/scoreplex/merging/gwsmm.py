@@ -115,7 +115,7 @@ def run_merge(
             f"the suite at {suite_dir} is a {method.name!r} suite ({method.description}); merging needs task encoders: "
             f"give a suite of {' or '.join(methods_with('mergeable'))} models."
         )
-    check_surgery_rank(job.merge, scorer.long_inputs.feature_width(scorer.bb.hidden))
+    check_surgery_rank(job.merge, scorer.feature_width)
     plan = MergePlan.from_file(job.plan_file, ids) if job.plan_file else None
     if plan is None and not 1 <= job.n_groups <= len(ids):
         raise ConfigError(f"--groups {job.n_groups} for {len(ids)} tasks; choose T' between 1 and {len(ids)}.")

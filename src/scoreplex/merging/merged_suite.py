@@ -151,7 +151,7 @@ class GroupMerger:
 
 def check_surgery_rank(settings: MergeSettings, width: int, surgery: SurgerySettings | None = None) -> None:
     """ConfigError, before any work, when a surgery module of the asked rank cannot fit features of size ``width``
-    (what the heads read: ``scorer.long_inputs.feature_width(hidden)``, 2H for windows pooled mean+max)."""
+    (what the heads read: ``SuiteScorer.feature_width``, 2H for windows pooled mean+max)."""
     if settings.per_task != "surgery":
         return
     rank = surgery.rank if surgery is not None else settings.surgery_rank
@@ -320,7 +320,7 @@ def merge_suite(
                 f"representation surgery needs responses of every task (unscored is fine); none for {missing}."
             )
         surgery = surgery or SurgerySettings(rank=settings.surgery_rank)
-        check_surgery_rank(settings, scorer.long_inputs.feature_width(scorer.bb.hidden), surgery)
+        check_surgery_rank(settings, scorer.feature_width, surgery)
     merger = GroupMerger(scorer, settings)
     m = source.manifest
     suite = Suite.create(
@@ -410,7 +410,7 @@ class PlanEvaluator:
         self.refit_config = refit_config
         self.surgery = surgery or SurgerySettings(rank=settings.surgery_rank)
         if settings.per_task == "surgery":
-            check_surgery_rank(settings, scorer.long_inputs.feature_width(scorer.bb.hidden), self.surgery)
+            check_surgery_rank(settings, scorer.feature_width, self.surgery)
             missing = [t for t in eval_sets if unlabelled is None or t not in unlabelled]
             if missing:
                 raise ConfigError(f"representation surgery needs responses of every task; none for {missing}.")

@@ -76,10 +76,8 @@ def run_distill(
     if missing:
         raise ConfigError(f"the teachers at {teachers.suite.root} have no model for tasks {missing}; train them first.")
     note = student_input_note(teachers.long_inputs, teachers.max_length, distilled=objective.kd_weight > 0)
-    notes = [note] if note else []
-    for n in notes:
-        if on_warning is not None:
-            on_warning(n)
+    if note and on_warning is not None:
+        on_warning(note)
     t0 = time.perf_counter()
     splits = {t: train_val_split(d, val_fraction=val_fraction, seed=config.seed) for t, d in data.items()}
     train_sets = {t: s[0] for t, s in splits.items()}
@@ -120,7 +118,7 @@ def run_distill(
         "bytes": suite.total_bytes,
         "teacher_bytes": sum(teachers.suite.task_bytes(t) for t in data),
         "seconds": round(time.perf_counter() - t0, 1),
-        "notes": notes,
+        "notes": [note] if note else [],
     }
 
 
