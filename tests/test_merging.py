@@ -509,6 +509,9 @@ def test_merge_cli_writes_a_lora_suite_at_the_asked_rank(lora_suite, demo_files,
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["storage"]["after_bytes"] < report["storage"]["before_bytes"]
     assert f"({report['storage']['ratio']:.2f}x)" in res.output
+    # the models only: the report folder written into the merged suite is not counted
+    assert report["storage"]["after_bytes"] == merged.model_bytes < merged.total_bytes
+    assert report["storage"]["before_bytes"] == Suite.open(lora_suite.root).model_bytes
 
 
 def test_head_suite_cannot_be_merged(demo_datasets, tiny_bb, tiny_backbone_path, tmp_path):

@@ -109,6 +109,18 @@ def test_module_sizes_order_full_lora_head(suites):
     assert sizes["full"] > 10 * sizes["lora"] and sizes["lora"] > sizes["head"]
 
 
+def test_model_bytes_counts_what_the_manifest_names_and_nothing_else(lora_copy):
+    suite = Suite.open(lora_copy)
+    named = (lora_copy / "manifest.json").stat().st_size + sum(
+        f.stat().st_size for t in suite.task_ids for f in (lora_copy / "tasks" / t).iterdir()
+    )
+    assert suite.model_bytes == named
+    before_total = suite.total_bytes
+    (lora_copy / "report.md").write_text("x" * 10_000)  # a report kept beside the models is not a model
+    assert Suite.open(lora_copy).model_bytes == named
+    assert Suite.open(lora_copy).total_bytes == before_total + 10_000
+
+
 # -- scoring -------------------------------------------------------------------------------------------------------
 
 

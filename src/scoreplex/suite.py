@@ -641,3 +641,13 @@ class Suite:
     def total_bytes(self) -> int:
         """Bytes of the whole folder (manifest and every task), excluding training checkpoints."""
         return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file() and ".checkpoints" not in f.parts)
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes a deployment stores: ``manifest.json``, every task's own files and every shared module, as the
+        manifest records them. Unlike :attr:`total_bytes` it leaves out anything else in the folder (reports,
+        training checkpoints, stray files), so it is the figure to compare suites by (e.g. a merge's storage ratio)."""
+        manifest = self.path(MANIFEST_FILE).stat().st_size
+        tasks = sum(self.task_bytes(t) for t in self.task_ids)
+        shared = sum(int(e.get("bytes", 0)) for e in self.manifest.get("shared", {}).values())
+        return manifest + tasks + shared

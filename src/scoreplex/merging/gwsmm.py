@@ -154,7 +154,7 @@ def run_merge(
         "job": {**asdict(job), "features": asdict(job.features), "gw": asdict(job.gw), "merge": asdict(job.merge)},
         "plan": plan.to_dict(),
         "similarity": measure.to_dict(),
-        "storage": {"before_bytes": scorer.suite.total_bytes, "after_bytes": merged.total_bytes},
+        "storage": {"before_bytes": scorer.suite.model_bytes, "after_bytes": merged.model_bytes},
     }
     if "gw" in measure.info:
         report["gw"] = measure.info["gw"]

@@ -379,7 +379,7 @@ def merge_suite(
             "plan": plan.to_dict(),
             "settings": asdict(settings),
             "source": str(source.root),
-            "source_bytes": source.total_bytes,
+            "source_bytes": source.model_bytes,
             "head_refit": refit is not None,
             "surgery": asdict(surgery) if use_surgery else None,
             "groups": groups_info,
