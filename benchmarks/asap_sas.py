@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"items": {}, "methods": {}}
     for method in methods:
         t0 = time.perf_counter()
+        trained: list[str] = []  # tasks trained in this run (the others were finished by an earlier, resumed run)
         options = TrainOptions(
             method=method,
             backbone=args.backbone,
@@ -194,10 +195,13 @@ def main(argv: list[str] | None = None) -> dict:
             options,
             val_sets=val_sets,
             backbone=bb,
-            on_task_done=lambda r, m=method: print(
-                f"[{m}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
-                f"({r.seconds:.0f} s)",
-                flush=True,
+            on_task_done=lambda r, m=method, done=trained: (
+                done.append(r.task_id),
+                print(
+                    f"[{m}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
+                    f"({r.seconds:.0f} s)",
+                    flush=True,
+                ),
             ),
         )
         evals = evaluate_decoded(suite, args.backbone, train_sets, val_sets, test_all)
@@ -262,7 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
             "items_calibration_rejected": sum(t["ece_p_value"] < 0.05 for t in per_task.values()),
             "suite_bytes": Suite.open(suite.root, verify=False).total_bytes,
             "mean_train_seconds_per_task": float(np.mean([p["train_seconds"] for p in per_task.values()])),
-            "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
+            # the whole method's time only when this run trained every task; a resumed run's time is not that
+            "wall_seconds_this_run": round(time.perf_counter() - t0, 1) if len(trained) == len(train_sets) else None,
+            "tasks_trained_this_run": len(trained),
             "tasks": per_task,
         }
         print(f"[{method}] mean test QWK {evaluation['mean_qwk']:.4f}", flush=True)
@@ -428,7 +434,8 @@ def markdown(r: dict, methods: list[str]) -> str:
         if cfg.get("head_warmup_epochs"):
             lr += f", head warm-up {cfg['head_warmup_epochs']} epochs on frozen features"
         lines.append(
-            f"| {LABELS[m]} | {mm['mean_test_qwk']:.4f} | {secs:.0f} | {mm['wall_seconds_this_run']:.0f} | {_mb(per)} "
+            f"| {LABELS[m]} | {mm['mean_test_qwk']:.4f} | {secs:.0f} | {_f(mm['wall_seconds_this_run'], '.0f')} "
+            f"| {_mb(per)} "
             f"| {_mb(mm['suite_bytes'])} "
             f"| {lr}, ≤{cfg['epochs']} epochs, patience {cfg['patience']} |"
         )
@@ -436,8 +443,8 @@ def markdown(r: dict, methods: list[str]) -> str:
         "",
         "*train s / task*: the training loop's epochs and validation (from each task's `task.json`); *method wall s*: "
         "the whole method in this run — tokenising, the frozen-feature pass of head-only training and of LoRA's head "
-        "warm-up, training, and scoring the test set. Timings come from a 2-core machine that was at times shared "
-        "with test runs: read them as rough.",
+        "warm-up, training, and scoring the test set; – where the run resumed tasks an earlier run had trained. "
+        "Timings come from a 2-core machine that was at times shared with test runs: read them as rough.",
     ]
     if "lora_minus_full" in r:
         st = r["storage"]
