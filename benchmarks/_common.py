@@ -9,6 +9,19 @@ from typing import Any
 
 from scoreplex.suite import write_json_atomic
 
+HEADLINE_KEYS = (
+    "unmerged_mean_qwk",
+    "gw_plan_t3_mean_qwk",
+    "expert_plan_t3_mean_qwk",
+    "clustering_plan_t3_mean_qwk",
+    "random_plans_t3_median_qwk",
+    "storage_ratio_t3",
+    "gw_refit_t3_mean_qwk",
+    "gw_beats_random_share",
+)
+"""gw-merging.json's top-level figures: merge_protocol.py's fair protocol owns them once it has run; gw_merging.py's
+first-run figures (full fine-tunes, fixed TIES) then live under ``full_finetune_fixed_ties``."""
+
 
 def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
     """The JSON at ``path`` if a previous run wrote it, else ``compute()`` written there atomically (resumable runs)."""

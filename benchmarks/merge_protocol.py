@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import HEADLINE_KEYS
 from scoreplex.data.splits import train_val_split
 from scoreplex.errors import ConfigError
 from scoreplex.merging import GroupMerger, MergePlan, MergeSettings, clustering_plan, optimal_plan, random_plans
@@ -66,6 +67,15 @@ def parse_args(argv):
     ap.add_argument("--suite", default="runs/asap-v2/lora", help="suite of per-item task models (read only)")
     ap.add_argument("--data", default=os.environ.get("SCOREPLEX_ASAP", "../shared/data/asap-sas"))
     ap.add_argument("--predict", default="docs/results/gw-predict.json", help="gw_predict.py's report on --suite")
+    ap.add_argument(
+        "--similarity-on-suite",
+        default=None,
+        metavar="NAME",
+        help="compute this similarity (e.g. gw, the merge CLI's default) on --suite itself, from each task model's "
+        "features of its training split, and plan by it, instead of reading --predict (a suite gw_predict.py has not "
+        "measured, e.g. the full fine-tunes); the plans are then that similarity's ('gw'), expert, clustering and "
+        "random, with no measured-loss reference",
+    )
     ap.add_argument("--expert-plan", default="docs/results/plans/asap-expert-t3.json")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--work", default="runs/merge-protocol", help="cache of group results (a rerun resumes)")
@@ -123,13 +133,15 @@ def build_plans(args, ids: list[str], predict: dict | None) -> dict[str, MergePl
         sim_matrix = planner_similarity(np.asarray(sim["values"]), sim["kind"])
         return {f"gw-t{k}": optimal_plan(sim_matrix, ids, k, name=f"gw-t{k}") for k in range(1, len(ids) + 1)}
     plans = {}
-    for m in [m.strip() for m in args.measures.split(",") if m.strip()]:
+    measures = PRIMARY_MEASURE if args.similarity_on_suite else args.measures
+    for m in [m.strip() for m in measures.split(",") if m.strip()]:
         if m not in predict["similarity_plans"]:
             raise ConfigError(
                 f"--measures {m!r} has no plan in {args.predict}; it has {list(predict['similarity_plans'])}."
             )
         plans["gw" if m == PRIMARY_MEASURE else m] = MergePlan(m, predict["similarity_plans"][m]["groups"])
-    plans["measured-loss"] = MergePlan("measured-loss", predict["reference_plan"]["groups"])
+    if predict.get("reference_plan"):
+        plans["measured-loss"] = MergePlan("measured-loss", predict["reference_plan"]["groups"])
     plans["expert"] = MergePlan.from_file(args.expert_plan, ids)
     plans["clustering"] = clustering_plan(np.asarray(sim["values"]), ids, 3)
     for i, p in enumerate(random_plans(ids, 3, args.n_random, seed=args.seed)):
@@ -168,7 +180,12 @@ def main(argv=None) -> dict:
     val_sets = {t: splits[t][1] for t in ids}
     fit_sets = {t: splits[t][0].subset(sample_indices(splits[t][0].ids, args.fit_rows, args.seed)) for t in ids}
     test_sets = {t: test_all[t] for t in ids}
-    predict = None if args.single_group else json.loads(Path(args.predict).read_text())
+    if args.single_group:
+        predict = None
+    elif args.similarity_on_suite:
+        predict = similarity_on_suite(scorer, args.similarity_on_suite, {t: splits[t][0] for t in ids}, args.work)
+    else:
+        predict = json.loads(Path(args.predict).read_text())
     plans = build_plans(args, ids, predict)
     protocol = {
         "merge": "ties",
@@ -298,6 +315,8 @@ def main(argv=None) -> dict:
               + f" ({r['seconds']:.0f}s)", file=sys.stderr, flush=True)  # fmt: skip
     missing = [g for k, g in distinct.items() if k not in results]
     report = summarise(args, argv, ids, plans, base, results, protocol, missing, scorer, t_start)
+    if predict and "similarity_on_suite" in predict:  # the plan's matrix, computed on this suite in this run
+        report["similarity_on_suite"] = {**predict["similarity_on_suite"], **predict["similarities"][PRIMARY_MEASURE]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name + ("-full" if args.single_group else "-sweep" if args.only_sweep else "")
@@ -318,6 +337,26 @@ def main(argv=None) -> dict:
             update_gw_merging(out / "gw-merging.json", report, predict)
     print(f"wrote {out / stem}.json ({len(missing)} groups still to evaluate)", file=sys.stderr)
     return report
+
+
+def similarity_on_suite(scorer, name: str, train_sets: dict, work: str) -> dict:
+    """``name`` (a registered similarity, as ``scoreplex merge --similarity``) computed on the scorer's suite from
+    each task model's features of its training split, shaped like the parts of gw_predict.py's report that
+    :func:`build_plans` reads: the matrix and its optimal T' = 3 plan under :data:`PRIMARY_MEASURE`."""
+    from scoreplex.merging.similarity import SimilarityInputs, get_similarity
+
+    ids = scorer.suite.task_ids
+    t0 = time.perf_counter()
+    inputs = SimilarityInputs(scorer, train_sets, cache_dir=Path(work) / "features")
+    measure = get_similarity(name).compute(inputs)
+    plan = optimal_plan(measure.similarity(), ids, 3, name="gw")
+    print(f"{name} on {scorer.suite.root}: {time.perf_counter() - t0:.0f} s; plan {plan.groups}", file=sys.stderr)
+    return {
+        "task_ids": ids,
+        "similarities": {PRIMARY_MEASURE: {"kind": measure.kind, "values": np.asarray(measure.values).tolist()}},
+        "similarity_plans": {PRIMARY_MEASURE: {"groups": plan.groups}},
+        "similarity_on_suite": {"name": name, "seconds": round(time.perf_counter() - t0, 1)},
+    }
 
 
 def mean_q(values) -> float:
@@ -398,6 +437,7 @@ def summarise(args, argv, ids, plans, base, results, protocol, missing, scorer, 
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "protocol": protocol,
+        "suite_method": scorer.suite.manifest.get("method"),
         "task_ids": ids,
         "groups_evaluated": len(results),
         "groups_missing": [list(g) for g in missing],
@@ -436,18 +476,32 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
         return None
     suite = scorer.suite
     per_task_encoder, heads = 0, 0
-    ranks = {}
+    ranks, encoder_bytes, head_bytes = {}, {}, {}
     for t in suite.task_ids:
         info, tensors = suite.load_module(t)
-        for k, v in tensors.items():
-            n = v.numel() * 4
-            if k.startswith("head."):
-                heads += n
-            else:
-                per_task_encoder += n
+        encoder_bytes[t] = sum(v.numel() * 4 for k, v in tensors.items() if not k.startswith("head."))
+        head_bytes[t] = sum(v.numel() * 4 for k, v in tensors.items() if k.startswith("head."))
+        per_task_encoder += encoder_bytes[t]
+        heads += head_bytes[t]
         ranks[t] = int(info["config"].get("lora_r", 0))
+    surgery_bytes = 2 * scorer.feature_width * protocol["surgery"]["rank"] * 4  # 2H for mean+max windows
+    if not any(ranks.values()):  # full fine-tunes: a merged group keeps one encoder and its members' heads
+        merged = sum(
+            (encoder_bytes[g[0]] + sum(head_bytes[t] + surgery_bytes for t in g)) if len(g) > 1 else
+            (encoder_bytes[g[0]] + head_bytes[g[0]])
+            for g in gw_plan["groups"]
+        )  # fmt: skip
+        source = per_task_encoder + heads
+        return {
+            "full_source_bytes": source,
+            "full_merged_bytes_surgery": merged,
+            "full_ratio_surgery": source / merged,
+            "surgery_bytes_per_task": surgery_bytes,
+            "counted": "float32 tensors of this suite's task modules; a merged group = one encoder + its members' "
+            "heads and surgery modules",
+        }
     if not all(ranks.values()):
-        return None  # not a LoRA suite
+        return None  # a mixed suite
     n_adapted = sum(1 for k in suite.load_module(suite.task_ids[0])[1] if k.endswith("lora_A.weight"))
     per_rank = per_task_encoder / sum(ranks.values())  # bytes per unit of LoRA rank over all adapted modules
 
@@ -455,7 +509,6 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
         return merged_lora_rank([ranks[t] for t in g], protocol.get("lora_rank"))
 
     merged_adapters = sum(per_rank * group_rank(g) for g in gw_plan["groups"])
-    surgery_bytes = 2 * scorer.feature_width * protocol["surgery"]["rank"] * 4  # 2H for mean+max windows
     n_merged_tasks = sum(len(g) for g in gw_plan["groups"] if len(g) > 1)
     out = {
         "lora_per_task_bytes": per_task_encoder + heads,
@@ -476,19 +529,6 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
             out["full_merged_bytes_surgery"] = with_surgery
             out["full_ratio_surgery"] = st["source_bytes"] / with_surgery
     return out
-
-
-HEADLINE_KEYS = (
-    "unmerged_mean_qwk",
-    "gw_plan_t3_mean_qwk",
-    "expert_plan_t3_mean_qwk",
-    "clustering_plan_t3_mean_qwk",
-    "random_plans_t3_median_qwk",
-    "storage_ratio_t3",
-    "gw_refit_t3_mean_qwk",
-    "gw_beats_random_share",
-)
-"""gw-merging.json's top-level figures: the fair protocol's once it has run (the first run's under a sub-key)."""
 
 
 def update_gw_merging(path: Path, r: dict, predict: dict) -> None:
@@ -599,12 +639,14 @@ def markdown(r: dict) -> str:
     grid = ", ".join(f"({d}, {s})" for d, s in p["grid"])
     single = "all-in-one" in r["plans"]
     only_sweep = all(n.startswith("gw-t") for n in r["plans"]) and bool(r["plans"])
-    kind = "models" if single else "adapters"
-    title = "GW-SMM under one fair protocol (ASAP-SAS, LoRA suite, T' = 3)"
+    full = r.get("suite_method") == "full"
+    kind = "models" if single or full else "adapters"
+    suite_name = "full fine-tunes" if full else "LoRA suite"
+    title = f"GW-SMM under one fair protocol (ASAP-SAS, {suite_name}, T' = 3)"
     if single:
         title = f"All {len(r['task_ids'])} task models of {p['suite']} merged into one, under the fair protocol"
     elif only_sweep:
-        title = f"GW-SMM under one fair protocol: GW plans at T' = 1..{len(r['task_ids'])} (ASAP-SAS, LoRA suite)"
+        title = f"GW-SMM under one fair protocol: GW plans at T' = 1..{len(r['task_ids'])} (ASAP-SAS, {suite_name})"
     lines = [
         f"# {title}",
         "",
@@ -662,7 +704,17 @@ def markdown(r: dict) -> str:
         shares = ", ".join(f"{v} {_f(t['gw_beats_random_share'], '.0%')}" for v, t in r["tests"].items())
         lines += ["", f"GW beats this share of the random plans: {shares}" if n_random else "", ""]
     s = r["storage"]
-    if s:
+    if s and "lora_per_task_bytes" not in s:  # full fine-tunes, measured on this suite
+        lines += [
+            "## Storage (GW plan, float32)",
+            "",
+            f"- {len(r['task_ids'])} full fine-tunes: {s['full_source_bytes'] / 1e6:.1f} MB",
+            f"- merged + surgery (one encoder per merged group, each member's head and rank-{p['surgery']['rank']} "
+            f"surgery module): {s['full_merged_bytes_surgery'] / 1e6:.1f} MB (**{s['full_ratio_surgery']:.2f}x** "
+            "smaller)",
+            "",
+        ]
+    elif s:
         lines += [
             "## Storage (GW plan, float32)",
             "",

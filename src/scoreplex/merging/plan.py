@@ -2,8 +2,8 @@
 
 A plan partitions the tasks into T' groups. :func:`optimal_plan` finds, exactly, the partition that maximises the
 paper's objective — the total normalised similarity over pairs of tasks in the same group — by dynamic programming
-over subsets (O(3^T) steps; timings in docs/results/gw-merging.md; beyond ``MAX_EXACT_TASKS`` it refuses rather
-than pretend). Because every pair adds a non-negative similarity, the objective alone favours one big
+over subsets (O(3^T) steps; timings in docs/results/gw-merging-fixed-ties.md; beyond ``MAX_EXACT_TASKS`` it refuses
+rather than pretend). Because every pair adds a non-negative similarity, the objective alone favours one big
 group and many singletons; group-size limits (``min_size`` / ``max_size``; by default balanced groups, as the paper's
 trios of 9 tasks) keep plans comparable. Baselines: the authors' average-linkage clustering, seeded random plans
 (drawn uniformly among the partitions that meet the same size limits), and plans read from a JSON file (an expert's

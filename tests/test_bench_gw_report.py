@@ -1,0 +1,80 @@
+"""The merging report (benchmarks/gw_merging_report.py) from its parts' JSON: targets judged from the parts' own
+figures, a part that is absent reported as not measured, and no report at all without a protocol run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gw_merging_report.py"
+IDS = ["asap-1", "asap-2", "asap-3"]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gw_merging_report", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plan(groups, qwk: float) -> dict:
+    return {
+        "groups": groups,
+        "variants": {v: {"mean_qwk": qwk, "tasks": dict.fromkeys(IDS, qwk)} for v in ("kept", "refit", "surgery")},
+    }
+
+
+def _protocol(gw: float, expert: float, ratio: float, stem: str) -> dict:
+    test = {"t": 1.0, "p": 0.4, "mean_diff": gw - expert, "n": 3}
+    tests = {
+        v: {
+            "random_median_mean_qwk": 0.70,
+            "random_min_max": [0.69, 0.71],
+            "gw_beats_random_share": 0.5,
+            "vs_random_mean": test,
+            "vs_expert": test,
+        }
+        for v in ("kept", "refit", "surgery")
+    }
+    return {
+        "command": f"python benchmarks/merge_protocol.py --name {stem}",
+        "report_stem": stem,
+        "best_variant": "surgery",
+        "unmerged": {"mean_qwk": 0.75},
+        "plans": {
+            "gw": _plan([["asap-1", "asap-2"], ["asap-3"]], gw),
+            "expert": _plan([["asap-1", "asap-3"], ["asap-2"]], expert),
+            "random-00": _plan([["asap-2", "asap-3"], ["asap-1"]], 0.70),
+        },
+        "tests": tests,
+        "storage": {"lora_ratio_surgery": ratio},
+    }
+
+
+def test_targets_are_judged_from_the_parts_and_absent_parts_are_not_measured(tmp_path):
+    (tmp_path / "merge-protocol.json").write_text(json.dumps(_protocol(0.71, 0.72, 0.9, "merge-protocol")))
+    compressed = _protocol(0.73, 0.70, 3.2, "merge-protocol-s8-lora-r6-expert-gw-random")
+    (tmp_path / "merge-protocol-s8-lora-r6-expert-gw-random.json").write_text(json.dumps(compressed))
+    text = _module().main(["--out", str(tmp_path)])
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    full_rank = rows["LoRA suite, full-rank merged adapters"]
+    assert (
+        "-0.040 (**not met**)" in full_rank
+        and "| no (p 0.400, 0.400)" in full_rank
+        and "0.90× (**not met**)" in full_rank
+    )
+    small = rows["LoRA suite, merged adapters at rank 6, surgery rank 8"]
+    assert "-0.020 (met)" in small and "above, not significantly" in small and "3.20× (met)" in small
+    assert "| 10 full fine-tunes | not measured |" in text
+    assert (tmp_path / "gw-merging.md").read_text() == text
+    assert "## Does a similarity predict" not in text  # gw-predict.json absent: no section, no invented figures
+
+
+def test_without_a_protocol_run_it_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _module().main(["--out", str(tmp_path)])
+    assert exc.value.code == 2 and "merge_protocol.py" in capsys.readouterr().err
+    assert not (tmp_path / "gw-merging.md").exists()
