@@ -165,3 +165,20 @@ def test_merge_cli_fits_surgery_on_full_fine_tunes(tiny_full_suite, demo_files, 
     assert not (tmp_path / "z" / "manifest.json").exists()  # refused before any suite was written
     res = runner.invoke(app, ["merge", *common, str(tmp_path / "w"), "--lora-rank", "0"])
     assert res.exit_code == 2 and "merged LoRA rank=0" in res.output
+
+
+def test_merge_cli_defaults_to_surgery_unless_a_refit_or_none_is_asked(tiny_full_suite, demo_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+    from scoreplex.suite import Suite
+
+    common = [str(tiny_full_suite.root), str(demo_files["train"])]
+    expected = {(): True, ("--per-task", "none"): False, ("--refit",): False}
+    for i, (extra, surgery) in enumerate(expected.items()):
+        out = tmp_path / f"merged-{i}"
+        res = CliRunner().invoke(app, ["merge", *common, str(out), "--groups", "1", "--cap", "30", *extra])
+        assert res.exit_code == 0, (extra, res.output)
+        merge = Suite.open(out).manifest["merge"]
+        assert (merge["surgery"] is not None) is surgery, extra
+        assert merge["head_refit"] is ("--refit" in extra)

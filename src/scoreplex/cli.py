@@ -943,11 +943,11 @@ def merge(
     per_task: Annotated[
         str,
         typer.Option(
-            help="What each task keeps beside its group's merged weights: 'none' (its head) or 'surgery' (a "
-            "representation surgery module before its head, fitted on its training responses without their scores; "
-            "Yang et al. 2024). Not with --refit."
+            help="What each task keeps beside its group's merged weights: 'surgery' (a representation surgery "
+            "module before its head, fitted on its training responses without their scores; Yang et al. 2024), "
+            "'none' (its head only) or 'auto' (surgery, or none with --refit: the best variant on ASAP-SAS)."
         ),
-    ] = "none",
+    ] = "auto",
     surgery_rank: Annotated[
         int, typer.Option(help="Rank r of each surgery module (2 x width x r numbers; width: the features heads read).")
     ] = 16,
@@ -1012,7 +1012,7 @@ def merge(
                 method=method,
                 density=density,
                 scale=scale,
-                per_task=per_task,
+                per_task=("none" if refit else "surgery") if per_task == "auto" else per_task,
                 surgery_rank=surgery_rank,
                 lora_rank=lora_rank,
             ),
