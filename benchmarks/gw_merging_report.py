@@ -8,7 +8,8 @@ Parts read from ``--out`` (each part's own report names the command that reprodu
   under one fair protocol at T' = 3 on the ASAP-SAS LoRA suite (``benchmarks/merge_protocol.py``);
 - ``merge-protocol-s8-lora-r6-expert-gw-random.json``: GW, expert and random plans with merged adapters factored
   to rank 6 and rank-8 surgery (the configuration chosen on validation in ``merge-lora-rank.json``);
-- ``merge-protocol-full10-expert-gw.json`` (optional): GW and expert plans on the 10 full fine-tunes;
+- ``merge-protocol-full10-expert-gw.json`` (optional): GW and expert plans on the 10 full fine-tunes, and
+  ``merge-protocol-full10-task-arithmetic-gw.json`` (optional): the GW plan merged by task arithmetic, λ tuned;
 - ``merge-protocol-sweep.json``: the GW plans at T' = 1..10;
 - ``gw-predict.json``: measured pairwise merge losses and their rank correlation with each similarity;
 - ``gw-merging.json``: the issue's headline keys (written by merge_protocol.py) and the first run's figures
@@ -32,6 +33,7 @@ PARTS = {
     "protocol": "merge-protocol.json",
     "compressed": "merge-protocol-s8-lora-r6-expert-gw-random.json",
     "full10": "merge-protocol-full10-expert-gw.json",
+    "full10_ta": "merge-protocol-full10-task-arithmetic-gw.json",
     "sweep": "merge-protocol-sweep.json",
     "predict": "gw-predict.json",
     "rank": "merge-lora-rank.json",
@@ -179,8 +181,8 @@ def markdown(parts: dict) -> str:
         "with TIES at every (density, λ) of a small grid, the point with the best mean validation QWK of its members "
         "kept per variant — **kept** (each item's own head), **refit** (a new head on the frozen merged encoder), "
         "**surgery** (each item's own head behind a representation surgery module, Yang et al. 2024, fitted without "
-        "scores) — and test.tsv scored once per distinct group and variant. Task arithmetic's λ is not tuned: every "
-        "run merges with TIES.",
+        "scores) — and test.tsv scored once per distinct group and variant. Every run merges with TIES unless its "
+        "section says task arithmetic.",
         "",
         "## Targets (issue 15)",
         "",
@@ -250,6 +252,25 @@ def markdown(parts: dict) -> str:
             *plan_rows(full),
             "",
             *t_test_rows(full, full["best_variant"] or "surgery"),
+            "",
+        ]
+    ta = parts["full10_ta"]
+    if ta and "gw" in ta["plans"]:
+        v = ta["plans"]["gw"]["variants"]
+        lam = sorted({g["chosen"][x]["scale"] for g in ta["groups"] for x in VARIANTS})
+        lines += [
+            "## Task arithmetic, λ tuned on validation (10 full fine-tunes, GW plan)",
+            "",
+            f"[{ta['report_stem']}.md]({ta['report_stem']}.md) (`{ta['command']}`): the same protocol with task "
+            f"arithmetic (λ in {[p[1] for p in ta['protocol']['grid']]}; chosen: {lam}). Mean test QWK: kept "
+            f"{_f(v['kept']['mean_qwk'])}, refit {_f(v['refit']['mean_qwk'])}, surgery {_f(v['surgery']['mean_qwk'])}"
+            + (
+                f" (TIES on the same plan: kept {_f(full['plans']['gw']['variants']['kept']['mean_qwk'])}, surgery "
+                f"{_f(full['plans']['gw']['variants']['surgery']['mean_qwk'])})"
+                if full and "gw" in full["plans"]
+                else ""
+            )
+            + f"; unmerged {ta['unmerged']['mean_qwk']:.3f}.",
             "",
         ]
     if pred:

@@ -56,8 +56,10 @@ GRIDS = {
     "one": ((0.2, 1.0),),
     "three": ((0.2, 1.0), (0.2, 2.0), (0.5, 2.0)),
     "small": ((0.2, 1.0), (0.2, 2.0), (0.5, 1.0), (0.5, 2.0)),
+    "ta": ((1.0, 0.3), (1.0, 0.5), (1.0, 1.0)),  # task arithmetic: lambda only (Ilharco et al. 2023 tune it in [0, 1])
 }
 VARIANTS = ("kept", "refit", "surgery")
+MERGE_NAMES = {"ties": "TIES", "task_arithmetic": "task arithmetic (density unused)"}
 PRIMARY_MEASURE = "gw/entropic-q400-s0"
 """The plan `scoreplex merge` makes by default (debiased entropic GW on 400 k-means centroids)."""
 
@@ -79,7 +81,14 @@ def parse_args(argv):
     ap.add_argument("--expert-plan", default="docs/results/plans/asap-expert-t3.json")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--work", default="runs/merge-protocol", help="cache of group results (a rerun resumes)")
-    ap.add_argument("--grid", default="three", choices=sorted(GRIDS))
+    ap.add_argument(
+        "--merge",
+        default="ties",
+        choices=("ties", "task_arithmetic"),
+        help="merge method; task_arithmetic takes the 'ta' grid (lambda 0.3, 0.5, 1) unless --grid says otherwise, "
+        "and its report is <out>/<--name>-task-arithmetic.*",
+    )
+    ap.add_argument("--grid", default=None, choices=sorted(GRIDS), help="(density, lambda) points (default: three)")
     ap.add_argument("--fit-rows", type=int, default=200, help="training rows per task for re-fit and surgery")
     ap.add_argument("--surgery-rank", type=int, default=16)
     ap.add_argument(
@@ -170,7 +179,7 @@ def main(argv=None) -> dict:
     from scoreplex.scorer import SuiteScorer
 
     t_start = time.perf_counter()
-    grid = GRIDS[args.grid]
+    grid = GRIDS[args.grid or ("ta" if args.merge == "task_arithmetic" else "three")]
     surgery = SurgerySettings(rank=args.surgery_rank, rows=args.fit_rows, seed=args.seed)
     scorer = SuiteScorer(args.suite, decoding=False, lexical=False)
     ids = scorer.suite.task_ids
@@ -188,7 +197,7 @@ def main(argv=None) -> dict:
         predict = json.loads(Path(args.predict).read_text())
     plans = build_plans(args, ids, predict)
     protocol = {
-        "merge": "ties",
+        "merge": args.merge,
         "grid": [list(p) for p in grid],
         "variants": list(VARIANTS),
         "selection": "per group and variant, the grid point with the best mean validation QWK of its members",
@@ -223,7 +232,8 @@ def main(argv=None) -> dict:
         return {"val": val, "test": test}
 
     base = {}
-    unmerged_key = _key({k: v for k, v in protocol.items() if k != "lora_rank"})  # the same models at any rank
+    # the same unmerged models whatever the merge, its grid or the merged rank
+    unmerged_key = _key({k: v for k, v in protocol.items() if k not in ("lora_rank", "merge", "grid")})
     for i, t in enumerate(ids, 1):
         path = work / "unmerged" / f"{t}-{unmerged_key}.json"
         base[t] = json.loads(path.read_text()) if path.is_file() else None
@@ -237,7 +247,8 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         points, kept_models = [], []
         for d, lam in grid:
-            merger = GroupMerger(scorer, MergeSettings(density=d, scale=lam, lora_rank=args.lora_rank))
+            settings = MergeSettings(method=args.merge, density=d, scale=lam, lora_rank=args.lora_rank)
+            merger = GroupMerger(scorer, settings)
             group = merger.merge(members)
             row = {"density": d, "scale": lam, "svd_relative_error": group.info.get("svd_relative_error"), "val": {}}
             pieces = {}
@@ -320,6 +331,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = args.name + ("-full" if args.single_group else "-sweep" if args.only_sweep else "")
+    if args.merge != "ties":
+        stem += "-" + args.merge.replace("_", "-")
     if args.lora_rank is not None:
         stem += f"-lora-r{args.lora_rank}"
     if args.only_plans:  # a subset never replaces the full report
@@ -331,7 +344,9 @@ def main(argv=None) -> dict:
         plot(report, out / f"{stem}.png")
     elif not missing and not args.single_group:
         plot(report, out / f"{stem}.png")
-        if args.lora_rank is not None:
+        if args.merge != "ties" or args.similarity_on_suite:
+            pass  # a side run: gw-merging.json's headline is the TIES protocol on the LoRA suite
+        elif args.lora_rank is not None:
             update_gw_merging_compressed(out / "gw-merging.json", report)
         elif not args.only_plans and args.name == "merge-protocol":
             update_gw_merging(out / "gw-merging.json", report, predict)
@@ -652,7 +667,8 @@ def markdown(r: dict) -> str:
         "",
         f"Reproduce: `{r['command']}` ({r['date']}, {r['machine']}).",
         "",
-        f"Every distinct group of every plan: its task {kind} merged with TIES at (density, lambda) in {grid}; per "
+        f"Every distinct group of every plan: its task {kind} merged with {MERGE_NAMES.get(p['merge'], p['merge'])} "
+        f"at (density, lambda) in {grid}; per "
         f"variant the grid point with the best mean validation QWK of its members; test.tsv scored once per group "
         f"and variant at that point. Variants: **kept** (each item's own head), **refit** (a new head on "
         f"{p['fit_rows']} training rows' merged features, early-stopped on validation), **surgery** (each item's own "
