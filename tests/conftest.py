@@ -135,15 +135,10 @@ def ray_cluster():
     the Ray extra is not installed). 4 logical CPUs on any machine, so that Serve replicas and Data actors fit; a
     small object store."""
     pytest.importorskip("ray")
-    import os
 
     from scoreplex.cluster import connect
 
-    # Serve's HTTP proxy is killed after 3 missed 10-second health checks; on a 2-core machine that also runs the
-    # other test worker, a check can wait that long. The processes Ray starts read these from the environment.
-    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
-    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S", "30")
-
+    # connect("local") gives Serve's HTTP proxy the patience a busy 2-core machine needs (LOCAL_SERVE_PROXY_PATIENCE)
     ray = connect("local", num_cpus=4, object_store_memory=200 * 1024 * 1024)
     yield ray
     try:

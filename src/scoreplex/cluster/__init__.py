@@ -31,6 +31,16 @@ def require_ray() -> ModuleType:
     return ray
 
 
+LOCAL_SERVE_PROXY_PATIENCE = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "30",
+}
+"""A cluster started here shares the machine with its driver: Ray Serve's HTTP proxy is killed after 3 missed 5-second
+readiness checks while it starts (or 3 missed 10-second health checks later), which a busy 2-core machine can miss.
+Set before ``ray.init`` unless the environment already says otherwise; a joined cluster keeps its own settings."""
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, **init_args: Any) -> ModuleType:
     """Start or join a Ray cluster, once per process, and return the ``ray`` module.
 
@@ -51,6 +61,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, **init_a
     args: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": True, **init_args}
     if address == "local":
         args["num_cpus"] = num_cpus
+        for key, seconds in LOCAL_SERVE_PROXY_PATIENCE.items():  # read by the processes the cluster starts
+            os.environ.setdefault(key, seconds)
     # A worker inherits the driver's environment, so the suite's trusted backbone roots, PYTHONPATH and thread
     # settings reach it; torch's threads per worker are set by the task itself.
     args.setdefault("runtime_env", {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("SCOREPLEX_")}})
