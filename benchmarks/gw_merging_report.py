@@ -322,6 +322,32 @@ def markdown(parts: dict) -> str:
     return "\n".join(lines)
 
 
+def update_json(parts: dict, path: Path) -> None:
+    """gw-merging.json's keys for the full fine-tunes' runs (``full_finetunes_t3``, and
+    ``full_finetunes_t3_task_arithmetic``), when those runs are present; the rest of the file is left as it is."""
+    if parts["headline"] is None:
+        return
+    from scoreplex.suite import write_json_atomic
+
+    d = dict(parts["headline"])
+    best = (parts["protocol"] or {}).get("best_variant") or "surgery"
+    for key, part in (("full_finetunes_t3", "full10"), ("full_finetunes_t3_task_arithmetic", "full10_ta")):
+        r = parts[part]
+        c = comparison(r, best)
+        if c is None:
+            continue
+        d[key] = {
+            **{f"{k}_mean_qwk" if k in ("gw", "expert", "unmerged") else k: v for k, v in c.items()},
+            "variant": best,
+            "variants": {v: r["plans"]["gw"]["variants"][v]["mean_qwk"] for v in VARIANTS},
+            "storage_ratio": _storage(r, "full_ratio_surgery"),
+            "command": r["command"],
+            "report": f"{r['report_stem']}.md",
+        }
+    if d != parts["headline"]:
+        write_json_atomic(path, d)
+
+
 def heatmap(parts: dict, out: Path) -> bool:
     """The default GW matrix of the LoRA suite with its T' = 3 plan, diagonal left out of the colour scale."""
     pred = parts["predict"]
@@ -353,6 +379,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(2)
     text = markdown(parts)
     (out / "gw-merging.md").write_text(text, encoding="utf-8")
+    update_json(parts, out / "gw-merging.json")
     drew = heatmap(parts, out)
     print(f"wrote {out / 'gw-merging.md'}" + (" and gw-merging-heatmap.png" if drew else ""))
     return text

@@ -58,6 +58,9 @@ def test_targets_are_judged_from_the_parts_and_absent_parts_are_not_measured(tmp
     (tmp_path / "merge-protocol.json").write_text(json.dumps(_protocol(0.71, 0.72, 0.9, "merge-protocol")))
     compressed = _protocol(0.73, 0.70, 3.2, "merge-protocol-s8-lora-r6-expert-gw-random")
     (tmp_path / "merge-protocol-s8-lora-r6-expert-gw-random.json").write_text(json.dumps(compressed))
+    full = {**_protocol(0.74, 0.73, 0.0, "merge-protocol-full10-expert-gw"), "storage": {"full_ratio_surgery": 3.3}}
+    (tmp_path / "merge-protocol-full10-expert-gw.json").write_text(json.dumps(full))
+    (tmp_path / "gw-merging.json").write_text(json.dumps({"unmerged_mean_qwk": 0.75}))
     text = _module().main(["--out", str(tmp_path)])
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     full_rank = rows["LoRA suite, full-rank merged adapters"]
@@ -68,7 +71,11 @@ def test_targets_are_judged_from_the_parts_and_absent_parts_are_not_measured(tmp
     )
     small = rows["LoRA suite, merged adapters at rank 6, surgery rank 8"]
     assert "-0.020 (met)" in small and "above, not significantly" in small and "3.20× (met)" in small
-    assert "| 10 full fine-tunes | not measured |" in text
+    assert "-0.010 (met)" in rows["10 full fine-tunes"] and "3.30× (met)" in rows["10 full fine-tunes"]
+    saved = json.loads((tmp_path / "gw-merging.json").read_text())
+    assert saved["unmerged_mean_qwk"] == 0.75  # the rest of the file is kept
+    assert saved["full_finetunes_t3"]["gw_mean_qwk"] == 0.74 and saved["full_finetunes_t3"]["storage_ratio"] == 3.3
+    assert "full_finetunes_t3_task_arithmetic" not in saved  # that run is absent: nothing invented
     assert (tmp_path / "gw-merging.md").read_text() == text
     assert "## Does a similarity predict" not in text  # gw-predict.json absent: no section, no invented figures
 
