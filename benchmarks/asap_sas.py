@@ -107,6 +107,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def task_done(r, method: str, trained: list[str]) -> None:
+    """Progress line for a task this run trained, and note it in ``trained``."""
+    trained.append(r.task_id)
+    print(
+        f"[{method}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
+        f"({r.seconds:.0f} s)",
+        flush=True,
+    )
+
+
 def _refuse(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -199,14 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
             options,
             val_sets=val_sets,
             backbone=bb,
-            on_task_done=lambda r, m=method, done=trained: (
-                done.append(r.task_id),
-                print(
-                    f"[{m}] {r.task_id}: val QWK {r.val_metrics['qwk']:.3f} after {r.fit.epochs_run} epochs "
-                    f"({r.seconds:.0f} s)",
-                    flush=True,
-                ),
-            ),
+            on_task_done=lambda r, m=method, done=trained: task_done(r, m, done),
         )
         evals = evaluate_decoded(suite, args.backbone, train_sets, val_sets, test_all)
         decoded, neural, argmax = evals["stacked"], evals["neural"], evals["argmax"]

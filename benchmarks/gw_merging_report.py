@@ -36,7 +36,6 @@ PARTS = {
     "full10_ta": "merge-protocol-full10-task-arithmetic-gw.json",
     "sweep": "merge-protocol-sweep.json",
     "predict": "gw-predict.json",
-    "rank": "merge-lora-rank.json",
     "headline": "gw-merging.json",
 }
 TOLERANCE = 0.03

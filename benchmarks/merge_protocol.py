@@ -344,11 +344,10 @@ def main(argv=None) -> dict:
         plot(report, out / f"{stem}.png")
     elif not missing and not args.single_group:
         plot(report, out / f"{stem}.png")
-        if args.merge != "ties" or args.similarity_on_suite:
-            pass  # a side run: gw-merging.json's headline is the TIES protocol on the LoRA suite
-        elif args.lora_rank is not None:
+        headline = args.merge == "ties" and not args.similarity_on_suite  # gw-merging.json: TIES on the LoRA suite
+        if headline and args.lora_rank is not None:
             update_gw_merging_compressed(out / "gw-merging.json", report)
-        elif not args.only_plans and args.name == "merge-protocol":
+        elif headline and not args.only_plans and args.name == "merge-protocol":
             update_gw_merging(out / "gw-merging.json", report, predict)
     print(f"wrote {out / stem}.json ({len(missing)} groups still to evaluate)", file=sys.stderr)
     return report
@@ -502,10 +501,9 @@ def storage_report(scorer, gw_plan, protocol, results) -> dict | None:
     surgery_bytes = 2 * scorer.feature_width * protocol["surgery"]["rank"] * 4  # 2H for mean+max windows
     if not any(ranks.values()):  # full fine-tunes: a merged group keeps one encoder and its members' heads
         merged = sum(
-            (encoder_bytes[g[0]] + sum(head_bytes[t] + surgery_bytes for t in g)) if len(g) > 1 else
-            (encoder_bytes[g[0]] + head_bytes[g[0]])
+            encoder_bytes[g[0]] + sum(head_bytes[t] for t in g) + (len(g) * surgery_bytes if len(g) > 1 else 0)
             for g in gw_plan["groups"]
-        )  # fmt: skip
+        )
         source = per_task_encoder + heads
         return {
             "full_source_bytes": source,
