@@ -596,4 +596,6 @@ def plot(r: dict, methods: list[str], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

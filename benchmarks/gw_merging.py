@@ -476,4 +476,6 @@ def demo_section(work: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

@@ -385,4 +385,6 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

@@ -97,4 +97,6 @@ def report(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

@@ -835,4 +835,6 @@ def _sweep_axes(ax, r: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

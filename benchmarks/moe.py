@@ -406,4 +406,6 @@ def plot(r: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

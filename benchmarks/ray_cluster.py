@@ -271,4 +271,6 @@ def main(argv: list[str]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from scoreplex.errors import run_script
+
+    run_script(lambda: main(sys.argv[1:]))

@@ -149,4 +149,6 @@ def main(argv: list[str]) -> dict:
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(main(sys.argv[1:]), indent=1))
+    from scoreplex.errors import run_script
+
+    run_script(lambda: print(json.dumps(main(sys.argv[1:]), indent=1)))

@@ -170,4 +170,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

@@ -343,4 +343,6 @@ def markdown(report: dict, decision: bool = True) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

@@ -680,4 +680,6 @@ def write_md(r: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

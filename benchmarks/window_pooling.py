@@ -278,4 +278,6 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from scoreplex.errors import run_script
+
+    run_script(main)

@@ -109,3 +109,47 @@ def test_a_malformed_column_mapping_names_the_option_and_the_syntax(option, valu
     data.write_text("id,task,text,score\nr0,q1,text,1\n", encoding="utf-8")
     result = invoke("train", data, "--out", tmp_path / "s", option, value)
     assert result.exit_code == 2 and message in flat(result.output), result.output
+
+
+# -- the benchmark scripts: the same one-line error, exit 2 ------------------------------------------------------------
+def test_run_script_turns_a_user_error_into_one_line_and_exit_2(capsys):
+    from scoreplex.errors import ConfigError, run_script
+
+    def bad_option():
+        raise ConfigError("--grid 'x': give one of ['small'] or points like '0.2:1,0.5:2'.")
+
+    with pytest.raises(SystemExit) as exc:
+        run_script(bad_option)
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "error: --grid 'x': give one of ['small'] or points like '0.2:1,0.5:2'.\n"
+
+    def missing_file():
+        open("/nonexistent/asap-sas/train.tsv", encoding="utf-8")  # noqa: SIM115
+
+    with pytest.raises(SystemExit) as exc:
+        run_script(missing_file)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No such file or directory: /nonexistent/asap-sas/train.tsv") and "check" in err
+
+    def bug():
+        raise KeyError("a bug keeps its traceback")
+
+    with pytest.raises(KeyError):
+        run_script(bug)
+
+
+def test_a_benchmark_given_a_wrong_suite_exits_2_without_a_traceback(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--suite", str(tmp_path / "no-suite"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "is not a scoreplex suite" in proc.stderr and str(tmp_path / "no-suite") in proc.stderr

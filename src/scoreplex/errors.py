@@ -93,3 +93,24 @@ class BackboneMismatchError(SuiteError):
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the error for a registry miss, listing the valid names."""
     return UnknownNameError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}.")
+
+
+def run_script(main) -> None:
+    """Run a script's ``main()`` (the benchmarks): an error the user caused (:class:`ScoreplexError`, e.g. a wrong
+    path or option) or a path that cannot be opened is printed as one line ``error: ...`` on stderr and exits with
+    code 2, never a traceback; any other exception is a bug and keeps its traceback.
+
+    Raises:
+        SystemExit: code 2 on a :class:`ScoreplexError`, ``FileNotFoundError``, ``NotADirectoryError`` or
+            ``PermissionError``.
+    """
+    import sys
+
+    try:
+        main()
+    except ScoreplexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename}; check the path.", file=sys.stderr)
+        raise SystemExit(2) from None
