@@ -32,6 +32,10 @@ ONNX and grouped at 10, PEFT at 10/100; 12 workers) about 8-12 minutes. Random A
 where MiniLM runs ~55 responses/s, so a batch costs ~0.6 s per system and each extra timed batch ~8 s over all
 systems; ~5 min is fixed (imports and loading per worker, two ONNX exports, three QWK passes over 5,224 responses,
 synthesising 990 tasks on the first run). Writes ``engine.json`` and ``engine.md`` into ``--out``.
+
+``--qwk-only`` (about 3 min) re-scores the test set with the engine, ONNX fp32 and ONNX int8 after the LoRA suite
+changed (new decoding, re-training) and replaces only the QWK table and the int8 QWK target of the existing
+``engine.json``; the timings stay, and the report names the run each part came from.
 """
 
 from __future__ import annotations
@@ -137,6 +141,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads = ONNX Runtime intra-op (0: all cores)")
     ap.add_argument("--no-qwk", action="store_true", help="skip the test-set QWK passes (engine / ONNX fp32 / int8)")
+    ap.add_argument(
+        "--qwk-only",
+        action="store_true",
+        help="only the test-set QWK passes (engine / ONNX fp32 / int8 on the real tasks): refreshes the QWK table and "
+        "the int8 QWK target of an existing --out/engine.json, keeping its timings (and saying which run made which)",
+    )
     ap.add_argument("--worker-timeout", type=int, default=1800, help="seconds before a worker is killed")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -590,6 +600,11 @@ def worker(spec_path: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     system.load(spec["task_ids"])
     setup = time.perf_counter() - t0
+    if spec.get("qwk_only"):
+        result = {"system": spec["system"], "n_tasks": spec["n_tasks"], "qwk": _test_qwk(system, spec)}
+        _log(f"  [{label}] mean test QWK {result['qwk']['mean']:.4f} ({result['qwk']['seconds']:.0f} s)")
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return result
     _log(f"  [{label}] {len(spec['task_ids'])} tasks loaded in {setup:.1f} s; timing {len(batches)} batches")
     times = []
     for k, batch in enumerate(batches):
@@ -788,6 +803,25 @@ def plan(args, counts: dict[str, list[int]], n_real: int, has_full: bool) -> lis
     return out
 
 
+QWK_SYSTEMS = ("engine", "onnx-fp32", "onnx-int8")
+
+
+def refresh_qwk(report: dict[str, Any], rows: list[dict], run: dict[str, Any]) -> dict[str, Any]:
+    """``report`` (an earlier engine.json) with its test-QWK table, the int8 QWK figure and its target replaced by
+    ``rows`` (``--qwk-only`` workers); the timings stay, and ``qwk_run`` names the run the QWK figures came from."""
+    qwk = {r["system"]: r["qwk"] for r in rows if "qwk" in r}
+    not_run = dict(report.get("not_run", {}))
+    delta = None
+    if "engine" in qwk and "onnx-int8" in qwk:
+        delta = qwk["onnx-int8"]["mean"] - qwk["engine"]["mean"]
+        not_run.pop("onnx_int8_qwk_delta", None)
+    else:
+        failed = "; ".join(f"{r['system']}: {r['error']}" for r in rows if "error" in r)
+        not_run["onnx_int8_qwk_delta"] = f"failed: {failed}" if failed else "not run: --systems excluded it"
+    summary = {**report, "onnx_int8_qwk_delta": delta, "not_run": not_run}
+    return {**summary, "targets": check_targets(summary), "qwk": qwk, "qwk_run": run}
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -815,6 +849,17 @@ def main(argv: list[str] | None = None) -> dict:
     stored = real.manifest["backbone"]
     backbone = args.backbone or (stored["path"] if Path(stored["path"]).is_dir() else stored["name"])
     n_real = len(real_ids)
+    earlier = out / "engine.json"
+    if args.qwk_only:
+        chosen, args.systems = args.systems, [s for s in QWK_SYSTEMS if s in args.systems]
+        if not args.systems:
+            raise ConfigError(f"--qwk-only scores {', '.join(QWK_SYSTEMS)}; --systems {','.join(chosen)} names none.")
+        if not earlier.is_file():
+            raise ConfigError(
+                f"--qwk-only refreshes the QWK table of {earlier}, which does not exist; run the whole benchmark "
+                "first (drop --qwk-only)."
+            )
+        args.tasks = args.onnx_tasks = str(n_real)
     counts = {
         "engine": _counts(args.tasks),
         "engine-grouped": _counts(args.grouped_tasks),
@@ -870,7 +915,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     backbone_bytes = sum(f.stat().st_size for f in resolve_backbone(backbone).glob("*.safetensors"))
     rng = np.random.default_rng(args.seed + 1)
-    runs = plan(args, counts, n_real, has_full)
+    if args.qwk_only:
+        runs = [(system, n_real, True) for system in args.systems]
+    else:
+        runs = plan(args, counts, n_real, has_full)
     rows = []
     for k, (system, n, wants_qwk) in enumerate(runs, 1):
         task_ids = ids[:n] if n else []
@@ -895,6 +943,7 @@ def main(argv: list[str] | None = None) -> dict:
             "data": args.data,
             "real_ids": real_ids,
             "qwk": wants_qwk,
+            "qwk_only": args.qwk_only,
         }
         elapsed = time.perf_counter() - t_start
         _log(f"[{k}/{len(runs)}] {SYSTEM_LABELS[system]}" + (f", {n} tasks" if n else "") + f" (t+{elapsed:.0f} s)")
@@ -905,6 +954,14 @@ def main(argv: list[str] | None = None) -> dict:
         row["disk_bytes"] = disk_bytes(system, task_ids, bench, full_root, onnx_dirs, work / "peft", backbone_bytes)
         rows.append(row)
 
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/engine.py", *argv])
+    if args.qwk_only:
+        run = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "suite": str(real.root)}
+        report = refresh_qwk(json.loads(earlier.read_text(encoding="utf-8")), rows, run)
+        write_json_atomic(earlier, report)
+        (out / "engine.md").write_text(markdown(report), encoding="utf-8")
+        _log(f"refreshed the test QWK of {earlier} and {out / 'engine.md'}")
+        return report
     plain = _find(rows, "plain")
     for row in rows:
         row["vs_plain"] = _ratio(row.get("throughput"), plain and plain["throughput"])
@@ -915,7 +972,7 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": check_targets(summary),
         "summary_counts": summary["summary_counts"],
         "not_run": summary["not_run"],
-        "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/engine.py", *argv]),
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "machine": _machine(),
         "torch_threads": args.threads,
@@ -1075,6 +1132,15 @@ def markdown(r: dict) -> str:
             "",
             "## Test QWK per backend (every test response of the real items, scored once)",
             "",
+        ]
+        run = r.get("qwk_run")
+        if run:
+            lines += [
+                f"From a later run than the timings above, on the LoRA suite as it is now: `{run['command']}` "
+                f"({run['date']}; {run['machine']}).",
+                "",
+            ]
+        lines += [
             "| task | " + " | ".join(SYSTEM_LABELS[s] for s in systems) + " |",
             "|---|" + "---|" * len(systems),
         ]

@@ -20,6 +20,7 @@ import pytest
 
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.demo import vocabulary_words
+from scoreplex.errors import ConfigError
 from scoreplex.methods import MethodSettings
 from scoreplex.training import TrainConfig
 from scoreplex.training.suite import TrainOptions, train_suite
@@ -160,6 +161,48 @@ def test_engine_benchmark_end_to_end(bench_inputs):
     assert "Reproduce: `python benchmarks/engine.py" in md
     assert "| target |" in md and "| all-" not in md
     assert "| not run: --tasks excluded 1000 |" in md
+
+
+def test_qwk_only_refreshes_the_qwk_table_and_keeps_the_timings(bench_inputs, tmp_path):
+    root, data = bench_inputs
+    bench = _load_bench()
+    out = tmp_path / "out"
+    common = [
+        *("--suite", str(root / "lora"), "--data", str(data), "--out", str(out), "--work", str(tmp_path / "work")),
+        *("--qwk-only", "--systems", "engine,onnx-int8,peft-mixed", "--threads", "1"),
+    ]
+    with pytest.raises(ConfigError, match="does not exist"):
+        bench.main(common)  # nothing to refresh yet
+
+    stale = {"mean": 0.1, "tasks": {"asap-1": 0.1, "asap-2": 0.1}, "n": 24}
+    rows = [
+        _row("plain", 0, 200.0),
+        _row("engine", 4, 150.0, qwk=stale),
+        _row("onnx-int8", 4, 300.0, qwk={**stale, "mean": 0.9}),
+    ]
+    earlier = _report(bench, rows, [4])
+    earlier["real_tasks"] = ["asap-1", "asap-2"]
+    out.mkdir()
+    (out / "engine.json").write_text(json.dumps(earlier), encoding="utf-8")
+    assert earlier["onnx_int8_qwk_delta"] == pytest.approx(0.8)
+
+    report = bench.main(common)
+
+    saved = json.loads((out / "engine.json").read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(report))
+    assert saved["rows"] == json.loads(json.dumps(earlier["rows"]))  # timings kept, untouched
+    assert saved["command"] == earlier["command"] and saved["date"] == earlier["date"]
+    assert set(saved["qwk"]) == {"engine", "onnx-int8"}  # peft has no QWK pass: left out, not an error
+    for result in saved["qwk"].values():
+        assert set(result["tasks"]) == {"asap-1", "asap-2"} and result["n"] == 24
+        assert result["tasks"] != stale["tasks"]
+    delta = saved["qwk"]["onnx-int8"]["mean"] - saved["qwk"]["engine"]["mean"]
+    assert saved["onnx_int8_qwk_delta"] == pytest.approx(delta)
+    target = {t["key"]: t for t in saved["targets"]}["onnx_int8_qwk_delta"]
+    assert target["value"] == pytest.approx(delta) and target["met"] is (abs(delta) <= 0.005)
+    assert saved["qwk_run"]["command"].endswith("--threads 1") and "--qwk-only" in saved["qwk_run"]["command"]
+    md = (out / "engine.md").read_text(encoding="utf-8")
+    assert "From a later run than the timings above" in md and f"**{saved['qwk']['engine']['mean']:.4f}**" in md
 
 
 # -- the summary of a partial run: what did not run is null, with why (no benchmark is run here) -----------------------
