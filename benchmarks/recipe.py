@@ -71,6 +71,16 @@ CONFIGS: dict[str, dict] = {
         "settings": {},
         "question": "today's recipe with class weighting by inverse frequency (skewed score distributions)",
     },
+    "qv-r16-6ep": {
+        "config": {"epochs": 6, "patience": 0},
+        "settings": {"lora_r": 16, "lora_alpha": 32},
+        "question": "today's recipe at LoRA rank 16 (alpha 32) instead of 8",
+    },
+    "qv-r8-6ep-lr1e-3": {
+        "config": {"epochs": 6, "patience": 0, "lr": 1e-3},
+        "settings": {},
+        "question": "today's recipe at learning rate 1e-3 instead of 2e-3",
+    },
     "qv-r8-6ep-win64": {
         "config": {"epochs": 6, "patience": 0},
         "settings": {"window_pool": "mean+max"},
@@ -132,6 +142,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from finished runs")
+    ap.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="REPORT",
+        help="an earlier recipe JSON report whose runs (configuration, item) this run does not have are carried into "
+        "the new report, marked with the report they came from (repeatable; for a --work folder that is gone)",
+    )
     ap.add_argument(
         "--name",
         default="recipe",
@@ -209,20 +227,49 @@ def main(argv: list[str] | None = None) -> dict:
         results = [json.loads(p.read_text()) for p in sorted(work.glob("*/*/result.json"))]
         results = [r for r in results if r["config"] in names]
     results += interrupted_runs(work, names, {(r["config"], r["item"]) for r in results})
+    for r in results:
+        r["decoding_out_of_fold"] = decoding_check(work / r["config"] / r["item"])
+    results += carried_runs(args.keep, {(r["config"], r["item"]) for r in results})
     report = {
         "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/recipe.py", *argv]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "runs": results,
     }
-    for r in results:
-        r["decoding_out_of_fold"] = decoding_check(work / r["config"] / r["item"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / f"{args.name}.json", report)
     (out / f"{args.name}.md").write_text(markdown(report, decision=args.name == "recipe"), encoding="utf-8")
     print(f"wrote {out / args.name}.json, .md")
     return report
+
+
+def carried_runs(reports: list[str], have: set) -> list[dict]:
+    """The runs of earlier reports (``--keep``) that are not in ``have``, each marked ``carried_from``.
+
+    Raises:
+        ConfigError: a report that cannot be read, or holds a configuration this script no longer defines.
+    """
+    from scoreplex.errors import ConfigError
+
+    out = []
+    for path in reports:
+        try:
+            report = json.loads(Path(path).read_text(encoding="utf-8"))
+            runs = report["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"--keep {path}: not a recipe report ({exc}); give a recipe*.json this script wrote."
+            ) from None
+        for r in runs:
+            key = (r.get("config"), r.get("item"))
+            if key in have:
+                continue
+            if key[0] not in CONFIGS:
+                raise ConfigError(f"--keep {path}: configuration {key[0]!r} is not one of {list(CONFIGS)}.")
+            have.add(key)
+            out.append({**r, "carried_from": f"{path} ({report.get('date', 'no date')})"})
+    return out
 
 
 def interrupted_runs(work: Path, names: list[str], finished: set) -> list[dict]:
@@ -298,6 +345,17 @@ def markdown(report: dict, decision: bool = True) -> str:
             cells.append(f"{r['val_qwk']:.3f} ({r['best_epoch']}/{r['epochs_run']}{stopped})")
         mean = f"{np.mean(vals):.3f}" if len(vals) == len(items) else "–"
         lines.append(f"| `{name}` | {CONFIGS[name]['question']} | " + " | ".join(cells) + f" | {mean} |")
+    carried = sorted({r["carried_from"] for r in runs if r.get("carried_from")})
+    if carried:
+        lines += [
+            "",
+            "Runs carried from earlier reports (`--keep`; their work folders are gone, so they were not re-run): "
+            + "; ".join(
+                f"{', '.join(sorted({r['config'] for r in runs if r.get('carried_from') == c}))} from `{c}`"
+                for c in carried
+            )
+            + ".",
+        ]
     lines += [
         "",
         "Validation QWK per epoch:",

@@ -1,0 +1,57 @@
+"""benchmarks/recipe.py --keep: runs of earlier reports are carried into a new one, never duplicated (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from scoreplex.errors import ConfigError
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_recipe", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(config: str, item: str, qwk: float) -> dict:
+    return {"config": config, "item": item, "val_qwk": qwk, "best_epoch": 2, "epochs_run": 3,
+            "val_qwk_per_epoch": [qwk - 0.1, qwk, qwk - 0.05]}  # fmt: skip
+
+
+def test_keep_carries_what_was_not_rerun_and_marks_where_it_came_from(tmp_path):
+    bench = _load()
+    first = tmp_path / "recipe.json"
+    runs = [_run("qv-r8-6ep", "asap-2", 0.75), _run("qv-r16-6ep", "asap-2", 0.7)]
+    first.write_text(json.dumps({"date": "2026-12-01", "runs": runs}), encoding="utf-8")
+    second = tmp_path / "recipe-windows.json"
+    second.write_text(json.dumps({"date": "2026-11-30", "runs": [_run("qv-r8-6ep", "asap-2", 0.1)]}), encoding="utf-8")
+
+    have = {("qv-r16-6ep", "asap-2")}  # re-run in this run: its new result wins
+    carried = bench.carried_runs([str(first), str(second)], have)
+    assert [(r["config"], r["item"], r["val_qwk"]) for r in carried] == [("qv-r8-6ep", "asap-2", 0.75)]
+    assert carried[0]["carried_from"] == f"{first} (2026-12-01)"  # the first report that has a run wins
+
+    md = bench.markdown({"command": "python benchmarks/recipe.py", "date": "d", "machine": "m",
+                         "runs": [_run("qv-r16-6ep", "asap-2", 0.7), *carried]}, decision=False)  # fmt: skip
+    assert f"qv-r8-6ep from `{first} (2026-12-01)`" in md
+    assert "`qv-r8-6ep` against `qv-r16-6ep` on asap-2: mean best-epoch validation QWK 0.750 vs 0.700 (+0.050)" in md
+    assert "| `qv-r8-6ep` | asap-2 | 0.650 | 0.750 | 0.700 |" in md
+
+
+def test_keep_rejects_a_file_that_is_not_a_recipe_report(tmp_path):
+    bench = _load()
+    bad = tmp_path / "engine.json"
+    bad.write_text(json.dumps({"rows": []}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a recipe report"):
+        bench.carried_runs([str(bad)], set())
+    unknown = tmp_path / "old.json"
+    unknown.write_text(json.dumps({"runs": [_run("qv-r99", "asap-1", 0.5)]}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="'qv-r99' is not one of"):
+        bench.carried_runs([str(unknown)], set())
