@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
             "mean_ece_after": float(np.mean([t["ece_after"] for t in per_task.values()])),
             "mean_ece_floor": float(np.mean([t["ece_floor"] for t in per_task.values()])),
             "items_calibration_rejected": sum(t["ece_p_value"] < 0.05 for t in per_task.values()),
-            "suite_bytes": Suite.open(suite.root, verify=False).total_bytes,
+            "suite_bytes": Suite.open(suite.root, verify=False).model_bytes,
             "mean_train_seconds_per_task": float(np.mean([p["train_seconds"] for p in per_task.values()])),
             # the whole method's time only when this run trained every task; a resumed run's time is not that
             "wall_seconds_this_run": round(time.perf_counter() - t0, 1) if len(trained) == len(train_sets) else None,

@@ -208,8 +208,8 @@ def main(argv=None) -> dict:
     merged_scorer = SuiteScorer(merged_dir)
     on_disk = evaluate_suite(merged_scorer, test_sets, progress=False)
     storage = {
-        "source_bytes": scorer.suite.total_bytes,
-        "merged_bytes": merged_scorer.suite.total_bytes,
+        "source_bytes": scorer.suite.model_bytes,
+        "merged_bytes": merged_scorer.suite.model_bytes,
     }
     storage["ratio"] = storage["source_bytes"] / storage["merged_bytes"]
 

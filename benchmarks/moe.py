@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
 
     # storage
     def suite_bytes(path) -> int:
-        return Suite.open(path, verify=False).total_bytes
+        return Suite.open(path, verify=False).model_bytes
 
     per_task_suite = Suite.open(work / "per-task", verify=False)
     students_bytes = sum(per_task_suite.task_bytes(t) for t in seen)

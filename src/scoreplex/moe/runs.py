@@ -115,7 +115,7 @@ def run_distill(
         "validation": val,
         "best_epoch": fit.best_epoch,
         "history": fit.history,
-        "bytes": suite.total_bytes,
+        "bytes": suite.model_bytes,
         "teacher_bytes": sum(teachers.suite.task_bytes(t) for t in data),
         "seconds": round(time.perf_counter() - t0, 1),
         "notes": [note] if note else [],
