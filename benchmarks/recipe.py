@@ -27,7 +27,7 @@ import numpy as np
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
-from scoreplex.encoding import LongInputs, encode_texts
+from scoreplex.encoding import LongInputs, encode_pairs, encode_texts
 from scoreplex.methods import MethodSettings
 from scoreplex.predictions import predict_logits
 from scoreplex.suite import write_json_atomic
@@ -80,6 +80,14 @@ CONFIGS: dict[str, dict] = {
         "config": {"epochs": 6, "patience": 0, "lr": 1e-3},
         "settings": {},
         "question": "today's recipe at learning rate 1e-3 instead of 2e-3",
+    },
+    "qv-r8-6ep-question": {
+        "config": {"epochs": 6, "patience": 0},
+        "settings": {},
+        "max_length": 256,
+        "first_text": "question",
+        "question": "the item's question read before each response as a text pair ([CLS] question [SEP] response "
+        "[SEP], 256 tokens, the question cut first to 64)",
     },
     "qv-r8-6ep-win64": {
         "config": {"epochs": 6, "patience": 0},
@@ -168,6 +176,7 @@ def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) ->
     settings = replace(MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"), **spec["settings"])
     max_length = spec.get("max_length", max_length)
     long_inputs = LongInputs.from_dict(spec.get("long_inputs"))
+    first_text = train.spec.metadata.get(spec["first_text"], "") if spec.get("first_text") else ""
     t0 = time.perf_counter()
     model, fit, val_metrics = train_task(
         bb,
@@ -181,8 +190,12 @@ def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) ->
         checkpoint_dir=folder / "checkpoint",
         progress=True,
         long_inputs=long_inputs,
+        first_text=first_text,
     )
-    enc = encode_texts(bb.tokenizer, val.texts, max_length, long_inputs=long_inputs)
+    if first_text:
+        enc = encode_pairs(bb.tokenizer, first_text, val.texts, max_length)
+    else:
+        enc = encode_texts(bb.tokenizer, val.texts, max_length, long_inputs=long_inputs)
     logits = predict_logits(model, enc).numpy()
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "val_logits.npy", logits)

@@ -582,3 +582,32 @@ def test_distilling_windowed_teachers_says_the_student_reads_truncated_answers(m
     assert "distillation targets" in note
     assert "distillation targets" not in student_input_note(scorer.long_inputs, scorer.max_length, distilled=False)
     assert student_input_note(LongInputs(), 128) is None  # truncating teachers: nothing to say
+
+
+def test_train_task_reads_a_first_text_before_every_response_as_a_pair(demo_datasets, tiny_bb, monkeypatch):
+    import scoreplex.training.suite as pipeline
+
+    t = TASKS[0]
+    data = demo_datasets[t]
+    seen = []
+    real = pipeline.encode_pairs
+
+    def spy(tokenizer, first, texts, max_length, labels=None, **kwargs):
+        seen.append((first, len(texts)))
+        enc = real(tokenizer, first, texts, max_length, labels, **kwargs)
+        assert all(x[0] == tokenizer.cls_token_id and x.count(tokenizer.sep_token_id) == 2 for x in enc.input_ids)
+        return enc
+
+    monkeypatch.setattr(pipeline, "encode_pairs", spy)
+    question = "What does the data show about the samples?"
+    _, fit, metrics = pipeline.train_task(
+        tiny_bb, data, data, method="lora", pooling="mean", max_length=32, config=ADAPTER_CONFIG,
+        settings=MethodSettings(lora_r=4), progress=False, first_text=question, stop_after=1,
+    )  # fmt: skip
+    assert seen == [(question, len(data)), (question, len(data))]  # train and validation, both as pairs
+    assert fit.epochs_run >= 1 and -1 <= metrics["qwk"] <= 1
+    with pytest.raises(ConfigError, match="truncate mode"):
+        pipeline.train_task(
+            tiny_bb, data, None, method="lora", pooling="mean", max_length=32, config=ADAPTER_CONFIG,
+            settings=MethodSettings(lora_r=4), progress=False, first_text=question, long_inputs=WINDOWS,
+        )  # fmt: skip

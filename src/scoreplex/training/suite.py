@@ -25,6 +25,7 @@ from scoreplex.encoding import (
     choose_max_length,
     collate,
     counts_of_lengths,
+    encode_pairs,
     encode_texts,
     token_lengths,
     train_batches,
@@ -234,6 +235,7 @@ def train_task(
     long_inputs: LongInputs = TRUNCATE,
     stop_after: int | None = None,
     select_warm_up: bool = True,
+    first_text: str = "",
 ) -> tuple[TaskModel, FitResult, dict[str, Any] | None]:
     """Train one task's module with ``method``; returns the model (best validation state), the fit, val metrics.
 
@@ -244,8 +246,16 @@ def train_task(
     of keeping its best on validation (a cross-validation fold, trained as its refit will be).
     ``long_inputs`` in windows mode trains on every window of a long response, pooled per response as
     ``long_inputs.pool`` says (the head's ``settings.window_pool`` follows it).
+    ``first_text`` (an experiment of ``benchmarks/recipe.py``; suites do not store it, so their scorers read single
+    texts): the item's question or rubric read before every response as a text pair
+    (:func:`scoreplex.encoding.encode_pairs`, the question cut to a quarter of ``max_length`` first).
+
+    Raises:
+        ConfigError: ``first_text`` with ``long_inputs`` in windows mode.
     """
     spec = train.spec
+    if first_text.strip() and long_inputs.windowed:
+        raise ConfigError("a first text (question or rubric) pairs with one pass per response; use truncate mode.")
     if settings.window_pool != long_inputs.window_pool:  # the head reads what the windows are pooled into
         settings = replace(settings, window_pool=long_inputs.window_pool)
     if not train.has_labels or (val is not None and not val.has_labels):
@@ -253,12 +263,16 @@ def train_task(
     m = get_method(method)
     torch.manual_seed(config.seed)
     model = m.build(bb.encoder, bb.hidden, spec, settings, pooling)
-    enc_train = encode_texts(bb.tokenizer, train.texts, max_length, train.labels, long_inputs=long_inputs)
-    enc_val = (
-        encode_texts(bb.tokenizer, val.texts, max_length, val.labels, long_inputs=long_inputs)
-        if val is not None
-        else None
-    )
+    if first_text.strip():
+        enc_train = encode_pairs(bb.tokenizer, first_text, train.texts, max_length, train.labels)
+        enc_val = encode_pairs(bb.tokenizer, first_text, val.texts, max_length, val.labels) if val is not None else None
+    else:
+        enc_train = encode_texts(bb.tokenizer, train.texts, max_length, train.labels, long_inputs=long_inputs)
+        enc_val = (
+            encode_texts(bb.tokenizer, val.texts, max_length, val.labels, long_inputs=long_inputs)
+            if val is not None
+            else None
+        )
     weights = balanced_class_weights(train.labels, spec.class_counts) if config.class_weighting else None
     warm_description = f"head warm-up {description or spec.id}"
     description = description or f"{method} {spec.id}"
