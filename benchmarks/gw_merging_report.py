@@ -10,6 +10,8 @@ Parts read from ``--out`` (each part's own report names the command that reprodu
   to rank 6 and rank-8 surgery (the configuration chosen on validation in ``merge-lora-rank.json``);
 - ``merge-protocol-full10-expert-gw.json`` (optional): GW and expert plans on the 10 full fine-tunes, and
   ``merge-protocol-full10-task-arithmetic-gw.json`` (optional): the GW plan merged by task arithmetic, λ tuned;
+- ``merge-protocol-task-arithmetic-expert-gw.json`` (optional): the GW and expert plans of the LoRA suite merged by
+  task arithmetic, λ tuned;
 - ``merge-protocol-sweep.json``: the GW plans at T' = 1..10;
 - ``gw-predict.json``: measured pairwise merge losses and their rank correlation with each similarity;
 - ``gw-merging.json``: the issue's headline keys (written by merge_protocol.py) and the first run's figures
@@ -34,6 +36,7 @@ PARTS = {
     "compressed": "merge-protocol-s8-lora-r6-expert-gw-random.json",
     "full10": "merge-protocol-full10-expert-gw.json",
     "full10_ta": "merge-protocol-full10-task-arithmetic-gw.json",
+    "lora_ta": "merge-protocol-task-arithmetic-expert-gw.json",
     "sweep": "merge-protocol-sweep.json",
     "predict": "gw-predict.json",
     "headline": "gw-merging.json",
@@ -253,25 +256,32 @@ def markdown(parts: dict) -> str:
             *t_test_rows(full, full["best_variant"] or "surgery"),
             "",
         ]
-    ta = parts["full10_ta"]
-    if ta and "gw" in ta["plans"]:
-        v = ta["plans"]["gw"]["variants"]
+    for key, suite, ties in (("lora_ta", "LoRA suite", proto), ("full10_ta", "10 full fine-tunes", full)):
+        ta = parts[key]
+        if not ta or "gw" not in ta["plans"]:
+            continue
         lam = sorted({g["chosen"][x]["scale"] for g in ta["groups"] for x in VARIANTS})
         lines += [
-            "## Task arithmetic, λ tuned on validation (10 full fine-tunes, GW plan)",
+            f"## Task arithmetic, λ tuned on validation ({suite})",
             "",
             f"[{ta['report_stem']}.md]({ta['report_stem']}.md) (`{ta['command']}`): the same protocol with task "
-            f"arithmetic (λ in {[p[1] for p in ta['protocol']['grid']]}; chosen: {lam}). Mean test QWK: kept "
-            f"{_f(v['kept']['mean_qwk'])}, refit {_f(v['refit']['mean_qwk'])}, surgery {_f(v['surgery']['mean_qwk'])}"
-            + (
-                f" (TIES on the same plan: kept {_f(full['plans']['gw']['variants']['kept']['mean_qwk'])}, surgery "
-                f"{_f(full['plans']['gw']['variants']['surgery']['mean_qwk'])})"
-                if full and "gw" in full["plans"]
-                else ""
-            )
-            + f"; unmerged {ta['unmerged']['mean_qwk']:.3f}.",
+            f"arithmetic (λ in {[p[1] for p in ta['protocol']['grid']]}; chosen per group and variant: {lam}); "
+            f"unmerged {ta['unmerged']['mean_qwk']:.3f}. Mean test QWK:",
             "",
+            "| plan | kept | refit | surgery | TIES on the same plan (kept / refit / surgery) |",
+            "|---|---:|---:|---:|---|",
         ]
+        for name, plan in ta["plans"].items():
+            v = plan["variants"]
+            same = ((ties or {}).get("plans") or {}).get(name)
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_f(v[x]["mean_qwk"]) for x in VARIANTS)
+                + " | "
+                + (" / ".join(_f(same["variants"][x]["mean_qwk"]) for x in VARIANTS) if same else "not run")
+                + " |"
+            )
+        lines.append("")
     if pred:
         ref, rnd = pred["reference_plan"], pred["random_plans"]
         lines += [
@@ -330,7 +340,11 @@ def update_json(parts: dict, path: Path) -> None:
 
     d = dict(parts["headline"])
     best = (parts["protocol"] or {}).get("best_variant") or "surgery"
-    for key, part in (("full_finetunes_t3", "full10"), ("full_finetunes_t3_task_arithmetic", "full10_ta")):
+    for key, part, storage in (
+        ("full_finetunes_t3", "full10", "full_ratio_surgery"),
+        ("full_finetunes_t3_task_arithmetic", "full10_ta", "full_ratio_surgery"),
+        ("lora_t3_task_arithmetic", "lora_ta", "lora_ratio_surgery"),
+    ):
         r = parts[part]
         c = comparison(r, best)
         if c is None:
@@ -339,7 +353,7 @@ def update_json(parts: dict, path: Path) -> None:
             **{f"{k}_mean_qwk" if k in ("gw", "expert", "unmerged") else k: v for k, v in c.items()},
             "variant": best,
             "variants": {v: r["plans"]["gw"]["variants"][v]["mean_qwk"] for v in VARIANTS},
-            "storage_ratio": _storage(r, "full_ratio_surgery"),
+            "storage_ratio": _storage(r, storage),
             "command": r["command"],
             "report": f"{r['report_stem']}.md",
         }

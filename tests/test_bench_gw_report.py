@@ -85,3 +85,22 @@ def test_without_a_protocol_run_it_exits_2(tmp_path, capsys):
         _module().main(["--out", str(tmp_path)])
     assert exc.value.code == 2 and "merge_protocol.py" in capsys.readouterr().err
     assert not (tmp_path / "gw-merging.md").exists()
+
+
+def test_a_task_arithmetic_run_gets_its_section_beside_ties_on_the_same_plans(tmp_path):
+    (tmp_path / "merge-protocol.json").write_text(json.dumps(_protocol(0.71, 0.72, 0.9, "merge-protocol")))
+    ta = _protocol(0.69, 0.68, 3.1, "merge-protocol-task-arithmetic-expert-gw")
+    del ta["plans"]["random-00"]
+    ta["protocol"] = {"grid": [[1.0, 0.3], [1.0, 0.5], [1.0, 1.0]]}
+    chosen = {v: {"density": 1.0, "scale": s} for v, s in (("kept", 0.3), ("refit", 0.5), ("surgery", 0.5))}
+    ta["groups"] = [{"tasks": ["asap-1", "asap-2"], "chosen": chosen}]
+    (tmp_path / "merge-protocol-task-arithmetic-expert-gw.json").write_text(json.dumps(ta))
+    (tmp_path / "gw-merging.json").write_text(json.dumps({"unmerged_mean_qwk": 0.75}))
+    text = _module().main(["--out", str(tmp_path)])
+    section = text.split("## Task arithmetic, λ tuned on validation (LoRA suite)")[1]
+    assert "chosen per group and variant: [0.3, 0.5]" in section
+    assert "| gw | 0.690 | 0.690 | 0.690 | 0.710 / 0.710 / 0.710 |" in section
+    assert "| expert | 0.680 | 0.680 | 0.680 | 0.720 / 0.720 / 0.720 |" in section
+    assert "(10 full fine-tunes)" not in text  # that run is absent: no section
+    saved = json.loads((tmp_path / "gw-merging.json").read_text())["lora_t3_task_arithmetic"]
+    assert saved["gw_mean_qwk"] == 0.69 and saved["expert_mean_qwk"] == 0.68 and saved["storage_ratio"] == 3.1
