@@ -94,6 +94,14 @@ def parse_args(argv):
     ap.add_argument("--n-perm", type=int, default=10_000, help="permutations per p-value")
     ap.add_argument("--seed", type=int, default=0, help="validation split, refit subsample, permutations")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--losses-from",
+        default=None,
+        metavar="REPORT",
+        help="take the pairwise merge losses from an earlier gw-predict.json (same items, grid, re-fit rows, seed, "
+        "and a suite whose tasks have the same stored validation QWK) instead of measuring them again (~30 min); "
+        "only the similarities are computed",
+    )
     return ap.parse_args(argv)
 
 
@@ -203,6 +211,35 @@ def select_items(train_all: Mapping, items: str) -> dict:
     return {t: d for t, d in train_all.items() if t in ids}
 
 
+def read_losses(path: str, protocol: dict, ids: list[str], stored: dict[str, float | None]):
+    """``(unmerged, pairs, provenance)`` from an earlier report (``--losses-from``), checked to be comparable.
+
+    Raises:
+        ConfigError: the file is not a gw_predict report, or its items, protocol (all but the suite's path) or the
+            suite's stored validation QWK per task differ from this run's (the losses would belong to other models).
+    """
+    try:
+        r = json.loads(Path(path).read_text(encoding="utf-8"))
+        theirs, unmerged, rows = r["protocol"], r["unmerged"], r["pairs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--losses-from {path}: not a gw_predict report ({exc}).") from None
+    if r.get("task_ids") != ids:
+        raise ConfigError(f"--losses-from {path} has items {r.get('task_ids')}; this run has {ids}. Give --items.")
+    differ = sorted(k for k in set(protocol) | set(theirs) if k != "suite" and protocol.get(k) != theirs.get(k))
+    if differ:
+        raise ConfigError(f"--losses-from {path} measured the losses with other settings ({', '.join(differ)}).")
+    changed = [t for t in ids if unmerged[t]["stored_qwk"] != stored[t]]
+    if changed:
+        raise ConfigError(
+            f"--losses-from {path}: the suite's tasks {changed} have another stored validation QWK than the suite "
+            f"the losses were measured on ({theirs['suite']}): other models. Measure the losses (drop the option)."
+        )
+    base = {t: {"qwk": unmerged[t]["refit_qwk"]} for t in ids}
+    pairs = {(p["a"], p["b"]): p for p in rows}
+    provenance = {"report": path, "command": r.get("command"), "date": r.get("date"), "suite": theirs["suite"]}
+    return base, pairs, provenance
+
+
 def main(argv=None, *, train_all: Mapping | None = None) -> dict:
     """Run the benchmark; ``train_all`` ({task: TaskData} of the training file) replaces reading ``--data``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -263,8 +300,12 @@ def main(argv=None, *, train_all: Mapping | None = None) -> dict:
         q = val_qwk(mergers[grid[0]], [t])[0][t]  # a group of one is the adapter itself, whatever the grid point
         return {"task": t, "protocol": protocol, "qwk": q, "stored_qwk": stored[t], "seconds": time.perf_counter() - t0}
 
-    base = {}
-    for t in ids:
+    base: dict[str, dict] = {}
+    pairs: dict[tuple[str, str], dict] = {}
+    losses_from = None
+    if args.losses_from:
+        base, pairs, losses_from = read_losses(args.losses_from, protocol, ids, stored)
+    for t in ids if not losses_from else ():
         path = work / "unmerged" / f"{t}.json"
         cached = json.loads(path.read_text()) if path.is_file() else None
         if cached is None or cached["protocol"] != protocol:
@@ -296,9 +337,8 @@ def main(argv=None, *, train_all: Mapping | None = None) -> dict:
         }
 
     all_pairs = list(combinations(ids, 2))
-    pairs: dict[tuple[str, str], dict] = {}
     computed = 0
-    for n, (a, b) in enumerate(all_pairs, 1):
+    for n, (a, b) in enumerate(all_pairs if not losses_from else (), 1):
         path = work / "pairs" / f"{a}__{b}.json"
         cached = json.loads(path.read_text()) if path.is_file() else None
         if cached is not None and cached["protocol"] == protocol:
@@ -394,6 +434,7 @@ def main(argv=None, *, train_all: Mapping | None = None) -> dict:
         "n_pairs": int(np.isfinite(loss_m[np.triu_indices(len(ids), 1)]).sum()),
         "n_pairs_total": len(all_pairs),
         "pairs_computed_this_run": computed,
+        "losses_from": losses_from,
         "gw_primary_form": primary,
         "gw_merge_loss_spearman": correlations[primary]["rho"] if primary else None,
         "best_similarity": best_name,
@@ -448,6 +489,16 @@ def markdown(r: dict) -> str:
         f"seeded stratified 10% split the suite was selected on; test.tsv is not read. {r['n_pairs']} of "
         f"{r['n_pairs_total']} pairs measured, {_f(r['seconds_per_pair'], '.0f')} s per pair.",
         "",
+    ]
+    src = r.get("losses_from")
+    if src:
+        lines += [
+            f"The merge losses were measured by an earlier run (`{src['command']}`, {src['date']}, on "
+            f"`{src['suite']}`) and read from `{src['report']}`; the suite here has the same stored validation QWK "
+            "on every task (checked), and every similarity was computed in this run.",
+            "",
+        ]
+    lines += [
         f"**Spearman's rho, merge loss vs the default GW ({r['gw_primary_form']}): "
         f"{_f(r['gw_merge_loss_spearman'])}**; best measure: {r['best_similarity']} "
         f"({_f(r['best_similarity_spearman'])}). Each measure is signed as a distance, so rho > 0 means "

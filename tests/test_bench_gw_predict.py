@@ -110,3 +110,23 @@ def test_benchmark_on_a_tiny_lora_suite_and_its_cache(demo_datasets, tiny_bb, ti
     # a changed protocol is not served from the cache; --max-pairs bounds the new work
     changed = bench.main([*argv, "--refit-rows", "16", "--max-pairs", "1"], train_all=three)
     assert changed["pairs_computed_this_run"] == 1
+
+    # --losses-from: the losses of the first report, only the similarities computed (a fresh work folder)
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps(json.loads(json.dumps(report))))
+    fresh = [*argv[: argv.index("--work")], "--work", str(tmp_path / "work2"), *argv[argv.index("--work") + 2 :]]
+    reused = bench.main([*fresh, "--losses-from", str(kept)], train_all=three)
+    assert reused["pairs_computed_this_run"] == 0 and not (tmp_path / "work2" / "pairs").exists()
+    assert [p["loss"] for p in reused["pairs"]] == [p["loss"] for p in report["pairs"]]
+    assert reused["correlations"] == report["correlations"]
+    assert (
+        reused["losses_from"]["report"] == str(kept)
+        and "measured by an earlier run" in (out / "gw-predict.md").read_text()
+    )
+    with pytest.raises(ConfigError, match="other settings \\(refit_rows\\)"):
+        bench.main([*fresh, "--refit-rows", "16", "--losses-from", str(kept)], train_all=three)
+    other = json.loads(kept.read_text())
+    other["unmerged"][list(three)[0]]["stored_qwk"] = 0.123
+    kept.write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="other models"):
+        bench.main([*fresh, "--losses-from", str(kept)], train_all=three)
