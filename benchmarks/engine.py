@@ -171,18 +171,19 @@ def task_order(real_ids: Sequence[str], n: int) -> list[str]:
 def synthesise_suite(real, root: Path, n: int, *, seed: int, perturb: float):
     """A suite at ``root`` holding the real tasks and synthetic ones up to ``n`` tasks (reused while its source holds).
 
-    Task ``i >= R`` copies real task ``i mod R`` (spec, config, head) with every LoRA tensor ``W`` replaced by
-    ``W + perturb * std(W) * z``, ``z ~ N(0, 1)`` from a generator seeded by ``(seed, i)``, so a task's weights do not
-    depend on how many tasks were asked for. Written through :meth:`Suite.add_task` (real files, real hashes).
+    Task ``i >= R`` copies real task ``i mod R`` (spec, config, head, decoding, stacked lexical model) with every
+    LoRA tensor ``W`` replaced by ``W + perturb * std(W) * z``, ``z ~ N(0, 1)`` from a generator seeded by
+    ``(seed, i)``, so a task's weights do not depend on how many tasks were asked for. Written through
+    :meth:`Suite.add_task` (real files, real hashes).
     """
     import torch
 
     from scoreplex.progress import progress_bar
-    from scoreplex.suite import MODULE_FILE, Suite
+    from scoreplex.suite import Suite
     from scoreplex.tasks import TaskSpec
 
     source = {
-        "tasks": {t: real.manifest["tasks"][t]["files"][MODULE_FILE] for t in real.task_ids},
+        "tasks": {t: real.manifest["tasks"][t]["files"] for t in real.task_ids},  # module and task.json hashes
         "backbone": real.manifest["backbone"]["sha256"],
         "pooling": real.manifest["pooling"],
         "max_length": real.manifest["max_length"],
@@ -210,7 +211,10 @@ def synthesise_suite(real, root: Path, n: int, *, seed: int, perturb: float):
         for i, task_id in missing:
             src = real_ids[i % len(real_ids)]
             if src not in modules:
-                modules[src] = real.load_module(src)
+                info, tensors = real.load_module(src)
+                if info.get("lexical") is not None:  # the stacked lexical model's tensors live beside the neural ones
+                    tensors = {**tensors, **real.module_tensors(src, lexical=True)}
+                modules[src] = info, tensors
             info, tensors = modules[src]
             if i >= len(real_ids):
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
@@ -221,7 +225,14 @@ def synthesise_suite(real, root: Path, n: int, *, seed: int, perturb: float):
                     for k, v in tensors.items()
                 }
             spec = dict(info["spec"], id=task_id, metadata={**info["spec"].get("metadata", {}), "copied_from": src})
-            suite.add_task(TaskSpec.from_dict(spec), tensors, info["config"], {"synthetic": i >= len(real_ids)})
+            suite.add_task(
+                TaskSpec.from_dict(spec),
+                tensors,
+                info["config"],
+                {"synthetic": i >= len(real_ids)},
+                decoding=info.get("decoding"),  # scored as deployed: cut points, temperature, routing
+                lexical=info.get("lexical"),  # and the stacked lexical model where the task has one
+            )
             bar.update(job, advance=1)
     return suite, ids
 
@@ -859,6 +870,19 @@ def main(argv: list[str] | None = None) -> dict:
                 f"--qwk-only refreshes the QWK table of {earlier}, which does not exist; run the whole benchmark "
                 "first (drop --qwk-only)."
             )
+        if args.no_qwk:
+            raise ConfigError("--qwk-only and --no-qwk contradict each other; give one.")
+        try:
+            earlier_report = json.loads(earlier.read_text(encoding="utf-8"))
+            earlier_tasks = earlier_report["real_tasks"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{earlier} is not an engine benchmark report ({exc}); rerun the whole benchmark."
+            ) from None
+        if earlier_tasks != real_ids:
+            raise ConfigError(
+                f"{earlier} timed the tasks {earlier_tasks}; --suite holds {real_ids}. Run the whole benchmark."
+            )
         args.tasks = args.onnx_tasks = str(n_real)
     counts = {
         "engine": _counts(args.tasks),
@@ -957,7 +981,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/engine.py", *argv])
     if args.qwk_only:
         run = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "suite": str(real.root)}
-        report = refresh_qwk(json.loads(earlier.read_text(encoding="utf-8")), rows, run)
+        report = refresh_qwk(earlier_report, rows, run)
         write_json_atomic(earlier, report)
         (out / "engine.md").write_text(markdown(report), encoding="utf-8")
         _log(f"refreshed the test QWK of {earlier} and {out / 'engine.md'}")

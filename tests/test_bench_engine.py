@@ -163,6 +163,35 @@ def test_engine_benchmark_end_to_end(bench_inputs):
     assert "| not run: --tasks excluded 1000 |" in md
 
 
+def test_the_benchmark_copy_scores_as_deployed_and_follows_a_decoding_change(bench_inputs, tmp_path):
+    import dataclasses
+    import shutil
+
+    from scoreplex.decoding import Decoding
+    from scoreplex.suite import Suite
+
+    root, _ = bench_inputs
+    bench = _load_bench()
+    real = Suite.open(shutil.copytree(root / "lora", tmp_path / "lora"))
+    first = real.task_ids[0]
+    routed = dataclasses.replace(Decoding.identity(real.spec(first)), route_threshold=0.9)
+    real.set_decoding(first, routed)
+    real = Suite.open(real.root)
+
+    copy, ids = bench.synthesise_suite(real, tmp_path / "copy", 4, seed=0, perturb=0.1)
+    infos = {t: copy.task_info(t) for t in ids}
+    assert infos[first]["decoding"] == routed.to_dict()
+    source_of = {t: infos[t]["spec"]["metadata"].get("copied_from", t) for t in ids}
+    for t in ids:  # every copy (synthetic ones too) carries its source's decoding and lexical model
+        source = real.task_info(source_of[t])
+        assert infos[t].get("decoding") == source.get("decoding"), (t, source_of[t])
+        assert infos[t].get("lexical") == source.get("lexical")
+
+    real.set_decoding(first, dataclasses.replace(routed, route_threshold=0.5))  # only task.json changes
+    copy, _ = bench.synthesise_suite(Suite.open(real.root), tmp_path / "copy", 4, seed=0, perturb=0.1)
+    assert copy.task_info(first)["decoding"]["route_threshold"] == 0.5  # rebuilt, not the stale copy
+
+
 def test_qwk_only_refreshes_the_qwk_table_and_keeps_the_timings(bench_inputs, tmp_path):
     root, data = bench_inputs
     bench = _load_bench()
@@ -203,6 +232,12 @@ def test_qwk_only_refreshes_the_qwk_table_and_keeps_the_timings(bench_inputs, tm
     assert saved["qwk_run"]["command"].endswith("--threads 1") and "--qwk-only" in saved["qwk_run"]["command"]
     md = (out / "engine.md").read_text(encoding="utf-8")
     assert "From a later run than the timings above" in md and f"**{saved['qwk']['engine']['mean']:.4f}**" in md
+
+    (out / "engine.json").write_text(json.dumps({**earlier, "real_tasks": ["asap-9"]}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"timed the tasks \['asap-9'\]"):
+        bench.main(common)  # timings of other tasks: refused before any scoring
+    with pytest.raises(ConfigError, match="contradict"):
+        bench.main([*common, "--no-qwk"])
 
 
 # -- the summary of a partial run: what did not run is null, with why (no benchmark is run here) -----------------------
