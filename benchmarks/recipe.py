@@ -210,6 +210,8 @@ def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) ->
         "seconds": round(time.perf_counter() - t0, 1),
         "train_config": config.to_dict(),
         "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
+        "max_length": max_length,
+        "first_text": spec.get("first_text"),
     }
     write_json_atomic(done, result)
     print(f"[{name}] {tid}: val QWK {result['val_qwk']:.3f} (best epoch {fit.best_epoch})", flush=True)

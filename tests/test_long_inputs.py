@@ -606,6 +606,10 @@ def test_train_task_reads_a_first_text_before_every_response_as_a_pair(demo_data
     )  # fmt: skip
     assert seen == [(question, len(data)), (question, len(data))]  # train and validation, both as pairs
     assert fit.epochs_run >= 1 and -1 <= metrics["qwk"] <= 1
+    # a checkpoint of single texts never resumes as a pair run, and single-text keys are what they were
+    key = pipeline._run_key(tiny_bb, "lora", "mean", 32, MethodSettings(lora_r=4), LongInputs(), data)
+    paired = pipeline._run_key(tiny_bb, "lora", "mean", 32, MethodSettings(lora_r=4), LongInputs(), data, question)
+    assert "first_text" not in key and paired == {**key, "first_text": paired["first_text"]}
     with pytest.raises(ConfigError, match="truncate mode"):
         pipeline.train_task(
             tiny_bb, data, None, method="lora", pooling="mean", max_length=32, config=ADAPTER_CONFIG,

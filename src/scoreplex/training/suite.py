@@ -334,7 +334,7 @@ def train_task(
         description=description,
         progress=progress,
         stop_after=stop_after,
-        run_key=_run_key(bb, method, pooling, max_length, settings, long_inputs, train),
+        run_key=_run_key(bb, method, pooling, max_length, settings, long_inputs, train, first_text),
     )
     if val is None:
         return model, result, None
@@ -358,10 +358,11 @@ def _run_key(
     settings: MethodSettings,
     long_inputs: LongInputs,
     train: TaskData,
+    first_text: str = "",
 ) -> dict[str, Any]:
     """What besides the TrainConfig makes a task's checkpoint this run's (:func:`~scoreplex.training.loop.fit`'s
-    ``run_key``): backbone, method, pooling, max_length, method settings, long-input mode and the training rows
-    (hashed)."""
+    ``run_key``): backbone, method, pooling, max_length, method settings, long-input mode, the training rows
+    (hashed) and a first text read before each response (hashed; absent when there is none, as before)."""
     rows = digest(train.ids)
     settings_record = asdict(settings)
     if settings_record.get("window_pool") == "mean":  # as before the option: older checkpoints still resume
@@ -374,6 +375,7 @@ def _run_key(
         "settings": settings_record,
         "long_inputs": replace(long_inputs, pool=long_inputs.window_pool).to_dict(),  # truncate: pool unused, "mean"
         "rows": rows,
+        **({"first_text": digest([first_text])} if first_text.strip() else {}),
     }
 
 
