@@ -228,6 +228,13 @@ def read_losses(path: str, protocol: dict, ids: list[str], stored: dict[str, flo
     differ = sorted(k for k in set(protocol) | set(theirs) if k != "suite" and protocol.get(k) != theirs.get(k))
     if differ:
         raise ConfigError(f"--losses-from {path} measured the losses with other settings ({', '.join(differ)}).")
+    if None in stored.values():
+        raise ConfigError(
+            f"--losses-from {path}: tasks {[t for t in ids if stored[t] is None]} of the suite record no validation "
+            "QWK, so it cannot be checked that the losses belong to these models; measure them (drop the option)."
+        )
+    if len(rows) != len(ids) * (len(ids) - 1) // 2:
+        raise ConfigError(f"--losses-from {path} holds {len(rows)} pairs, not all of them; measure them.")
     changed = [t for t in ids if unmerged[t]["stored_qwk"] != stored[t]]
     if changed:
         raise ConfigError(
@@ -236,7 +243,13 @@ def read_losses(path: str, protocol: dict, ids: list[str], stored: dict[str, flo
         )
     base = {t: {"qwk": unmerged[t]["refit_qwk"]} for t in ids}
     pairs = {(p["a"], p["b"]): p for p in rows}
-    provenance = {"report": path, "command": r.get("command"), "date": r.get("date"), "suite": theirs["suite"]}
+    # a report that itself reused losses names the run that measured them
+    provenance = r.get("losses_from") or {
+        "report": path,
+        "command": r.get("command"),
+        "date": r.get("date"),
+        "suite": theirs["suite"],
+    }
     return base, pairs, provenance
 
 
