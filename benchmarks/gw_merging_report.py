@@ -274,13 +274,12 @@ def markdown(parts: dict) -> str:
         for name, plan in ta["plans"].items():
             v = plan["variants"]
             same = ((ties or {}).get("plans") or {}).get(name)
-            lines.append(
-                f"| {name} | "
-                + " | ".join(_f(v[x]["mean_qwk"]) for x in VARIANTS)
-                + " | "
-                + (" / ".join(_f(same["variants"][x]["mean_qwk"]) for x in VARIANTS) if same else "not run")
-                + " |"
-            )
+            cell = "not run"
+            if same and same["groups"] != plan["groups"]:
+                cell = "other groups"  # TIES's run planned other groups under this name: not the same plan
+            elif same:
+                cell = " / ".join(_f(same["variants"][x]["mean_qwk"]) for x in VARIANTS)
+            lines.append(f"| {name} | " + " | ".join(_f(v[x]["mean_qwk"]) for x in VARIANTS) + " | " + cell + " |")
         lines.append("")
     if pred:
         ref, rnd = pred["reference_plan"], pred["random_plans"]
@@ -353,7 +352,9 @@ def update_json(parts: dict, path: Path) -> None:
             **{f"{k}_mean_qwk" if k in ("gw", "expert", "unmerged") else k: v for k, v in c.items()},
             "variant": best,
             "variants": {v: r["plans"]["gw"]["variants"][v]["mean_qwk"] for v in VARIANTS},
-            "storage_ratio": _storage(r, storage),
+            "storage_ratio": _storage(
+                r, storage if best == "surgery" or part != "lora_ta" else "lora_ratio_heads_kept"
+            ),
             "command": r["command"],
             "report": f"{r['report_stem']}.md",
         }

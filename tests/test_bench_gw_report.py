@@ -102,5 +102,8 @@ def test_a_task_arithmetic_run_gets_its_section_beside_ties_on_the_same_plans(tm
     assert "| gw | 0.690 | 0.690 | 0.690 | 0.710 / 0.710 / 0.710 |" in section
     assert "| expert | 0.680 | 0.680 | 0.680 | 0.720 / 0.720 / 0.720 |" in section
     assert "(10 full fine-tunes)" not in text  # that run is absent: no section
+    ta["plans"]["expert"]["groups"] = [["asap-1"], ["asap-2", "asap-3"]]  # not the plan TIES ran as "expert"
+    (tmp_path / "merge-protocol-task-arithmetic-expert-gw.json").write_text(json.dumps(ta))
+    assert "| expert | 0.680 | 0.680 | 0.680 | other groups |" in _module().main(["--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gw-merging.json").read_text())["lora_t3_task_arithmetic"]
     assert saved["gw_mean_qwk"] == 0.69 and saved["expert_mean_qwk"] == 0.68 and saved["storage_ratio"] == 3.1
