@@ -276,15 +276,38 @@ def carried_runs(reports: list[str], have: set) -> list[dict]:
             raise ConfigError(
                 f"--keep {path}: not a recipe report ({exc}); give a recipe*.json this script wrote."
             ) from None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+            raise ConfigError(f"--keep {path}: 'runs' is not a list of runs; give a recipe*.json this script wrote.")
         for r in runs:
             key = (r.get("config"), r.get("item"))
             if key in have:
                 continue
             if key[0] not in CONFIGS:
                 raise ConfigError(f"--keep {path}: configuration {key[0]!r} is not one of {list(CONFIGS)}.")
+            if not isinstance(r.get("val_qwk"), float) or not isinstance(r.get("val_qwk_per_epoch"), list):
+                raise ConfigError(f"--keep {path}: run {key} has no val_qwk / val_qwk_per_epoch.")
+            changed = _changed_settings(key[0], r)
+            if changed:
+                raise ConfigError(
+                    f"--keep {path}: run {key} was trained with {changed}, not what {key[0]!r} asks today; "
+                    "re-run it instead of carrying it."
+                )
             have.add(key)
-            out.append({**r, "carried_from": f"{path} ({report.get('date', 'no date')})"})
+            out.append({**r, "carried_from": r.get("carried_from") or f"{path} ({report.get('date', 'no date')})"})
     return out
+
+
+def _changed_settings(name: str, run: dict) -> dict:
+    """The settings a recorded run of configuration ``name`` was trained with that differ from what ``name`` asks
+    today (only what the configuration sets; a run that recorded none is taken as it is)."""
+    spec = CONFIGS[name]
+    want_settings = {"lora_r": 8, "lora_alpha": 16, "lora_targets": "qv", **spec["settings"]}
+    changed = {}
+    for recorded, want in ((run.get("train_config"), spec["config"]), (run.get("settings"), want_settings)):
+        if recorded is None:
+            continue
+        changed.update({k: recorded.get(k) for k, v in want.items() if k in recorded and recorded[k] != v})
+    return changed
 
 
 def interrupted_runs(work: Path, names: list[str], finished: set) -> list[dict]:

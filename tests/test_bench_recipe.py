@@ -55,3 +55,15 @@ def test_keep_rejects_a_file_that_is_not_a_recipe_report(tmp_path):
     unknown.write_text(json.dumps({"runs": [_run("qv-r99", "asap-1", 0.5)]}), encoding="utf-8")
     with pytest.raises(ConfigError, match="'qv-r99' is not one of"):
         bench.carried_runs([str(unknown)], set())
+
+
+def test_keep_refuses_a_run_trained_otherwise_than_its_configuration_asks_today(tmp_path):
+    bench = _load()
+    old = tmp_path / "old.json"
+    run = {**_run("qv-r16-6ep", "asap-2", 0.7), "settings": {"lora_r": 8, "lora_alpha": 16, "lora_targets": "qv"}}
+    old.write_text(json.dumps({"runs": [run]}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="trained with \\{'lora_r': 8, 'lora_alpha': 16\\}"):
+        bench.carried_runs([str(old)], set())
+    again = {**_run("qv-r8-6ep", "asap-2", 0.7), "carried_from": "docs/results/first.json (2026-11-30)"}
+    old.write_text(json.dumps({"runs": [again]}), encoding="utf-8")
+    assert bench.carried_runs([str(old)], set())[0]["carried_from"] == "docs/results/first.json (2026-11-30)"
