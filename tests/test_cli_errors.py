@@ -132,6 +132,13 @@ def test_run_script_turns_a_user_error_into_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: No such file or directory: /nonexistent/asap-sas/train.tsv") and "check" in err
 
+    def no_filename():
+        raise FileNotFoundError("model file missing")
+
+    with pytest.raises(SystemExit):
+        run_script(no_filename)
+    assert capsys.readouterr().err == "error: model file missing; check the path.\n"
+
     def bug():
         raise KeyError("a bug keeps its traceback")
 

@@ -112,5 +112,6 @@ def run_script(main) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename}; check the path.", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check the path.", file=sys.stderr)
         raise SystemExit(2) from None
