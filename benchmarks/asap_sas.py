@@ -28,6 +28,7 @@ from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.decoding import describe_decoding, expected_calibration_error
 from scoreplex.encoding import token_lengths
+from scoreplex.errors import ConfigError
 from scoreplex.methods import MethodSettings
 from scoreplex.metrics import human_agreement, paired_t_test
 from scoreplex.scorer import SuiteScorer, evaluate_suite
@@ -95,6 +96,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--lora-targets", default="", help="LoRA targets for this run (qv, all-linear, ...; default: METHOD_SETTINGS)"
     )
+    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA rank r for this run, alpha = 2r (default: 8)")
     ap.add_argument("--lora-lr", type=float, default=0.0, help="LoRA learning rate (default: the method's)")
     ap.add_argument("--lora-epochs", type=int, default=0, help="LoRA maximum epochs (default: the method's)")
     ap.add_argument(
@@ -167,6 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
         configs["lora"] = replace(configs["lora"], **changes)
     if args.lora_targets:
         METHOD_SETTINGS["lora"] = replace(METHOD_SETTINGS["lora"], lora_targets=args.lora_targets)
+    if args.lora_rank < 0:
+        raise ConfigError(f"--lora-rank {args.lora_rank}: give a positive rank, e.g. 16.")
+    if args.lora_rank:
+        METHOD_SETTINGS["lora"] = replace(METHOD_SETTINGS["lora"], lora_r=args.lora_rank, lora_alpha=2 * args.lora_rank)
     items = [int(i) for i in args.items.split(",") if i.strip()] or None
     train_all = load_asap_sas(args.data, split="train", items=items)
     test_all = load_asap_sas(args.data, split="test", items=items)
