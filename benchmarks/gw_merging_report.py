@@ -332,12 +332,18 @@ def markdown(parts: dict) -> str:
 
 def update_json(parts: dict, path: Path) -> None:
     """gw-merging.json's keys for the full fine-tunes' runs (``full_finetunes_t3``, and
-    ``full_finetunes_t3_task_arithmetic``), when those runs are present; the rest of the file is left as it is."""
+    ``full_finetunes_t3_task_arithmetic``) and the LoRA task-arithmetic run (``lora_t3_task_arithmetic``), when those
+    runs are present, and the correlation keys from the current ``gw-predict.json`` (a re-run with more similarities
+    can change the best one); the rest of the file is left as it is."""
     if parts["headline"] is None:
         return
     from scoreplex.suite import write_json_atomic
 
     d = dict(parts["headline"])
+    pred = parts["predict"]
+    if pred:
+        for key in ("gw_merge_loss_spearman", "best_similarity", "best_similarity_spearman"):
+            d[key] = pred[key]
     best = (parts["protocol"] or {}).get("best_variant") or "surgery"
     for key, part, storage in (
         ("full_finetunes_t3", "full10", "full_ratio_surgery"),

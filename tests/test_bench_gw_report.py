@@ -107,3 +107,26 @@ def test_a_task_arithmetic_run_gets_its_section_beside_ties_on_the_same_plans(tm
     assert "| expert | 0.680 | 0.680 | 0.680 | other groups |" in _module().main(["--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gw-merging.json").read_text())["lora_t3_task_arithmetic"]
     assert saved["gw_mean_qwk"] == 0.69 and saved["expert_mean_qwk"] == 0.68 and saved["storage_ratio"] == 3.1
+
+
+def test_the_correlation_keys_follow_the_current_gw_predict_report(tmp_path):
+    (tmp_path / "merge-protocol.json").write_text(json.dumps(_protocol(0.71, 0.72, 0.9, "merge-protocol")))
+    old = {"unmerged_mean_qwk": 0.75, "best_similarity": "gw/entropic-all", "best_similarity_spearman": 0.38}
+    (tmp_path / "gw-merging.json").write_text(json.dumps({**old, "gw_merge_loss_spearman": 0.27}))
+    corr = {"gw/entropic-q400-s0": 0.27, "gw/exact-all": 0.41, "cka": -0.08}
+    predict = {
+        "command": "python benchmarks/gw_predict.py",
+        "n_pairs": 3,
+        "gw_merge_loss_spearman": 0.27,
+        "best_similarity": "gw/exact-all",
+        "best_similarity_spearman": 0.41,
+        "correlations": {n: {"rho": r, "p_pairs": 0.1, "p_mantel": 0.3} for n, r in corr.items()},
+        "reference_plan": {"groups": [["asap-1", "asap-2"], ["asap-3"]], "total_loss": -0.1},
+        "random_plans": {"n": 5, "median_total_loss": -0.05, "mean_total_loss": -0.05},
+        "similarities": {},
+    }
+    (tmp_path / "gw-predict.json").write_text(json.dumps(predict))
+    text = _module().main(["--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gw-merging.json").read_text())
+    assert saved["best_similarity"] == "gw/exact-all" and saved["best_similarity_spearman"] == 0.41
+    assert saved["unmerged_mean_qwk"] == 0.75 and "| gw/exact-all | +0.41 |" in text
