@@ -64,7 +64,8 @@ CONFIGS: dict[str, dict] = {
     "qv-r8-6ep": {
         "config": {"epochs": 6, "patience": 0},
         "settings": {},
-        "question": "today's recipe (6 epochs, one 160-token pass), every epoch validated: the windows' reference",
+        "question": "today's recipe (the benchmark's LoRA default: query/value, r 8, lr 2e-3, 6 epochs, one 160-token "
+        "pass), every epoch validated: the reference",
     },
     "qv-r8-6ep-balanced": {
         "config": {"epochs": 6, "patience": 0, "class_weighting": True},
@@ -100,6 +101,9 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+REFERENCE = "qv-r8-6ep"
+"""Today's recipe (the benchmark's LoRA default: query/value, r 8, lr 2e-3, 6 epochs), every epoch validated."""
+
 DECISION = """\
 ## What was chosen, and what was not tried
 
@@ -131,13 +135,26 @@ runs/asap-v3/lora --items 1,2,3,4`). test.tsv was not read for any of this.
 validation by `scoreplex.decoding`, so they are not recipe choices; the table above shows their effect on the
 sweep's models.
 
-**Not tried in this session** (2 CPU cores, no GPU; one LoRA epoch over one item took 60-180 s on the shared machine):
-rank 16, class weighting and a lower learning rate for query/value (their configurations are in
-`benchmarks/recipe.py`: `--configs qv-r16,qv-r8-balanced,qv-r8-lr1e-3`); a longer `max_length`
-(160 tokens already covers 99% of training responses: 0.9% truncated); the item's prompt/rubric text as a second
-segment (the item files are 200-1,400 words, beyond MiniLM's 512 positions, and the same text for every response of
-a per-item model); all-mpnet-base-v2 (about 6x MiniLM's cost; only as split-zip packages). A GPU session should run
-the remaining configurations over all 10 items with 3 seeds.
+**Rank, learning rate, the question as a second segment (2026-12-02, rows `qv-r16-6ep`, `qv-r8-6ep-lr1e-3`,
+`qv-r8-6ep-question`; `python benchmarks/recipe.py --items 2,8 --configs qv-r16-6ep,qv-r8-6ep-lr1e-3,qv-r8-6ep-question`
+then `--items 1,3,5 --configs qv-r16-6ep`; every one against today's recipe `qv-r8-6ep` on the same items).**
+Rank 16 (alpha 32) gained on items 2 and 8 (0.760 and 0.712 against 0.756 and 0.666), so it was checked on items 1,
+3 and 5: 0.806, 0.712 and 0.865 against 0.824, 0.769 and 0.840. Over the five items its mean validation QWK equals
+rank 8's (0.771 both; higher on 3 of 5) at twice the adapter size: **not adopted**. To check it on all 10 items:
+`python benchmarks/asap_sas.py --methods lora --lora-rank 16 --work runs/asap-r16 --out runs/asap-r16/out` (~40 min
+on 2 cores). Learning rate 1e-3 (half the default): 0.720 and 0.667 against 0.756 and 0.666 (−0.018 on the mean):
+not adopted and not extended. The item's question read before each response as a text pair (the cross-item
+method's encoding, 256 tokens): 0.750 against 0.756 on item 2, at 172–184 s per epoch instead of 29 s (about 6×, the
+pair pads every row to the question's length); item 8 was not run for CPU time. For a per-item model, which only
+ever sees one item's responses, the same question on every row brought no sign of a gain worth six times the
+training and scoring cost; the question pays where one model reads several items (`--method cross-item`). Class
+weighting: 0.768 against 0.771 over the same five items (from `recipe-windows.json`). Twice now (all-linear targets,
+rank 16) a gain of about +0.02 on items 2 and 8 vanished on five items: a recipe should be adopted only on at least
+five items, better all 10 with several seeds.
+
+**Not tried** (2 CPU cores, no GPU): a longer `max_length` (160 tokens already covers 99% of training responses:
+0.9% truncated); all-mpnet-base-v2 (about 6x MiniLM's cost per epoch; only as split-zip packages); several seeds.
+A GPU session should run rank 16, all-linear and mpnet over all 10 items with 3 seeds.
 """
 
 
@@ -357,6 +374,8 @@ def markdown(report: dict, decision: bool = True) -> str:
     runs = report["runs"]
     items = sorted({r["item"] for r in runs}, key=lambda t: int(t.split("-")[1]))
     names = list(dict.fromkeys(r["config"] for r in runs))
+    if decision and REFERENCE in names:  # today's recipe first: every other configuration is read against it
+        names = [REFERENCE, *(n for n in CONFIGS if n in names and n != REFERENCE)]
     by = {(r["config"], r["item"]): r for r in runs}
     lines = [
         "# LoRA training recipe on ASAP-SAS, chosen on validation (issue 11)",
@@ -365,8 +384,8 @@ def markdown(report: dict, decision: bool = True) -> str:
         "",
         "Every figure is on the seeded stratified 10% validation split of train.tsv (the one the benchmark uses);",
         "test.tsv is not read. The sweep is kept cheap because this machine has 2 CPU cores and no GPU: "
-        f"items {', '.join(items)} only (item 2 is the smallest, item 8 the weakest of the last run), one seed, "
-        "≤ 10 epochs, `patience 0` so every epoch's validation QWK is seen.",
+        f"items {', '.join(items)} only (items 2 and 8 first: the smallest and the weakest; 1, 3 and 5 to confirm a "
+        "candidate), one seed, ≤ 10 epochs, `patience 0` so every epoch's validation QWK is seen.",
         "",
         "| configuration | what it asks | " + " | ".join(f"{i} best val QWK (epoch)" for i in items) + " | mean |",
         "|---|---|" + "---|" * (len(items) + 1),
@@ -419,22 +438,22 @@ def markdown(report: dict, decision: bool = True) -> str:
                 f"{d['qwk_cutpoints_out_of_fold']:.3f} | {d['ece_before']:.3f} → {d['ece_after']:.3f} | "
                 f"{d['temperature']:.2f} |"
             )
+    # each configuration against the reference (today's recipe, else the first), on the items both finished
+    ref = REFERENCE if decision and REFERENCE in names else names[0]
+    for n in [x for x in names if x != ref]:
+        done = [i for i in items if (ref, i) in by and (n, i) in by]
+        if not done:
+            continue
+        a = float(np.mean([by[(ref, i)]["val_qwk"] for i in done]))
+        b = float(np.mean([by[(n, i)]["val_qwk"] for i in done]))
+        better = sum(by[(n, i)]["val_qwk"] > by[(ref, i)]["val_qwk"] for i in done)
+        lines += [
+            "",
+            f"`{n}` against `{ref}` on {', '.join(done)}: mean best-epoch validation QWK {b:.3f} vs {a:.3f} "
+            f"({b - a:+.3f}), higher on {better} of {len(done)} items.",
+        ]
     if decision:
         lines += ["", DECISION]
-    else:  # a side sweep: each configuration against the first (the reference), on the items both finished
-        ref = names[0]
-        for n in names[1:]:
-            done = [i for i in items if (ref, i) in by and (n, i) in by]
-            if not done:
-                continue
-            a = float(np.mean([by[(ref, i)]["val_qwk"] for i in done]))
-            b = float(np.mean([by[(n, i)]["val_qwk"] for i in done]))
-            better = sum(by[(n, i)]["val_qwk"] > by[(ref, i)]["val_qwk"] for i in done)
-            lines += [
-                "",
-                f"`{n}` against `{ref}` on {', '.join(done)}: mean best-epoch validation QWK {b:.3f} vs {a:.3f} "
-                f"({b - a:+.3f}), higher on {better} of {len(done)} items.",
-            ]
     return "\n".join(lines) + "\n"
 
 
