@@ -88,7 +88,7 @@ CONFIGS: dict[str, dict] = {
         "max_length": 256,
         "first_text": "question",
         "question": "the item's question read before each response as a text pair ([CLS] question [SEP] response "
-        "[SEP], 256 tokens, the question cut first to 64)",
+        "[SEP], 256 tokens; a long pair cuts the question first, keeping at least its last 63 tokens)",
     },
     "qv-r8-6ep-win64": {
         "config": {"epochs": 6, "patience": 0},
