@@ -348,7 +348,7 @@ def update_json(parts: dict, path: Path) -> None:
     for key, part, storage in (
         ("full_finetunes_t3", "full10", "full_ratio_surgery"),
         ("full_finetunes_t3_task_arithmetic", "full10_ta", "full_ratio_surgery"),
-        ("lora_t3_task_arithmetic", "lora_ta", "lora_ratio_surgery"),
+        ("lora_t3_task_arithmetic", "lora_ta", "lora_ratio_surgery" if best == "surgery" else "lora_ratio_heads_kept"),
     ):
         r = parts[part]
         c = comparison(r, best)
@@ -358,9 +358,7 @@ def update_json(parts: dict, path: Path) -> None:
             **{f"{k}_mean_qwk" if k in ("gw", "expert", "unmerged") else k: v for k, v in c.items()},
             "variant": best,
             "variants": {v: r["plans"]["gw"]["variants"][v]["mean_qwk"] for v in VARIANTS},
-            "storage_ratio": _storage(
-                r, storage if best == "surgery" or part != "lora_ta" else "lora_ratio_heads_kept"
-            ),
+            "storage_ratio": _storage(r, storage),
             "command": r["command"],
             "report": f"{r['report_stem']}.md",
         }

@@ -34,6 +34,8 @@ from scoreplex.suite import write_json_atomic
 from scoreplex.training.suite import default_config, pick_max_length, train_task
 
 BASE = default_config("lora")
+BASE_SETTINGS = {"lora_r": 8, "lora_alpha": 16, "lora_targets": "qv"}
+"""Today's LoRA settings, which every configuration's ``settings`` override."""
 CONFIGS: dict[str, dict] = {
     # name: TrainConfig overrides, MethodSettings overrides, what it asks
     "qv-r8-10ep": {
@@ -190,7 +192,7 @@ def run_one(name: str, tid: str, bb, train, val, max_length: int, work: Path) ->
         return json.loads(done.read_text())
     spec = CONFIGS[name]
     config = replace(BASE, **spec["config"])
-    settings = replace(MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"), **spec["settings"])
+    settings = MethodSettings(**{**BASE_SETTINGS, **spec["settings"]})
     max_length = spec.get("max_length", max_length)
     long_inputs = LongInputs.from_dict(spec.get("long_inputs"))
     first_text = train.spec.metadata.get(spec["first_text"], "") if spec.get("first_text") else ""
@@ -318,7 +320,7 @@ def _changed_settings(name: str, run: dict) -> dict:
     """The settings a recorded run of configuration ``name`` was trained with that differ from what ``name`` asks
     today (only what the configuration sets; a run that recorded none is taken as it is)."""
     spec = CONFIGS[name]
-    want_settings = {"lora_r": 8, "lora_alpha": 16, "lora_targets": "qv", **spec["settings"]}
+    want_settings = {**BASE_SETTINGS, **spec["settings"]}
     changed = {}
     for recorded, want in ((run.get("train_config"), spec["config"]), (run.get("settings"), want_settings)):
         if recorded is None:
