@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,15 @@ HEADLINE_KEYS = (
 )
 """gw-merging.json's top-level figures: merge_protocol.py's fair protocol owns them once it has run; gw_merging.py's
 first-run figures (full fine-tunes, fixed TIES) then live under ``full_finetune_fixed_ties``."""
+
+
+def whole_numbers(text: str) -> list[int]:
+    """An argparse ``type``: ``"2,8"`` -> ``[2, 8]`` (blank parts skipped); a part that is not a whole number is
+    argparse's usage error (exit 2) naming the option, not a traceback."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 2,8") from None
 
 
 def cached_json(path: Path, compute: Callable[[], Any]) -> Any:

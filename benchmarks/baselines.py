@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import cached_json
+from _common import cached_json, whole_numbers
 from scoreplex.baselines import BASELINES, evaluate_baselines
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.suite import write_json_atomic
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--out", default="docs/results", help="folder for baselines.{json,md}")
     ap.add_argument("--suites", default="docs/results/asap-sas.json", help="ASAP-SAS benchmark JSON to compare")
-    ap.add_argument("--items", default="1,2,3,4,5,6,7,8,9,10")
+    ap.add_argument("--items", default="1,2,3,4,5,6,7,8,9,10", type=whole_numbers)
     ap.add_argument("--work", default="runs/baselines", help="cache of the fitted results (resumable)")
     args = ap.parse_args(argv)
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     threadpool_limits(1)
     t0 = time.perf_counter()
-    items = [f"asap-{int(i)}" for i in args.items.split(",") if i.strip()]
+    items = [f"asap-{i}" for i in args.items]
     train = load_asap_sas(args.data, split="train", items=items)
     test = load_asap_sas(args.data, split="test", items=items)
     work = Path(args.work)

@@ -113,8 +113,14 @@ def peak_rss_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
 
 
-def _counts(text: str) -> list[int]:
-    return sorted({int(x) for x in text.split(",") if x.strip()})
+def _counts(text: str, option: str = "--tasks") -> list[int]:
+    """``"10,50"`` -> ``[10, 50]``; ConfigError naming ``option`` for anything but whole numbers."""
+    from scoreplex.errors import ConfigError
+
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give comma-separated task counts, e.g. 10,50,100.") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -144,8 +150,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--qwk-only",
         action="store_true",
-        help="only the test-set QWK passes (engine / ONNX fp32 / int8 on the real tasks): refreshes the QWK table and "
-        "the int8 QWK target of an existing --out/engine.json, keeping its timings (and saying which run made which)",
+        help="only the test-set QWK passes (engine / ONNX fp32 / int8 on the suite's real tasks; the task-count "
+        "options do not apply): refreshes the QWK table and the int8 QWK target of an existing --out/engine.json, "
+        "keeping its timings (and saying which run made which)",
     )
     ap.add_argument("--worker-timeout", type=int, default=1800, help="seconds before a worker is killed")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -885,12 +892,12 @@ def main(argv: list[str] | None = None) -> dict:
             )
         args.tasks = args.onnx_tasks = str(n_real)
     counts = {
-        "engine": _counts(args.tasks),
-        "engine-grouped": _counts(args.grouped_tasks),
-        "onnx-fp32": _counts(args.onnx_tasks),
-        "onnx-int8": _counts(args.onnx_tasks),
-        "peft-mixed": _counts(args.peft_tasks),
-        "peft-switch": _counts(args.peft_tasks),
+        "engine": _counts(args.tasks, "--tasks"),
+        "engine-grouped": _counts(args.grouped_tasks, "--grouped-tasks"),
+        "onnx-fp32": _counts(args.onnx_tasks, "--onnx-tasks"),
+        "onnx-int8": _counts(args.onnx_tasks, "--onnx-tasks"),
+        "peft-mixed": _counts(args.peft_tasks, "--peft-tasks"),
+        "peft-switch": _counts(args.peft_tasks, "--peft-tasks"),
     }
     all_counts = sorted({n for s, c in counts.items() if s in args.systems for n in c} | {n_real})
     if min(all_counts) < n_real:

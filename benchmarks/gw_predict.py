@@ -1,7 +1,9 @@
 """Does a task similarity predict what merging two items costs? Measured pairwise merge losses on the LoRA suite
 against GW (exact / entropic, raw / debiased, several feature summaries), linear CKA, task-vector cosine and text.
 
-    python benchmarks/gw_predict.py --suite runs/asap-v2/lora --out docs/results      # 45 pairs: see the note
+    python benchmarks/gw_predict.py --suite runs/asap-r8/lora --out docs/results      # 45 pairs: see the note
+    # runs/asap-r8/lora: the rank-8 LoRA suite docs/results' merge figures were measured on (rank 16 is the default
+    # since 2026-12-02): python benchmarks/asap_sas.py --methods lora --lora-rank 8 --work runs/asap-r8
 
 Merge loss of a pair (i, j): the two LoRA adapters merged with TIES at every point of a small (density, lambda) grid;
 each task's head re-fitted on the frozen merged encoder (on a seeded ``--refit-rows`` subsample of its training
@@ -44,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import cached_json
+from _common import cached_json, whole_numbers
 from scoreplex.data.splits import train_val_split
 from scoreplex.errors import ConfigError
 from scoreplex.merging import (
@@ -75,7 +77,7 @@ OTHER_MEASURES = ("cka", "task-vector", "text")
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", default="runs/asap-v2/lora", help="trained LoRA suite (read only)")
+    ap.add_argument("--suite", default="runs/asap-sas/lora", help="trained LoRA suite (read only)")
     ap.add_argument("--backbone", default=None, help="backbone folder (default: the suite's own)")
     ap.add_argument("--data", default=os.environ.get("SCOREPLEX_ASAP", "../shared/data/asap-sas"))
     ap.add_argument("--out", default="docs/results")
@@ -85,7 +87,7 @@ def parse_args(argv):
     ap.add_argument("--grid", default="small", help=f"(density, lambda) grid: {', '.join(GRIDS)} or '0.2:1,0.5:2'")
     ap.add_argument("--refit-rows", type=int, default=300, help="training rows per head re-fit (seeded subsample)")
     ap.add_argument("--gw-forms", default=DEFAULT_FORMS, help="comma list of {exact|entropic|entropic-raw}-{all|q<k>}")
-    ap.add_argument("--kmeans-seeds", default="0,1", help="k-means seeds of every q<k> form")
+    ap.add_argument("--kmeans-seeds", default="0,1", type=whole_numbers, help="k-means seeds of every q<k> form")
     ap.add_argument("--epsilon", type=float, default=0.05)
     ap.add_argument("--cap", type=int, default=1000, help="responses per task for features (0 = all)")
     ap.add_argument("--probe-size", type=int, default=500, help="CKA's shared probe set")
@@ -262,7 +264,7 @@ def main(argv=None, *, train_all: Mapping | None = None) -> dict:
     from scoreplex.scorer import SuiteScorer
 
     grid = parse_grid(args.grid)
-    seeds = [int(s) for s in args.kmeans_seeds.split(",") if s.strip()]
+    seeds = args.kmeans_seeds
     forms = [f.strip() for f in args.gw_forms.split(",") if f.strip()]
     for f in forms:
         parse_gw_form(f, 0, args.epsilon)  # fail early on a bad name

@@ -45,6 +45,11 @@ def main() -> None:
 
     from statistics import median
 
+    from scoreplex.errors import ConfigError
+
+    if not (Path(args.suite) / "manifest.json").is_file():
+        raise ConfigError(f"--suite {args.suite}: no suite there (no manifest.json); give a suite trained on ASAP-SAS.")
+
     from scoreplex.data.asap_sas import load_asap_sas
     from scoreplex.data.readers import write_table
 
@@ -63,6 +68,11 @@ def main() -> None:
             for r in range(args.repeats):
                 cmd = [exe, "score", args.suite, str(tmp / f"{name}.jsonl"), str(tmp / f"out-{name}-{r}.csv")]
                 runs.append(peak_rss_mb([*cmd, "--no-progress"]))
+                if name == "normal" and runs[-1][2] != 0:
+                    raise ConfigError(
+                        f"`scoreplex score {args.suite}` failed on normal answers (exit {runs[-1][2]}, its error "
+                        "above); nothing was measured."
+                    )
             ok = [rss for rss, _, code in runs if code == 0]
             results[name] = {
                 "peak_rss_mb": round(median(ok), 1) if ok else None,

@@ -359,7 +359,9 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if not (args.demo / "suite" / "manifest.json").is_file():
-        sys.exit(f"{args.demo} holds no demo suite; run `scoreplex demo --out {args.demo}` first.")
+        from scoreplex.errors import ConfigError
+
+        raise ConfigError(f"{args.demo} holds no demo suite; run `scoreplex demo --out {args.demo}` first.")
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out.with_suffix(".json"), result)

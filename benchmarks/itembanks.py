@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import whole_numbers
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.dataset import TaskData
@@ -63,19 +64,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", default="docs/results", help="folder for itembanks.{json,md,png}")
     ap.add_argument("--work", default="runs/itembanks", help="folder for suites and partial results (resumable)")
     ap.add_argument("--parts", default="fewshot,longproxy", help="comma-separated: fewshot, longproxy")
-    ap.add_argument("--shots", default="25,50", help="training responses per item in the few-shot part")
+    ap.add_argument(
+        "--shots", default="25,50", type=whole_numbers, help="training responses per item in the few-shot part"
+    )
     ap.add_argument(
         "--methods",
         default="cross_item,cross_item_ordinal,cross_item_ordinal_length,cross_item_ordinal_length_12ep,lora,lexical,"
         "length,moe",
         help="few-shot methods",
     )
-    ap.add_argument("--items", default="", help="comma-separated item numbers (default all 10)")
+    ap.add_argument("--items", default="", type=whole_numbers, help="comma-separated item numbers (default all 10)")
     ap.add_argument("--pair-length", type=int, default=128, help="max_length of the cross-item question+response pairs")
     ap.add_argument("--proxy-length", type=int, default=48, help="max_length of the long-input proxy (tokens)")
     ap.add_argument("--window-stride", type=int, default=24, help="tokens between window starts in the proxy")
     ap.add_argument(
         "--encoder-lengths",
+        type=whole_numbers,
         default="48",
         help="max_lengths of the proxy run again without the stacked lexical model (the encoder's long-input mode "
         "alone); empty: skip",
@@ -269,7 +273,7 @@ class Results:
 
 def fewshot(args, bb, train_all, test_all, results: Results) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for n in [int(s) for s in args.shots.split(",") if s.strip()]:
+    for n in args.shots:
         train = {tid: subsample(d, n, args.seed + i) for i, (tid, d) in enumerate(train_all.items())}
         for method in methods:
             key = f"fewshot{n}/{method}"
@@ -308,7 +312,7 @@ def longproxy(args, bb, train_all, test_all, results: Results) -> None:
     }
     for p in [p.strip() for p in args.window_pools.split(",") if p.strip() and p.strip() != "mean"]:
         runs[f"longproxy/windows-{p}"] = (args.proxy_length, "windows", args.window_stride, True, p)
-    lengths = [int(x) for x in args.encoder_lengths.split(",") if x.strip()]
+    lengths = args.encoder_lengths
     if lengths:
         runs["longproxy-encoder/full"] = (full_length, "truncate", None, False)
     pools = [p.strip() for p in args.encoder_window_pools.split(",") if p.strip()]
@@ -612,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    items = [int(i) for i in args.items.split(",") if i.strip()] or None
+    items = args.items or None
     train_all = load_asap_sas(args.data, split="train", items=items)
     test_all = load_asap_sas(args.data, split="test", items=items)
     bb = Backbone.load(args.backbone)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import cached_json
+from _common import cached_json, whole_numbers
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.lexical import STACK_RULE, LexicalConfig, LexicalModel, stack_weight
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="docs/results", help="folder for lexical.{json,md}")
     ap.add_argument("--work", default="runs/lexical", help="cache of per-item results (resumable)")
     ap.add_argument("--recipe", default="runs/recipe", help="folder of neural runs with val_logits.npy")
-    ap.add_argument("--items", default="1,2,3,4,5,6,7,8,9,10")
+    ap.add_argument("--items", default="1,2,3,4,5,6,7,8,9,10", type=whole_numbers)
     ap.add_argument("--simulation-trials", type=int, default=100)
     args = ap.parse_args(argv)
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     threadpool_limits(1)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    items = [f"asap-{int(i)}" for i in args.items.split(",") if i.strip()]
+    items = [f"asap-{i}" for i in args.items]
     data = load_asap_sas(args.data, split="train", items=items)
     splits = {tid: train_val_split(d, val_fraction=0.1, seed=0) for tid, d in data.items()}
     results = []

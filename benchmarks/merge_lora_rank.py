@@ -2,7 +2,9 @@
 merged adapter factored back to rank R (``scoreplex merge --lora-rank R``) and each task keeping a rank-S surgery
 module: test QWK against storage, for several (R, S).
 
-    python benchmarks/merge_lora_rank.py --suite runs/asap-v2/lora --configs 3:16,4:8,6:8,8:16 --out docs/results
+    python benchmarks/merge_lora_rank.py --suite runs/asap-r8/lora --configs 3:16,4:8,6:8,8:16 --out docs/results
+    # runs/asap-r8/lora: the rank-8 LoRA suite docs/results' merge figures were measured on (rank 16 is the default
+    # since 2026-12-02): python benchmarks/asap_sas.py --methods lora --lora-rank 8 --work runs/asap-r8
 
 Per (R, S): ``benchmarks/merge_protocol.py --only-plans gw --lora-rank R --surgery-rank S`` (its per-config report in
 ``<work>/reports``, its groups cached in ``<work>``, so a rerun resumes). The configuration is CHOSEN ON VALIDATION:
@@ -33,7 +35,9 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
     for part in text.split(","):
         r, _, s = part.strip().partition(":")
         if not (r.isdigit() and s.isdigit()):
-            raise SystemExit(f"--configs {part!r}: give merged-rank:surgery-rank pairs, e.g. 4:8,6:8")
+            from scoreplex.errors import ConfigError
+
+            raise ConfigError(f"--configs {part!r}: give merged-rank:surgery-rank pairs, e.g. 4:8,6:8")
         out.append((int(r), int(s)))
     return out
 
@@ -41,7 +45,7 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", default="runs/asap-v2/lora", help="the LoRA suite (read only)")
+    ap.add_argument("--suite", default="runs/asap-sas/lora", help="the LoRA suite (read only)")
     ap.add_argument("--configs", default="3:16,4:8,6:8,8:16", help="merged-rank:surgery-rank pairs")
     ap.add_argument("--min-ratio", type=float, default=3.0, help="storage budget: per-task bytes / merged bytes")
     ap.add_argument("--work", default="runs/merge-protocol-r", help="group cache (shared with merge_protocol.py)")

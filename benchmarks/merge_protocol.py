@@ -2,7 +2,9 @@
 representation surgery per task; ASAP-SAS test QWK at T' = 3 for GW, other similarities, expert, clustering, the
 measured-loss reference and random plans.
 
-    python benchmarks/merge_protocol.py --suite runs/asap-v2/lora --out docs/results     # ~1 h on 2 cores
+    python benchmarks/merge_protocol.py --suite runs/asap-r8/lora --out docs/results     # ~1 h on 2 cores
+    # runs/asap-r8/lora: the rank-8 LoRA suite docs/results' merge figures were measured on (rank 16 is the default
+    # since 2026-12-02): python benchmarks/asap_sas.py --methods lora --lora-rank 8 --work runs/asap-r8
 
 Protocol (the same for every plan; each distinct group of two or more items is evaluated once and cached):
   1. merge the group's task models with TIES at every (density, lambda) of ``--grid``;
@@ -66,7 +68,7 @@ PRIMARY_MEASURE = "gw/entropic-q400-s0"
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", default="runs/asap-v2/lora", help="suite of per-item task models (read only)")
+    ap.add_argument("--suite", default="runs/asap-sas/lora", help="suite of per-item task models (read only)")
     ap.add_argument("--data", default=os.environ.get("SCOREPLEX_ASAP", "../shared/data/asap-sas"))
     ap.add_argument("--predict", default="docs/results/gw-predict.json", help="gw_predict.py's report on --suite")
     ap.add_argument(
@@ -128,6 +130,31 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def read_predict(path: str) -> dict:
+    """gw_predict.py's report at ``path`` (``--predict``), checked for what the plans read.
+
+    Raises:
+        ConfigError: it cannot be read, is not JSON, or lacks ``task_ids`` / the primary similarity / its plans.
+    """
+    try:
+        predict = json.loads(Path(path).read_text(encoding="utf-8"))
+        ok = (
+            isinstance(predict["task_ids"], list)
+            and isinstance(predict["similarities"][PRIMARY_MEASURE]["values"], list)
+            and isinstance(predict["similarity_plans"], dict)
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        ok, why = False, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "task_ids, similarities or similarity_plans of the wrong type"
+    if not ok:
+        raise ConfigError(
+            f"--predict {path}: not a gw_predict.py report ({why}); run benchmarks/gw_predict.py on --suite first, "
+            "or give --single-group / --similarity-on-suite."
+        )
+    return predict
+
+
 def build_plans(args, ids: list[str], predict: dict | None) -> dict[str, MergePlan]:
     """Named plans at T' = 3 (similarity plans and the reference from ``--predict``), expert, clustering, random;
     with ``--sweep`` the GW plans ``gw-t<k>`` at every T'; with ``--single-group`` only the group of all tasks."""
@@ -179,6 +206,8 @@ def main(argv=None) -> dict:
     from scoreplex.scorer import SuiteScorer
 
     t_start = time.perf_counter()
+    # read before the suite is loaded, so a wrong --predict costs nothing
+    predict = None if args.single_group or args.similarity_on_suite else read_predict(args.predict)
     grid = GRIDS[args.grid or ("ta" if args.merge == "task_arithmetic" else "three")]
     surgery = SurgerySettings(rank=args.surgery_rank, rows=args.fit_rows, seed=args.seed)
     scorer = SuiteScorer(args.suite, decoding=False, lexical=False)
@@ -189,12 +218,8 @@ def main(argv=None) -> dict:
     val_sets = {t: splits[t][1] for t in ids}
     fit_sets = {t: splits[t][0].subset(sample_indices(splits[t][0].ids, args.fit_rows, args.seed)) for t in ids}
     test_sets = {t: test_all[t] for t in ids}
-    if args.single_group:
-        predict = None
-    elif args.similarity_on_suite:
+    if args.similarity_on_suite and not args.single_group:
         predict = similarity_on_suite(scorer, args.similarity_on_suite, {t: splits[t][0] for t in ids}, args.work)
-    else:
-        predict = json.loads(Path(args.predict).read_text())
     plans = build_plans(args, ids, predict)
     protocol = {
         "merge": args.merge,

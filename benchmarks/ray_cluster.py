@@ -13,7 +13,7 @@ two heavy jobs at once on a small machine), then writes ``docs/results/ray.{json
 A part whose JSON is already under ``--work`` is not run again (delete it to re-measure); ``--report-only`` only
 rewrites the report. A figure a part did not measure is ``null``.
 
-    python benchmarks/ray_cluster.py --suite runs/asap-v2/lora --out docs/results
+    python benchmarks/ray_cluster.py --suite runs/asap-sas/lora --out docs/results
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PARTS = ("train", "data", "serve")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--suite", default="runs/asap-v2/lora", help="a trained ASAP-SAS suite (scoring and serving)")
+    ap.add_argument("--suite", default="runs/asap-sas/lora", help="a trained ASAP-SAS suite (scoring and serving)")
     ap.add_argument("--out", default="docs/results", help="folder for ray.{json,md,png}")
     ap.add_argument("--work", default="runs/ray", help="folder for the parts' JSON (a part found there is kept)")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: train, data, serve")
@@ -238,10 +238,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    from scoreplex.errors import ConfigError
+
     wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := [p for p in wanted if p not in PARTS]:
+        raise ConfigError(f"--parts: unknown {', '.join(unknown)}; choose from {', '.join(PARTS)}.")
+    if not args.report_only and not (Path(args.suite) / "manifest.json").is_file():
+        raise ConfigError(f"--suite {args.suite}: no suite there (no manifest.json); train it first (make bench-asap).")
     for part in wanted:
-        if part not in PARTS:
-            raise SystemExit(f"unknown part {part!r}: choose from {', '.join(PARTS)}")
         target = work / f"{part}.json"
         if target.is_file() or args.report_only:
             continue

@@ -17,8 +17,8 @@ driver reads and checks the file at ``read_rows_per_second`` (measured here), th
 
 Writes ``--out`` (default ``runs/ray/data.json``). Run it on a quiet machine:
 
-    python benchmarks/ray_data.py --suite runs/asap-v2/lora --repeats 3
-    python benchmarks/ray_data.py --suite runs/asap-v2/lora --limit 200 --repeats 1   # a quick check
+    python benchmarks/ray_data.py --suite runs/asap-sas/lora --repeats 3
+    python benchmarks/ray_data.py --suite runs/asap-sas/lora --limit 200 --repeats 1   # a quick check
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import whole_numbers
 from scoreplex.cluster import connect
 from scoreplex.cluster.scoring import RayScoring, score_file_ray
 from scoreplex.data.asap_sas import load_asap_sas
@@ -45,11 +46,11 @@ from scoreplex.suite import Suite, write_json_atomic
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", required=True, help="a trained suite of the ASAP-SAS items, e.g. runs/asap-v2/lora")
+    ap.add_argument("--suite", required=True, help="a trained suite of the ASAP-SAS items, e.g. runs/asap-sas/lora")
     ap.add_argument("--out", default="runs/ray/data.json", help="the JSON written")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N shuffled responses")
     ap.add_argument("--repeats", type=int, default=3, help="runs per mode (medians reported)")
-    ap.add_argument("--actors", default="1,2", help="comma-separated actor counts")
+    ap.add_argument("--actors", default="1,2", type=whole_numbers, help="comma-separated actor counts")
     ap.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) of each actor")
     ap.add_argument("--chunk-rows", type=int, default=1024, help="rows per chunk (both paths)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
@@ -97,7 +98,7 @@ def summary(runs: list[dict]) -> dict:
 
 def main(argv: list[str]) -> dict:
     args = parse_args(argv)
-    actor_counts = [int(a) for a in args.actors.split(",")]
+    actor_counts = args.actors
     suite = Suite.open(args.suite)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="ray-data-bench-") as tmp:

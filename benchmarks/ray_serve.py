@@ -20,7 +20,7 @@ back-pressure, as in the service benchmark).
 
 Client, server(s) and Ray share the machine's cores. Writes a JSON to ``--out`` (default runs/ray/serve.json).
 
-    python benchmarks/ray_serve.py --suite runs/asap-v2/lora --replicas 2
+    python benchmarks/ray_serve.py --suite runs/asap-sas/lora --replicas 2
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def routing(args, settings_for, deploy, undeploy, rows: list) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_options(ap, "1,4,16,32", client="httpx")
-    ap.set_defaults(suite="runs/asap-v2/lora")
+    ap.set_defaults(suite="runs/asap-sas/lora")
     ap.add_argument("--replicas", type=int, default=2, help="Serve replicas")
     ap.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per Serve replica")
     ap.add_argument("--ray-cpus", type=int, default=os.cpu_count(), help="logical CPUs of the local Ray cluster")
@@ -141,7 +141,7 @@ def main() -> None:
     rows = stream(data, "uniform", args.stream_rows, seed=0)
     skewed = stream(data, "skewed", args.stream_rows, seed=1)
     warm = [(f"warm-{t}", t, ds.texts[0]) for t, ds in data.items()]
-    levels = [int(c) for c in args.levels.split(",")]
+    levels = args.levels
 
     def settings_for(**changes) -> ServiceSettings:
         return ServiceSettings(suite=Path(args.suite), port=free_port(), **changes)

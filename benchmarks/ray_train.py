@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import whole_numbers
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.dataset import TaskData
@@ -39,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/ray/train.json", help="JSON file for the figures")
     ap.add_argument("--work", default="runs/ray/train-work", help="folder for the three suites (emptied first)")
-    ap.add_argument("--items", default="1,2,5,6", help="comma-separated ASAP-SAS item numbers")
+    ap.add_argument("--items", default="1,2,5,6", type=whole_numbers, help="comma-separated ASAP-SAS item numbers")
     ap.add_argument("--per-item", type=int, default=150, help="training responses per item (seeded subsample)")
     ap.add_argument("--test-per-item", type=int, default=50, help="test responses per item for the predictions")
     ap.add_argument("--method", default="lora", help="a per-task method: lora, head or full")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     from scoreplex.training.suite import train_suite
 
     cores = args.cores or os.cpu_count() or 1
-    items = [int(i) for i in args.items.split(",") if i.strip()]
+    items = args.items
     train = subsample(load_asap_sas(args.data, split="train", items=items), args.per_item, args.seed)
     test = subsample(load_asap_sas(args.data, split="test", items=items), args.test_per_item, args.seed)
     work = Path(args.work)

@@ -13,6 +13,7 @@ import argparse
 
 import numpy as np
 
+from _common import whole_numbers
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
 from scoreplex.engine import Engine
@@ -25,11 +26,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", required=True, help="first suite (LoRA or head-only)")
     ap.add_argument("--b", required=True, help="second suite, trained on the same items and split")
-    ap.add_argument("--items", required=True, help="comma-separated item numbers that both suites hold")
+    ap.add_argument(
+        "--items", required=True, type=whole_numbers, help="comma-separated item numbers that both suites hold"
+    )
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--seed", type=int, default=0, help="the benchmark's split seed")
     args = ap.parse_args()
-    items = [int(x) for x in args.items.split(",")]
+    items = args.items
     train = load_asap_sas(args.data, split="train", items=items)
     engines = Engine(args.a), Engine(args.b)
 

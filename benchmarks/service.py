@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from _common import whole_numbers
+
 ROOT = Path(__file__).resolve().parents[1]
 MIXES = ("uniform", "skewed")
 
@@ -387,7 +389,7 @@ def add_load_options(ap: argparse.ArgumentParser, levels: str, client: str = "ra
     """The suite, data, load-level and client options (shared with benchmarks/ray_serve.py)."""
     ap.add_argument("--suite", default="runs/asap-sas/lora", help="a LoRA/head/moe suite of the ASAP-SAS items")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
-    ap.add_argument("--levels", default=levels, help="requests in flight, comma-separated")
+    ap.add_argument("--levels", default=levels, type=whole_numbers, help="requests in flight, comma-separated")
     ap.add_argument("--level-s", type=float, default=12.0, help="seconds per load level at most")
     ap.add_argument("--level-requests", type=int, default=3000, help="requests per load level at most")
     ap.add_argument("--client", choices=("raw", "httpx"), default=client, help="the load generator's HTTP client")
@@ -425,7 +427,9 @@ def asap_test_responses(args) -> dict:
     from scoreplex.data.asap_sas import load_asap_sas
 
     if not Path(args.suite, "manifest.json").is_file():
-        raise SystemExit(f"no suite at {args.suite}: train it first (make bench-asap).")
+        from scoreplex.errors import ConfigError
+
+        raise ConfigError(f"--suite {args.suite}: no suite there (no manifest.json); train it first (make bench-asap).")
     return load_asap_sas(args.data, split="test")
 
 
@@ -510,7 +514,7 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    concurrencies = [int(c) for c in args.levels.split(",")]
+    concurrencies = args.levels
     levels: dict[str, list] = {mix: [] for mix in MIXES}
     overload = None
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from _common import whole_numbers
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone, pool
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
@@ -53,12 +54,17 @@ POOLINGS = ("truncated", "mean", "max", "mean+max", "attention", "full")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
-    ap.add_argument("--items", default="", help="comma-separated item numbers (default: all 10)")
+    ap.add_argument("--items", default="", type=whole_numbers, help="comma-separated item numbers (default: all 10)")
     ap.add_argument("--backbone", default=DEFAULT_BACKBONE)
     ap.add_argument("--proxy-length", type=int, default=48, help="window max_length (default 48, as in itembanks)")
     ap.add_argument("--stride", type=int, default=24, help="tokens between window starts (default 24)")
     ap.add_argument("--full-length", type=int, default=160, help="the full max_length (default 160, as in itembanks)")
-    ap.add_argument("--seeds", default="0,1,2", help="head-training seeds; figures are their mean (default 0,1,2)")
+    ap.add_argument(
+        "--seeds",
+        default="0,1,2",
+        type=whole_numbers,
+        help="head-training seeds; figures are their mean (default 0,1,2)",
+    )
     ap.add_argument("--work", default="runs/window-pooling", help="feature cache")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--threads", type=int, default=0)
@@ -192,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     if args.threads:
         torch.set_num_threads(args.threads)
-    items = [int(i) for i in args.items.split(",") if i.strip()] or None
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    items = args.items or None
+    seeds = args.seeds
     train_all = load_asap_sas(args.data, split="train", items=items)
     bb = Backbone.load(args.backbone)
     t0 = time.perf_counter()
