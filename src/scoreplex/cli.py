@@ -307,8 +307,16 @@ def train(
             "epochs by k-fold cross-validation over all items, then a refit on all responses.",
         ),
     ] = 0,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling = alpha / r).")] = 16,
+    lora_r: Annotated[
+        int | None,
+        typer.Option(
+            help="LoRA rank [default: 16 for lora (chosen on ASAP-SAS validation, docs/results/recipe.md), 8 for "
+            "cross-item]."
+        ),
+    ] = None,
+    lora_alpha: Annotated[
+        int | None, typer.Option(help="LoRA alpha (scaling = alpha / r) [default: 2 x the rank].")
+    ] = None,
     lora_targets: Annotated[str, typer.Option(help="qv, attention, all-linear, or module names a,b.")] = "qv",
     cross_item_head: Annotated[
         str | None,
@@ -375,8 +383,13 @@ def train(
         from scoreplex.data.load import read_dataset
         from scoreplex.data.readers import reading_notes
         from scoreplex.encoding import LongInputs
-        from scoreplex.methods import MethodSettings
-        from scoreplex.training.suite import TrainOptions, default_config, train_suite, training_truncation
+        from scoreplex.training.suite import (
+            TrainOptions,
+            default_config,
+            default_settings,
+            train_suite,
+            training_truncation,
+        )
 
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(
@@ -395,7 +408,10 @@ def train(
             class_weighting=class_weighting,
             head_warmup_epochs=head_warmup_epochs,
         )
-        settings = MethodSettings(
+        if lora_r is not None and lora_alpha is None:
+            lora_alpha = 2 * lora_r  # scaling 2, as the defaults
+        settings = default_settings(
+            method,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             lora_targets=lora_targets,

@@ -218,6 +218,8 @@ class Method:
     capabilities: ClassVar[Capabilities]
     training_defaults: ClassVar[Mapping[str, Any]] = {}
     """Keyword values for :class:`scoreplex.training.loop.TrainConfig` that suit this method on MiniLM."""
+    settings_defaults: ClassVar[Mapping[str, Any]] = {}
+    """Keyword values for :class:`MethodSettings` that differ from its field defaults for this method."""
     description: ClassVar[str] = ""
     """One line for ``--help`` and error messages."""
     own_prefixes: ClassVar[tuple[str, ...]] = ("head.",)

@@ -55,6 +55,15 @@ def default_config(method: str, **overrides: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def default_settings(method: str, **overrides: Any) -> MethodSettings:
+    """The MethodSettings scoreplex recommends for ``method`` (the field defaults with the method's
+    :attr:`~scoreplex.methods.base.Method.settings_defaults`, e.g. LoRA rank 16), with the overrides that are not
+    None."""
+    base = dict(get_method(method).settings_defaults)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return MethodSettings(**base)
+
+
 @dataclass
 class TrainOptions:
     """Everything `train_suite` needs beyond the data."""
@@ -76,7 +85,8 @@ class TrainOptions:
     out-of-fold predictions, then refits on all their responses, replaying the folds' schedule up to that epoch
     (:func:`cross_validate_epochs`; about ``k + 1`` times the training time of the item). ``--cv-folds``."""
     config: TrainConfig = field(default_factory=TrainConfig)
-    settings: MethodSettings = field(default_factory=MethodSettings)
+    settings: MethodSettings | None = None
+    """The method's settings; None takes :func:`default_settings` for ``method``."""
     lexical: bool = True
     """After training, fit a per-task lexical model (word + character n-gram TF-IDF, logistic regression) on the
     training responses and stack it onto the neural head where validation says it helps
@@ -98,6 +108,8 @@ class TrainOptions:
             raise ConfigError(
                 f"long_inputs={self.long_inputs!r}; give a scoreplex.encoding.LongInputs, e.g. LongInputs('windows')."
             )
+        if self.settings is None:
+            self.settings = default_settings(self.method)
         if self.settings.window_pool != self.long_inputs.window_pool:  # the heads read what the suite pools
             self.settings = replace(self.settings, window_pool=self.long_inputs.window_pool)
         if self.max_length is not None and not 8 <= self.max_length <= 8192:
