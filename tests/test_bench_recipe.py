@@ -67,3 +67,39 @@ def test_keep_refuses_a_run_trained_otherwise_than_its_configuration_asks_today(
     again = {**_run("qv-r8-6ep", "asap-2", 0.7), "carried_from": "docs/results/first.json (2026-11-30)"}
     old.write_text(json.dumps({"runs": [again]}), encoding="utf-8")
     assert bench.carried_runs([str(old)], set())[0]["carried_from"] == "docs/results/first.json (2026-11-30)"
+
+
+def _benchmark_report(path: Path, label: str, val: dict[str, float]) -> str:
+    tasks = {tid: {"val_qwk": q, "test_qwk": 0.5} for tid, q in val.items()}
+    report = {"command": f"python benchmarks/asap_sas.py ({label})", "date": "2026-12-03",
+              "methods": {"lora": {"label": label, "settings": {"lora_r": 8}, "tasks": tasks}}}  # fmt: skip
+    path.write_text(json.dumps(report), encoding="utf-8")
+    return str(path)
+
+
+def test_all_items_table_reads_each_benchmark_run_against_the_first(tmp_path):
+    bench = _load()
+    r8 = bench.benchmark_lora_run(_benchmark_report(tmp_path / "a.json", "LoRA r8", {"asap-10": 0.7, "asap-2": 0.6}))
+    r16 = bench.benchmark_lora_run(_benchmark_report(tmp_path / "b.json", "LoRA r16", {"asap-10": 0.8, "asap-2": 0.5}))
+    lines = bench.all_items_table([r8, r16])
+    assert "| run | asap-2 | asap-10 | mean | against the first |" in lines  # items in numeric order
+    assert any(line.startswith("| LoRA r16 (") and "| 0.500 | 0.800 | 0.650 | +0.000, higher on 1 of 2 |" in line
+               for line in lines)  # fmt: skip
+    with pytest.raises(ConfigError, match="not an asap_sas.py report with a LoRA run"):
+        bench.benchmark_lora_run(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--configs", "qv-r99"], "unknown qv-r99"),
+        (["--items", "11"], "item numbers in 1..10"),
+        (["--configs", "mpnet-qv-r16-6ep", "--mpnet", "{tmp}/nowhere"], "run `make mpnet`"),
+    ],
+)
+def test_bad_options_stop_before_any_training(tmp_path, args, match):
+    bench = _load()
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args] + ["--work", str(tmp_path / "w"), "--out", str(tmp_path)]
+    with pytest.raises(ConfigError, match=match):
+        bench.main(argv)
+    assert not (tmp_path / "w").exists()  # nothing was trained or written
