@@ -77,6 +77,7 @@ def test_methods_lists_every_registered_method_with_its_defaults():
     for name, method in METHODS.items():
         assert name in result.output
         assert f"epochs {method.training_defaults['epochs']}" in flat(result.output)
+    assert "lora_r 16, lora_alpha 32" in flat(result.output)  # the method's own settings beside its training ones
 
 
 def test_train_writes_a_verified_suite_of_every_task(cli_suite, tiny_backbone_path):
