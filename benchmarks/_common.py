@@ -33,6 +33,14 @@ def whole_numbers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, e.g. 2,8") from None
 
 
+def require_suite(path: str | Path) -> None:
+    """ConfigError naming ``--suite`` when ``path`` holds no trained suite (no ``manifest.json``), before any work."""
+    if not (Path(path) / "manifest.json").is_file():
+        from scoreplex.errors import ConfigError
+
+        raise ConfigError(f"--suite {path}: no suite there (no manifest.json); train it first (make bench-asap).")
+
+
 def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
     """The JSON at ``path`` if a previous run wrote it, else ``compute()`` written there atomically (resumable runs)."""
     if path.is_file():

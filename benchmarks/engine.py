@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from _common import whole_numbers
+
 RESULT_PREFIX = "SCOREPLEX-BENCH-RESULT "
 SYSTEM_LABELS = {
     "plain": "plain backbone (no adapters), whole batch padded",
@@ -113,14 +115,9 @@ def peak_rss_mb() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "ru_maxrss"
 
 
-def _counts(text: str, option: str = "--tasks") -> list[int]:
-    """``"10,50"`` -> ``[10, 50]``; ConfigError naming ``option`` for anything but whole numbers."""
-    from scoreplex.errors import ConfigError
-
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: give comma-separated task counts, e.g. 10,50,100.") from None
+def _counts(counts: list[int]) -> list[int]:
+    """The task counts of one option (parsed by :func:`whole_numbers`), each once, in increasing order."""
+    return sorted(set(counts))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -134,10 +131,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--systems", default=",".join(SYSTEM_LABELS), help="comma-separated, from: " + ", ".join(SYSTEM_LABELS)
     )
-    ap.add_argument("--tasks", default="10,100,1000", help="task counts for the PyTorch engine (gathered)")
-    ap.add_argument("--grouped-tasks", default="10", help="task counts for the grouped engine")
-    ap.add_argument("--onnx-tasks", default="10", help="task counts for ONNX fp32 and int8 (100,1000 if time allows)")
-    ap.add_argument("--peft-tasks", default="10,100", help="task counts for PEFT (1000: ~1-2 min of load_adapter)")
+    ap.add_argument(
+        "--tasks", default="10,100,1000", type=whole_numbers, help="task counts for the PyTorch engine (gathered)"
+    )
+    ap.add_argument("--grouped-tasks", default="10", type=whole_numbers, help="task counts for the grouped engine")
+    ap.add_argument(
+        "--onnx-tasks",
+        default="10",
+        type=whole_numbers,
+        help="task counts for ONNX fp32 and int8 (100,1000 if time allows)",
+    )
+    ap.add_argument(
+        "--peft-tasks",
+        default="10,100",
+        type=whole_numbers,
+        help="task counts for PEFT (1000: ~1-2 min of load_adapter)",
+    )
     ap.add_argument("--batches", type=int, default=20, help="timed batches per system (20: ~8-12 min in all)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed batches first")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -890,14 +899,14 @@ def main(argv: list[str] | None = None) -> dict:
             raise ConfigError(
                 f"{earlier} timed the tasks {earlier_tasks}; --suite holds {real_ids}. Run the whole benchmark."
             )
-        args.tasks = args.onnx_tasks = str(n_real)
+        args.tasks = args.onnx_tasks = [n_real]
     counts = {
-        "engine": _counts(args.tasks, "--tasks"),
-        "engine-grouped": _counts(args.grouped_tasks, "--grouped-tasks"),
-        "onnx-fp32": _counts(args.onnx_tasks, "--onnx-tasks"),
-        "onnx-int8": _counts(args.onnx_tasks, "--onnx-tasks"),
-        "peft-mixed": _counts(args.peft_tasks, "--peft-tasks"),
-        "peft-switch": _counts(args.peft_tasks, "--peft-tasks"),
+        "engine": _counts(args.tasks),
+        "engine-grouped": _counts(args.grouped_tasks),
+        "onnx-fp32": _counts(args.onnx_tasks),
+        "onnx-int8": _counts(args.onnx_tasks),
+        "peft-mixed": _counts(args.peft_tasks),
+        "peft-switch": _counts(args.peft_tasks),
     }
     all_counts = sorted({n for s, c in counts.items() if s in args.systems for n in c} | {n_real})
     if min(all_counts) < n_real:

@@ -45,10 +45,10 @@ def main() -> None:
 
     from statistics import median
 
+    from _common import require_suite
     from scoreplex.errors import ConfigError
 
-    if not (Path(args.suite) / "manifest.json").is_file():
-        raise ConfigError(f"--suite {args.suite}: no suite there (no manifest.json); give a suite trained on ASAP-SAS.")
+    require_suite(args.suite)
 
     from scoreplex.data.asap_sas import load_asap_sas
     from scoreplex.data.readers import write_table

@@ -243,8 +243,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
     if unknown := [p for p in wanted if p not in PARTS]:
         raise ConfigError(f"--parts: unknown {', '.join(unknown)}; choose from {', '.join(PARTS)}.")
-    if not args.report_only and not (Path(args.suite) / "manifest.json").is_file():
-        raise ConfigError(f"--suite {args.suite}: no suite there (no manifest.json); train it first (make bench-asap).")
+    if not args.report_only:
+        from _common import require_suite
+
+        require_suite(args.suite)
     for part in wanted:
         target = work / f"{part}.json"
         if target.is_file() or args.report_only:

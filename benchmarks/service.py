@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from _common import whole_numbers
+from _common import require_suite, whole_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXES = ("uniform", "skewed")
@@ -426,10 +426,7 @@ def asap_test_responses(args) -> dict:
     """The ASAP-SAS test responses by task, once the suite is there."""
     from scoreplex.data.asap_sas import load_asap_sas
 
-    if not Path(args.suite, "manifest.json").is_file():
-        from scoreplex.errors import ConfigError
-
-        raise ConfigError(f"--suite {args.suite}: no suite there (no manifest.json); train it first (make bench-asap).")
+    require_suite(args.suite)
     return load_asap_sas(args.data, split="test")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,6 @@ TOP_KEYS = ("command", "date", "machine", "protocol", "gw_merge_loss_spearman", 
 
 
 def _load_bench():
-    if str(BENCH_DIR) not in sys.path:  # the script imports its sibling _common, as when run from benchmarks/
-        sys.path.insert(0, str(BENCH_DIR))
     spec = importlib.util.spec_from_file_location("bench_gw_predict", BENCH_DIR / "gw_predict.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
