@@ -13,14 +13,17 @@ from scoreplex.decoding import (
     DimensionDecoding,
     agreement,
     calibration_consistency,
+    dimension_confidence,
     expected_calibration_error,
     fit_cutpoints,
     fit_decoding,
+    fit_route_threshold,
     fit_temperature,
+    meets_human_share,
     temperature_scale,
 )
 from scoreplex.errors import SuiteError
-from scoreplex.metrics import quadratic_weighted_kappa
+from scoreplex.metrics import automated_criteria, meets_human, quadratic_weighted_kappa
 from scoreplex.tasks import TaskSpec
 
 SPEC = TaskSpec.ordinal("item", 3)  # scores 0..3
@@ -152,6 +155,85 @@ def test_routing_automates_the_confident_part_at_human_agreement():
     assert not never.predictions(SPEC, ["a"], [p[:1]]).automated.any()
 
 
+def test_quadratic_confidence_weighs_how_far_the_doubt_lies():
+    # both rows give the predicted class 0.6; row 0 doubts the neighbour, row 1 the far end of the scale
+    p = np.array([[0.0, 0.6, 0.4, 0.0], [0.0, 0.6, 0.0, 0.4]])
+    classes = np.array([1, 1])
+    top = dimension_confidence(p, classes, "top")
+    quad = dimension_confidence(p, classes, "quadratic")
+    assert np.allclose(top, [0.6, 0.6])
+    assert np.allclose(quad, [1 - 0.4 / 9, 1 - 0.4 * 4 / 9])
+    assert quad[0] > quad[1]
+    # binary: the two kinds agree
+    pb = np.array([[0.3, 0.7], [0.8, 0.2]])
+    assert np.allclose(dimension_confidence(pb, np.array([1, 0]), "quadratic"), [0.7, 0.8])
+    with pytest.raises(ValueError, match="unknown confidence kind"):
+        dimension_confidence(p, classes, "entropy")
+    # the decoding's kind reaches Predictions.confidence (and the route)
+    dec = Decoding((DimensionDecoding(),), 0.9, route_confidence="quadratic")
+    pred = dec.predictions(SPEC, ["a", "b"], [p])
+    assert np.allclose(pred.confidence, quad)
+    assert pred.routes == ["auto", "human"]
+    assert Decoding.from_dict(json.loads(json.dumps(dec.to_dict())), SPEC) == dec
+
+
+def test_meets_human_counts_an_undefined_qwk_as_full_agreement():
+    # one score everywhere for both pairs: QWK is 0/0; exact agreement decides
+    assert meets_human({"qwk": None, "exact": 1.0}, {"qwk": float("nan"), "exact": 1.0})
+    assert not meets_human({"qwk": None, "exact": 0.99}, {"qwk": None, "exact": 1.0})
+    assert meets_human({"qwk": 0.9, "exact": 0.8}, {"qwk": 0.9, "exact": 0.8})
+    assert not meets_human({"qwk": 0.89, "exact": 0.9}, {"qwk": 0.9, "exact": 0.8})
+    assert not meets_human({"qwk": 0.95, "exact": None}, {"qwk": 0.9, "exact": 0.8})
+    # in the test-time report: engine and human give class 2 to every automated response (QWK undefined)
+    from scoreplex.metrics import training_reference
+
+    y = np.array([[2], [2], [2], [0]])
+    auto = np.array([True, True, True, False])
+    ref = training_reference({"qwk": 0.9, "exact": 0.95, "n": 40})
+    rep = automated_criteria(SPEC, y, np.array([[2], [2], [2], [1]]), auto, reference=ref)
+    assert rep["qwk"] is None and rep["exact"] == 1.0
+    assert rep["meets_human"] is True
+    wrong = automated_criteria(SPEC, y, np.array([[2], [2], [1], [1]]), auto, reference=ref)
+    assert wrong["meets_human"] is False
+
+
+def _routing_case(n: int, seed: int, engine_error: float, human_error: float):
+    """Scores 0..3, an engine wrong on ``engine_error`` of the responses and a second rater wrong on
+    ``human_error``, with the engine surer where it is right."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    wrong = rng.random(n) < engine_error
+    pred = np.where(wrong, (y + 1) % 4, y)
+    second = np.where(rng.random(n) < human_error, (y + 1) % 4, y)
+    conf = np.where(wrong, rng.uniform(0.3, 0.8, n), rng.uniform(0.5, 1.0, n))
+    return y[:, None], pred[:, None], second[:, None], conf
+
+
+def test_bootstrap_share_tracks_the_margin_over_the_second_rater():
+    y, pred, second, _ = _routing_case(300, 0, engine_error=0.05, human_error=0.20)
+    better = meets_human_share(SPEC, y, pred, second, {}, draws=300)
+    y, pred, second, _ = _routing_case(300, 0, engine_error=0.20, human_error=0.05)
+    worse = meets_human_share(SPEC, y, pred, second, {}, draws=300)
+    assert better > 0.95 and worse < 0.05
+    # against a fixed reference instead of a second rater
+    fixed = meets_human_share(SPEC, y, pred, None, {"qwk": 0.0, "exact": 0.0}, draws=50)
+    assert fixed == 1.0
+
+
+def test_confident_rule_automates_less_than_lowest_and_with_a_margin():
+    y, pred, second, conf = _routing_case(400, 1, engine_error=0.15, human_error=0.12)
+    human = {"qwk": 0.9, "exact": 0.88, "n": 400}
+    t_low, low = fit_route_threshold(SPEC, conf, y, pred, human, second, rule="lowest")
+    t_conf, sure = fit_route_threshold(SPEC, conf, y, pred, human, second, rule="confident", level=0.9)
+    assert t_low < 1 and t_conf < 1
+    assert t_conf >= t_low and sure["automation_rate"] <= low["automation_rate"]
+    assert sure["meets_share"] >= 0.9 and sure["rule"] == "confident"
+    with pytest.raises(ValueError, match="unknown routing rule"):
+        fit_route_threshold(SPEC, conf, y, pred, human, second, rule="best")
+    with pytest.raises(ValueError, match="must be in"):
+        fit_route_threshold(SPEC, conf, y, pred, human, second, rule="confident", level=1.0)
+
+
 def test_binary_dimensions_get_thresholds():
     spec = TaskSpec.multilabel("ml", ["evidence", "claim"])
     rng = np.random.default_rng(4)
@@ -190,6 +272,7 @@ def test_round_trip_and_untrusted_json_is_rejected_clearly():
         {"dimensions": [{"rule": "threshold", "threshold": 0.5}]},  # not a binary dimension
         {"dimensions": [{}], "route_threshold": -1},
         {"dimensions": [{}], "route_threshold": "high"},
+        {"dimensions": [{}], "route_confidence": "entropy"},
     ]
     for raw in bad:
         with pytest.raises(SuiteError, match="task 'item': its decoding"):

@@ -9,10 +9,12 @@ A task module's ``decoding`` (a top-level key of its ``task.json``) holds, per r
   ``K - 1`` increasing points tuned on validation to maximise QWK, the "optimised rounder" of the Kaggle ASAP
   competitions); or ``threshold`` for a binary dimension (``1`` when ``p_1 >= t``, ``t`` tuned on validation).
 
-and, per task, a **routing threshold** on the confidence (the smallest probability of the predicted class over the
-dimensions): responses at or above it are scored by the engine alone (route ``auto``), the others go to a human
-rater (route ``human``). The threshold is the lowest one whose automated validation responses agree with the human
-score at least as well as a second human rater does (QWK and exact agreement of the two raters on the training data,
+and, per task, a **routing threshold** on a confidence (over the dimensions, the smallest per-dimension confidence
+of the task's ``route_confidence`` kind, :func:`dimension_confidence`: ``top``, the probability of the predicted
+class, or ``quadratic``, one minus the expected quadratic disagreement between the predicted class and the class
+distribution): responses at or above it are scored by the engine alone (route ``auto``), the others go to a human
+rater (route ``human``). The threshold is fitted on validation (:func:`fit_route_threshold`) so that the automated
+responses agree with the human score at least as well as a second human rater does (QWK and exact agreement,
 Williamson, Xi & Breyer 2012), so the engine automates as much as it can without lowering agreement.
 
 Every scorer (:class:`~scoreplex.scorer.SuiteScorer`, the engine, the ONNX engine, the service, ``scoreplex score``)
@@ -22,6 +24,7 @@ automates everything, as before.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,12 +33,20 @@ from typing import Any
 import numpy as np
 
 from scoreplex.errors import SuiteError
-from scoreplex.metrics import quadratic_weighted_kappa
+from scoreplex.metrics import meets_human, quadratic_weighted_kappa
 from scoreplex.tasks import TaskSpec
 
 RULES = ("argmax", "cutpoints", "threshold")
 ALL_HUMAN = 2.0
 """A routing threshold above every possible confidence: every response goes to a human rater."""
+ROUTE_CONFIDENCES = ("top", "quadratic")
+"""Kinds of routing confidence (:func:`dimension_confidence`)."""
+ROUTE_RULES = ("lowest", "confident")
+"""How a routing threshold is picked among the validation confidences (:func:`fit_route_threshold`)."""
+ROUTE_LEVEL = 0.8
+"""Default share of bootstrap draws in which the automated responses must meet the human yardstick (``confident``)."""
+ROUTE_DRAWS = 400
+"""Bootstrap draws per candidate threshold of the ``confident`` rule."""
 MIN_AUTOMATED = 20
 """Fewest validation responses a routing threshold may automate (agreement on fewer is too noisy to trust)."""
 _LOG_FLOOR = 1e-12
@@ -92,6 +103,9 @@ class Decoding:
     (and a narrower score range, which lowers any rater pair's QWK)."""
     fitted: Mapping[str, Any] = field(default_factory=dict)
     """Validation figures of the fit (for reports only; scoring never reads them)."""
+    route_confidence: str = "top"
+    """The confidence the routing threshold applies to (one of :data:`ROUTE_CONFIDENCES`); modules written before
+    it existed route on ``top``."""
 
     @classmethod
     def identity(cls, spec: TaskSpec) -> Decoding:
@@ -112,7 +126,9 @@ class Decoding:
             labels = np.zeros((0, len(spec.dimensions)), dtype=np.int64)
         else:
             labels = np.stack([d.classes(p) for d, p in zip(self.dimensions, calibrated, strict=True)], axis=1)
-        pred = Predictions(spec=spec, ids=list(ids), labels=labels, probs=calibrated)
+        pred = Predictions(
+            spec=spec, ids=list(ids), labels=labels, probs=calibrated, confidence_kind=self.route_confidence
+        )
         if self.route_threshold is not None:
             pred.automated = pred.confidence >= self.route_threshold
         return pred
@@ -122,6 +138,8 @@ class Decoding:
             "dimensions": [d.to_dict() for d in self.dimensions],
             "route_threshold": self.route_threshold,
         }
+        if self.route_confidence != "top":
+            out["route_confidence"] = self.route_confidence
         if self.human is not None:
             out["human"] = dict(self.human)
         if self.human_automated is not None:
@@ -184,7 +202,10 @@ class Decoding:
         human_auto = d.get("human_automated")
         human_auto = dict(human_auto) if isinstance(human_auto, Mapping) else None
         fitted = d.get("fitted") if isinstance(d.get("fitted"), Mapping) else {}
-        return cls(tuple(dims), None if route is None else float(route), human, human_auto, dict(fitted))
+        kind = d.get("route_confidence", "top")
+        if kind not in ROUTE_CONFIDENCES:
+            raise bad(f"route_confidence is {kind!r}, not one of {', '.join(ROUTE_CONFIDENCES)}")
+        return cls(tuple(dims), None if route is None else float(route), human, human_auto, dict(fitted), kind)
 
 
 def _finite(x: Any) -> bool:
@@ -341,6 +362,83 @@ def agreement(spec: TaskSpec, y_true: np.ndarray, y_pred: np.ndarray) -> dict[st
     return {k: float("nan") if a[k] is None else float(a[k]) for k in ("qwk", "exact", "adjacent")} | {"n": a["n"]}
 
 
+def dimension_confidence(probs: np.ndarray, classes: np.ndarray, kind: str = "top") -> np.ndarray:
+    """Confidence ``(N,)`` in ``[0, 1]`` of the predicted ``classes (N,)`` of one dimension under its class
+    probabilities ``probs (N, K)``.
+
+    ``top``: ``p[class]``, the probability that the predicted class is exactly right. ``quadratic``: ``1 - sum_k
+    p_k (k - class)^2 / (K - 1)^2``, one minus the expected disagreement with the predicted class under QWK's
+    quadratic weights (Cohen 1968), so a response whose doubt lies on the neighbouring score counts as surer than
+    one torn between the scale's ends; for ``K = 2`` the two are equal. ConfigError-free: ``kind`` is checked where a
+    decoding is read (:meth:`Decoding.from_dict`); an unknown kind here raises ValueError."""
+    probs = np.asarray(probs, dtype=np.float64)
+    rows = np.arange(len(classes))
+    if kind == "top":
+        return probs[rows, classes]
+    if kind == "quadratic":
+        k = probs.shape[1]
+        if k < 2:
+            return np.ones(len(classes))
+        dist = (np.arange(k)[None, :] - np.asarray(classes)[:, None]) ** 2 / (k - 1) ** 2
+        return 1.0 - (probs * dist).sum(axis=1)
+    raise ValueError(f"unknown confidence kind {kind!r}; give one of {', '.join(ROUTE_CONFIDENCES)}")
+
+
+def _qwk_draws(t: np.ndarray, p: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
+    """QWK ``(B,)`` of ``t (n,)`` against ``p (n,)`` (classes ``0..k-1``) on each bootstrap row of ``idx (B, n)``;
+    1.0 where undefined (one class in both), as :func:`scoreplex.metrics.task_agreement` in fits."""
+    b, n = idx.shape
+    if k < 2:
+        return np.ones(b)
+    codes = (np.arange(b)[:, None] * k * k + t[idx] * k + p[idx]).ravel()
+    observed = np.bincount(codes, minlength=b * k * k).reshape(b, k, k).astype(np.float64)  # (B, K, K)
+    expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / n  # (B, K, K)
+    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2 / (k - 1) ** 2  # (K, K)
+    num, den = (w * observed).sum(axis=(1, 2)), (w * expected).sum(axis=(1, 2))
+    return np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), 1.0)
+
+
+def _agreement_draws(spec: TaskSpec, t: np.ndarray, p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean QWK over dimensions and exact agreement (every dimension equal), each ``(B,)``, of fully scored
+    ``t, p (n, D)`` on the bootstrap rows ``idx (B, n)``."""
+    qwk = np.mean([_qwk_draws(t[:, d], p[:, d], dim.num_classes, idx) for d, dim in enumerate(spec.dimensions)], axis=0)
+    exact = np.all(t == p, axis=1)[idx].mean(axis=1)
+    return qwk, exact
+
+
+def meets_human_share(
+    spec: TaskSpec,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    second: np.ndarray | None,
+    human: Mapping[str, Any],
+    *,
+    draws: int = ROUTE_DRAWS,
+    seed: int = 0,
+) -> float:
+    """Share of ``draws`` bootstrap resamples (Efron & Tibshirani 1993) of the responses in which the engine's
+    scores ``y_pred (n, D)`` meet the human yardstick against ``y_true (n, D)`` (:func:`meets_human`): a second
+    rater's scores ``second (n, D)`` resampled with the same rows (paired), or, with ``second`` None, the fixed
+    reference ``human`` (``{"qwk", "exact"}``). Rows with a missing score (-1) on either side are left out; 0.0
+    when none is left."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    rows = np.all(y_true >= 0, axis=1) & np.all(y_pred >= 0, axis=1)
+    if second is not None:
+        rows &= np.all(np.asarray(second) >= 0, axis=1)
+    n = int(rows.sum())
+    if n == 0:
+        return 0.0
+    idx = np.random.default_rng(seed).integers(0, n, size=(draws, n))
+    t = y_true[rows]
+    e_qwk, e_exact = _agreement_draws(spec, t, y_pred[rows], idx)
+    if second is not None:
+        h_qwk, h_exact = _agreement_draws(spec, t, np.asarray(second)[rows], idx)
+    else:
+        h_qwk, h_exact = np.full(draws, float(human["qwk"])), np.full(draws, float(human["exact"]))
+    tol = 1e-9
+    return float(np.mean((e_qwk >= h_qwk - tol) & (e_exact >= h_exact - tol)))
+
+
 def fit_route_threshold(
     spec: TaskSpec,
     confidence: np.ndarray,
@@ -348,15 +446,33 @@ def fit_route_threshold(
     y_pred: np.ndarray,
     human: Mapping[str, Any],
     second: np.ndarray | None = None,
+    rule: str = "lowest",
+    level: float = ROUTE_LEVEL,
+    seed: int = 0,
 ) -> tuple[float, dict[str, Any]]:
-    """The lowest confidence threshold whose automated responses (confidence >= it, at least :data:`MIN_AUTOMATED`)
-    agree with the human score ``y_true`` at least as well as a second human rater does, in QWK and exact agreement;
-    :data:`ALL_HUMAN` when no threshold does.
+    """A confidence threshold whose automated responses (confidence >= it, at least :data:`MIN_AUTOMATED`) agree
+    with the human score ``y_true`` at least as well as a second human rater does
+    (:func:`scoreplex.metrics.meets_human`); :data:`ALL_HUMAN` when no threshold does.
+
+    ``rule`` ``lowest``: the lowest threshold whose validation responses meet the yardstick. It automates the most
+    on validation and is optimistic: chosen where the validation agreement happened to clear the bar, it clears it
+    on new responses far less often (``benchmarks/routing.py`` measures how often, out of fold). ``confident``: the
+    lowest threshold whose automated responses meet the yardstick in at least ``level`` of the bootstrap resamples
+    (:func:`meets_human_share`), so the bar is cleared with a margin that shrinks as validation grows.
 
     With ``second`` (``(N, D)`` second-rater scores of the same responses, -1 where absent) the second rater is
     judged on the same automated responses, so both sides face the same, narrower score range; without it, on the
     reference ``human`` (the two raters over all double-scored training responses). Returns the threshold and its
-    validation figures (``automation_rate``, ``auto_qwk``, ``auto_exact``, ``human_qwk``, ``human_exact``)."""
+    validation figures (``automation_rate``, ``auto_qwk``, ``auto_exact``, ``human_qwk``, ``human_exact``, and for
+    ``confident`` the ``meets_share``).
+
+    Raises:
+        ValueError: ``rule`` is not one of :data:`ROUTE_RULES` or ``level`` is not in ``(0, 1)``.
+    """
+    if rule not in ROUTE_RULES:
+        raise ValueError(f"unknown routing rule {rule!r}; give one of {', '.join(ROUTE_RULES)}")
+    if not 0 < level < 1:
+        raise ValueError(f"routing level {level!r} must be in (0, 1), e.g. {ROUTE_LEVEL}")
     order = np.sort(np.unique(confidence))
     has_second = second is not None and np.all(second >= 0, axis=1).sum() >= MIN_AUTOMATED
     for t in order:
@@ -371,16 +487,26 @@ def fit_route_threshold(
             h = agreement(spec, y_true[both], second[both])
         else:
             h = {"qwk": human["qwk"], "exact": human["exact"], "n": human.get("n")}
-        if a["n"] >= MIN_AUTOMATED and a["qwk"] >= h["qwk"] and a["exact"] >= h["exact"]:
-            return float(t), {
-                "automation_rate": float(auto.mean()),
-                **{f"auto_{k}": v for k, v in a.items()},
-                "human_qwk": h["qwk"],
-                "human_exact": h["exact"],
-                "human_n": h["n"],
-                "human_on": "the automated responses" if has_second else "all double-scored training responses",
-            }
-    return ALL_HUMAN, {"automation_rate": 0.0}
+        if a["n"] < MIN_AUTOMATED or not meets_human(a, h):
+            continue
+        figures = {
+            "automation_rate": float(auto.mean()),
+            **{f"auto_{k}": v for k, v in a.items()},
+            "human_qwk": h["qwk"],
+            "human_exact": h["exact"],
+            "human_n": h["n"],
+            "human_on": "the automated responses" if has_second else "all double-scored training responses",
+            "rule": rule,
+        }
+        if rule == "confident":
+            share = meets_human_share(
+                spec, y_true[auto], y_pred[auto], second[auto] if has_second else None, h, seed=seed
+            )
+            if share < level:
+                continue
+            figures.update(meets_share=share, level=level)
+        return float(t), figures
+    return ALL_HUMAN, {"automation_rate": 0.0, "rule": rule}
 
 
 # ------------------------------------------------------------------------------------------------------------ fit
@@ -456,6 +582,9 @@ def fit_decoding(
     second: np.ndarray | None = None,
     route: bool = True,
     seed: int = 0,
+    route_confidence: str = "top",
+    route_rule: str = "lowest",
+    route_level: float = ROUTE_LEVEL,
 ) -> Decoding:
     """Fit a task's :class:`Decoding` on its validation split.
 
@@ -468,10 +597,17 @@ def fit_decoding(
             threshold then holds the engine to the second rater's agreement on the same automated responses.
         route: fit a routing threshold (when ``human`` is given).
         seed: seeds the halves of the cross-fitting that decides whether a tuned rule beats argmax.
+        route_confidence: the confidence routed on (:data:`ROUTE_CONFIDENCES`, :func:`dimension_confidence`).
+        route_rule: how the threshold is picked (:data:`ROUTE_RULES`, :func:`fit_route_threshold`).
+        route_level: the ``confident`` rule's share of bootstrap resamples that must meet the yardstick.
 
     Per dimension: the temperature (always), then the cut points (ordinal) or threshold (binary), kept only when
     2-fold cross-fitting inside validation says they beat argmax out of fold (so a rule is not both tuned and judged
-    on the same responses); the final rule is refitted on all validation responses. Then the routing threshold.
+    on the same responses); the final rule is refitted on all validation responses. Then the routing threshold
+    (:func:`fit_routing`).
+
+    Raises:
+        ValueError: an unknown ``route_confidence`` or ``route_rule``.
     """
     labels = np.asarray(labels).reshape(len(labels), -1)
     dims: list[DimensionDecoding] = []
@@ -484,15 +620,60 @@ def fit_decoding(
     decoding = Decoding(tuple(dims), None, dict(human) if human else None, None, fitted)
     pred = decoding.predictions(spec, [str(i) for i in range(len(labels))], list(probs))
     fitted["decoded"] = agreement(spec, labels, pred.labels)
-    if route and human and _finite(human.get("qwk")) and _finite(human.get("exact")):
-        second = None if second is None else np.asarray(second).reshape(len(labels), -1)
-        threshold, route_report = fit_route_threshold(spec, pred.confidence, labels, pred.labels, human, second)
-        fitted["routing"] = route_report
-        human_auto = None
-        if "human_qwk" in route_report and second is not None:
-            human_auto = {k: route_report[f"human_{k}"] for k in ("qwk", "exact", "n")}
-        decoding = Decoding(decoding.dimensions, threshold, decoding.human, human_auto, fitted)
+    if route:
+        decoding = fit_routing(
+            spec,
+            decoding,
+            probs,
+            labels,
+            human=human,
+            second=second,
+            confidence=route_confidence,
+            rule=route_rule,
+            level=route_level,
+            seed=seed,
+        )
     return decoding
+
+
+def fit_routing(
+    spec: TaskSpec,
+    decoding: Decoding,
+    probs: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    human: Mapping[str, Any] | None,
+    second: np.ndarray | None = None,
+    confidence: str = "top",
+    rule: str = "lowest",
+    level: float = ROUTE_LEVEL,
+    seed: int = 0,
+) -> Decoding:
+    """``decoding`` with a routing threshold fitted on the validation probabilities ``probs [(N, K_d)]`` and human
+    scores ``labels (N, D)`` (:func:`fit_route_threshold` on the ``confidence`` kind, by ``rule`` at ``level``,
+    bootstrap seeded by ``seed``); ``decoding``
+    unchanged, without routing, when ``human`` lacks a finite QWK or exact agreement.
+
+    Raises:
+        ValueError: an unknown ``confidence`` or ``rule``.
+    """
+    if confidence not in ROUTE_CONFIDENCES:
+        raise ValueError(f"unknown confidence kind {confidence!r}; give one of {', '.join(ROUTE_CONFIDENCES)}")
+    if not (human and _finite(human.get("qwk")) and _finite(human.get("exact"))):
+        return decoding
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    base = dataclasses.replace(decoding, route_threshold=None, route_confidence=confidence)
+    pred = base.predictions(spec, [str(i) for i in range(len(labels))], list(probs))
+    second = None if second is None else np.asarray(second).reshape(len(labels), -1)
+    threshold, route_report = fit_route_threshold(
+        spec, pred.confidence, labels, pred.labels, human, second, rule=rule, level=level, seed=seed
+    )
+    route_report["confidence"] = confidence
+    fitted = {**decoding.fitted, "routing": route_report}
+    human_auto = None
+    if "human_qwk" in route_report and second is not None:
+        human_auto = {k: route_report[f"human_{k}"] for k in ("qwk", "exact", "n")}
+    return dataclasses.replace(base, route_threshold=threshold, human_automated=human_auto, fitted=fitted)
 
 
 def describe_decoding(decoding: Decoding) -> str:

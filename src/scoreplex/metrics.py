@@ -1053,6 +1053,28 @@ def deployment_criteria(
     }
 
 
+def meets_human(engine: Mapping[str, Any], human: Mapping[str, Any]) -> bool:
+    """Whether the engine's agreement with the human score (``{"qwk", "exact"}``) is at least a second human
+    rater's on the same responses, in QWK and in exact agreement (Williamson, Xi & Breyer 2012), to
+    :data:`_TOLERANCE`.
+
+    QWK is undefined (None or ``nan``) when both raters of a pair give one and the same score to every response;
+    the pair then agrees on every response, so its QWK counts as 1.0 here (the convention of
+    :func:`quadratic_weighted_kappa`) and exact agreement decides. A side without an exact agreement does not
+    meet."""
+
+    def number(x: Any) -> float | None:
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+    e_exact, h_exact = number(engine.get("exact")), number(human.get("exact"))
+    if e_exact is None or h_exact is None:
+        return False
+    e_qwk, h_qwk = number(engine.get("qwk")), number(human.get("qwk"))
+    e_qwk = 1.0 if e_qwk is None else e_qwk
+    h_qwk = 1.0 if h_qwk is None else h_qwk
+    return e_qwk >= h_qwk - _TOLERANCE and e_exact >= h_exact - _TOLERANCE
+
+
 def automated_criteria(
     spec: TaskSpec,
     y_true: Any,
@@ -1074,8 +1096,8 @@ def automated_criteria(
         :func:`deployment_criteria`'s dict over the automated rows (``n`` = ``n_automated``; every value None when
         no response is automated), plus ``automation_rate`` (share of the ``N`` responses automated; None when
         ``N = 0``), ``n_automated``, and ``meets_human``: True when the automated responses agree with the human
-        score at least as well as two humans do (``qwk >= human_qwk`` and ``exact >= human_exact``, the test
-        :mod:`scoreplex.decoding` fits its routing threshold to), None when either side is unavailable.
+        score at least as well as two humans do (:func:`meets_human`, the test :mod:`scoreplex.decoding` fits its
+        routing threshold to), None when either side's exact agreement is unavailable.
 
         Give as ``reference`` the two raters' agreement on the automated responses themselves where it is known
         (:func:`scoreplex.scorer.automated_reference`): the engine automates the responses it is surest of, which
@@ -1100,8 +1122,9 @@ def automated_criteria(
     sub = deployment_criteria(spec, t[mask], p[mask], reference=reference, criteria=criteria)
     n_auto = int(mask.sum())
     meets = None
-    if None not in (sub["qwk"], sub["exact"], sub["human_qwk"], sub["human_exact"]):
-        meets = sub["qwk"] >= sub["human_qwk"] - _TOLERANCE and sub["exact"] >= sub["human_exact"] - _TOLERANCE
+    if None not in (sub["exact"], sub["human_exact"]):
+        engine = {"qwk": sub["qwk"], "exact": sub["exact"]}
+        meets = meets_human(engine, {"qwk": sub["human_qwk"], "exact": sub["human_exact"]})
     return {
         "automation_rate": n_auto / t.shape[0] if t.shape[0] else None,
         "n_automated": n_auto,

@@ -29,8 +29,10 @@ class Predictions:
     """Per response: predicted class per dimension ``labels (N, D)``, class probabilities per dimension
     ``probs [(N, K_d)]`` (calibrated when the task module holds a temperature), and ``automated (N,)``: True where the
     engine's score may stand alone (route ``auto``), False where the response goes to a human rater (route
-    ``human``; see :mod:`scoreplex.decoding`). ``confidence (N,)`` is the smallest probability of the predicted class
-    over the dimensions."""
+    ``human``; see :mod:`scoreplex.decoding`). ``confidence (N,)`` in ``[0, 1]`` is, over the dimensions, the smallest
+    of the per-dimension confidences of kind ``confidence_kind`` (:func:`scoreplex.decoding.dimension_confidence`):
+    ``top``, the probability of the predicted class; ``quadratic``, one minus the expected quadratic disagreement
+    between the predicted class and the class distribution (QWK's weights)."""
 
     spec: TaskSpec
     ids: list[str]
@@ -38,6 +40,8 @@ class Predictions:
     probs: list[np.ndarray]
     automated: np.ndarray | None = None
     """``(N,)`` bool; None means every response is automated (no routing threshold)."""
+    confidence_kind: str = "top"
+    """What :attr:`confidence` measures: ``top`` or ``quadratic`` (the task's routing confidence)."""
 
     def __post_init__(self) -> None:
         if self.automated is None:
@@ -47,9 +51,10 @@ class Predictions:
     def confidence(self) -> np.ndarray:
         if not self.probs or len(self.ids) == 0:
             return np.zeros(len(self.ids))
-        rows = np.arange(len(self.ids))
-        chosen = [p[rows, self.labels[:, d]] for d, p in enumerate(self.probs)]
-        return np.min(np.stack(chosen, axis=1), axis=1)
+        from scoreplex.decoding import dimension_confidence
+
+        per_dim = [dimension_confidence(p, self.labels[:, d], self.confidence_kind) for d, p in enumerate(self.probs)]
+        return np.min(np.stack(per_dim, axis=1), axis=1)
 
     @property
     def routes(self) -> list[str]:
