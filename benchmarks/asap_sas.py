@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "automated_qwk": auto["qwk"],
                 "automated_exact": auto["exact"],
                 "automated_meets_human": auto["meets_human"],
+                "automated_meets_human_all_responses": auto.get("meets_human_all_responses"),
                 "automated_human_qwk": auto.get("human_qwk"),
                 "human_exact": auto.get("human_exact"),
                 "ece_before": task_eval["ece_before"],
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
             "items_passing_criteria": decoded["items_passing_criteria"],
             "items_passing_criteria_argmax": argmax["items_passing_criteria"],
             "items_auto_meeting_human": decoded["items_auto_meeting_human"],
+            "items_auto_meeting_human_all_responses": decoded.get("items_auto_meeting_human_all_responses"),
             "mean_automation_rate": decoded["mean_automation_rate"],
             "mean_ece_before": float(np.mean([t["ece_before"] for t in per_task.values()])),
             "mean_ece_after": float(np.mean([t["ece_after"] for t in per_task.values()])),
@@ -342,6 +344,9 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("items_passing_criteria", "items_auto_meeting_human", "mean_automation_rate", "mean_ece_after"):
         summary[key] = results["methods"][primary][key]
     summary["mean_ece_before"] = results["methods"][primary]["mean_ece_before"]
+    summary["items_auto_meeting_human_all_responses"] = results["methods"][primary].get(
+        "items_auto_meeting_human_all_responses"
+    )
     for key in ("mean_ece_floor", "items_calibration_rejected"):
         summary[key] = results["methods"][primary].get(key)
     for m in ("full", "lora", "head"):  # the issue's keys: a method not run this time is null, not absent
@@ -567,7 +572,9 @@ def criteria_section(r: dict, method: str) -> list[str]:
         f"Items passing the criteria with every response automated: **{m['items_passing_criteria']} of "
         f"{len(m['tasks'])}** (argmax decoding: {m['items_passing_criteria_argmax']}). With routing, items whose "
         f"automated part meets human–human agreement on test: **{m['items_auto_meeting_human']} of "
-        f"{len(m['tasks'])}**, mean automation rate **{_f(m['mean_automation_rate'], '.1%')}**. Mean ECE "
+        f"{len(m['tasks'])}** (held to the second rater on the same responses; against the two raters' agreement "
+        f"over all the item's responses: {_f(m.get('items_auto_meeting_human_all_responses'), 'd')}), mean "
+        f"automation rate **{_f(m['mean_automation_rate'], '.1%')}**. Mean ECE "
         f"{m['mean_ece_before']:.3f} → **{m['mean_ece_after']:.3f}** after temperature scaling.",
     ]
     if m.get("mean_ece_floor") is not None:

@@ -319,6 +319,20 @@ def test_evaluate_suite_reports_criteria_for_all_and_automated_responses():
     json.dumps(result, allow_nan=False)
 
 
+def test_automated_part_is_also_held_to_the_raters_agreement_over_all_responses():
+    # the second rater is perfect on the four automated responses (the engine misses one there) but poor overall
+    y_true = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    y_pred = np.array([0, 1, 2, 2, 0, 0, 0, 0])
+    second = np.array([0, 1, 2, 3, 3, 3, 0, 0])
+    half = np.array([True] * 4 + [False] * 4)
+    scorer = _Scorer({"d": (y_pred, half)}, {"d": {}})
+    result = evaluate_suite(scorer, {"d": _data("d", y_true, second)}, progress=False)
+    auto = result["tasks"]["d"]["criteria_automated"]
+    assert auto["meets_human"] is False  # 3 of 4 exact against the second rater's 4 of 4
+    assert auto["meets_human_all_responses"] is True  # the raters agree on half of all responses
+    assert result["items_auto_meeting_human"] == 0 and result["items_auto_meeting_human_all_responses"] == 1
+
+
 # -- reports ----------------------------------------------------------------------------------------------------
 
 

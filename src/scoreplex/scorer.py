@@ -33,6 +33,7 @@ from scoreplex.metrics import (
     deployment_criteria,
     evaluate_task,
     human_agreement,
+    meets_human,
     pooled_metrics,
     reference_from_scores,
     training_reference,
@@ -248,7 +249,10 @@ def evaluate_suite(
         top-label ECE of the probabilities the scorer returns, beside what a perfectly calibrated model with the
         same confidences would measure on these responses, and its p-value). ``items_passing_criteria`` counts
         tasks whose criteria ``pass`` is True, ``items_auto_meeting_human`` tasks whose automated responses agree
-        with the human score at least as well as two humans do (``meets_human``), and ``mean_automation_rate`` is
+        with the human score at least as well as two humans do on the same responses (``meets_human``),
+        ``items_auto_meeting_human_all_responses`` the same against the two humans' agreement over all the task's
+        responses (``criteria_automated["meets_human_all_responses"]``, the item's human-human figure), and
+        ``mean_automation_rate`` is
         the unweighted mean over tasks of the share automated (None without tasks). Rows left out for a score off
         the task's scale (``TaskData.skipped``, read with ``off_scale="skip"``) are counted in ``"skipped_rows"``
         ``{"count", "rows" (the first 20 row numbers)}``, per task and in the summary by task; a task with no row
@@ -301,6 +305,14 @@ def evaluate_suite(
             reference=automated_reference(scorer, data, automated),
             criteria=criteria,
         )
+        auto = metrics["criteria_automated"]
+        metrics["criteria_automated"]["meets_human_all_responses"] = (
+            None
+            if reference is None or auto["exact"] is None
+            else meets_human(
+                {"qwk": auto["qwk"], "exact": auto["exact"]}, {"qwk": reference.qwk, "exact": reference.exact}
+            )
+        )
         metrics["calibration"] = task_calibration(data.spec, data.labels, pred.probs)
         if task_id in skipped:
             metrics["skipped_rows"] = skipped[task_id]
@@ -324,6 +336,9 @@ def evaluate_suite(
     summary["criteria_thresholds"] = criteria.to_dict()
     summary["items_passing_criteria"] = sum(m["criteria"]["pass"] is True for m in per_task.values())
     summary["items_auto_meeting_human"] = sum(m["criteria_automated"]["meets_human"] is True for m in per_task.values())
+    summary["items_auto_meeting_human_all_responses"] = sum(
+        m["criteria_automated"]["meets_human_all_responses"] is True for m in per_task.values()
+    )
     summary["mean_automation_rate"] = float(np.mean(rates)) if rates else None
     eces = [(c["ece"], c["floor"]) for m in per_task.values() if (c := m["calibration"])["ece"] is not None]
     summary["mean_ece"] = float(np.mean([e for e, _ in eces])) if eces else None
