@@ -302,9 +302,9 @@ class Engine:
 
         Each dict: ``task``; ``labels`` {dimension: predicted score in the dimension's scale, the class itself
         without one}; ``probs`` {dimension: class probabilities, in scale order};
-        ``confidence`` (the smallest probability of the predicted class over the dimensions); ``route`` (``auto`` or
-        ``human``). Labels, probabilities and route follow the task module's decoding (:mod:`scoreplex.decoding`:
-        temperature, ordinal cut points, routing threshold). An unknown task raises
+        ``confidence`` (the routing confidence, :attr:`scoreplex.predictions.Predictions.confidence`); ``route``
+        (``auto`` or ``human``). Labels, probabilities and route follow the task module's decoding
+        (:mod:`scoreplex.decoding`: temperature, ordinal cut points, routing threshold). An unknown task raises
         UnknownTaskError and a missing or corrupt module SuiteError naming the task; with ``on_error="row"`` those
         rows get ``{"task", "error"}`` instead and the other rows are scored.
         """

@@ -61,7 +61,10 @@ class ScoredResponse(BaseModel):
         None, description="Class probabilities per dimension, in scale order (lowest score first)."
     )
     confidence: float | None = Field(
-        None, description="The smallest probability of the predicted class over the dimensions (calibrated)."
+        None,
+        description="The confidence the task's routing threshold applies to, in [0, 1] (calibrated; over the "
+        "dimensions the smallest 1 - expected quadratic disagreement with the predicted score, or the smallest "
+        "probability of the predicted class for modules that route on it).",
     )
     route: Literal["auto", "human"] | None = Field(
         None,
