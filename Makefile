@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format mpnet bench-asap bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
+.PHONY: install demo test lint format mpnet bench-asap bench-routing bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,9 @@ $(MPNET)/config.json: $(STAMP)
 
 bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-SAS items; about 3 hours on 2 cores, resumable)
 	$(BIN)/python benchmarks/asap_sas.py --out docs/results
+
+bench-routing: $(STAMP)  ## routing rules compared out of fold on validation (needs bench-asap's LoRA suite; ~8 min on 2 cores)
+	$(BIN)/python benchmarks/routing.py --suite runs/asap-sas/lora --splits 100 --out docs/results
 
 bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs bench-asap's suites; ~5 min on 2 cores)
 	$(BIN)/python benchmarks/engine.py --suite runs/asap-sas/lora --full-suite runs/asap-sas/full --out docs/results

@@ -590,7 +590,8 @@ def evaluate(
         f"{len(result['tasks'])} tasks pass; automated: mean rate "
         + ("n/a" if rate is None else f"{100 * rate:.1f}%")
         + f"; on {result['items_auto_meeting_human']} of {len(result['tasks'])} tasks the automated responses agree "
-        "with the human score at least as well as two humans do"
+        "with the human score at least as well as two humans do on those responses ("
+        + f"{result.get('items_auto_meeting_human_all_responses', 0)} against the two humans over all responses)"
     )
     if (line := calibration_line(result)) is not None:
         typer.echo(line)

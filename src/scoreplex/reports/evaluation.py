@@ -233,7 +233,9 @@ def criteria_markdown(report: Mapping[str, Any], *, title: str = "Deployment cri
     lines.append(f"- Mean automation rate (unweighted over tasks): **{_pct(report.get('mean_automation_rate'))}**")
     lines.append(
         f"- Tasks whose automated responses agree with the human score at least as well as two humans do (QWK and "
-        f"exact agreement): **{report.get('items_auto_meeting_human', 0)} of {n_tasks}**"
+        f"exact agreement) on the same responses: **{report.get('items_auto_meeting_human', 0)} of {n_tasks}**; "
+        f"as well as two humans do over all the task's responses: "
+        f"**{report.get('items_auto_meeting_human_all_responses', 0)} of {n_tasks}**"
     )
     lines += ["", "## All responses", ""]
     header = ["task", "n", "QWK", "human QWK", "reference", "degradation", "SMD", "exact", "human exact", "adjacent"]
