@@ -175,6 +175,11 @@ def test_quadratic_confidence_weighs_how_far_the_doubt_lies():
     assert np.allclose(pred.confidence, quad)
     assert pred.routes == ["auto", "human"]
     assert Decoding.from_dict(json.loads(json.dumps(dec.to_dict())), SPEC) == dec
+    # a server's confidences (the client's Predictions) are returned as sent, not recomputed as top-class
+    from scoreplex.predictions import Predictions
+
+    remote = Predictions(SPEC, ["a", "b"], pred.labels, [p], given_confidence=pred.confidence)
+    assert np.allclose(remote.confidence, quad)
 
 
 def test_meets_human_counts_an_undefined_qwk_as_full_agreement():

@@ -335,8 +335,15 @@ class RemoteScorer:
                 dtype=np.int64,
             )
             automated = np.asarray([results[i].get("route", "auto") != "human" for i in positions], dtype=bool)
+            given = [results[i].get("confidence") for i in positions]
             pred = Predictions(
-                spec=spec, ids=[ids[i] for i in positions], labels=labels, probs=probs, automated=automated
+                spec=spec,
+                ids=[ids[i] for i in positions],
+                labels=labels,
+                probs=probs,
+                automated=automated,
+                # the server's own confidence (the task's routing kind), where it sent one for every response
+                given_confidence=None if None in given else np.asarray(given, dtype=np.float64),
             )
             out.append((positions, pred))
         return out

@@ -42,6 +42,8 @@ class Predictions:
     """``(N,)`` bool; None means every response is automated (no routing threshold)."""
     confidence_kind: str = "top"
     """What :attr:`confidence` measures: ``top`` or ``quadratic`` (the task's routing confidence)."""
+    given_confidence: np.ndarray | None = None
+    """``(N,)`` confidences computed elsewhere (a server's answer); :attr:`confidence` returns them as they are."""
 
     def __post_init__(self) -> None:
         if self.automated is None:
@@ -49,6 +51,8 @@ class Predictions:
 
     @property
     def confidence(self) -> np.ndarray:
+        if self.given_confidence is not None:
+            return np.asarray(self.given_confidence, dtype=np.float64)
         if not self.probs or len(self.ids) == 0:
             return np.zeros(len(self.ids))
         from scoreplex.decoding import dimension_confidence
