@@ -233,7 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     require_suite(args.suite)
     t0 = time.perf_counter()
     suite = Suite.open(args.suite)
-    items = validation_probs(suite, args.backbone, args.data, args.seed, Path(args.work) / Path(args.suite).name)
+    items = validation_probs(
+        suite,
+        args.backbone,
+        args.data,
+        args.seed,
+        Path(args.work) / Path(args.suite).parent.name / Path(args.suite).name,
+    )
     per_item = {}
     for tid, item in items.items():
         per_item[tid] = run_item(item, args.splits, args.seed)
