@@ -373,8 +373,11 @@ def dimension_confidence(probs: np.ndarray, classes: np.ndarray, kind: str = "to
     ``top``: ``p[class]``, the probability that the predicted class is exactly right. ``quadratic``: ``1 - sum_k
     p_k (k - class)^2 / (K - 1)^2``, one minus the expected disagreement with the predicted class under QWK's
     quadratic weights (Cohen 1968), so a response whose doubt lies on the neighbouring score counts as surer than
-    one torn between the scale's ends; for ``K = 2`` the two are equal. ConfigError-free: ``kind`` is checked where a
-    decoding is read (:meth:`Decoding.from_dict`); an unknown kind here raises ValueError."""
+    one torn between the scale's ends; for ``K = 2`` the two are equal.
+
+    Raises:
+        ValueError: an unknown ``kind`` (a task module's kind is checked when it is read, :meth:`Decoding.from_dict`).
+    """
     probs = np.asarray(probs, dtype=np.float64)
     rows = np.arange(len(classes))
     if kind == "top":
@@ -655,8 +658,8 @@ def fit_routing(
 ) -> Decoding:
     """``decoding`` with a routing threshold fitted on the validation probabilities ``probs [(N, K_d)]`` and human
     scores ``labels (N, D)`` (:func:`fit_route_threshold` on the ``confidence`` kind, by ``rule`` at ``level``,
-    bootstrap seeded by ``seed``); ``decoding``
-    unchanged, without routing, when ``human`` lacks a finite QWK or exact agreement.
+    bootstrap seeded by ``seed``); ``decoding`` unchanged, without routing, when ``human`` lacks a finite QWK or
+    exact agreement.
 
     Raises:
         ValueError: an unknown ``confidence`` or ``rule``.
