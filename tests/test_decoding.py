@@ -11,6 +11,7 @@ from scoreplex.decoding import (
     ALL_HUMAN,
     Decoding,
     DimensionDecoding,
+    RouteOptions,
     agreement,
     calibration_consistency,
     dimension_confidence,
@@ -22,7 +23,7 @@ from scoreplex.decoding import (
     meets_human_share,
     temperature_scale,
 )
-from scoreplex.errors import SuiteError
+from scoreplex.errors import ConfigError, SuiteError
 from scoreplex.metrics import automated_criteria, meets_human, quadratic_weighted_kappa
 from scoreplex.tasks import TaskSpec
 
@@ -239,6 +240,33 @@ def test_confident_rule_automates_less_than_lowest_and_with_a_margin():
         fit_route_threshold(SPEC, conf, y, pred, human, second, rule="confident", level=1.0)
 
 
+def test_route_options_pick_the_confidence_and_the_rule_that_fit_decoding_uses():
+    y, pred, second, conf = _routing_case(400, 1, engine_error=0.15, human_error=0.12)
+    p = np.tile(((1 - conf) / 3)[:, None], (1, 4))  # the predicted class gets conf, the rest share what is left
+    p[np.arange(len(p)), pred[:, 0]] = conf
+    human = {"qwk": 0.9, "exact": 0.88, "n": 400}
+    fits = {
+        name: fit_decoding(SPEC, [p], y, human=human, second=second, routing=options)
+        for name, options in {
+            "default": None,
+            "top": RouteOptions(confidence="top"),
+            "confident": RouteOptions(rule="confident", level=0.9),
+        }.items()
+    }
+    assert fits["default"].route_confidence == "quadratic" and fits["top"].route_confidence == "top"
+    routed = {name: dec.fitted["routing"] for name, dec in fits.items()}
+    assert routed["default"]["rule"] == "lowest" and routed["confident"]["rule"] == "confident"
+    assert routed["confident"]["meets_share"] >= 0.9
+    assert routed["confident"]["automation_rate"] <= routed["default"]["automation_rate"]
+    for bad, match in [
+        ({"confidence": "entropy"}, r"routing confidence \(--route-confidence\) 'entropy' is unknown"),
+        ({"rule": "best"}, r"routing rule \(--route-rule\) 'best' is unknown"),
+        ({"level": 1.0}, "strictly between 0 and 1"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            RouteOptions(**bad)
+
+
 def test_binary_dimensions_get_thresholds():
     spec = TaskSpec.multilabel("ml", ["evidence", "claim"])
     rng = np.random.default_rng(4)
@@ -313,6 +341,27 @@ def test_trained_suite_stores_decoding_and_every_scorer_uses_it(tiny_bb, small_o
     assert "decoding" not in Suite.open(tmp_path / "s").task_info(task)
 
 
+def test_train_fits_routing_as_its_route_options_say(tiny_bb, small_options, tmp_path):
+    from tests.conftest import _demo_columns
+
+    from scoreplex.data.demo import demo_specs, write_demo
+    from scoreplex.data.load import read_dataset
+    from scoreplex.training.suite import train_suite
+
+    # 200 responses, every fifth double-scored: enough for the two raters' reference (20), so routing is fitted
+    files = write_demo(tmp_path / "demo", n_train=200, n_test=10)
+    data = read_dataset(files["train"], columns=_demo_columns(), specs={s.id: s for s in demo_specs()})
+    task = next(iter(data))
+    stored = {}
+    for name, routing in [("default", RouteOptions()), ("chosen", RouteOptions("top", "confident", 0.9))]:
+        options = small_options("head", routing=routing, lexical=False)
+        stored[name] = train_suite({task: data[task]}, tmp_path / name, options, backbone=tiny_bb).decoding(task)
+    assert all(dec.human is not None for dec in stored.values())
+    assert stored["default"].route_confidence == "quadratic" and stored["chosen"].route_confidence == "top"
+    assert stored["default"].fitted["routing"]["rule"] == "lowest"
+    assert stored["chosen"].fitted["routing"]["rule"] == "confident"
+
+
 def test_calibrate_command_fits_and_stores_decoding(tiny_bb, tiny_backbone_path, small_options, demo_files, tmp_path):
     from typer.testing import CliRunner
 
@@ -342,6 +391,12 @@ def test_calibrate_command_fits_and_stores_decoding(tiny_bb, tiny_backbone_path,
     bad.write_text("id,task,text,score\n1,nope,some answer,1\n", encoding="utf-8")
     r = runner.invoke(app, ["calibrate", str(out), str(bad), *common])
     assert r.exit_code == 2 and "nope" in r.output
+    # a routing option out of range: named, exit code 2, the stored decoding untouched
+    before = {t: suite.decoding(t) for t in suite.task_ids}
+    for option in (["--route-rule", "best"], ["--route-confidence", "entropy"], ["--route-level", "1.5"]):
+        r = runner.invoke(app, ["calibrate", str(out), str(demo_files["test"]), *option, *common])
+        assert r.exit_code == 2 and option[1] in r.output and "Traceback" not in r.output, r.output
+    assert {t: Suite.open(out).decoding(t) for t in suite.task_ids} == before
 
 
 def test_routing_holds_the_engine_to_the_second_rater_on_the_same_responses():

@@ -111,6 +111,28 @@ DelimiterOpt = Annotated[
 BackboneOpt = Annotated[
     str, typer.Option("--backbone", help="'minilm' (packaged all-MiniLM-L6-v2) or a local Hugging Face folder.")
 ]
+RouteConfidenceOpt = Annotated[
+    str,
+    typer.Option(
+        "--route-confidence",
+        help="Routing: the confidence thresholded. quadratic (1 - the expected quadratic disagreement with the "
+        "predicted score; automated more and met the second rater more often out of fold on ASAP-SAS, "
+        "docs/results/routing.md) or top (the predicted class's probability).",
+    ),
+]
+RouteRuleOpt = Annotated[
+    str,
+    typer.Option(
+        "--route-rule",
+        help="Routing: lowest (the lowest threshold whose validation responses meet the second rater: automates "
+        "most, clears the bar on new responses less often) or confident (the lowest threshold that meets it in "
+        "--route-level of bootstrap resamples: automates less, with a margin).",
+    ),
+]
+RouteLevelOpt = Annotated[
+    float,
+    typer.Option("--route-level", help="Routing, --route-rule confident: the share of resamples, in (0, 1)."),
+]
 
 
 def _ray_opt(what: str, without: str | None = None):
@@ -343,6 +365,9 @@ def train(
             "thresholds, and a routing threshold at the two raters' agreement when the data has a second score.",
         ),
     ] = True,
+    route_confidence: RouteConfidenceOpt = "quadratic",
+    route_rule: RouteRuleOpt = "lowest",
+    route_level: RouteLevelOpt = 0.8,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     delimiter: DelimiterOpt = None,
     progress: Annotated[
@@ -382,6 +407,7 @@ def train(
     try:
         from scoreplex.data.load import read_dataset
         from scoreplex.data.readers import reading_notes
+        from scoreplex.decoding import RouteOptions
         from scoreplex.encoding import LongInputs
         from scoreplex.training.suite import (
             TrainOptions,
@@ -391,6 +417,7 @@ def train(
             training_truncation,
         )
 
+        routing = RouteOptions(route_confidence, route_rule, route_level)  # before a long read
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(
             data, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=_delimiter(delimiter)
@@ -429,6 +456,7 @@ def train(
             config=config,
             settings=settings,
             decoding=decoding,
+            routing=routing,
             lexical=lexical,
             progress=progress,
             long_inputs=LongInputs(
@@ -686,6 +714,9 @@ def calibrate(
             help="Fit a routing threshold (responses below it go to a human rater) at the two raters' agreement.",
         ),
     ] = True,
+    route_confidence: RouteConfidenceOpt = "quadratic",
+    route_rule: RouteRuleOpt = "lowest",
+    route_level: RouteLevelOpt = 0.8,
     delimiter: DelimiterOpt = None,
 ) -> None:
     """Fit each task's decoding on held-out scored responses and store it in the suite.
@@ -700,15 +731,16 @@ def calibrate(
 
     try:
         from scoreplex.data.load import read_dataset
-        from scoreplex.decoding import describe_decoding
+        from scoreplex.decoding import RouteOptions, describe_decoding
         from scoreplex.scorer import calibrate_suite
         from scoreplex.suite import Suite
 
+        routing = RouteOptions(route_confidence, route_rule, route_level)
         s = Suite.open(suite)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(data, columns=cols, specs=specs, encoding=encoding, delimiter=_delimiter(delimiter))
-        fitted = calibrate_suite(s, datasets, backbone, route=route)
+        fitted = calibrate_suite(s, datasets, backbone, route=route, routing=routing)
     except ScoreplexError as exc:
         _fail(exc)
     for tid, dec in fitted.items():

@@ -20,7 +20,7 @@ import numpy as np
 
 from scoreplex.backbone import Backbone
 from scoreplex.data.dataset import TaskData
-from scoreplex.decoding import Decoding, task_calibration
+from scoreplex.decoding import Decoding, RouteOptions, task_calibration
 from scoreplex.encoding import LengthCounts
 from scoreplex.errors import ConfigError, DataError, ScoreplexError, UnknownTaskError
 from scoreplex.heads import probabilities
@@ -360,13 +360,15 @@ def calibrate_suite(
     backbone: str | os.PathLike[str] | Backbone | None = None,
     *,
     route: bool = True,
+    routing: RouteOptions | None = None,
     on_task_done=None,
 ) -> dict[str, Decoding]:
     """Fit each task's :class:`~scoreplex.decoding.Decoding` on held-out scored responses and store it in its module
     (``scoreplex calibrate``): for suites trained with ``decoding=False``, merged suites, or a fresh validation set.
 
     ``datasets`` must not overlap the responses the task was trained on (the fit would be optimistic). The human
-    reference for routing is the data's own second score when it has one, else the one the module already records.
+    reference for routing is the data's own second score when it has one, else the one the module already records;
+    the threshold is fitted as ``routing`` says (:class:`~scoreplex.decoding.RouteOptions`; None: its defaults).
     Raises UnknownTaskError for a task the suite lacks and DataError for unscored data.
     """
     from scoreplex.decoding import fit_decoding
@@ -385,7 +387,9 @@ def calibrate_suite(
         if reference is not None and reference.qwk is not None and reference.exact is not None:
             human = {"qwk": reference.qwk, "exact": reference.exact, "adjacent": reference.adjacent, "n": reference.n}
         raw = scorer.predict(task_id, data.texts, data.ids)
-        decoding = fit_decoding(data.spec, raw.probs, data.labels, human=human, second=data.second, route=route)
+        decoding = fit_decoding(
+            data.spec, raw.probs, data.labels, human=human, second=data.second, route=route, routing=routing
+        )
         suite.set_decoding(task_id, decoding)
         fitted[task_id] = decoding
         if on_task_done is not None:

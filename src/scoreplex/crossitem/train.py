@@ -457,7 +457,12 @@ def save_cross_item(
             if options.decoding or options.lexical:
                 probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
                 decoding, stack, report = finish_task(
-                    train, val[task_id], probs, lexical=options.lexical, decoding=options.decoding
+                    train,
+                    val[task_id],
+                    probs,
+                    lexical=options.lexical,
+                    decoding=options.decoding,
+                    routing=options.routing,
                 )
         elif run.out_of_fold is not None and task_id in run.out_of_fold:
             decoding, val_metrics = _out_of_fold_decoding(train, run.out_of_fold[task_id], options)
@@ -571,7 +576,7 @@ def _out_of_fold_decoding(data: TaskData, probs: list[np.ndarray], options: Trai
     from scoreplex.training.suite import out_of_fold_decoding
 
     metrics = evaluate_task(data.spec, data.labels, from_probabilities(data.spec, data.ids, probs).labels)
-    return out_of_fold_decoding(data, probs, options.decoding)[0], metrics
+    return out_of_fold_decoding(data, probs, options.decoding, options.routing)[0], metrics
 
 
 def small_items(datasets: Mapping[str, TaskData], options: TrainOptions) -> dict[str, str]:

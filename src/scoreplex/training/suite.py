@@ -16,7 +16,7 @@ import torch
 
 from scoreplex.backbone import DEFAULT_BACKBONE, Backbone
 from scoreplex.data.dataset import TaskData
-from scoreplex.decoding import Decoding, describe_decoding
+from scoreplex.decoding import Decoding, RouteOptions, describe_decoding
 from scoreplex.encoding import (
     TRUNCATE,
     Encoded,
@@ -95,6 +95,9 @@ class TrainOptions:
     """After training, fit the task's decoding on its validation split (:func:`scoreplex.decoding.fit_decoding`:
     temperature, ordinal cut points or binary thresholds, and, when the data has a second human score, the routing
     threshold) and store it in the task module. False keeps argmax at temperature 1 with every response automated."""
+    routing: RouteOptions = field(default_factory=RouteOptions)
+    """How the routing threshold is fitted: the confidence routed on and the rule that picks the threshold
+    (``--route-confidence``, ``--route-rule``, ``--route-level``)."""
     progress: bool = True
     """A bar per task on a terminal; elsewhere (``nohup``, CI) plain lines on stderr: each task's start and each
     epoch's loss, validation QWK and time."""
@@ -607,10 +610,12 @@ def finish_task(
     *,
     lexical: bool,
     decoding: bool,
+    routing: RouteOptions | None = None,
 ) -> tuple[Decoding | None, LexicalStack | None, dict[str, Any] | None]:
     """After training: the stacked lexical model (fitted on ``train``, kept only if validation says so,
     :func:`scoreplex.stacking.fit_stack`) and the decoding fitted on the validation probabilities ``probs`` (stacked
-    when a lexical model is kept; :func:`scoreplex.decoding.fit_decoding`). Returns ``(decoding, stack, stack
+    when a lexical model is kept; :func:`scoreplex.decoding.fit_decoding`, its routing threshold fitted as ``routing``
+    says, :class:`~scoreplex.decoding.RouteOptions`). Returns ``(decoding, stack, stack
     report)``; each is None when not asked for (or, for the stack, not kept)."""
     from scoreplex.decoding import fit_decoding
 
@@ -622,7 +627,7 @@ def finish_task(
     fitted = None
     if decoding:
         human = human_reference(train.spec, train, val)
-        fitted = fit_decoding(val.spec, probs, val.labels, human=human, second=val.second)
+        fitted = fit_decoding(val.spec, probs, val.labels, human=human, second=val.second, routing=routing)
     return fitted, stack, report
 
 
@@ -687,21 +692,26 @@ def _finish_small_item(
     if options.lexical:
         reason = "small item: no held-out responses left to weigh a lexical model (epochs chosen by cross-validation)"
         stack_report = {"kept": False, "weight": 0.0, "neural_qwk": None, "lexical_qwk": None, "skipped": reason}
-    decoding, record["decoding"] = out_of_fold_decoding(data, list(small_item["choice"].probs), options.decoding)
+    decoding, record["decoding"] = out_of_fold_decoding(
+        data, list(small_item["choice"].probs), options.decoding, options.routing
+    )
     return decoding, None, stack_report
 
 
-def out_of_fold_decoding(data: TaskData, probs: list[np.ndarray], decoding: bool) -> tuple[Decoding | None, str]:
+def out_of_fold_decoding(
+    data: TaskData, probs: list[np.ndarray], decoding: bool, routing: RouteOptions | None = None
+) -> tuple[Decoding | None, str]:
     """The decoding of a cross-validated item, fitted on its out-of-fold probabilities ``[(N, K_d)]`` at the chosen
-    epoch, with what was done: only when asked for (``decoding``) and with at least :data:`MIN_DECODING_ROWS`
-    responses; else None (argmax at temperature 1)."""
+    epoch (routing threshold as ``routing`` says), with what was done: only when asked for (``decoding``) and with
+    at least :data:`MIN_DECODING_ROWS` responses; else None (argmax at temperature 1)."""
     from scoreplex.decoding import fit_decoding
 
     if not decoding:
         return None, "not asked for"
     if len(data) < MIN_DECODING_ROWS:
         return None, f"skipped: {len(data)} responses, fewer than {MIN_DECODING_ROWS}; argmax at temperature 1"
-    fitted = fit_decoding(data.spec, probs, data.labels, human=human_reference(data.spec, data), second=data.second)
+    human = human_reference(data.spec, data)
+    fitted = fit_decoding(data.spec, probs, data.labels, human=human, second=data.second, routing=routing)
     return fitted, "fitted on the out-of-fold probabilities at the chosen epoch"
 
 
@@ -898,7 +908,7 @@ def train_suite_task(bb: Backbone, suite: Suite, job: TaskJob, options: TrainOpt
                 bb, model, val, max_length, method=options.method, pooling=options.pooling, long_inputs=long_inputs
             )
             decoding, stack, stack_report = finish_task(
-                train, val, probs, lexical=options.lexical, decoding=options.decoding
+                train, val, probs, lexical=options.lexical, decoding=options.decoding, routing=options.routing
             )
     if log is not None and stack_report is not None:
         log(f"task {task_id}: {describe_stack(stack_report)}")
