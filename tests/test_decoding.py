@@ -234,9 +234,9 @@ def test_confident_rule_automates_less_than_lowest_and_with_a_margin():
     assert t_low < 1 and t_conf < 1
     assert t_conf >= t_low and sure["automation_rate"] <= low["automation_rate"]
     assert sure["meets_share"] >= 0.9 and sure["rule"] == "confident"
-    with pytest.raises(ValueError, match="unknown routing rule"):
+    with pytest.raises(ConfigError, match="routing rule .* is unknown"):
         fit_route_threshold(SPEC, conf, y, pred, human, second, rule="best")
-    with pytest.raises(ValueError, match="must be in"):
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
         fit_route_threshold(SPEC, conf, y, pred, human, second, rule="confident", level=1.0)
 
 
@@ -397,6 +397,40 @@ def test_calibrate_command_fits_and_stores_decoding(tiny_bb, tiny_backbone_path,
         r = runner.invoke(app, ["calibrate", str(out), str(demo_files["test"]), *option, *common])
         assert r.exit_code == 2 and option[1] in r.output and "Traceback" not in r.output, r.output
     assert {t: Suite.open(out).decoding(t) for t in suite.task_ids} == before
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "named"),
+    [
+        ("train", ["--route-rule", "best"], "--route-rule"),
+        ("train", ["--route-confidence", "entropy"], "--route-confidence"),
+        ("train", ["--no-decoding", "--route-rule", "confident"], "--no-decoding"),
+        ("train", ["--route-level", "0.9"], "--route-rule confident only"),
+        ("calibrate", ["--route-level", "0"], "--route-level"),
+        ("calibrate", ["--no-route", "--route-confidence", "top"], "--no-route"),
+    ],
+)
+def test_route_options_are_checked_before_any_file_is_read(tmp_path, command, args, named):
+    from typer.testing import CliRunner
+
+    from scoreplex.cli import app
+
+    missing = str(tmp_path / "no-such-file.csv")  # read only after the options are checked
+    head = [missing, "--out", str(tmp_path / "s")] if command == "train" else [str(tmp_path / "no-suite"), missing]
+    r = CliRunner().invoke(app, [command, *head, *args])
+    assert r.exit_code == 2 and named in r.output and "Traceback" not in r.output, r.output
+    assert "no-such-file" not in r.output  # the options' error, not the missing file's
+
+
+def test_cli_route_defaults_are_the_library_defaults():
+    import inspect
+
+    from scoreplex import cli
+
+    for command in (cli.train, cli.calibrate):
+        params = inspect.signature(command).parameters
+        defaults = RouteOptions(*(params[f"route_{k}"].default for k in ("confidence", "rule", "level")))
+        assert defaults == RouteOptions()
 
 
 def test_routing_holds_the_engine_to_the_second_rater_on_the_same_responses():

@@ -178,6 +178,36 @@ def _columns(text_col, task_col, task_id, id_col, label, second):
     )
 
 
+def _route_options(confidence: str, rule: str, level: float, *, fitted: bool, off: str):
+    """The :class:`~scoreplex.decoding.RouteOptions` of ``--route-confidence/--route-rule/--route-level``, checked
+    before any data is read. ConfigError for an unknown value, for options changed from their defaults where the
+    command fits no routing threshold (``fitted`` False: the ``off`` flag was given), and for ``--route-level``
+    without ``--route-rule confident`` (the only rule that reads it)."""
+    from scoreplex.decoding import ROUTE_CONFIDENCE, ROUTE_LEVEL, ROUTE_RULE, RouteOptions
+    from scoreplex.errors import ConfigError
+
+    options = RouteOptions(confidence, rule, level)
+    given = [
+        flag
+        for flag, value, default in (
+            ("--route-confidence", confidence, ROUTE_CONFIDENCE),
+            ("--route-rule", rule, ROUTE_RULE),
+            ("--route-level", level, ROUTE_LEVEL),
+        )
+        if value != default
+    ]
+    if given and not fitted:
+        raise ConfigError(
+            f"{', '.join(given)} given with {off}, which fits no routing threshold; drop {off} or those options."
+        )
+    if level != ROUTE_LEVEL and rule != "confident":
+        raise ConfigError(
+            f"--route-level is read by --route-rule confident only (here: --route-rule {rule}); add --route-rule "
+            "confident or drop --route-level."
+        )
+    return options
+
+
 def _fail(exc: Exception) -> None:
     from rich.markup import escape
 
@@ -407,7 +437,6 @@ def train(
     try:
         from scoreplex.data.load import read_dataset
         from scoreplex.data.readers import reading_notes
-        from scoreplex.decoding import RouteOptions
         from scoreplex.encoding import LongInputs
         from scoreplex.training.suite import (
             TrainOptions,
@@ -417,7 +446,7 @@ def train(
             training_truncation,
         )
 
-        routing = RouteOptions(route_confidence, route_rule, route_level)  # before a long read
+        routing = _route_options(route_confidence, route_rule, route_level, fitted=decoding, off="--no-decoding")
         cols = _columns(text_col, task_col, task_id, id_col, label, second)
         datasets = read_dataset(
             data, columns=cols, tasks_file=tasks, encoding=encoding, delimiter=_delimiter(delimiter)
@@ -731,11 +760,11 @@ def calibrate(
 
     try:
         from scoreplex.data.load import read_dataset
-        from scoreplex.decoding import RouteOptions, describe_decoding
+        from scoreplex.decoding import describe_decoding
         from scoreplex.scorer import calibrate_suite
         from scoreplex.suite import Suite
 
-        routing = RouteOptions(route_confidence, route_rule, route_level)
+        routing = _route_options(route_confidence, route_rule, route_level, fitted=route, off="--no-route")
         s = Suite.open(suite)
         specs = {tid: s.spec(tid) for tid in s.task_ids}
         cols = _columns(text_col, task_col, task_id, id_col, label, second)

@@ -47,6 +47,8 @@ ROUTE_CONFIDENCE = "quadratic"
 responses and met the second rater on 26.2% vs 21.2% of held-out halves (mean over 10 items, 200 halves each)."""
 ROUTE_RULES = ("lowest", "confident")
 """How a routing threshold is picked among the validation confidences (:func:`fit_route_threshold`)."""
+ROUTE_RULE = "lowest"
+"""The rule new routing thresholds are picked by (docs/results/routing.md: it automates the most)."""
 ROUTE_LEVEL = 0.8
 """Default share of bootstrap draws in which the automated responses must meet the human yardstick (``confident``)."""
 ROUTE_DRAWS = 400
@@ -61,9 +63,10 @@ class RouteOptions:
     """How a task's routing threshold is fitted (``--route-confidence``, ``--route-rule``, ``--route-level`` of
     ``scoreplex train`` and ``scoreplex calibrate``; :func:`fit_routing`).
 
-    The defaults are the combination chosen out of fold on the ASAP-SAS validation splits (docs/results/routing.md):
-    ``confident`` at 0.8 met the second rater on 28.3% of held-out halves against 26.2% for ``lowest``, but automated
-    36.8% of responses against 50.6%, so it is a choice for programmes that value agreement over automation.
+    The defaults, ``quadratic`` confidence and the ``lowest`` rule, are the combination chosen out of fold on the
+    ASAP-SAS validation splits (docs/results/routing.md). There, with the quadratic confidence, ``confident`` at 0.8
+    met the second rater on 28.3% of held-out halves against 26.2% for ``lowest``, but automated 36.8% of responses
+    against 50.6%: a choice for programmes that value agreement over automation.
 
     Raises:
         ConfigError: an unknown ``confidence`` or ``rule``, or ``level`` outside ``(0, 1)``.
@@ -71,7 +74,7 @@ class RouteOptions:
 
     confidence: str = ROUTE_CONFIDENCE
     """The confidence routed on: one of :data:`ROUTE_CONFIDENCES` (:func:`dimension_confidence`)."""
-    rule: str = "lowest"
+    rule: str = ROUTE_RULE
     """How the threshold is picked: one of :data:`ROUTE_RULES` (:func:`fit_route_threshold`)."""
     level: float = ROUTE_LEVEL
     """``confident``: the share of bootstrap resamples whose automated responses must meet the yardstick."""
@@ -489,7 +492,7 @@ def fit_route_threshold(
     y_pred: np.ndarray,
     human: Mapping[str, Any],
     second: np.ndarray | None = None,
-    rule: str = "lowest",
+    rule: str = ROUTE_RULE,
     level: float = ROUTE_LEVEL,
     seed: int = 0,
 ) -> tuple[float, dict[str, Any]]:
@@ -510,12 +513,9 @@ def fit_route_threshold(
     ``confident`` the ``meets_share``).
 
     Raises:
-        ValueError: ``rule`` is not one of :data:`ROUTE_RULES` or ``level`` is not in ``(0, 1)``.
+        ConfigError: ``rule`` not one of :data:`ROUTE_RULES`, or ``level`` outside ``(0, 1)`` (:class:`RouteOptions`).
     """
-    if rule not in ROUTE_RULES:
-        raise ValueError(f"unknown routing rule {rule!r}; give one of {', '.join(ROUTE_RULES)}")
-    if not 0 < level < 1:
-        raise ValueError(f"routing level {level!r} must be in (0, 1), e.g. {ROUTE_LEVEL}")
+    RouteOptions(rule=rule, level=level)  # checks them
     order = np.sort(np.unique(confidence))
     has_second = second is not None and np.all(second >= 0, axis=1).sum() >= MIN_AUTOMATED
     for t in order:
@@ -645,6 +645,8 @@ def fit_decoding(
     on the same responses); the final rule is refitted on all validation responses. Then the routing threshold
     (:func:`fit_routing`).
 
+    Raises:
+        ConfigError: ``routing`` holds an unknown confidence kind or rule (:class:`RouteOptions`).
     """
     routing = RouteOptions() if routing is None else routing
     labels = np.asarray(labels).reshape(len(labels), -1)
@@ -683,7 +685,7 @@ def fit_routing(
     human: Mapping[str, Any] | None,
     second: np.ndarray | None = None,
     confidence: str = ROUTE_CONFIDENCE,
-    rule: str = "lowest",
+    rule: str = ROUTE_RULE,
     level: float = ROUTE_LEVEL,
     seed: int = 0,
 ) -> Decoding:
@@ -693,10 +695,9 @@ def fit_routing(
     exact agreement.
 
     Raises:
-        ValueError: an unknown ``confidence`` or ``rule``.
+        ConfigError: an unknown ``confidence`` or ``rule``, or ``level`` outside ``(0, 1)`` (:class:`RouteOptions`).
     """
-    if confidence not in ROUTE_CONFIDENCES:
-        raise ValueError(f"unknown confidence kind {confidence!r}; give one of {', '.join(ROUTE_CONFIDENCES)}")
+    RouteOptions(confidence, rule, level)  # checks them
     if not (human and _finite(human.get("qwk")) and _finite(human.get("exact"))):
         return decoding
     labels = np.asarray(labels).reshape(len(labels), -1)

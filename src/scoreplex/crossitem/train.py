@@ -38,6 +38,7 @@ from scoreplex.backbone import Backbone, lora_target_modules
 from scoreplex.crossitem.method import SHARED_NAME, CrossItemMethod
 from scoreplex.crossitem.model import CROSS_ITEM_HEADS, CrossItemModel, pairing_text
 from scoreplex.data.dataset import TaskData
+from scoreplex.decoding import RouteOptions
 from scoreplex.encoding import Encoded, choose_max_length, collate, encode_pairs, train_batches
 from scoreplex.errors import ConfigError, DataError, SuiteError
 from scoreplex.heads import probabilities, rubric_loss
@@ -755,6 +756,7 @@ def add_item(
     config: TrainConfig | None = None,
     val_fraction: float = 0.2,
     decoding: bool = True,
+    routing: RouteOptions | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Add a new item to a cross-item suite, on the frozen cross-item encoder's pooled features of its responses
@@ -769,10 +771,12 @@ def add_item(
       (:class:`~scoreplex.heads.OrdinalHead`), so its responses are scored by the latent the other items trained
       (``"zero_shot": True`` in the summary); add scored answers later by re-adding the item under a new id.
 
-    Validation rows are ``val``, else a ``val_fraction`` split of ``data``; an item too small to split validates on
-    its training rows (reported as ``"validated_on": "train"``). Returns the item's summary (metrics, rows, the
-    number of parameters fitted and stored). ConfigError if the item is already in the suite; DataError for unscored
-    data, or for no data in a ``per-item`` suite (a fresh softmax head needs scored answers).
+    Validation rows are ``val``, else a ``val_fraction`` split of ``data``; an item too small to split validates on its
+    training rows (reported as ``"validated_on": "train"``); with ``decoding``, the item's decoding is fitted on
+    validation rows (its routing threshold as ``routing`` says, :class:`~scoreplex.decoding.RouteOptions`). Returns the
+    item's summary (metrics, rows, the number of parameters fitted and stored). ConfigError if the item is already in
+    the suite; DataError for unscored data, or for no data in a ``per-item`` suite (a fresh softmax head needs scored
+    answers).
     """
     from scoreplex.data.splits import train_val_split
 
@@ -847,7 +851,7 @@ def add_item(
         metrics = evaluate_task(spec, val.labels, decode(spec, val.ids, logits).labels)
         if decoding and validated_on == "validation":
             probs = [p.numpy().astype(np.float64) for p in probabilities(logits, spec.class_counts)]
-            fitted, _, _ = finish_task(data, val, probs, lexical=False, decoding=True)
+            fitted, _, _ = finish_task(data, val, probs, lexical=False, decoding=True, routing=routing)
         added = {
             "n_train": len(data),
             "n_val": len(val),

@@ -1012,18 +1012,22 @@ def restack_suite(
     backbone: Backbone | str | None = None,
     *,
     lexical: bool = True,
+    routing: RouteOptions | None = None,
 ) -> dict[str, dict[str, Any]]:
     """For a suite trained earlier: per task in ``val_sets``, fit the stacked lexical model on its ``train_sets``
-    responses (kept only where validation says so) and refit its decoding on the (stacked) validation probabilities,
-    storing both in the task module — what :func:`train_suite` does after each task. ``val_sets`` must be the
-    responses held out from the task's training. Returns per task ``{"lexical": stack report or None}``."""
+    responses (kept only where validation says so) and refit its decoding on the (stacked) validation probabilities
+    (routing threshold as ``routing`` says), storing both in the task module — what :func:`train_suite` does after each
+    task. ``val_sets`` must be the responses held out from the task's training. Returns per task ``{"lexical": stack
+    report or None}``."""
     from scoreplex.scorer import SuiteScorer
 
     scorer = SuiteScorer(suite, backbone, decoding=False, lexical=False)
     reports: dict[str, dict[str, Any]] = {}
     for task_id, val in val_sets.items():
         probs = scorer.predict(task_id, val.texts, val.ids).probs
-        decoding, stack, report = finish_task(train_sets[task_id], val, probs, lexical=lexical, decoding=True)
+        decoding, stack, report = finish_task(
+            train_sets[task_id], val, probs, lexical=lexical, decoding=True, routing=routing
+        )
         suite.set_lexical(task_id, stack)
         suite.set_decoding(task_id, decoding)
         reports[task_id] = {"lexical": report}
