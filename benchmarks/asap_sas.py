@@ -89,7 +89,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--items", default="", type=whole_numbers, help="comma-separated item numbers (default: all 10)")
     ap.add_argument("--data", default=None, help="ASAP-SAS folder (default: ../shared/data/asap-sas)")
     ap.add_argument("--backbone", default="minilm")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    ap.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="seed of the models' initialisation, batch order and dropout, on the same split (default 0, every "
+        "earlier run's); give a fresh --work folder per training seed (a re-run keeps finished tasks)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--max-epochs", type=int, default=0, help="cap every method's epochs (smoke runs only)")
     ap.add_argument(
@@ -196,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
         m: replace(c, epochs=min(c.epochs, args.max_epochs)) if args.max_epochs else c
         for m, c in METHOD_CONFIGS.items()
     }
+    if args.train_seed is not None:
+        configs = {m: replace(c, seed=args.train_seed) for m, c in configs.items()}
     if args.lora_lr or args.lora_epochs:
         changes = {"lr": args.lora_lr or configs["lora"].lr, "epochs": args.lora_epochs or configs["lora"].epochs}
         configs["lora"] = replace(configs["lora"], **changes)
@@ -376,6 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
         "backbone": bb.info.to_dict(),
         "max_length": max_length,
         "seed": args.seed,
+        "train_seed": 0 if args.train_seed is None else args.train_seed,
         "truncated_share_train": trunc_train,
         "truncated_share_test": trunc_test,
         **results,
