@@ -103,3 +103,29 @@ def test_bad_options_stop_before_any_training(tmp_path, args, match):
     with pytest.raises(ConfigError, match=match):
         bench.main(argv)
     assert not (tmp_path / "w").exists()  # nothing was trained or written
+
+
+def test_suite_ensemble_averages_probabilities_and_reports_where_it_beats_both(tmp_path):
+    import numpy as np
+    from tests.conftest import load_benchmark
+
+    bench = load_benchmark("recipe_ensemble")
+
+    y = np.tile(np.arange(4), 10)
+    onehot = np.eye(4)[y]
+    wrong = np.eye(4)[(y + 1) % 4]
+    # A is right on the first half, B on the second; each is half sure where it is wrong, so the mean is always right
+    first = (np.arange(len(y)) < len(y) // 2)[:, None]
+    pa = np.where(first, onehot, 0.45 * onehot + 0.55 * wrong)
+    pb = np.where(first, 0.45 * onehot + 0.55 * wrong, onehot)
+    row = dict(zip(bench.KEYS, bench.item_row(y, pa, pb), strict=True))
+    assert row["ensemble_argmax"] == pytest.approx(1.0) and max(row["a_argmax"], row["b_argmax"]) < 1.0
+    same = dict(zip(bench.KEYS, bench.item_row(y, pa, pa), strict=True))
+    assert same["ensemble_argmax"] == same["a_argmax"] and same["ensemble_expected"] == same["a_expected"]
+    items = [{"item": "asap-1", "n": len(y), **row}, {"item": "asap-2", "n": len(y), **same}]
+    report = {"a": "A", "b": "B", "items": items, "items_ensemble_beats_both": 1, "command": "c", "date": "d",
+              "machine": "m", "mean": {k: float(np.mean([it[k] for it in items])) for k in bench.KEYS}}  # fmt: skip
+    bench.write_report(report, tmp_path, "ens")
+    assert json.loads((tmp_path / "ens.json").read_text())["items_ensemble_beats_both"] == 1
+    md = (tmp_path / "ens.md").read_text()
+    assert "| asap-1 | 40 |" in md and "beats the better of A and B on 1 of 2 items" in md
