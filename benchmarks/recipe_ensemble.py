@@ -59,6 +59,11 @@ def item_row(y: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> list[float]:
     return row
 
 
+def items_beating_both(items: list[dict]) -> int:
+    """How many items' ensemble QWK (argmax) is above both suites' own."""
+    return int(sum(it["ensemble_argmax"] > max(it["a_argmax"], it["b_argmax"]) for it in items))
+
+
 def write_report(report: dict, out: Path, name: str) -> None:
     """``<name>.json`` (atomically) and ``<name>.md`` under ``out``."""
     write_json_atomic(out / f"{name}.json", report)
@@ -115,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         "a": args.a,
         "b": args.b,
         "mean": mean,
-        "items_ensemble_beats_both": int(
-            sum(it["ensemble_argmax"] > max(it["a_argmax"], it["b_argmax"]) for it in items)
-        ),
+        "items_ensemble_beats_both": items_beating_both(items),
         "items": items,
         "command": "python benchmarks/recipe_ensemble.py " + shlex.join(argv),
         "date": datetime.date.today().isoformat(),

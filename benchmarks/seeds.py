@@ -26,10 +26,9 @@ import numpy as np
 from scoreplex.errors import ConfigError
 from scoreplex.suite import write_json_atomic
 
-SAME = ("seed", "max_length", "items")
-"""Report keys the runs must share (the split seed, the token cap, the items)."""
+SAME = ("split seed", "max length", "items", "backbone", "settings", "training config")
+"""What the runs must share: everything but the training seed."""
 FIGURES = (
-    ("mean_test_qwk", "mean test QWK"),
     ("items_passing_criteria", "items passing the criteria"),
     ("items_auto_meeting_human", "items whose automated part meets the second rater"),
     ("mean_automation_rate", "mean automation rate"),
@@ -57,7 +56,8 @@ def load_runs(paths: list[str], method: str) -> list[dict]:
 
     Raises:
         ConfigError: fewer than 2 reports, a report unreadable or without ``method``, reports that differ in split
-            seed, max length or items, or two reports with the same training seed.
+            seed, max length, items, backbone, method settings or training config (anything but the training seed),
+            or two reports with the same training seed.
     """
     if len(paths) < 2:
         raise ConfigError("--report: give at least two asap_sas.py reports, one per training seed.")
@@ -72,21 +72,26 @@ def load_runs(paths: list[str], method: str) -> list[dict]:
                 f"--report {path}: not an asap_sas.py report with a {method!r} run ({exc!r}); give the asap-sas.json "
                 "that benchmarks/asap_sas.py wrote."
             ) from None
-        same = {
-            k: (sorted(report.get(k, {})) if k == "items" else report.get(k, 0 if k == "seed" else None)) for k in SAME
-        }
+        config = dict(mm.get("config") or {})
+        train_seed = int(config.pop("seed", report.get("train_seed", 0)))  # the seed this method was trained with
+        backbone = report.get("backbone") if isinstance(report.get("backbone"), dict) else {}
+        shared = (report.get("seed", 0), report.get("max_length"), sorted(tasks), backbone.get("sha256"))
+        same = dict(zip(SAME, (*shared, mm.get("settings"), config), strict=True))
         if first is None:
             first = (path, same)
         elif same != first[1]:
-            diff = ", ".join(
+            diff = "; ".join(
                 f"{k}: {first[1][k]} in {first[0]}, {same[k]} here" for k in SAME if same[k] != first[1][k]
             )
-            raise ConfigError(f"--report {path}: not the same split as the first report ({diff}).")
+            raise ConfigError(
+                f"--report {path}: differs from the first report in more than the training seed ({diff}); give runs "
+                "of one recipe on one split that differ only in --train-seed."
+            )
         carried = mm.get("carried_from") or {}
         runs.append(
             {
                 "file": str(path),
-                "train_seed": int(report.get("train_seed", 0)),  # reports before --train-seed trained with seed 0
+                "train_seed": train_seed,
                 "command": carried.get("command") or report.get("command"),
                 "label": mm.get("label", method),
                 "tasks": tasks,
@@ -121,13 +126,14 @@ def summarise(runs: list[dict]) -> dict:
     val_sd = spread(val_means)["sd"]
     return {
         "seeds": [r["train_seed"] for r in runs],
+        "degrees_of_freedom": len(runs) - 1,
         "mean_val_qwk": spread(val_means),
         "mean_val_qwk_per_seed": val_means,
         "mean_test_qwk_per_seed": test_means,
         "mean_test_qwk": spread(test_means),
         "median_item_val_sd": float(np.median([p["val"]["sd"] for p in per_item.values()])),
         "median_item_test_sd": float(np.median([p["test"]["sd"] for p in per_item.values()])),
-        # two single-seed runs of one recipe differ in mean validation QWK by sqrt(2) x this SD (1 SD of a difference)
+        # the SD of the difference between two single-seed runs' mean validation QWK: sqrt(2) x the seeds' SD
         "sd_of_a_difference_in_mean_val_qwk": float(np.sqrt(2) * val_sd),
         "figures": figures,
         "items": per_item,
@@ -147,8 +153,10 @@ def write_report(report: dict, out: Path) -> None:
         "",
         *[f"- seed {r['train_seed']}: `{r['command']}`" for r in runs],
         "",
-        "The runs share the items, the seeded 10% validation split of train.tsv and the token cap; they differ only "
-        "in the training seed (initialisation, batch order, dropout). Validation QWK: the best epoch's, before "
+        "The runs share the items, the seeded 10% validation split of train.tsv, the token cap, the backbone, the "
+        "method's settings and training configuration (checked); they differ only in the training seed "
+        "(initialisation, batch order, dropout). SD: the sample standard deviation over the seeds "
+        f"({s['degrees_of_freedom']} degree(s) of freedom). Validation QWK: the best epoch's, before "
         "decoding (what recipes are chosen on); test QWK: decoded, as reported. Nothing is selected on test here.",
         "",
         f"| item | validation QWK: {head} | SD | test QWK: {head} | SD |",
@@ -161,18 +169,20 @@ def write_report(report: dict, out: Path) -> None:
     val = " | ".join(f"**{v:.3f}**" for v in s["mean_val_qwk_per_seed"])
     test = " | ".join(f"**{v:.3f}**" for v in s["mean_test_qwk_per_seed"])
     lines.append(f"| **mean** | {val} | {s['mean_val_qwk']['sd']:.3f} | {test} | {s['mean_test_qwk']['sd']:.3f} |")
-    lines += ["", "| figure | " + head + " | mean | SD |", "|---|" + "---|" * (len(runs) + 2)]
+    lines += ["", "| figure on test | " + head + " | mean | SD |", "|---|" + "---|" * (len(runs) + 2)]
     for key, label in FIGURES:
         f = s["figures"][key]
         if f is None:
+            lines.append(f"| {label} | " + " | ".join("–" for _ in runs) + " | not measured in every run | – |")
             continue
         cells = " | ".join(f"{r[key]:.3f}" if isinstance(r[key], float) else str(r[key]) for r in runs)
         lines.append(f"| {label} | {cells} | {f['mean']:.3f} | {f['sd']:.3f} |")
     lines += [
         "",
         f"Mean validation QWK over the items moves by SD {s['mean_val_qwk']['sd']:.4f} with the seed alone "
-        f"(range {s['mean_val_qwk']['min']:.3f}–{s['mean_val_qwk']['max']:.3f}); two single-seed runs of one recipe "
-        f"differ by about {s['sd_of_a_difference_in_mean_val_qwk']:.4f} (1 SD of a difference). Per item the median "
+        f"(range {s['mean_val_qwk']['min']:.3f}–{s['mean_val_qwk']['max']:.3f}); the SD of the difference between "
+        f"two single-seed runs of one recipe on this split is then {s['sd_of_a_difference_in_mean_val_qwk']:.4f} "
+        f"(√2 × SD; from {len(runs)} seeds, a rough estimate). Per item the median "
         f"SD is {s['median_item_val_sd']:.3f} on validation and {s['median_item_test_sd']:.3f} on test. Mean test QWK: "
         f"SD {s['mean_test_qwk']['sd']:.4f} (range {s['mean_test_qwk']['min']:.3f}–{s['mean_test_qwk']['max']:.3f}).",
         "",

@@ -123,6 +123,7 @@ def test_suite_ensemble_averages_probabilities_and_reports_where_it_beats_both(t
     same = dict(zip(bench.KEYS, bench.item_row(y, pa, pa), strict=True))
     assert same["ensemble_argmax"] == same["a_argmax"] and same["ensemble_expected"] == same["a_expected"]
     items = [{"item": "asap-1", "n": len(y), **row}, {"item": "asap-2", "n": len(y), **same}]
+    assert bench.items_beating_both(items) == 1  # a tie with A (the same suite twice) is not beating it
     report = {"a": "A", "b": "B", "items": items, "items_ensemble_beats_both": 1, "command": "c", "date": "d",
               "machine": "m", "mean": {k: float(np.mean([it[k] for it in items])) for k in bench.KEYS}}  # fmt: skip
     bench.write_report(report, tmp_path, "ens")

@@ -15,15 +15,14 @@ def _load():
     return load_benchmark("seeds")
 
 
-def _report(path: Path, train_seed: int | None, val: list[float], test: list[float], split_seed: int = 0) -> str:
+def _report(path: Path, train_seed: int | None, val: list, test: list, split_seed: int = 0, **changes) -> str:
     tasks = {f"asap-{i + 1}": {"val_qwk": v, "test_qwk": t} for i, (v, t) in enumerate(zip(val, test, strict=True))}
-    lora = {"label": "LoRA r16 + head", "tasks": tasks, "mean_test_qwk": sum(test) / len(test),
+    config = {"epochs": 6, "lr": 0.002, **({} if train_seed is None else {"seed": train_seed})}
+    lora = {"label": "LoRA r16 + head", "tasks": tasks, "config": config, "settings": {"lora_r": 16},
             "items_passing_criteria": 1, "items_auto_meeting_human": 2, "mean_automation_rate": 0.4,
-            "mean_ece_after": 0.05}  # fmt: skip
+            "mean_ece_after": 0.05, **changes}  # fmt: skip
     report = {"seed": split_seed, "max_length": 160, "items": {t: {} for t in tasks}, "methods": {"lora": lora},
-              "command": f"python benchmarks/asap_sas.py --train-seed {train_seed}"}  # fmt: skip
-    if train_seed is not None:  # reports written before --train-seed have no key: seed 0
-        report["train_seed"] = train_seed
+              "backbone": {"sha256": "abc"}, "command": f"asap_sas.py --train-seed {train_seed}"}  # fmt: skip
     path.write_text(json.dumps(report))
     return str(path)
 
@@ -49,16 +48,39 @@ def test_spread_per_item_and_of_the_mean(tmp_path):
     ("second", "message"),
     [
         ({"train_seed": 0}, "share a training seed"),
-        ({"train_seed": 1, "split_seed": 3}, "not the same split"),
+        ({"train_seed": None}, "share a training seed"),  # no seed recorded: the default, 0
+        ({"train_seed": 1, "split_seed": 3}, "split seed: 0 in"),
+        ({"train_seed": 1, "val": [0.7, 0.7], "test": [0.7, 0.7]}, "items: "),
+        ({"train_seed": 1, "settings": {"lora_r": 8}}, "settings: "),
     ],
 )
-def test_runs_that_are_not_comparable_are_refused(tmp_path, second, message):
+def test_runs_that_differ_in_more_than_the_seed_are_refused(tmp_path, second, message):
     bench = _load()
     a = _report(tmp_path / "a.json", 0, [0.8], [0.8])
-    b = _report(tmp_path / "b.json", second["train_seed"], [0.7], [0.7], second.get("split_seed", 0))
+    changes = {k: v for k, v in second.items() if k not in ("train_seed", "split_seed", "val", "test")}
+    b = _report(
+        tmp_path / "b.json",
+        second["train_seed"],
+        second.get("val", [0.7]),
+        second.get("test", [0.7]),
+        second.get("split_seed", 0),
+        **changes,
+    )
     with pytest.raises(ConfigError, match=message):
         bench.load_runs([a, b], "lora")
     with pytest.raises(ConfigError, match="at least two"):
         bench.load_runs([a], "lora")
     with pytest.raises(ConfigError, match="with a 'full' run"):
         bench.load_runs([a, b], "full")
+
+
+def test_a_figure_missing_from_a_run_is_reported_as_not_measured(tmp_path):
+    bench = _load()
+    a = _report(tmp_path / "a.json", 0, [0.8], [0.8])
+    b = _report(tmp_path / "b.json", 1, [0.7], [0.7], mean_ece_after=None)
+    report = bench.main(["--report", a, "--report", b, "--out", str(tmp_path / "out")])
+    assert report["summary"]["figures"]["mean_ece_after"] is None
+    assert (
+        "| mean ECE after temperature | – | – | not measured in every run | – |"
+        in (tmp_path / "out" / "seeds.md").read_text()
+    )
