@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format mpnet bench-asap bench-routing bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
+.PHONY: install demo test lint format mpnet bench-asap bench-routing bench-seeds bench-engine bench-merge bench-moe bench-itembanks bench-ray clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-asap: $(STAMP)  ## the real-data benchmark (full / LoRA / head on 10 ASAP-
 
 bench-routing: $(STAMP)  ## routing rules compared out of fold on validation (needs bench-asap's LoRA suite; ~8 min on 2 cores)
 	$(BIN)/python benchmarks/routing.py --suite runs/asap-sas/lora --splits 100 --out docs/results
+
+bench-seeds: $(STAMP)  ## LoRA with training seeds 1 and 2 on bench-asap's split, then the seed-to-seed spread (~1 h on 2 cores, resumable)
+	$(BIN)/python benchmarks/asap_sas.py --methods lora --train-seed 1 --work runs/asap-seed1 --out runs/asap-seed1/out
+	$(BIN)/python benchmarks/asap_sas.py --methods lora --train-seed 2 --work runs/asap-seed2 --out runs/asap-seed2/out
+	$(BIN)/python benchmarks/seeds.py --report docs/results/asap-sas.json --report runs/asap-seed1/out/asap-sas.json --report runs/asap-seed2/out/asap-sas.json --out docs/results
 
 bench-engine: $(STAMP)  ## engine vs PEFT vs per-task models on ASAP-SAS (needs bench-asap's suites; ~5 min on 2 cores)
 	$(BIN)/python benchmarks/engine.py --suite runs/asap-sas/lora --full-suite runs/asap-sas/full --out docs/results
