@@ -4,11 +4,12 @@
     python benchmarks/seeds.py --report docs/results/asap-sas.json --report runs/asap-seed1/out/asap-sas.json \\
         --out docs/results
 
-Reads ``asap_sas.py`` reports of the same method, items, validation split and max length that differ only in
-``--train-seed`` (model initialisation, batch order, dropout) and writes ``seeds.{json,md,png}``: per item and on
-the mean over items, the validation QWK (the figure recipes are chosen on) and the test QWK, routing and criteria
-figures of each seed, with their spread. Nothing is selected on the test figures here; they show how far one run's
-test figure can be from another's, to read single-seed differences against. No model is run: seconds.
+Reads ``asap_sas.py`` reports of one method on the same items, validation split, backbone, settings and training
+configuration that differ only in ``--train-seed`` (model initialisation, batch order, dropout) and writes
+``<name>.{json,md,png}`` (``--name``, default ``seeds``): per item and on the mean over items, the validation QWK
+(the figure recipes are chosen on) and the test QWK, routing and criteria figures of each seed, with their spread.
+Nothing is selected on the test figures here; they show how far one run's test figure can be from another's, to read
+single-seed differences against. No model is run: seconds.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="an asap_sas.py report (repeat, one per training seed; at least 2)",
     )
     ap.add_argument("--method", default="lora", help="the method compared across seeds (full, lora, head)")
-    ap.add_argument("--out", default="docs/results", help="folder for seeds.{json,md,png}")
+    ap.add_argument("--out", default="docs/results", help="folder for <name>.{json,md,png}")
+    ap.add_argument("--name", default="seeds", help="file name of the report, without extension")
     return ap.parse_args(argv)
 
 
@@ -140,10 +142,10 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def write_report(report: dict, out: Path) -> None:
-    """``seeds.json`` (atomically), ``seeds.md`` and ``seeds.png`` under ``out``."""
+def write_report(report: dict, out: Path, name: str = "seeds") -> None:
+    """``<name>.json`` (atomically), ``<name>.md`` and ``<name>.png`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "seeds.json", report)
+    write_json_atomic(out / f"{name}.json", report)
     s, runs = report["summary"], report["runs"]
     head = " | ".join(f"seed {r['train_seed']}" for r in runs)
     lines = [
@@ -187,7 +189,7 @@ def write_report(report: dict, out: Path) -> None:
         f"SD {s['mean_test_qwk']['sd']:.4f} (range {s['mean_test_qwk']['min']:.3f}–{s['mean_test_qwk']['max']:.3f}).",
         "",
     ]
-    (out / "seeds.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / f"{name}.md").write_text("\n".join(lines), encoding="utf-8")
 
     import matplotlib
 
@@ -209,7 +211,7 @@ def write_report(report: dict, out: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{runs[0]['label']}: the same split, {len(runs)} training seeds")
     fig.tight_layout()
-    fig.savefig(out / "seeds.png", dpi=120)
+    fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
 
 
@@ -225,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}",
     }
-    write_report(report, Path(args.out))
-    print(f"wrote {args.out}/seeds.json, .md, .png")
+    write_report(report, Path(args.out), args.name)
+    print(f"wrote {args.out}/{args.name}.json, .md, .png")
     return report
 
 
