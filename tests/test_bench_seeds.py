@@ -78,9 +78,9 @@ def test_a_figure_missing_from_a_run_is_reported_as_not_measured(tmp_path):
     bench = _load()
     a = _report(tmp_path / "a.json", 0, [0.8], [0.8])
     b = _report(tmp_path / "b.json", 1, [0.7], [0.7], mean_ece_after=None)
-    report = bench.main(["--report", a, "--report", b, "--out", str(tmp_path / "out")])
+    report = bench.main(["--report", a, "--report", b, "--out", str(tmp_path / "out"), "--name", "seeds-full"])
     assert report["summary"]["figures"]["mean_ece_after"] is None
     assert (
         "| mean ECE after temperature | – | – | not measured in every run | – |"
-        in (tmp_path / "out" / "seeds.md").read_text()
+        in (tmp_path / "out" / "seeds-full.md").read_text()
     )
