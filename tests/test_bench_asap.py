@@ -3,21 +3,17 @@ comparable (same items, seed, max length), each marked with the run it comes fro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "asap_sas.py"
 ITEMS = ["asap-1", "asap-2"]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("asap_sas_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("asap_sas")
 
 
 def _earlier(tmp_path: Path, **changes) -> Path:

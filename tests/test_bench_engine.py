@@ -10,13 +10,13 @@ quantisation, paths that tests/test_engine.py and tests/test_onnx_backend.py cov
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import load_benchmark
 
 from scoreplex.data.asap_sas import load_asap_sas
 from scoreplex.data.demo import vocabulary_words
@@ -25,7 +25,6 @@ from scoreplex.methods import MethodSettings
 from scoreplex.training import TrainConfig
 from scoreplex.training.suite import TrainOptions, train_suite
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "engine.py"
 ITEMS = ("1", "2")
 SUMMARY_KEYS = (
     "engine_vs_plain_10",
@@ -39,10 +38,7 @@ SUMMARY_KEYS = (
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_engine", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("engine")
 
 
 def _mini_asap(folder: Path, seed: int = 0) -> Path:

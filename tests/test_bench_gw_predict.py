@@ -3,27 +3,22 @@ against the similarity registry, the report's keys, and a rerun served from the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import load_benchmark
 from tests.lora_suites import train_tiny_suite
 
 from scoreplex.errors import ConfigError
 from scoreplex.methods import MethodSettings
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 TOP_KEYS = ("command", "date", "machine", "protocol", "gw_merge_loss_spearman", "best_similarity",
             "best_similarity_spearman", "n_pairs", "correlations", "reference_plan", "similarity_plans")  # fmt: skip
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gw_predict", BENCH_DIR / "gw_predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gw_predict")
 
 
 def test_rank_correlation_matches_scipy_and_its_p_values_respond():

@@ -3,21 +3,16 @@ figures, a part that is absent reported as not measured, and no report at all wi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from tests.conftest import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "gw_merging_report.py"
 IDS = ["asap-1", "asap-2", "asap-3"]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gw_merging_report", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gw_merging_report")
 
 
 def _plan(groups, qwk: float) -> dict:

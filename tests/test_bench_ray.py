@@ -3,19 +3,16 @@ not measured, and the ratios computed from the parts' own figures."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "ray_cluster.py"
+from tests.conftest import load_benchmark
+
 KEYS = ("ray_train_identical", "ray_data_identical", "ray_data_vs_local", "ray_serve_vs_uvicorn", "ray_serve_errors")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ray_cluster_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ray_cluster")
 
 
 def _train_part() -> dict:

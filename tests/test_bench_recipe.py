@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import load_benchmark
 
 from scoreplex.errors import ConfigError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_recipe", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("recipe")
 
 
 def _run(config: str, item: str, qwk: float) -> dict:
@@ -107,7 +102,6 @@ def test_bad_options_stop_before_any_training(tmp_path, args, match):
 
 def test_suite_ensemble_averages_probabilities_and_reports_where_it_beats_both(tmp_path):
     import numpy as np
-    from tests.conftest import load_benchmark
 
     bench = load_benchmark("recipe_ensemble")
 
